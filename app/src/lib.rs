@@ -1,0 +1,1 @@
+//! Leptos app (placeholder until the web app lands).
