@@ -1,1 +1,21 @@
-//! Leptos app (placeholder until the web app lands).
+//! The CogVLM web app: Leptos components (built for ssr and hydrate), server functions and the
+//! protocol shared with the server. Never depends on candle.
+pub mod api;
+pub mod app;
+#[cfg(feature = "ssr")]
+pub mod backend;
+pub mod components;
+pub mod grounding;
+pub mod markdown;
+pub mod protocol;
+pub mod state;
+
+pub use app::{shell, App, OUTPUT_NAME};
+
+/// Entry point of the browser bundle.
+#[cfg(feature = "hydrate")]
+#[wasm_bindgen::prelude::wasm_bindgen]
+pub fn hydrate() {
+    console_error_panic_hook::set_once();
+    leptos::mount::hydrate_body(App);
+}

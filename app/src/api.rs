@@ -1,0 +1,111 @@
+//! Server functions: the model list, chat (websocket) and checkpoint switching (websocket).
+//!
+//! Websocket rules (Leptos 0.8 / server_fn 0.8): the body returns its output stream at once and
+//! reads the input only inside a spawned task (awaiting it before returning deadlocks the
+//! upgrade); errors travel as `Event::Error` items (an `Err` before the upgrade reaches the
+//! client only as "connection failed"); every stream ends with a final event (`Done`, `Error`,
+//! `Loaded`) because the client always sees a close error after the last item.
+
+use crate::protocol::{ClientMsg, Event, ModelsState};
+use leptos::prelude::*;
+use leptos::server_fn::{codec::JsonEncoding, BoxedStream, Websocket};
+
+#[cfg(feature = "ssr")]
+fn backend() -> Result<crate::backend::BackendContext, String> {
+    use_context::<crate::backend::BackendContext>()
+        .ok_or_else(|| "the server has no model engine (not started with `cogvlm serve`?)".into())
+}
+
+/// The checkpoints in the models folder and the loaded one.
+#[server]
+pub async fn list_models() -> Result<ModelsState, ServerFnError> {
+    let backend = backend().map_err(ServerFnError::new)?;
+    Ok(backend.0.models())
+}
+
+/// One generation: the client sends `Generate` (then maybe `Stop`); the server streams events
+/// until `Done` or `Error`. A closed socket cancels the generation.
+#[server(protocol = Websocket<JsonEncoding, JsonEncoding>)]
+pub async fn chat(
+    input: BoxedStream<ClientMsg, ServerFnError>,
+) -> Result<BoxedStream<Event, ServerFnError>, ServerFnError> {
+    use futures::StreamExt;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Event, ServerFnError>>(256);
+    let backend = backend();
+    tokio::spawn(async move {
+        let mut input = input;
+        let backend = match backend {
+            Ok(b) => b,
+            Err(message) => {
+                let _ = tx.send(Ok(Event::Error { message })).await;
+                return;
+            }
+        };
+        let req = match input.next().await {
+            Some(Ok(ClientMsg::Generate(req))) => *req,
+            Some(Ok(ClientMsg::Stop)) | None => return,
+            Some(Err(e)) => {
+                let message = format!("bad request: {e}");
+                let _ = tx.send(Ok(Event::Error { message })).await;
+                return;
+            }
+        };
+        let mut generation = backend.0.generate(req);
+        let cancel = generation.cancel.clone();
+        // Later client messages: Stop cancels; the input ending (socket closed) does too.
+        let watcher = tokio::spawn(async move {
+            while let Some(msg) = input.next().await {
+                if matches!(msg, Ok(ClientMsg::Stop) | Err(_)) {
+                    break;
+                }
+            }
+            cancel.cancel();
+        });
+        while let Some(event) = generation.events.recv().await {
+            let last = event.is_final();
+            if tx.send(Ok(event)).await.is_err() {
+                // The client is gone.
+                generation.cancel.cancel();
+                break;
+            }
+            if last {
+                break;
+            }
+        }
+        watcher.abort();
+    });
+    Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).into())
+}
+
+/// Switches the checkpoint: the client sends its name; the server streams `LoadProgress`
+/// events, then `Loaded` or `Error` (the old checkpoint stays loaded on failure).
+#[server(protocol = Websocket<JsonEncoding, JsonEncoding>)]
+pub async fn load_model(
+    input: BoxedStream<String, ServerFnError>,
+) -> Result<BoxedStream<Event, ServerFnError>, ServerFnError> {
+    use futures::StreamExt;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Event, ServerFnError>>(64);
+    let backend = backend();
+    tokio::spawn(async move {
+        let mut input = input;
+        let backend = match backend {
+            Ok(b) => b,
+            Err(message) => {
+                let _ = tx.send(Ok(Event::Error { message })).await;
+                return;
+            }
+        };
+        let Some(Ok(name)) = input.next().await else {
+            return;
+        };
+        let mut events = backend.0.load(name);
+        while let Some(event) = events.recv().await {
+            let last = event.is_final();
+            // A closed tab does not stop a load; the others keep the new checkpoint.
+            if tx.send(Ok(event)).await.is_err() || last {
+                break;
+            }
+        }
+    });
+    Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).into())
+}

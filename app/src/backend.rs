@@ -1,0 +1,47 @@
+//! What the server functions need from the model side (ssr only).
+//!
+//! The server crate implements [`Backend`] on its engine handle (a worker thread behind
+//! channels) and provides it as context; the server functions in [`crate::api`] only see this
+//! trait and the protocol types. Another implementation (a remote engine, a test double for
+//! the web layer) can be provided the same way.
+
+use crate::protocol::{Event, GenerateRequest, ModelsState};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// A running (or queued) generation.
+pub struct Generation {
+    /// Events for this request only, ending with `Done` or `Error`. Dropping the receiver
+    /// cancels the request.
+    pub events: mpsc::Receiver<Event>,
+    /// Asks the worker to stop early; it then ends the stream with `Done { stop: Cancelled }`.
+    pub cancel: CancelHandle,
+}
+
+/// Cancels one request; cheap to clone.
+#[derive(Clone)]
+pub struct CancelHandle(Arc<dyn Fn() + Send + Sync>);
+
+impl CancelHandle {
+    pub fn new(f: impl Fn() + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+    pub fn cancel(&self) {
+        (self.0)()
+    }
+}
+
+/// The model side, as seen by the web layer.
+pub trait Backend: Send + Sync + 'static {
+    /// The checkpoints found, which one is loaded, what is loading.
+    fn models(&self) -> ModelsState;
+    /// Queues a generation.
+    fn generate(&self, req: GenerateRequest) -> Generation;
+    /// Queues a checkpoint switch: `LoadProgress` events, then `Loaded` or `Error` (the
+    /// current checkpoint stays if loading fails).
+    fn load(&self, name: String) -> mpsc::Receiver<Event>;
+}
+
+/// The context value the server functions look up.
+#[derive(Clone)]
+pub struct BackendContext(pub Arc<dyn Backend>);

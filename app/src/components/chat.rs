@@ -1,0 +1,352 @@
+//! The transcript, the composer and the actions (Generate, Stop, Retry, Clear).
+
+use crate::api::chat;
+use crate::markdown;
+use crate::protocol::{ClientMsg, Event, GenerateRequest, ImageData};
+use crate::state::{conversation_groups, AppState, Turn, TurnStatus};
+use futures::StreamExt;
+use leptos::prelude::*;
+use leptos::server_fn::ServerFnError;
+use std::time::Duration;
+
+/// How long Stop waits for the server's `Done` before dropping the connection itself.
+const STOP_GRACE: Duration = Duration::from_millis(1500);
+
+/// Sends `query` as a new turn (with the finished turns before it as history).
+pub fn send(state: AppState, query: String) {
+    if state.busy.get_untracked() || query.trim().is_empty() {
+        return;
+    }
+    let history: Vec<(String, String)> = state.turns.with_untracked(|turns| {
+        turns
+            .iter()
+            .filter(|t| t.status.with_untracked(TurnStatus::is_answer))
+            .map(|t| (t.query.clone(), t.answer.get_untracked()))
+            .collect()
+    });
+    let image = state.image.with_untracked(|img| {
+        img.as_ref().map(|img| ImageData {
+            name: img.name.clone(),
+            base64: img.base64.clone(),
+        })
+    });
+    let req = GenerateRequest {
+        image,
+        history,
+        query: query.clone(),
+        version: Some(state.settings.version.get_untracked()),
+        sampling: state.settings.sampling(),
+    };
+    let turn = Turn {
+        id: state.next_turn_id(),
+        query,
+        answer: RwSignal::new(String::new()),
+        status: RwSignal::new(TurnStatus::Waiting(None)),
+    };
+    state.turns.update(|t| t.push(turn.clone()));
+    state.busy.set(true);
+    state.note.set(None);
+
+    let (tx, rx) = futures::channel::mpsc::unbounded::<Result<ClientMsg, ServerFnError>>();
+    let _ = tx.unbounded_send(Ok(ClientMsg::Generate(Box::new(req))));
+    state.sender.set_value(Some(tx));
+
+    let status = turn.status;
+    let answer = turn.answer;
+    let run = async move {
+        let mut events = match chat(rx.into()).await {
+            Ok(events) => events,
+            Err(e) => {
+                status.set(TurnStatus::Error(format!(
+                    "could not reach the server: {e}"
+                )));
+                return;
+            }
+        };
+        loop {
+            match events.next().await {
+                Some(Ok(Event::Queued { position })) => {
+                    status.set(TurnStatus::Waiting(Some(position)))
+                }
+                Some(Ok(Event::Started { .. })) => status.set(TurnStatus::Waiting(None)),
+                Some(Ok(Event::Token { text })) => {
+                    answer.update(|a| a.push_str(&text));
+                    if !matches!(status.get_untracked(), TurnStatus::Streaming) {
+                        status.set(TurnStatus::Streaming);
+                    }
+                }
+                Some(Ok(Event::Done { stats })) => {
+                    status.set(TurnStatus::Done(stats));
+                    return;
+                }
+                Some(Ok(Event::Error { message })) => {
+                    status.set(TurnStatus::Error(message));
+                    return;
+                }
+                Some(Ok(Event::LoadProgress { .. } | Event::Loaded { .. })) => {}
+                Some(Err(e)) => {
+                    status.set(TurnStatus::Error(format!("connection lost: {e}")));
+                    return;
+                }
+                None => {
+                    status.set(TurnStatus::Error("the server closed the connection".into()));
+                    return;
+                }
+            }
+        }
+    };
+    let (run, abort) = futures::future::abortable(run);
+    state.aborter.set_value(Some(abort));
+    leptos::task::spawn_local(async move {
+        if run.await.is_err() {
+            // Aborted by Stop after the grace period.
+            status.set(TurnStatus::Stopped);
+        }
+        state.sender.set_value(None);
+        state.aborter.set_value(None);
+        state.busy.set(false);
+    });
+}
+
+/// Asks the server to stop the running generation; drops the connection if it does not
+/// answer within [`STOP_GRACE`] (the server then cancels on the closed socket).
+pub fn stop(state: AppState) {
+    let Some(turn_id) = state.turns.with_untracked(|t| t.last().map(|t| t.id)) else {
+        return;
+    };
+    if !state.busy.get_untracked() {
+        return;
+    }
+    state.sender.with_value(|tx| {
+        if let Some(tx) = tx {
+            let _ = tx.unbounded_send(Ok(ClientMsg::Stop));
+        }
+    });
+    set_timeout(
+        move || {
+            let same_turn = state.turns.with_untracked(|t| t.last().map(|t| t.id)) == Some(turn_id);
+            if same_turn && state.busy.get_untracked() {
+                state.aborter.with_value(|a| {
+                    if let Some(a) = a {
+                        a.abort();
+                    }
+                });
+            }
+        },
+        STOP_GRACE,
+    );
+}
+
+/// Empties the conversation (stopping a running answer first).
+pub fn clear(state: AppState) {
+    stop(state);
+    state.aborter.with_value(|a| {
+        if let Some(a) = a {
+            a.abort();
+        }
+    });
+    state.turns.set(Vec::new());
+    state.hover.set(None);
+    state.note.set(None);
+}
+
+/// Asks the last question again (replacing its answer).
+pub fn retry(state: AppState) {
+    if state.busy.get_untracked() {
+        return;
+    }
+    let Some(last) = state.turns.with_untracked(|t| t.last().cloned()) else {
+        return;
+    };
+    state.turns.update(|t| {
+        t.pop();
+    });
+    send(state, last.query);
+}
+
+fn stats_line(status: &TurnStatus) -> String {
+    match status {
+        TurnStatus::Done(s) => format!(
+            "{} · {} prompt tokens · {} new · prefill {:.0} ms · first token {:.0} ms · {:.1} tok/s · {}",
+            s.checkpoint,
+            s.prompt_tokens,
+            s.generated_tokens,
+            s.prefill_ms,
+            s.ttft_ms,
+            s.tokens_per_s,
+            s.stop.label()
+        ),
+        TurnStatus::Waiting(Some(0)) => "next in the queue…".into(),
+        TurnStatus::Waiting(Some(n)) => format!("queued: {n} ahead…"),
+        TurnStatus::Waiting(None) => "reading the image and the prompt…".into(),
+        TurnStatus::Streaming => "generating…".into(),
+        TurnStatus::Stopped => "stopped".into(),
+        TurnStatus::Error(e) => format!("error: {e}"),
+    }
+}
+
+/// Puts the blinking cursor inside the last paragraph of `html`.
+fn with_cursor(mut html: String) -> String {
+    const CURSOR: &str = "<span class=\"cursor\" aria-hidden=\"true\"></span>";
+    for close in ["</p>", "</li></ul>", "</li></ol>", "</code></pre>"] {
+        if html.ends_with(close) {
+            html.insert_str(html.len() - close.len(), CURSOR);
+            return html;
+        }
+    }
+    html.push_str(CURSOR);
+    html
+}
+
+/// Hover on a chip highlights its shape on the canvas.
+fn chip_index(ev: &leptos::ev::MouseEvent) -> Option<usize> {
+    use wasm_bindgen::JsCast;
+    let target = ev.target()?.dyn_into::<web_sys::Element>().ok()?;
+    let chip = target.closest(".gchip").ok().flatten()?;
+    chip.get_attribute("data-g")?.parse().ok()
+}
+
+#[component]
+fn TurnView(
+    turn: Turn,
+    offsets: Memo<std::collections::HashMap<u64, (usize, usize)>>,
+) -> impl IntoView {
+    let id = turn.id;
+    let query = turn.query.clone();
+    let query_html = move || {
+        let (q, _) = offsets.with(|o| o.get(&id).copied().unwrap_or_default());
+        markdown::render_plain(&query, q).html
+    };
+    let answer = turn.answer;
+    let status = turn.status;
+    let answer_html = move || {
+        let (_, a) = offsets.with(|o| o.get(&id).copied().unwrap_or_default());
+        let html = answer.with(|text| markdown::render_markdown(text, a).html);
+        if status.with(TurnStatus::is_active) {
+            with_cursor(html)
+        } else {
+            html
+        }
+    };
+    let status_class = move || match status.get() {
+        TurnStatus::Done(_) => "stats done",
+        TurnStatus::Error(_) => "stats error",
+        TurnStatus::Stopped => "stats stopped",
+        _ => "stats active",
+    };
+    view! {
+        <div class="turn" data-turn=id>
+            <div class="msg user">
+                <div class="who">"You"</div>
+                <div class="bubble" inner_html=query_html></div>
+            </div>
+            <div class="msg bot" class:streaming=move || status.with(TurnStatus::is_active)>
+                <div class="who">"Model"</div>
+                <div class="bubble answer markdown" inner_html=answer_html></div>
+                <div class=status_class>{move || status.with(stats_line)}</div>
+            </div>
+        </div>
+    }
+}
+
+#[component]
+pub fn ChatPanel() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let offsets = Memo::new(move |_| state.turns.with(|t| conversation_groups(t).1));
+    let transcript = NodeRef::<leptos::html::Div>::new();
+
+    // Keep the newest text in view while streaming.
+    Effect::new(move |_| {
+        state.turns.with(|turns| {
+            if let Some(last) = turns.last() {
+                last.answer.track();
+            }
+        });
+        if let Some(el) = transcript.get() {
+            el.set_scroll_top(el.scroll_height());
+        }
+    });
+
+    let can_send = move || {
+        !state.busy.get()
+            && !state.draft.with(|d| d.trim().is_empty())
+            && state.loading.with(Option::is_none)
+            && state.current_model().is_some()
+    };
+    let submit = move || {
+        if can_send() {
+            let query = state.draft.get_untracked();
+            state.draft.set(String::new());
+            send(state, query);
+        }
+    };
+    let on_keydown = move |ev: leptos::ev::KeyboardEvent| {
+        if ev.key() == "Enter" && !ev.shift_key() && !ev.is_composing() {
+            ev.prevent_default();
+            submit();
+        } else if ev.key() == "Escape" {
+            stop(state);
+        }
+    };
+    let empty = move || state.turns.with(Vec::is_empty);
+
+    view! {
+        <section class="chat-panel">
+            <div
+                class="transcript"
+                id="transcript"
+                node_ref=transcript
+                on:mouseover=move |ev| state.hover.set(chip_index(&ev))
+                on:mouseleave=move |_| state.hover.set(None)
+            >
+                <Show when=empty>
+                    <div class="empty">
+                        <p class="empty-title">"Ask about an image"</p>
+                        <p>
+                            "Add an image on the left (button, drag and drop, or paste), then ask a question. "
+                            "Boxes written as " <code>"[[x0,y0,x1,y1]]"</code>
+                            " (thousandths of the width and height) in a question or an answer are drawn on the image."
+                        </p>
+                    </div>
+                </Show>
+                {move || state.note.get().map(|n| view! { <div class="note">{n}</div> })}
+                <For each=move || state.turns.get() key=|t| t.id let:turn>
+                    <TurnView turn=turn offsets=offsets/>
+                </For>
+            </div>
+            <div class="composer">
+                <textarea
+                    id="prompt"
+                    rows="3"
+                    placeholder="Ask a question…  (Enter sends, Shift+Enter: new line, Esc: stop)"
+                    prop:value=move || state.draft.get()
+                    on:input=move |ev| state.draft.set(event_target_value(&ev))
+                    on:keydown=on_keydown
+                ></textarea>
+                <div class="actions">
+                    <button
+                        id="generate"
+                        class="primary"
+                        disabled=move || !can_send()
+                        on:click=move |_| submit()
+                    >
+                        "Generate"
+                    </button>
+                    <button id="stop" disabled=move || !state.busy.get() on:click=move |_| stop(state)>
+                        "Stop"
+                    </button>
+                    <button
+                        id="retry"
+                        disabled=move || state.busy.get() || empty() || state.current_model().is_none()
+                        on:click=move |_| retry(state)
+                    >
+                        "Retry"
+                    </button>
+                    <button id="clear" disabled=empty on:click=move |_| clear(state)>
+                        "Clear"
+                    </button>
+                </div>
+            </div>
+        </section>
+    }
+}

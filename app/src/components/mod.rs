@@ -1,0 +1,4 @@
+//! The page's parts.
+pub mod chat;
+pub mod image_panel;
+pub mod settings;

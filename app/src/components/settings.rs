@@ -1,0 +1,283 @@
+//! Model selector (with switching and load progress), prompt version and sampling controls.
+
+use crate::api::{list_models, load_model};
+use crate::protocol::{CheckpointInfo, Event, ModelsState, PromptVersion};
+use crate::state::{AppState, Loading};
+use futures::StreamExt;
+use leptos::prelude::*;
+
+/// Fetches the checkpoint list (after hydration) and sets the prompt version to the loaded
+/// checkpoint's default.
+pub fn refresh_models(state: AppState) {
+    leptos::task::spawn_local(async move {
+        match list_models().await {
+            Ok(models) => {
+                if let Some(ck) = current_info(&models) {
+                    state.settings.version.set(ck.default_version);
+                }
+                if let Some(name) = &models.loading {
+                    state.loading.set(Some(Loading {
+                        name: name.clone(),
+                        done: 0,
+                        total: 0,
+                    }));
+                    // Poll until the startup load is over.
+                    set_timeout(
+                        move || refresh_models(state),
+                        std::time::Duration::from_millis(500),
+                    );
+                } else if state
+                    .loading
+                    .with_untracked(|l| l.as_ref().is_some_and(|l| l.total == 0))
+                {
+                    state.loading.set(None);
+                }
+                state.load_error.set(models.load_error.clone());
+                state.models.set(Some(models));
+                state.models_error.set(None);
+            }
+            Err(e) => state
+                .models_error
+                .set(Some(format!("could not list the models: {e}"))),
+        }
+    });
+}
+
+pub fn current_info(models: &ModelsState) -> Option<&CheckpointInfo> {
+    let name = models.current.as_ref()?;
+    models.checkpoints.iter().find(|c| &c.name == name)
+}
+
+fn switch_model(state: AppState, name: String) {
+    if state.current_model().as_deref() == Some(name.as_str())
+        || state.loading.with_untracked(Option::is_some)
+    {
+        return;
+    }
+    state.load_error.set(None);
+    state.loading.set(Some(Loading {
+        name: name.clone(),
+        done: 0,
+        total: 0,
+    }));
+    leptos::task::spawn_local(async move {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let _ = tx.unbounded_send(Ok(name.clone()));
+        let result = match load_model(rx.into()).await {
+            Ok(mut events) => loop {
+                match events.next().await {
+                    Some(Ok(Event::LoadProgress { done, total })) => {
+                        state.loading.set(Some(Loading {
+                            name: name.clone(),
+                            done,
+                            total,
+                        }))
+                    }
+                    Some(Ok(Event::Loaded { checkpoint })) => break Ok(checkpoint),
+                    Some(Ok(Event::Error { message })) => break Err(message),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => break Err(format!("connection lost: {e}")),
+                    None => break Err("the server closed the connection".into()),
+                }
+            },
+            Err(e) => Err(format!("could not reach the server: {e}")),
+        };
+        drop(tx);
+        state.loading.set(None);
+        match result {
+            Ok(ck) => {
+                state.settings.version.set(ck.default_version);
+                state.models.update(|m| {
+                    if let Some(m) = m {
+                        m.current = Some(ck.name.clone());
+                        m.load_error = None;
+                    }
+                });
+            }
+            Err(message) => {
+                state
+                    .load_error
+                    .set(Some(format!("Could not load {name}: {message}")));
+                // Re-render the selector on the checkpoint that still answers.
+                state.models.update(|_| {});
+            }
+        }
+    });
+}
+
+fn checkpoint_label(c: &CheckpointInfo) -> String {
+    format!(
+        "{} — {} · {} px{}",
+        c.name,
+        c.kind.label(),
+        c.image_size,
+        if c.bundled {
+            " · bundled test model"
+        } else {
+            ""
+        }
+    )
+}
+
+/// The model selector, for the header.
+#[component]
+pub fn ModelPicker() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let options = move || {
+        state.models.with(|m| {
+            m.as_ref()
+                .map(|m| m.checkpoints.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| {
+                    let label = checkpoint_label(&c);
+                    view! { <option value=c.name.clone()>{label}</option> }
+                })
+                .collect_view()
+        })
+    };
+    let progress = move || {
+        state.loading.get().map(|l| {
+            let pct = if l.total > 0 {
+                100.0 * l.done as f64 / l.total as f64
+            } else {
+                0.0
+            };
+            view! {
+                <div class="load-progress" id="load-progress">
+                    <span>{format!("Loading {}… {:.0}%", l.name, pct)}</span>
+                    <progress max="100" value=format!("{pct:.1}")></progress>
+                </div>
+            }
+        })
+    };
+    view! {
+        <div class="model-picker">
+            <label for="model-select">"Model"</label>
+            <select
+                id="model-select"
+                disabled=move || state.busy.get() || state.loading.with(Option::is_some) || state.models.with(Option::is_none)
+                prop:value=move || state.models.with(|m| m.as_ref().and_then(|m| m.current.clone()).unwrap_or_default())
+                on:change=move |ev| switch_model(state, event_target_value(&ev))
+            >
+                {options}
+            </select>
+            {progress}
+        </div>
+    }
+}
+
+#[component]
+fn Slider(
+    id: &'static str,
+    label: &'static str,
+    min: f64,
+    max: f64,
+    step: f64,
+    value: RwSignal<f64>,
+    #[prop(optional)] hint: Option<&'static str>,
+    #[prop(optional)] zero_label: Option<&'static str>,
+) -> impl IntoView {
+    let shown = move || {
+        let v = value.get();
+        match zero_label {
+            Some(z) if v <= 1e-5 => z.to_string(),
+            _ if step >= 1.0 => format!("{v:.0}"),
+            _ => format!("{v:.2}"),
+        }
+    };
+    view! {
+        <div class="field slider">
+            <label for=id>
+                <span>{label}</span>
+                <output id=format!("{id}-value")>{shown}</output>
+            </label>
+            <input
+                type="range"
+                id=id
+                min=min
+                max=max
+                step=step
+                prop:value=move || value.get().to_string()
+                on:input=move |ev| {
+                    if let Ok(v) = event_target_value(&ev).parse::<f64>() {
+                        value.set(v);
+                    }
+                }
+            />
+            {hint.map(|h| view! { <small>{h}</small> })}
+        </div>
+    }
+}
+
+/// Prompt version and sampling controls.
+#[component]
+pub fn SettingsPanel() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let s = state.settings;
+    // Integer settings through f64 sliders.
+    let top_k = RwSignal::new(s.top_k.get_untracked() as f64);
+    let max_length = RwSignal::new(s.max_length.get_untracked() as f64);
+    Effect::new(move |_| s.top_k.set(top_k.get().round().max(1.0) as usize));
+    Effect::new(move |_| s.max_length.set(max_length.get().round() as usize));
+    let default_version = move || {
+        state.models.with(|m| {
+            m.as_ref()
+                .and_then(|m| current_info(m).map(|c| c.default_version))
+        })
+    };
+    view! {
+        <section class="settings">
+            <h2>"Settings"</h2>
+            <div class="field">
+                <label for="version-select">"Prompt template"</label>
+                <select
+                    id="version-select"
+                    prop:value=move || s.version.get().as_str()
+                    on:change=move |ev| {
+                        if let Ok(v) = event_target_value(&ev).parse::<PromptVersion>() {
+                            s.version.set(v);
+                        }
+                    }
+                >
+                    {PromptVersion::ALL
+                        .into_iter()
+                        .map(|v| {
+                            let text = move || {
+                                if default_version() == Some(v) {
+                                    format!("{} (default for this model)", v.describe())
+                                } else {
+                                    v.describe().to_string()
+                                }
+                            };
+                            view! { <option value=v.as_str()>{text}</option> }
+                        })
+                        .collect_view()}
+                </select>
+            </div>
+            <Slider id="temperature" label="Temperature" min=0.0 max=2.0 step=0.05 value=s.temperature
+                zero_label="0 (greedy)" hint="0 = greedy (always the most likely token)"/>
+            <Slider id="top-p" label="Top p" min=0.05 max=1.0 step=0.01 value=s.top_p/>
+            <Slider id="top-k" label="Top k" min=1.0 max=100.0 step=1.0 value=top_k hint="1 = greedy"/>
+            <Slider id="max-length" label="Max length" min=64.0 max=4096.0 step=64.0 value=max_length
+                hint="prompt, image tokens and answer together"/>
+            <details class="advanced">
+                <summary>"More"</summary>
+                <div class="field">
+                    <label for="max-new-tokens">"Max new tokens"</label>
+                    <input type="number" id="max-new-tokens" min="1" placeholder="no limit"
+                        prop:value=move || s.max_new_tokens.get()
+                        on:input=move |ev| s.max_new_tokens.set(event_target_value(&ev))/>
+                </div>
+                <Slider id="repetition-penalty" label="Repetition penalty" min=1.0 max=2.0 step=0.01
+                    value=s.repetition_penalty/>
+                <div class="field">
+                    <label for="seed">"Seed"</label>
+                    <input type="number" id="seed" min="0" placeholder="random"
+                        prop:value=move || s.seed.get()
+                        on:input=move |ev| s.seed.set(event_target_value(&ev))/>
+                </div>
+            </details>
+        </section>
+    }
+}

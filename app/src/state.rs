@@ -1,0 +1,211 @@
+//! Client-side state of the page, shared by the components through context.
+
+use crate::grounding::{self, Shape};
+use crate::protocol::{ModelsState, PromptVersion, Sampling, Stats};
+use futures::channel::mpsc::UnboundedSender;
+use futures::future::AbortHandle;
+use leptos::prelude::*;
+use leptos::server_fn::ServerFnError;
+use std::collections::HashMap;
+
+use crate::protocol::ClientMsg;
+
+/// Where a turn stands.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TurnStatus {
+    /// Sent; `Some(n)`: waiting behind n other requests; `None`: the worker is on it.
+    Waiting(Option<usize>),
+    Streaming,
+    Done(Stats),
+    /// Stopped on the client without a reply from the server.
+    Stopped,
+    Error(String),
+}
+
+impl TurnStatus {
+    pub fn is_active(&self) -> bool {
+        matches!(self, TurnStatus::Waiting(_) | TurnStatus::Streaming)
+    }
+    /// Whether the answer can go into the history of later turns.
+    pub fn is_answer(&self) -> bool {
+        matches!(self, TurnStatus::Done(_) | TurnStatus::Stopped)
+    }
+}
+
+/// One question and its answer.
+#[derive(Clone, Debug)]
+pub struct Turn {
+    pub id: u64,
+    pub query: String,
+    pub answer: RwSignal<String>,
+    pub status: RwSignal<TurnStatus>,
+}
+
+/// The uploaded image.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UploadedImage {
+    pub name: String,
+    /// `blob:` URL for the preview.
+    pub url: String,
+    /// The file, base64, as sent to the server.
+    pub base64: String,
+    pub bytes: usize,
+}
+
+/// Sampling controls.
+#[derive(Clone, Copy)]
+pub struct SettingsState {
+    pub version: RwSignal<PromptVersion>,
+    pub temperature: RwSignal<f64>,
+    pub top_p: RwSignal<f64>,
+    pub top_k: RwSignal<usize>,
+    pub max_length: RwSignal<usize>,
+    /// Empty: no limit other than max length.
+    pub max_new_tokens: RwSignal<String>,
+    pub repetition_penalty: RwSignal<f64>,
+    /// Empty: random.
+    pub seed: RwSignal<String>,
+}
+
+impl SettingsState {
+    pub fn new() -> Self {
+        let d = Sampling::default();
+        Self {
+            version: RwSignal::new(PromptVersion::Chat),
+            temperature: RwSignal::new(d.temperature),
+            top_p: RwSignal::new(d.top_p),
+            top_k: RwSignal::new(d.top_k),
+            max_length: RwSignal::new(d.max_length),
+            max_new_tokens: RwSignal::new(String::new()),
+            repetition_penalty: RwSignal::new(f64::from(d.repetition_penalty)),
+            seed: RwSignal::new(String::new()),
+        }
+    }
+
+    pub fn sampling(&self) -> Sampling {
+        Sampling {
+            temperature: self.temperature.get_untracked(),
+            top_p: self.top_p.get_untracked(),
+            top_k: self.top_k.get_untracked().max(1),
+            max_length: self.max_length.get_untracked(),
+            max_new_tokens: self
+                .max_new_tokens
+                .get_untracked()
+                .trim()
+                .parse()
+                .ok()
+                .filter(|&n: &usize| n > 0),
+            repetition_penalty: self.repetition_penalty.get_untracked() as f32,
+            seed: self.seed.get_untracked().trim().parse().ok(),
+        }
+    }
+}
+
+impl Default for SettingsState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A checkpoint switch in progress.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loading {
+    pub name: String,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// Everything the components share.
+#[derive(Clone, Copy)]
+pub struct AppState {
+    pub turns: RwSignal<Vec<Turn>>,
+    pub next_id: StoredValue<u64>,
+    pub image: RwSignal<Option<UploadedImage>>,
+    /// A one-line note shown above the transcript (e.g. "new image: new conversation").
+    pub note: RwSignal<Option<String>>,
+    pub busy: RwSignal<bool>,
+    /// Input side of the running chat call (to send Stop).
+    pub sender: StoredValue<Option<UnboundedSender<Result<ClientMsg, ServerFnError>>>>,
+    /// Aborts the running chat call if the server does not answer a Stop.
+    pub aborter: StoredValue<Option<AbortHandle>>,
+    pub settings: SettingsState,
+    pub models: RwSignal<Option<ModelsState>>,
+    pub models_error: RwSignal<Option<String>>,
+    pub loading: RwSignal<Option<Loading>>,
+    pub load_error: RwSignal<Option<String>>,
+    /// The grounding group under the mouse (in the transcript or on the canvas).
+    pub hover: RwSignal<Option<usize>>,
+    /// The draft in the composer.
+    pub draft: RwSignal<String>,
+}
+
+impl AppState {
+    pub fn new() -> Self {
+        Self {
+            turns: RwSignal::new(Vec::new()),
+            next_id: StoredValue::new(1),
+            image: RwSignal::new(None),
+            note: RwSignal::new(None),
+            busy: RwSignal::new(false),
+            sender: StoredValue::new(None),
+            aborter: StoredValue::new(None),
+            settings: SettingsState::new(),
+            models: RwSignal::new(None),
+            models_error: RwSignal::new(None),
+            loading: RwSignal::new(None),
+            load_error: RwSignal::new(None),
+            hover: RwSignal::new(None),
+            draft: RwSignal::new(String::new()),
+        }
+    }
+
+    pub fn next_turn_id(&self) -> u64 {
+        let id = self.next_id.get_value();
+        self.next_id.set_value(id + 1);
+        id
+    }
+
+    /// The loaded checkpoint's name.
+    pub fn current_model(&self) -> Option<String> {
+        self.models
+            .with(|m| m.as_ref().and_then(|m| m.current.clone()))
+    }
+}
+
+impl Default for AppState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One grounding group of the conversation, numbered in order over questions and answers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DrawnGroup {
+    pub index: usize,
+    pub shapes: Vec<Shape>,
+    pub label: Option<String>,
+}
+
+/// Every group in the conversation, and where each message's numbering starts
+/// (turn id → (question offset, answer offset)).
+pub fn conversation_groups(turns: &[Turn]) -> (Vec<DrawnGroup>, HashMap<u64, (usize, usize)>) {
+    let mut groups = Vec::new();
+    let mut offsets = HashMap::new();
+    let push = |text: &str, groups: &mut Vec<DrawnGroup>| {
+        for g in grounding::parse(text) {
+            groups.push(DrawnGroup {
+                index: groups.len(),
+                shapes: g.shapes,
+                label: g.label,
+            });
+        }
+    };
+    for turn in turns {
+        let q = groups.len();
+        push(&turn.query, &mut groups);
+        let a = groups.len();
+        turn.answer.with(|answer| push(answer, &mut groups));
+        offsets.insert(turn.id, (q, a));
+    }
+    (groups, offsets)
+}
