@@ -1,1 +1,14 @@
+//! CogVLM / CogAgent in Rust: the candle model (`model`), sampling and streaming text, the generation
+//! pipeline (`pipeline`) that the worker, the web app and the CLI share.
+
+pub mod bench;
 pub mod model;
+pub mod parity;
+pub mod pipeline;
+pub mod sampling;
+pub mod text_stream;
+
+pub use pipeline::{
+    probe_checkpoint, ChatRequest, CheckpointSummary, GenerationStats, LoadOptions, ModelKind, Pipeline, PromptVersion,
+    SamplingParams, StopReason,
+};

@@ -1,1 +1,282 @@
-fn main() {}
+//! `cogvlm`: chat with a CogVLM / CogAgent checkpoint, check it against reference fixtures, benchmark it.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use cogvlm::pipeline::{
+    ChatRequest, LoadOptions, Pipeline, PromptVersion, SamplingParams, StopReason,
+};
+
+#[derive(Parser)]
+#[command(name = "cogvlm", version, about = "CogVLM / CogAgent in Rust (candle)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct DeviceArgs {
+    /// cpu, cuda or cuda:N
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// f32, bf16 or f16 (default: bf16 on CUDA, f32 on CPU)
+    #[arg(long)]
+    dtype: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Interactive multi-turn chat in the terminal (`clear` starts over with a new image, `stop` quits).
+    Chat {
+        /// Checkpoint folder (config.json + safetensors).
+        #[arg(long)]
+        model: PathBuf,
+        /// Image to chat about (asked for interactively when omitted).
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// chat, chat_old, base or vqa (default: per checkpoint)
+        #[arg(long)]
+        version: Option<PromptVersion>,
+        /// tokenizer.json (default: found next to the checkpoint)
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        /// 0 = greedy
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        #[arg(long, default_value_t = 0.8)]
+        top_p: f64,
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 1.0)]
+        repetition_penalty: f32,
+        /// Total length, image positions included.
+        #[arg(long, default_value_t = 2048)]
+        max_length: usize,
+        #[arg(long)]
+        max_new_tokens: Option<usize>,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[command(flatten)]
+        dev: DeviceArgs,
+    },
+    /// Run every case of a reference fixture directory; prints one line per check and `N passed, M failed`.
+    Parity {
+        #[arg(long)]
+        fixtures: PathBuf,
+        /// Only cases whose id contains this.
+        #[arg(long)]
+        case: Option<String>,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Compare in this dtype (default f32).
+        #[arg(long)]
+        dtype: Option<String>,
+    },
+    /// Time to first token, decode tokens/s and peak memory as one JSON line.
+    Bench {
+        #[arg(long, conflicts_with = "config")]
+        model: Option<PathBuf>,
+        /// cogvlm-17b, cogvlm-base-224 or cogagent-18b (with --random-weights)
+        #[arg(long, requires = "random_weights")]
+        config: Option<String>,
+        #[arg(long)]
+        random_weights: bool,
+        #[arg(long, default_value_t = 32)]
+        new_tokens: usize,
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        #[command(flatten)]
+        dev: DeviceArgs,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Parity {
+            fixtures,
+            case,
+            device,
+            dtype,
+        } => parity(fixtures, case, device, dtype),
+        Command::Bench {
+            model,
+            config,
+            random_weights: _,
+            new_tokens,
+            tokenizer,
+            dev,
+        } => {
+            let args = cogvlm::bench::BenchArgs {
+                model,
+                config,
+                device: dev.device,
+                dtype: dev.dtype,
+                new_tokens,
+                tokenizer,
+            };
+            cogvlm::bench::run(&args).map(|v| println!("{v}"))
+        }
+        Command::Chat {
+            model,
+            image,
+            version,
+            tokenizer,
+            temperature,
+            top_p,
+            top_k,
+            repetition_penalty,
+            max_length,
+            max_new_tokens,
+            seed,
+            dev,
+        } => {
+            let sampling = SamplingParams {
+                temperature,
+                top_p,
+                top_k,
+                repetition_penalty,
+                seed,
+                max_length,
+                max_new_tokens,
+            };
+            let opts = LoadOptions {
+                device: dev.device,
+                dtype: dev.dtype,
+                tokenizer,
+            };
+            chat(model, image, version, sampling, opts)
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn parity(
+    fixtures: PathBuf,
+    case: Option<String>,
+    device: String,
+    dtype: Option<String>,
+) -> anyhow::Result<()> {
+    let (passed, failed) = cogvlm::parity::run_all(
+        &fixtures,
+        &device,
+        dtype.as_deref(),
+        case.as_deref(),
+        &mut |c| println!("{c}"),
+    )?;
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn read_line(prompt: &str) -> anyhow::Result<Option<String>> {
+    print!("{prompt}");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    Ok(Some(line.trim().to_string()))
+}
+
+fn open_image(path: &str) -> anyhow::Result<image::DynamicImage> {
+    image::open(path).with_context(|| format!("cannot open image {path}"))
+}
+
+fn chat(
+    model: PathBuf,
+    image: Option<PathBuf>,
+    version: Option<PromptVersion>,
+    sampling: SamplingParams,
+    opts: LoadOptions,
+) -> anyhow::Result<()> {
+    eprintln!("loading {} …", model.display());
+    let mut last = 0u64;
+    let mut pipe = Pipeline::load(&model, &opts, &mut |done, total| {
+        let pct = if total > 0 { done * 100 / total } else { 100 };
+        if pct >= last + 10 || done == total {
+            last = pct;
+            eprint!("\r{pct:3}% of {:.1} MiB", total as f64 / (1 << 20) as f64);
+        }
+    })?;
+    let s = pipe.summary().clone();
+    eprintln!(
+        "\r{} ({}, {} px), prompt version {}",
+        s.name,
+        s.kind,
+        s.image_size,
+        version.unwrap_or(s.default_version)
+    );
+    let mut image_path = image.map(|p| p.display().to_string());
+    'conversation: loop {
+        if image_path.is_none() {
+            match read_line("image path (empty for text only): ")? {
+                None => return Ok(()),
+                Some(p) if p == "stop" => return Ok(()),
+                Some(p) => image_path = Some(p),
+            }
+        }
+        let img = match image_path.as_deref() {
+            Some("") | None => None,
+            Some(p) => match open_image(p) {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    eprintln!("{e:#}");
+                    image_path = None;
+                    continue;
+                }
+            },
+        };
+        let mut history: Vec<(String, String)> = Vec::new();
+        loop {
+            let Some(query) = read_line("user> ")? else {
+                return Ok(());
+            };
+            match query.as_str() {
+                "stop" => return Ok(()),
+                "clear" => {
+                    image_path = None;
+                    continue 'conversation;
+                }
+                "" => continue,
+                _ => {}
+            }
+            let req = ChatRequest {
+                image: img.clone(),
+                history: history.clone(),
+                query: query.clone(),
+                version,
+                sampling: sampling.clone(),
+            };
+            print!("model> ");
+            std::io::stdout().flush()?;
+            let stats = pipe.generate(&req, &mut |piece| {
+                print!("{piece}");
+                std::io::stdout().flush().is_ok()
+            });
+            println!();
+            match stats {
+                Ok(st) => {
+                    let stop = match st.stop {
+                        StopReason::Eos => "eos",
+                        StopReason::Length => "length",
+                        StopReason::Cancelled => "cancelled",
+                    };
+                    eprintln!(
+                        "[{} prompt tokens · TTFT {:.0} ms · {} tokens at {:.1} tok/s · stop: {stop}]",
+                        st.prompt_tokens, st.ttft_ms, st.generated_tokens, st.tokens_per_s
+                    );
+                    history.push((query, st.text.trim().to_string()));
+                }
+                Err(e) => eprintln!("error: {e:#}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! The visual-expert Llama-2 decoder (`modeling_cogvlm.py` / `modeling_cogagent.py`; tensors under `model.`).
+//!
+//! Every layer holds two copies of QKV, the attention output projection and the MLP: the "vision expert" for
+//! boi and the image patches, the "language expert" for everything else. The reference gathers rows with boolean
+//! masks (a host round-trip per layer); here the image block is one contiguous span, so each routed matmul is at
+//! most three narrow + matmul pieces. CogAgent layers add a cross-attention sub-layer over the high-resolution
+//! encoder output, whose keys/values are computed once at prefill and kept in the cache.
+
+use std::ops::Range;
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{kv_cache::KvCache, linear_no_bias, Linear, VarBuilder};
+
+use super::config::{Config, CrossConfig};
+use super::vision::attention;
+
+/// RMSNorm as the reference computes it: in f32, weight multiplied in f32, then cast back.
+pub struct RmsNorm {
+    weight: Tensor, // f32
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints_dtype(size, "weight", Default::default(), DType::F32)?;
+        Ok(Self {
+            weight,
+            eps: eps as f32,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        candle_nn::ops::rms_norm(&x.to_dtype(DType::F32)?, &self.weight, self.eps)?.to_dtype(dtype)
+    }
+}
+
+/// A pair of expert weights applied by token span.
+struct Experts<T> {
+    language: T,
+    vision: T,
+}
+
+impl<T> Experts<T> {
+    /// Applies `f(vision)` to the rows in `span` and `f(language)` to the others, along dim 1 of `[B, L, _]`.
+    fn apply(
+        &self,
+        x: &Tensor,
+        span: &Option<Range<usize>>,
+        f: impl Fn(&T, &Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let Some(span) = span.as_ref().filter(|s| !s.is_empty()) else {
+            return f(&self.language, x);
+        };
+        let l = x.dim(1)?;
+        let mut parts = Vec::with_capacity(3);
+        if span.start > 0 {
+            parts.push(f(&self.language, &x.narrow(1, 0, span.start)?)?);
+        }
+        parts.push(f(&self.vision, &x.narrow(1, span.start, span.len())?)?);
+        if span.end < l {
+            parts.push(f(&self.language, &x.narrow(1, span.end, l - span.end)?)?);
+        }
+        if parts.len() == 1 {
+            return Ok(parts.remove(0));
+        }
+        Tensor::cat(&parts, 1)
+    }
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: linear_no_bias(h, i, vb.pp("gate_proj"))?,
+            up_proj: linear_no_bias(h, i, vb.pp("up_proj"))?,
+            down_proj: linear_no_bias(i, h, vb.pp("down_proj"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let g = (self.gate_proj.forward(x)?.silu()? * self.up_proj.forward(x)?)?;
+        self.down_proj.forward(&g)
+    }
+}
+
+/// cos/sin rows for the (non-contiguous) position ids: the LM's NeoX-style RoPE over the full head dim.
+pub struct Rotary {
+    inv_freq: Tensor, // [1, head_dim / 2] f32
+}
+
+impl Rotary {
+    /// Uses the checkpoint's `rotary_emb.inv_freq` buffer when present (bit-parity with the reference),
+    /// else `1 / 10000^(2j / d)` computed in f32 like `RotaryEmbedding.__init__`.
+    pub fn new(cfg: &Config, vb: &VarBuilder, device: &Device) -> Result<Self> {
+        let d = cfg.head_dim();
+        let name = "layers.0.self_attn.rotary_emb.inv_freq";
+        let inv_freq = if vb.contains_tensor(name) {
+            vb.get_with_hints_dtype(d / 2, name, Default::default(), DType::F32)?
+        } else {
+            let v: Vec<f32> = (0..d / 2)
+                .map(|j| 1.0 / 10000f32.powf((2 * j) as f32 / d as f32))
+                .collect();
+            Tensor::from_vec(v, d / 2, device)?
+        };
+        Ok(Self {
+            inv_freq: inv_freq.reshape((1, d / 2))?,
+        })
+    }
+
+    pub fn cos_sin(&self, positions: &[u32], dtype: DType) -> Result<(Tensor, Tensor)> {
+        let p: Vec<f32> = positions.iter().map(|&p| p as f32).collect();
+        let p = Tensor::from_vec(p, (positions.len(), 1), self.inv_freq.device())?;
+        let angles = p.broadcast_mul(&self.inv_freq)?;
+        Ok((
+            angles.cos()?.to_dtype(dtype)?,
+            angles.sin()?.to_dtype(dtype)?,
+        ))
+    }
+}
+
+struct SelfAttention {
+    qkv: Experts<Linear>,
+    dense: Experts<Linear>,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl SelfAttention {
+    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            qkv: Experts {
+                language: linear_no_bias(h, 3 * h, vb.pp("language_expert_query_key_value"))?,
+                vision: linear_no_bias(h, 3 * h, vb.pp("vision_expert_query_key_value"))?,
+            },
+            dense: Experts {
+                language: linear_no_bias(h, h, vb.pp("language_expert_dense"))?,
+                vision: linear_no_bias(h, h, vb.pp("vision_expert_dense"))?,
+            },
+            heads: cfg.num_attention_heads,
+            head_dim: cfg.head_dim(),
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        span: &Option<Range<usize>>,
+        cos: &Tensor,
+        sin: &Tensor,
+        kv: &mut KvCache,
+    ) -> Result<Tensor> {
+        let (b, l, h) = x.dims3()?;
+        let qkv = self.qkv.apply(x, span, |w, x| w.forward(x))?;
+        let split = |i: usize| -> Result<Tensor> {
+            qkv.narrow(D::Minus1, i * h, h)?
+                .reshape((b, l, self.heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = candle_nn::rotary_emb::rope(&split(0)?, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&split(1)?, cos, sin)?;
+        let v = split(2)?;
+        let past = kv.current_seq_len();
+        let (k, v) = kv.append(&k, &v)?;
+        let mask = if l > 1 {
+            Some(causal_mask(l, past, x.device())?)
+        } else {
+            None
+        };
+        let ctx = attention(&q, &k, &v, (self.head_dim as f64).powf(-0.5), mask.as_ref())?;
+        let ctx = ctx.transpose(1, 2)?.reshape((b, l, h))?;
+        self.dense.apply(&ctx, span, |w, x| w.forward(x))
+    }
+}
+
+/// Additive causal mask `[L, past + L]` (f32) for a chunk of `L` new tokens after `past` cached ones.
+fn causal_mask(l: usize, past: usize, device: &Device) -> Result<Tensor> {
+    let total = past + l;
+    let mask: Vec<f32> = (0..l)
+        .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(mask, (l, total), device)
+}
+
+struct CrossAttention {
+    query: Linear,
+    key_value: Linear,
+    dense: Linear,
+    heads: usize,
+    head_dim: usize,
+    compute: usize,
+}
+
+impl CrossAttention {
+    fn new(cfg: &Config, cross: &CrossConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            query: linear_no_bias(cfg.hidden_size, cross.compute, vb.pp("query"))?,
+            key_value: linear_no_bias(cross.hidden, 2 * cross.compute, vb.pp("key_value"))?,
+            dense: linear_no_bias(cross.compute, cfg.hidden_size, vb.pp("dense"))?,
+            heads: cfg.num_attention_heads,
+            head_dim: cross.compute / cfg.num_attention_heads,
+            compute: cross.compute,
+        })
+    }
+
+    fn heads_view(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, _) = x.dims3()?;
+        x.reshape((b, n, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// Keys and values over the encoder output, computed once per image.
+    fn encoder_kv(&self, enc: &Tensor) -> Result<(Tensor, Tensor)> {
+        let kv = self.key_value.forward(enc)?;
+        let k = self.heads_view(&kv.narrow(D::Minus1, 0, self.compute)?)?;
+        let v = self.heads_view(&kv.narrow(D::Minus1, self.compute, self.compute)?)?;
+        Ok((k, v))
+    }
+
+    fn forward(&self, x: &Tensor, kv: &(Tensor, Tensor)) -> Result<Tensor> {
+        let (b, l, _) = x.dims3()?;
+        let q = self.heads_view(&self.query.forward(x)?)?;
+        let ctx = attention(&q, &kv.0, &kv.1, (self.head_dim as f64).powf(-0.5), None)?;
+        self.dense
+            .forward(&ctx.transpose(1, 2)?.reshape((b, l, self.compute))?)
+    }
+}
+
+/// Per-layer decoding state: self-attention K/V (post-RoPE) and, for CogAgent, the encoder's K/V.
+pub struct LayerCache {
+    kv: KvCache,
+    cross: Option<(Tensor, Tensor)>,
+}
+
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: SelfAttention,
+    cross: Option<(RmsNorm, CrossAttention)>,
+    post_attention_layernorm: RmsNorm,
+    mlp: Experts<Mlp>,
+}
+
+impl DecoderLayer {
+    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
+        let cross = match cfg.cross() {
+            Some(c) => Some((
+                RmsNorm::new(h, eps, vb.pp("post_cross_attention_layernorm"))?,
+                CrossAttention::new(cfg, &c, vb.pp("cross_attn"))?,
+            )),
+            None => None,
+        };
+        Ok(Self {
+            input_layernorm: RmsNorm::new(h, eps, vb.pp("input_layernorm"))?,
+            self_attn: SelfAttention::new(cfg, vb.pp("self_attn"))?,
+            cross,
+            post_attention_layernorm: RmsNorm::new(h, eps, vb.pp("post_attention_layernorm"))?,
+            mlp: Experts {
+                language: Mlp::new(cfg, vb.pp("mlp").pp("language_mlp"))?,
+                vision: Mlp::new(cfg, vb.pp("mlp").pp("vision_mlp"))?,
+            },
+        })
+    }
+
+    fn forward(
+        &self,
+        h: &Tensor,
+        span: &Option<Range<usize>>,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor> {
+        let a = self.self_attn.forward(
+            &self.input_layernorm.forward(h)?,
+            span,
+            cos,
+            sin,
+            &mut cache.kv,
+        )?;
+        let mut h = (h + a)?;
+        if let Some((norm, cross)) = &self.cross {
+            let kv = cache.cross.as_ref().ok_or_else(|| {
+                candle_core::Error::Msg(
+                    "CogAgent needs an image: no cross-encoder keys in the cache".into(),
+                )
+            })?;
+            h = (&h + cross.forward(&norm.forward(&h)?, kv)?)?;
+        }
+        let x = self.post_attention_layernorm.forward(&h)?;
+        let m = self.mlp.apply(&x, span, |w, x| w.forward(x))?;
+        &h + m
+    }
+}
+
+/// Everything under `model.` except the vision towers, plus `lm_head`.
+pub struct LanguageModel {
+    embed_tokens: candle_nn::Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rotary: Rotary,
+}
+
+impl LanguageModel {
+    /// `vb` is the root builder (the LM lives under `model.` but `lm_head` is at the top).
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let m = vb.pp("model");
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::new(cfg, m.pp("layers").pp(i)))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            embed_tokens: candle_nn::embedding(
+                cfg.vocab_size,
+                cfg.hidden_size,
+                m.pp("embed_tokens"),
+            )?,
+            layers,
+            norm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?,
+            lm_head: linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?,
+            rotary: Rotary::new(cfg, &m, vb.device())?,
+        })
+    }
+
+    pub fn new_cache(&self, capacity: usize) -> Vec<LayerCache> {
+        self.layers
+            .iter()
+            .map(|_| LayerCache {
+                kv: KvCache::new(2, capacity),
+                cross: None,
+            })
+            .collect()
+    }
+
+    /// Computes every layer's cross K/V from the encoder output (CogAgent prefill).
+    pub fn set_cross(&self, cache: &mut [LayerCache], enc: &Tensor) -> Result<()> {
+        for (layer, c) in self.layers.iter().zip(cache.iter_mut()) {
+            if let Some((_, cross)) = &layer.cross {
+                c.cross = Some(cross.encoder_kv(enc)?);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.embed_tokens.forward(ids)
+    }
+
+    /// Runs the decoder over `embeds` `[B, L, H]` (appending to `cache`) and returns the final-normed hidden
+    /// states. `span` = positions (within this chunk) routed to the vision expert. `hidden` collects the
+    /// reference's `output_hidden_states` tuple when given.
+    pub fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        span: &Option<Range<usize>>,
+        positions: &[u32],
+        cache: &mut [LayerCache],
+        mut hidden: Option<&mut Vec<Tensor>>,
+    ) -> Result<Tensor> {
+        let (cos, sin) = self.rotary.cos_sin(positions, embeds.dtype())?;
+        let mut h = embeds.clone();
+        for (layer, c) in self.layers.iter().zip(cache.iter_mut()) {
+            if let Some(hs) = hidden.as_deref_mut() {
+                hs.push(h.clone());
+            }
+            h = layer.forward(&h, span, &cos, &sin, c)?;
+        }
+        let out = self.norm.forward(&h)?;
+        if let Some(hs) = hidden.as_deref_mut() {
+            hs.push(out.clone());
+        }
+        Ok(out)
+    }
+
+    /// Logits in f32 (as the reference casts them).
+    pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(h)?.to_dtype(DType::F32)
+    }
+}

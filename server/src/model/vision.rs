@@ -1,0 +1,240 @@
+//! EVA2-CLIP-E vision tower with its post-sublayer LayerNorm, and the GLU adapter into the language model
+//! (`visual.py` of the HF remote code; tensors under `model.vision.`).
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{layer_norm, linear, linear_no_bias, LayerNorm, Linear, VarBuilder};
+
+use super::config::{Config, VisionConfig};
+
+/// Softmax attention over `[B, H, N, d]` tensors, `softmax((q·scale)·kᵀ)·v`, computed in f32 (the softmax is
+/// the numerically delicate part; bf16 activations are upcast only here).
+pub(crate) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let dtype = q.dtype();
+    let q = (q.to_dtype(DType::F32)? * scale)?.contiguous()?;
+    let k = k.to_dtype(DType::F32)?.contiguous()?;
+    let v = v.to_dtype(DType::F32)?.contiguous()?;
+    let mut scores = q.matmul(&k.t()?)?;
+    if let Some(mask) = mask {
+        scores = scores.broadcast_add(mask)?;
+    }
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    probs.matmul(&v)?.to_dtype(dtype)
+}
+
+/// Conv2d with kernel = stride = patch and no padding, written as patchify + matmul (exact, and much faster
+/// than im2col for this shape). `[B, C, S, S]` → `[B, (S/p)², out]`, patches in row-major order.
+pub(crate) struct PatchEmbed {
+    weight: Tensor, // [out, C·p·p]
+    bias: Tensor,
+    patch: usize,
+}
+
+impl PatchEmbed {
+    pub fn new(in_ch: usize, out: usize, patch: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get((out, in_ch, patch, patch), "weight")?;
+        let weight = weight.reshape((out, in_ch * patch * patch))?;
+        let bias = vb.get(out, "bias")?;
+        Ok(Self {
+            weight,
+            bias,
+            patch,
+        })
+    }
+
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = pixels.dims4()?;
+        let p = self.patch;
+        let (gh, gw) = (h / p, w / p);
+        let x = pixels
+            .reshape((b, c, gh, p, gw, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b, gh * gw, c * p * p))?
+            .to_dtype(self.weight.dtype())?;
+        x.broadcast_matmul(&self.weight.t()?)?
+            .broadcast_add(&self.bias)
+    }
+}
+
+struct Attention {
+    qkv: Linear,
+    dense: Linear,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            qkv: linear(h, 3 * h, vb.pp("query_key_value"))?,
+            dense: linear(h, h, vb.pp("dense"))?,
+            heads: cfg.num_heads,
+            head_dim: cfg.head_dim(),
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, h) = x.dims3()?;
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((b, n, 3, self.heads, self.head_dim))?
+            .permute((2, 0, 3, 1, 4))?;
+        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+        let ctx = attention(&q, &k, &v, (self.head_dim as f64).powf(-0.5), None)?;
+        let ctx = ctx.transpose(1, 2)?.reshape((b, n, h))?;
+        self.dense.forward(&ctx)
+    }
+}
+
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&self.fc1.forward(x)?.gelu_erf()?)
+    }
+}
+
+/// One EVA2-CLIP-E layer: `x = x + LN_in(attn(x)); x = x + LN_post(mlp(x))` (the norms sit on the sublayer
+/// outputs, SAT's "post" layernorm order).
+struct Layer {
+    attn: Attention,
+    ln_in: LayerNorm,
+    mlp: Mlp,
+    ln_post: LayerNorm,
+}
+
+impl Layer {
+    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        Ok(Self {
+            attn: Attention::new(cfg, vb.pp("attention"))?,
+            ln_in: layer_norm(h, eps, vb.pp("input_layernorm"))?,
+            mlp: Mlp {
+                fc1: linear(h, cfg.intermediate_size, vb.pp("mlp").pp("fc1"))?,
+                fc2: linear(cfg.intermediate_size, h, vb.pp("mlp").pp("fc2"))?,
+            },
+            ln_post: layer_norm(h, eps, vb.pp("post_attention_layernorm"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = (x + self.ln_in.forward(&self.attn.forward(x)?)?)?;
+        &x + self.ln_post.forward(&self.mlp.forward(&x)?)?
+    }
+}
+
+/// The "GLU" adapter: Linear → LayerNorm(eps 1e-5) → GELU → SwiGLU → Linear.
+struct Glu {
+    linear_proj: Linear,
+    norm1: LayerNorm,
+    gate_proj: Linear,
+    dense_h_to_4h: Linear,
+    dense_4h_to_h: Linear,
+}
+
+impl Glu {
+    fn new(in_features: usize, cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            linear_proj: linear_no_bias(in_features, h, vb.pp("linear_proj"))?,
+            norm1: layer_norm(h, 1e-5, vb.pp("norm1"))?,
+            gate_proj: linear_no_bias(h, i, vb.pp("gate_proj"))?,
+            dense_h_to_4h: linear_no_bias(h, i, vb.pp("dense_h_to_4h"))?,
+            dense_4h_to_h: linear_no_bias(i, h, vb.pp("dense_4h_to_h"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.linear_proj.forward(x)?;
+        let x = self.norm1.forward(&x)?.gelu_erf()?;
+        let gated = (self.gate_proj.forward(&x)?.silu()? * self.dense_h_to_4h.forward(&x)?)?;
+        self.dense_4h_to_h.forward(&gated)
+    }
+}
+
+/// `model.vision`: pixels `[B, 3, S, S]` → `[B, n + 2, hidden]` = `[boi, GLU(patches), eoi]`.
+pub struct VisionModel {
+    patch_embed: PatchEmbed,
+    cls: Tensor,
+    pos: Tensor,
+    layers: Vec<Layer>,
+    /// CogAgent adds a learned table to the patch features before the adapter.
+    extra_pos: Option<Tensor>,
+    glu: Glu,
+    boi: Tensor,
+    eoi: Tensor,
+}
+
+impl VisionModel {
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let v = &cfg.vision_config;
+        let pe = vb.pp("patch_embedding");
+        let layers = (0..v.num_hidden_layers)
+            .map(|i| Layer::new(v, vb.pp("transformer").pp("layers").pp(i)))
+            .collect::<Result<_>>()?;
+        let extra_pos = if cfg.is_cogagent() {
+            Some(vb.get((v.num_patches(), v.hidden_size), "pos_embed")?)
+        } else {
+            None
+        };
+        Ok(Self {
+            patch_embed: PatchEmbed::new(
+                v.in_channels,
+                v.hidden_size,
+                v.patch_size,
+                pe.pp("proj"),
+            )?,
+            cls: pe.get((1, v.hidden_size), "cls_embedding")?,
+            pos: pe.get(
+                (v.num_positions, v.hidden_size),
+                "position_embedding.weight",
+            )?,
+            layers,
+            extra_pos,
+            glu: Glu::new(v.hidden_size, cfg, vb.pp("linear_proj"))?,
+            boi: vb.get((1, 1, cfg.hidden_size), "boi")?,
+            eoi: vb.get((1, 1, cfg.hidden_size), "eoi")?,
+        })
+    }
+
+    /// ViT output before the CLS row is dropped: `[B, n + 1, vision_hidden]` (used by the parity probes).
+    pub fn vit(&self, pixels: &Tensor) -> Result<Tensor> {
+        let x = self.patch_embed.forward(pixels)?;
+        let b = x.dim(0)?;
+        let cls = self
+            .cls
+            .unsqueeze(0)?
+            .broadcast_as((b, 1, self.cls.dim(1)?))?;
+        let mut x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.pos)?;
+        for layer in &self.layers {
+            x = layer.forward(&x)?;
+        }
+        Ok(x)
+    }
+
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let x = self.vit(pixels)?;
+        let n = x.dim(1)? - 1;
+        let mut x = x.narrow(1, 1, n)?;
+        if let Some(p) = &self.extra_pos {
+            x = x.broadcast_add(p)?;
+        }
+        let x = self.glu.forward(&x)?;
+        let b = x.dim(0)?;
+        let h = x.dim(D::Minus1)?;
+        let boi = self.boi.broadcast_as((b, 1, h))?;
+        let eoi = self.eoi.broadcast_as((b, 1, h))?;
+        Tensor::cat(&[&boi, &x, &eoi], 1)
+    }
+}

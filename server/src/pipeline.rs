@@ -1,0 +1,429 @@
+//! One loaded checkpoint and its tokenizer, and a chat turn from request to streamed text: preprocessing,
+//! prompt building, prefill, the decode loop, stop rules and stats. No web types here, and no candle types in
+//! the public signatures, so the worker and the CLI share it.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use tokenizers::Tokenizer;
+
+use crate::model::config::Config;
+use crate::model::preprocess;
+use crate::model::prompt::{prompt_text, PromptInput};
+pub use crate::model::prompt::{ModelKind, PromptVersion};
+use crate::model::weights::{Checkpoint, ProgressBackend};
+use crate::model::{Cache, CogVlm};
+use crate::sampling::Sampler;
+pub use crate::sampling::SamplingParams;
+use crate::text_stream::TextStream;
+
+/// What the app needs to list a checkpoint, read from `config.json` alone.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CheckpointSummary {
+    pub name: String,
+    pub dir: PathBuf,
+    pub kind: ModelKind,
+    pub image_size: usize,
+    pub default_version: PromptVersion,
+}
+
+/// The checkpoint's default prompt version: the README's "which --version" table by checkpoint name, then
+/// `template_version` from config.json, then `chat`.
+pub fn default_version(name: &str, cfg: &Config) -> PromptVersion {
+    let n = name.to_ascii_lowercase();
+    let by_name = if cfg.is_cogagent() {
+        if n.contains("vqa") {
+            Some(PromptVersion::ChatOld)
+        } else if n.contains("chat") {
+            Some(PromptVersion::Chat)
+        } else {
+            None
+        }
+    } else if n.contains("grounding") || n.contains("base") {
+        Some(PromptVersion::Base)
+    } else if n.contains("vqa") {
+        Some(PromptVersion::Vqa)
+    } else if n.contains("chat") {
+        Some(PromptVersion::Chat)
+    } else {
+        None
+    };
+    by_name
+        .or_else(|| cfg.template_version.as_deref().and_then(|v| v.parse().ok()))
+        .unwrap_or(PromptVersion::Chat)
+}
+
+pub fn probe_checkpoint(dir: &Path) -> anyhow::Result<CheckpointSummary> {
+    let cfg = Config::from_file(&dir.join("config.json"))?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dir.display().to_string());
+    Ok(CheckpointSummary {
+        default_version: default_version(&name, &cfg),
+        kind: if cfg.is_cogagent() {
+            ModelKind::CogAgent
+        } else {
+            ModelKind::CogVlm
+        },
+        image_size: cfg.vision_config.image_size,
+        name,
+        dir: dir.to_path_buf(),
+    })
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// `f32`, `bf16` or `f16`; `None` = bf16 on CUDA, f32 on CPU.
+    pub dtype: Option<String>,
+    pub tokenizer: Option<PathBuf>,
+}
+
+pub fn parse_device(s: &str) -> anyhow::Result<Device> {
+    match s {
+        "" | "cpu" => Ok(Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = match s.strip_prefix("cuda:") {
+                Some(n) => n
+                    .parse::<usize>()
+                    .with_context(|| format!("bad CUDA device {s:?}"))?,
+                None => 0,
+            };
+            if !candle_core::utils::cuda_is_available() {
+                bail!("--device {s}: this binary was built without the `cuda` feature (cargo build --features cuda)");
+            }
+            Device::new_cuda(ordinal).with_context(|| format!("cannot open CUDA device {ordinal}"))
+        }
+        other => bail!("unknown device {other:?} (expected cpu, cuda or cuda:N)"),
+    }
+}
+
+pub fn parse_dtype(s: Option<&str>, device: &Device) -> anyhow::Result<DType> {
+    Ok(match s {
+        None => {
+            if device.is_cuda() {
+                DType::BF16
+            } else {
+                DType::F32
+            }
+        }
+        Some("f32") => DType::F32,
+        Some("bf16") => DType::BF16,
+        Some("f16") => DType::F16,
+        Some(o) => bail!("unknown dtype {o:?} (expected f32, bf16 or f16)"),
+    })
+}
+
+/// `--tokenizer`, else `tokenizer.json` in the model dir, its parent (a models folder), or a sibling
+/// `tokenizer/` folder (the fixture layout).
+pub fn find_tokenizer(dir: &Path, explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        if p.is_file() {
+            return Ok(p.to_path_buf());
+        }
+        if p.join("tokenizer.json").is_file() {
+            return Ok(p.join("tokenizer.json"));
+        }
+        bail!("tokenizer {} not found", p.display());
+    }
+    let mut candidates = vec![dir.join("tokenizer.json")];
+    if let Some(parent) = dir.parent() {
+        candidates.push(parent.join("tokenizer.json"));
+        if let Some(grand) = parent.parent() {
+            candidates.push(grand.join("tokenizer").join("tokenizer.json"));
+        }
+    }
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no tokenizer.json for {}: put the Vicuna-7B-v1.5 tokenizer.json in the model folder or its parent, \
+             or pass --tokenizer PATH",
+            dir.display()
+        )
+    })
+}
+
+pub fn load_tokenizer(path: &Path) -> anyhow::Result<Tokenizer> {
+    Tokenizer::from_file(path)
+        .map_err(|e| anyhow::anyhow!("cannot load tokenizer {}: {e}", path.display()))
+}
+
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub image: Option<image::DynamicImage>,
+    pub history: Vec<(String, String)>,
+    pub query: String,
+    /// `None` = the checkpoint's default.
+    pub version: Option<PromptVersion>,
+    pub sampling: SamplingParams,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum StopReason {
+    Eos,
+    Length,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GenerationStats {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    /// Image encoding + prompt forward.
+    pub prefill_ms: f64,
+    /// Request start → first token chosen.
+    pub ttft_ms: f64,
+    /// Decode rate after the first token.
+    pub tokens_per_s: f64,
+    pub stop: StopReason,
+    pub text: String,
+    pub generated_ids: Vec<u32>,
+}
+
+/// Encoded image, kept so that follow-up questions about the same image skip the vision towers.
+struct ImageCache {
+    key: u64,
+    embeds: Tensor,
+    cross: Option<Tensor>,
+}
+
+pub struct Pipeline {
+    model: CogVlm,
+    tokenizer: Tokenizer,
+    summary: CheckpointSummary,
+    image_cache: Option<ImageCache>,
+}
+
+/// A prepared prompt: ids, routing and the encoded image.
+pub struct Prepared {
+    pub input: PromptInput,
+    pub image: Option<Tensor>,
+    pub cross: Option<Tensor>,
+}
+
+impl Pipeline {
+    pub fn load(
+        dir: &Path,
+        opts: &LoadOptions,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> anyhow::Result<Self> {
+        let summary = probe_checkpoint(dir)?;
+        let cfg = Config::from_file(&dir.join("config.json"))?;
+        let tokenizer = load_tokenizer(&find_tokenizer(dir, opts.tokenizer.as_deref())?)?;
+        let device = parse_device(&opts.device)?;
+        let dtype = parse_dtype(opts.dtype.as_deref(), &device)?;
+        let ck = Checkpoint::open(dir, &cfg)?;
+        let vb =
+            VarBuilder::from_backend(Box::new(ProgressBackend::new(ck, progress)), dtype, device);
+        let model = CogVlm::new(&cfg, vb)
+            .with_context(|| format!("cannot build the model from {}", dir.display()))?;
+        Ok(Self {
+            model,
+            tokenizer,
+            summary,
+            image_cache: None,
+        })
+    }
+
+    pub fn from_parts(model: CogVlm, tokenizer: Tokenizer, summary: CheckpointSummary) -> Self {
+        Self {
+            model,
+            tokenizer,
+            summary,
+            image_cache: None,
+        }
+    }
+
+    pub fn summary(&self) -> &CheckpointSummary {
+        &self.summary
+    }
+
+    pub fn model(&self) -> &CogVlm {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn encode_text(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| anyhow::anyhow!("cannot tokenize the prompt: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Builds the prompt and encodes the image (reusing the last image's encoding when it is the same).
+    pub fn prepare(&mut self, req: &ChatRequest) -> anyhow::Result<Prepared> {
+        let kind = self.model.kind();
+        if kind == ModelKind::CogAgent && req.image.is_none() {
+            bail!("CogAgent needs an image: upload one to chat with this checkpoint");
+        }
+        let version = req.version.unwrap_or(self.summary.default_version);
+        let text = prompt_text(kind, version, &req.history, &req.query);
+        let text_ids = self.encode_text(&text)?;
+        let cfg = &self.model.cfg;
+        let input = PromptInput::new(
+            cfg.bos_token_id,
+            cfg.pad_token_id(),
+            req.image.as_ref().map(|_| cfg.image_tokens()),
+            &text_ids,
+        );
+        let (image, cross) = match &req.image {
+            None => (None, None),
+            Some(img) => {
+                let (e, c) = self.encode_image(img)?;
+                (Some(e), c)
+            }
+        };
+        Ok(Prepared {
+            input,
+            image,
+            cross,
+        })
+    }
+
+    fn encode_image(
+        &mut self,
+        img: &image::DynamicImage,
+    ) -> anyhow::Result<(Tensor, Option<Tensor>)> {
+        let rgb = preprocess::to_rgb(img);
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (rgb.width(), rgb.height()).hash(&mut h);
+        rgb.as_raw().hash(&mut h);
+        let key = h.finish();
+        if let Some(c) = self.image_cache.as_ref().filter(|c| c.key == key) {
+            return Ok((c.embeds.clone(), c.cross.clone()));
+        }
+        let device = self.model.device().clone();
+        let size = self.model.cfg.vision_config.image_size;
+        let pixels = preprocess::normalize(&preprocess::resize_bicubic(&rgb, size, size), &device)?
+            .unsqueeze(0)?;
+        let embeds = self.model.encode_image(&pixels)?;
+        let cross = match self.model.cfg.cross() {
+            Some(c) => {
+                let px = preprocess::normalize(
+                    &preprocess::resize_bicubic(&rgb, c.image_size, c.image_size),
+                    &device,
+                )?
+                .unsqueeze(0)?;
+                Some(self.model.encode_cross(&px)?)
+            }
+            None => None,
+        };
+        self.image_cache = Some(ImageCache {
+            key,
+            embeds: embeds.clone(),
+            cross: cross.clone(),
+        });
+        Ok((embeds, cross))
+    }
+
+    /// One chat turn. `on_text` receives each newly complete piece of text; returning `false` cancels.
+    pub fn generate(
+        &mut self,
+        req: &ChatRequest,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> anyhow::Result<GenerationStats> {
+        self.generate_with(req, false, on_text)
+    }
+
+    /// As [`Self::generate`]; `ignore_eos` keeps going to the length limit (parity with the fixtures' 12 tokens).
+    pub fn generate_with(
+        &mut self,
+        req: &ChatRequest,
+        ignore_eos: bool,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> anyhow::Result<GenerationStats> {
+        req.sampling.validate()?;
+        let start = Instant::now();
+        let prepared = self.prepare(req)?;
+        let prompt_len = prepared.input.input_ids.len();
+        let max_length = req.sampling.max_length;
+        if prompt_len >= max_length {
+            bail!(
+                "the prompt takes {prompt_len} positions (the image counts {} of them) but max_length is {max_length}: \
+                 shorten the conversation or raise max length",
+                prepared.input.image_span.as_ref().map_or(0, |s| s.len())
+            );
+        }
+        let mut budget = max_length - prompt_len;
+        if let Some(n) = req.sampling.max_new_tokens {
+            budget = budget.min(n);
+        }
+        let mut cache = self.model.new_cache(prompt_len + budget);
+        let prefill = self.model.prefill(
+            &prepared.input,
+            prepared.image.as_ref(),
+            prepared.cross.as_ref(),
+            &mut cache,
+            false,
+            None,
+        )?;
+        let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
+        let eos = self.model.cfg.eos_token_id;
+        let mut sampler = Sampler::new(req.sampling.clone());
+        let mut all_ids = prepared.input.input_ids.clone();
+        let mut generated = Vec::new();
+        let mut stream = TextStream::new(&self.tokenizer);
+        let mut logits: Vec<f32> = prefill.logits.to_vec1()?;
+        let mut ttft_ms = 0.0;
+        let mut first_token_at = Instant::now();
+        let mut stop = StopReason::Length;
+        while generated.len() < budget {
+            let token = sampler.sample(&mut logits, &all_ids);
+            if generated.is_empty() {
+                ttft_ms = start.elapsed().as_secs_f64() * 1e3;
+                first_token_at = Instant::now();
+            }
+            if token == eos && !ignore_eos {
+                stop = StopReason::Eos;
+                break;
+            }
+            generated.push(token);
+            all_ids.push(token);
+            if let Some(piece) = stream.push(token)? {
+                if !on_text(&piece) {
+                    stop = StopReason::Cancelled;
+                    break;
+                }
+            }
+            if generated.len() >= budget {
+                break;
+            }
+            logits = self.model.step(token, &mut cache)?.to_vec1()?;
+        }
+        if stop != StopReason::Cancelled {
+            if let Some(rest) = stream.finish() {
+                on_text(&rest);
+            }
+        }
+        let decode_s = first_token_at.elapsed().as_secs_f64();
+        let tokens_per_s = if generated.len() > 1 && decode_s > 0.0 {
+            (generated.len() - 1) as f64 / decode_s
+        } else {
+            0.0
+        };
+        Ok(GenerationStats {
+            prompt_tokens: prompt_len,
+            generated_tokens: generated.len(),
+            prefill_ms,
+            ttft_ms,
+            tokens_per_s,
+            stop,
+            text: stream.text().to_string(),
+            generated_ids: generated,
+        })
+    }
+
+    /// Fresh cache sized for a prompt plus `extra` tokens (parity, bench).
+    pub fn new_cache(&self, len: usize) -> Cache {
+        self.model.new_cache(len)
+    }
+}
