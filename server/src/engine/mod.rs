@@ -1,0 +1,7 @@
+//! The model engine: a worker thread that owns the loaded checkpoint, and the registry of
+//! checkpoints it can load. Knows requests (app's protocol types), not HTTP.
+pub mod registry;
+pub mod worker;
+
+pub use registry::{bundled_models_dir, Entry, Registry};
+pub use worker::{Canceller, Command, EngineHandle, Ticket};

@@ -1,0 +1,167 @@
+//! The checkpoints of a models folder.
+//!
+//! A models folder is either one checkpoint (it has `config.json`) or a folder of checkpoint
+//! folders. Each is identified by [`crate::probe_checkpoint`], which reads `config.json` only,
+//! so scanning is cheap; folders that fail are listed with the reason.
+
+use crate::{probe_checkpoint, CheckpointSummary, ModelKind, PromptVersion};
+use anyhow::{bail, Context, Result};
+use app::protocol as proto;
+use std::path::{Path, PathBuf};
+
+/// The bundled tiny checkpoints (random weights, real architecture and tokenizer).
+pub fn bundled_models_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models")
+}
+
+/// The checkpoint served first from the bundled folder.
+pub const BUNDLED_DEFAULT: &str = "cogvlm_tiny_490";
+
+/// One usable checkpoint.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub summary: CheckpointSummary,
+    /// True when it lives in the bundled fixtures folder.
+    pub bundled: bool,
+}
+
+impl Entry {
+    pub fn name(&self) -> &str {
+        &self.summary.name
+    }
+
+    pub fn info(&self) -> proto::CheckpointInfo {
+        proto::CheckpointInfo {
+            name: self.summary.name.clone(),
+            kind: match self.summary.kind {
+                ModelKind::CogVlm => proto::ModelKind::CogVlm,
+                ModelKind::CogAgent => proto::ModelKind::CogAgent,
+            },
+            image_size: self.summary.image_size,
+            default_version: to_proto_version(self.summary.default_version),
+            bundled: self.bundled,
+        }
+    }
+}
+
+pub fn to_proto_version(v: PromptVersion) -> proto::PromptVersion {
+    match v {
+        PromptVersion::Chat => proto::PromptVersion::Chat,
+        PromptVersion::ChatOld => proto::PromptVersion::ChatOld,
+        PromptVersion::Base => proto::PromptVersion::Base,
+        PromptVersion::Vqa => proto::PromptVersion::Vqa,
+    }
+}
+
+pub fn from_proto_version(v: proto::PromptVersion) -> PromptVersion {
+    match v {
+        proto::PromptVersion::Chat => PromptVersion::Chat,
+        proto::PromptVersion::ChatOld => PromptVersion::ChatOld,
+        proto::PromptVersion::Base => PromptVersion::Base,
+        proto::PromptVersion::Vqa => PromptVersion::Vqa,
+    }
+}
+
+/// The checkpoints found in a folder.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    pub dir: PathBuf,
+    pub entries: Vec<Entry>,
+    /// Folders with a `config.json` that could not be identified: (folder name, reason).
+    pub skipped: Vec<(String, String)>,
+}
+
+impl Registry {
+    /// Scans `dir` (not recursively beyond one level).
+    pub fn scan(dir: &Path) -> Result<Registry> {
+        if !dir.is_dir() {
+            bail!(
+                "models folder {} does not exist (give --models-dir a folder of checkpoints, \
+                 each with config.json and *.safetensors)",
+                dir.display()
+            );
+        }
+        let bundled_root = bundled_models_dir().canonicalize().ok();
+        let is_bundled = |p: &Path| {
+            let p = p.canonicalize().ok();
+            matches!((&p, &bundled_root), (Some(p), Some(root)) if p.starts_with(root))
+        };
+        let mut candidates = Vec::new();
+        if dir.join("config.json").is_file() {
+            candidates.push(dir.to_path_buf());
+        } else {
+            let listing =
+                std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+            for item in listing {
+                let path = item?.path();
+                if path.join("config.json").is_file() {
+                    candidates.push(path);
+                }
+            }
+            candidates.sort();
+        }
+        let mut entries = Vec::new();
+        let mut skipped = Vec::new();
+        for path in candidates {
+            let folder = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| path.display().to_string());
+            match probe_checkpoint(&path) {
+                Ok(summary) => entries.push(Entry {
+                    bundled: is_bundled(&path),
+                    summary,
+                }),
+                Err(e) => skipped.push((folder, format!("{e:#}"))),
+            }
+        }
+        Ok(Registry {
+            dir: dir.to_path_buf(),
+            entries,
+            skipped,
+        })
+    }
+
+    pub fn find(&self, name: &str) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.name() == name)
+    }
+
+    /// The checkpoint to load at startup: the bundled default if present, else the first.
+    pub fn default_entry(&self) -> Option<&Entry> {
+        self.find(BUNDLED_DEFAULT).or(self.entries.first())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundled_folder_lists_the_three_tiny_checkpoints() {
+        let reg = Registry::scan(&bundled_models_dir()).unwrap();
+        let names: Vec<&str> = reg.entries.iter().map(Entry::name).collect();
+        assert_eq!(
+            names,
+            ["cogagent_tiny", "cogvlm_tiny_224", "cogvlm_tiny_490"]
+        );
+        assert!(reg.entries.iter().all(|e| e.bundled));
+        assert!(reg.skipped.is_empty(), "{:?}", reg.skipped);
+        assert_eq!(reg.default_entry().unwrap().name(), BUNDLED_DEFAULT);
+        let info = reg.find("cogagent_tiny").unwrap().info();
+        assert_eq!(info.kind, proto::ModelKind::CogAgent);
+        assert_eq!(info.image_size, 224);
+        assert_eq!(reg.find("cogvlm_tiny_490").unwrap().info().image_size, 490);
+    }
+
+    #[test]
+    fn a_single_checkpoint_folder_is_its_own_registry() {
+        let reg = Registry::scan(&bundled_models_dir().join("cogvlm_tiny_224")).unwrap();
+        assert_eq!(reg.entries.len(), 1);
+    }
+
+    #[test]
+    fn a_missing_folder_is_a_clear_error() {
+        let err = Registry::scan(Path::new("/nonexistent/models")).unwrap_err();
+        assert!(err.to_string().contains("--models-dir"));
+    }
+}

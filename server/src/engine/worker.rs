@@ -1,0 +1,514 @@
+//! The worker thread: it owns the loaded [`Pipeline`] and runs one job at a time, in order.
+//!
+//! Typed commands come in through one channel ([`Command`]); each request carries its own
+//! response channel of protocol [`Event`]s. The worker reports the queue position of waiting
+//! requests, streams text pieces, and ends every request with `Done` or `Error`. A request is
+//! cancelled by its flag ([`EngineHandle::cancel`]), by a `Cancel` command while queued, or when
+//! its response channel is closed (the next send fails: the client is gone).
+
+use super::registry::{from_proto_version, Entry, Registry};
+use crate::{ChatRequest, GenerationStats, LoadOptions, Pipeline, SamplingParams, StopReason};
+use anyhow::{anyhow, Context, Result};
+use app::protocol::{self as proto, Event, GenerateRequest, ModelsState};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Capacity of a request's event channel; a slow client slows the worker down (back-pressure)
+/// instead of buffering without bound.
+const EVENT_BUFFER: usize = 256;
+
+/// What the worker is asked to do.
+pub enum Command {
+    Generate {
+        id: u64,
+        req: Box<GenerateRequest>,
+        cancel: Arc<AtomicBool>,
+        events: mpsc::Sender<Event>,
+    },
+    /// Cancels request `id`, queued or running.
+    Cancel { id: u64 },
+    /// Switches to checkpoint `name` (the current one stays if loading fails).
+    Load {
+        name: String,
+        events: mpsc::Sender<Event>,
+    },
+}
+
+/// What the handle can read without asking the worker.
+#[derive(Debug, Default)]
+struct Shared {
+    current: Option<String>,
+    loading: Option<String>,
+    load_error: Option<String>,
+}
+
+/// A queued or running generation, as returned to the caller.
+pub struct Ticket {
+    pub id: u64,
+    /// `Queued`, `Started`, `Token`…, then `Done` or `Error`. Dropping it cancels.
+    pub events: mpsc::Receiver<Event>,
+    /// Stops this request; cloneable, usable from any thread.
+    pub canceller: Canceller,
+}
+
+/// Cancels one request: at once if it runs (no further token is produced), or removes it from
+/// the queue. Either way it ends with `Done { stop: Cancelled }`.
+#[derive(Clone)]
+pub struct Canceller {
+    id: u64,
+    flag: Arc<AtomicBool>,
+    commands: std_mpsc::Sender<Command>,
+}
+
+impl Canceller {
+    pub fn cancel(&self) {
+        if !self.flag.swap(true, Ordering::SeqCst) {
+            let _ = self.commands.send(Command::Cancel { id: self.id });
+        }
+    }
+}
+
+/// The cloneable handle of channels through which everything talks to the worker.
+#[derive(Clone)]
+pub struct EngineHandle {
+    commands: std_mpsc::Sender<Command>,
+    shared: Arc<Mutex<Shared>>,
+    registry: Arc<Registry>,
+    next_id: Arc<AtomicU64>,
+    device: String,
+}
+
+impl EngineHandle {
+    /// Starts the worker thread. `initial`, if given, is loaded first (requests queue behind it).
+    pub fn start(registry: Registry, opts: LoadOptions, initial: Option<&str>) -> Result<Self> {
+        let (commands, rx) = std_mpsc::channel();
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let registry = Arc::new(registry);
+        let handle = EngineHandle {
+            commands,
+            shared: shared.clone(),
+            registry: registry.clone(),
+            next_id: Arc::new(AtomicU64::new(1)),
+            device: opts.device.clone(),
+        };
+        std::thread::Builder::new()
+            .name("cogvlm-worker".into())
+            .spawn(move || {
+                Worker {
+                    rx,
+                    queue: Queue {
+                        jobs: VecDeque::new(),
+                    },
+                    pipeline: None,
+                    current: None,
+                    registry,
+                    opts,
+                    shared,
+                }
+                .run()
+            })
+            .context("starting the model worker thread")?;
+        if let Some(name) = initial {
+            // Nobody listens to the startup load: progress goes to the log, the state to
+            // `models()`.
+            let (events, mut rx) = mpsc::channel(EVENT_BUFFER);
+            handle
+                .shared
+                .lock()
+                .map_err(|_| anyhow!("poisoned"))?
+                .loading = Some(name.into());
+            handle.send(Command::Load {
+                name: name.into(),
+                events,
+            });
+            std::thread::spawn(move || {
+                while let Some(ev) = rx.blocking_recv() {
+                    match ev {
+                        Event::Loaded { checkpoint } => eprintln!("loaded {}", checkpoint.name),
+                        Event::Error { message } => eprintln!("loading failed: {message}"),
+                        _ => {}
+                    }
+                }
+            });
+        }
+        Ok(handle)
+    }
+
+    fn send(&self, cmd: Command) {
+        // The worker only stops when every handle is gone; a failed send cannot happen while
+        // `self` exists, except after a panic in the worker, which the events then report
+        // as a closed channel.
+        let _ = self.commands.send(cmd);
+    }
+
+    /// Queues a generation.
+    pub fn generate(&self, req: GenerateRequest) -> Ticket {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (events, rx) = mpsc::channel(EVENT_BUFFER);
+        self.send(Command::Generate {
+            id,
+            req: Box::new(req),
+            cancel: cancel.clone(),
+            events,
+        });
+        Ticket {
+            id,
+            events: rx,
+            canceller: Canceller {
+                id,
+                flag: cancel,
+                commands: self.commands.clone(),
+            },
+        }
+    }
+
+    /// Queues a checkpoint switch; see [`Command::Load`].
+    pub fn load(&self, name: &str) -> mpsc::Receiver<Event> {
+        let (events, rx) = mpsc::channel(EVENT_BUFFER);
+        self.send(Command::Load {
+            name: name.into(),
+            events,
+        });
+        rx
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The checkpoint list and what is loaded.
+    pub fn models(&self) -> ModelsState {
+        let shared = self
+            .shared
+            .lock()
+            .map(|s| (s.current.clone(), s.loading.clone(), s.load_error.clone()));
+        let (current, loading, load_error) = shared.unwrap_or_default();
+        ModelsState {
+            checkpoints: self.registry.entries.iter().map(Entry::info).collect(),
+            current,
+            loading,
+            load_error,
+            models_dir: self.registry.dir.display().to_string(),
+            skipped: self.registry.skipped.clone(),
+            device: self.device.clone(),
+        }
+    }
+}
+
+enum Job {
+    Generate {
+        id: u64,
+        req: Box<GenerateRequest>,
+        cancel: Arc<AtomicBool>,
+        events: mpsc::Sender<Event>,
+    },
+    Load {
+        name: String,
+        events: mpsc::Sender<Event>,
+    },
+}
+
+/// The queue of waiting jobs; separate from the pipeline so that the token callback can
+/// take new commands while the pipeline runs.
+struct Queue {
+    jobs: VecDeque<Job>,
+}
+
+impl Queue {
+    /// Takes one command. `running`: a job is in progress (it counts as one ahead).
+    fn accept(&mut self, cmd: Command, running: bool) {
+        match cmd {
+            Command::Generate {
+                id,
+                req,
+                cancel,
+                events,
+            } => {
+                let position = self.jobs.len() + usize::from(running);
+                if events.try_send(Event::Queued { position }).is_ok() {
+                    self.jobs.push_back(Job::Generate {
+                        id,
+                        req,
+                        cancel,
+                        events,
+                    });
+                }
+            }
+            Command::Load { name, events } => self.jobs.push_back(Job::Load { name, events }),
+            Command::Cancel { id } => {
+                let before = self.jobs.len();
+                self.jobs.retain(|job| match job {
+                    Job::Generate {
+                        id: job_id, events, ..
+                    } if *job_id == id => {
+                        let _ = events.try_send(cancelled_done(""));
+                        false
+                    }
+                    _ => true,
+                });
+                if self.jobs.len() != before {
+                    self.announce(running);
+                }
+            }
+        }
+    }
+
+    /// Tells every waiting request its position; drops the ones whose client is gone.
+    fn announce(&mut self, running: bool) {
+        let mut position = usize::from(running);
+        self.jobs.retain(|job| match job {
+            Job::Generate { events, .. } => {
+                let keep =
+                    !events.is_closed() && events.try_send(Event::Queued { position }).is_ok();
+                if keep {
+                    position += 1;
+                }
+                keep
+            }
+            Job::Load { .. } => {
+                position += 1;
+                true
+            }
+        });
+    }
+}
+
+fn cancelled_done(checkpoint: &str) -> Event {
+    Event::Done {
+        stats: proto::Stats {
+            checkpoint: checkpoint.into(),
+            prompt_tokens: 0,
+            generated_tokens: 0,
+            prefill_ms: 0.0,
+            ttft_ms: 0.0,
+            tokens_per_s: 0.0,
+            stop: proto::StopReason::Cancelled,
+        },
+    }
+}
+
+struct Worker {
+    rx: std_mpsc::Receiver<Command>,
+    queue: Queue,
+    pipeline: Option<Pipeline>,
+    current: Option<Entry>,
+    registry: Arc<Registry>,
+    opts: LoadOptions,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        loop {
+            if self.queue.jobs.is_empty() {
+                match self.rx.recv() {
+                    Ok(cmd) => self.queue.accept(cmd, false),
+                    Err(_) => return, // every handle is gone
+                }
+            }
+            while let Ok(cmd) = self.rx.try_recv() {
+                self.queue.accept(cmd, false);
+            }
+            let Some(job) = self.queue.jobs.pop_front() else {
+                continue;
+            };
+            self.queue.announce(true);
+            match job {
+                Job::Generate {
+                    req,
+                    cancel,
+                    events,
+                    ..
+                } => {
+                    if let Err(e) = self.generate(&req, &cancel, &events) {
+                        let _ = events.blocking_send(Event::Error {
+                            message: format!("{e:#}"),
+                        });
+                    }
+                }
+                Job::Load { name, events } => self.load(&name, &events),
+            }
+        }
+    }
+
+    fn generate(
+        &mut self,
+        req: &GenerateRequest,
+        cancel: &AtomicBool,
+        events: &mpsc::Sender<Event>,
+    ) -> Result<()> {
+        let checkpoint = self
+            .current
+            .as_ref()
+            .map(|e| e.name().to_string())
+            .unwrap_or_default();
+        if cancel.load(Ordering::SeqCst) || events.is_closed() {
+            let _ = events.blocking_send(cancelled_done(&checkpoint));
+            return Ok(());
+        }
+        let Some(pipeline) = self.pipeline.as_mut() else {
+            let loading = self.shared.lock().ok().and_then(|s| s.load_error.clone());
+            return Err(anyhow!(
+                "no model is loaded{}",
+                loading
+                    .map(|e| format!(" (the last load failed: {e})"))
+                    .unwrap_or_default()
+            ));
+        };
+        if events
+            .blocking_send(Event::Started {
+                checkpoint: checkpoint.clone(),
+            })
+            .is_err()
+        {
+            return Ok(()); // the client is gone
+        }
+        let chat = to_chat_request(req)?;
+        let rx = &self.rx;
+        let queue = &mut self.queue;
+        let mut on_text = |text: &str| -> bool {
+            // Keep the queue current while generating (positions, cancels of waiting jobs).
+            while let Ok(cmd) = rx.try_recv() {
+                queue.accept(cmd, true);
+            }
+            if cancel.load(Ordering::SeqCst) {
+                return false;
+            }
+            text.is_empty()
+                || events
+                    .blocking_send(Event::Token { text: text.into() })
+                    .is_ok()
+        };
+        let stats = pipeline.generate(&chat, &mut on_text)?;
+        let _ = events.blocking_send(Event::Done {
+            stats: to_proto_stats(&stats, &checkpoint),
+        });
+        Ok(())
+    }
+
+    fn load(&mut self, name: &str, events: &mpsc::Sender<Event>) {
+        let Some(entry) = self.registry.find(name).cloned() else {
+            let _ = events.blocking_send(Event::Error {
+                message: format!(
+                    "no checkpoint named {name:?} in {}",
+                    self.registry.dir.display()
+                ),
+            });
+            return;
+        };
+        if self.current.as_ref().map(Entry::name) == Some(name) && self.pipeline.is_some() {
+            let _ = events.blocking_send(Event::Loaded {
+                checkpoint: entry.info(),
+            });
+            return;
+        }
+        self.set_shared(|s| {
+            s.loading = Some(name.into());
+            s.load_error = None;
+        });
+        let started = Instant::now();
+        let mut last_sent = Instant::now() - Duration::from_secs(1);
+        let mut last_pct = u64::MAX;
+        let mut progress = |done: u64, total: u64| {
+            let pct = if total == 0 { 0 } else { done * 100 / total };
+            if pct != last_pct
+                && (last_sent.elapsed() >= Duration::from_millis(100) || done >= total)
+            {
+                last_pct = pct;
+                last_sent = Instant::now();
+                // Never block a load on a slow or closed listener.
+                let _ = events.try_send(Event::LoadProgress { done, total });
+            }
+        };
+        let result = Pipeline::load(&entry.summary.dir, &self.opts, &mut progress);
+        match result {
+            Ok(pipeline) => {
+                // Replace only now: a failed load keeps the old checkpoint.
+                self.pipeline = Some(pipeline);
+                self.current = Some(entry.clone());
+                self.set_shared(|s| {
+                    s.current = Some(name.into());
+                    s.loading = None;
+                });
+                eprintln!(
+                    "checkpoint {name} loaded in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+                let _ = events.blocking_send(Event::Loaded {
+                    checkpoint: entry.info(),
+                });
+            }
+            Err(e) => {
+                let message = format!("{e:#}");
+                self.set_shared(|s| {
+                    s.loading = None;
+                    s.load_error = Some(format!("{name}: {message}"));
+                });
+                let _ = events.blocking_send(Event::Error { message });
+            }
+        }
+    }
+
+    fn set_shared(&self, f: impl FnOnce(&mut Shared)) {
+        if let Ok(mut s) = self.shared.lock() {
+            f(&mut s);
+        }
+    }
+}
+
+/// Protocol request → pipeline request (decodes the image).
+pub fn to_chat_request(req: &GenerateRequest) -> Result<ChatRequest> {
+    use base64::Engine as _;
+    let image = match &req.image {
+        None => None,
+        Some(img) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(img.base64.as_bytes())
+                .with_context(|| format!("image {}: not valid base64", img.name))?;
+            let decoded = image::load_from_memory(&bytes).with_context(|| {
+                format!(
+                    "image {}: cannot decode it (PNG, JPEG, WebP, GIF and BMP are supported)",
+                    img.name
+                )
+            })?;
+            Some(decoded)
+        }
+    };
+    let s = &req.sampling;
+    let sampling = SamplingParams {
+        temperature: s.temperature,
+        top_p: s.top_p,
+        top_k: s.top_k,
+        repetition_penalty: s.repetition_penalty,
+        seed: s.seed.unwrap_or_else(rand::random),
+        max_length: s.max_length,
+        max_new_tokens: s.max_new_tokens,
+    };
+    Ok(ChatRequest {
+        image,
+        history: req.history.clone(),
+        query: req.query.clone(),
+        version: req.version.map(from_proto_version),
+        sampling,
+    })
+}
+
+fn to_proto_stats(s: &GenerationStats, checkpoint: &str) -> proto::Stats {
+    proto::Stats {
+        checkpoint: checkpoint.into(),
+        prompt_tokens: s.prompt_tokens,
+        generated_tokens: s.generated_tokens,
+        prefill_ms: s.prefill_ms,
+        ttft_ms: s.ttft_ms,
+        tokens_per_s: s.tokens_per_s,
+        stop: match s.stop {
+            StopReason::Eos => proto::StopReason::Eos,
+            StopReason::Length => proto::StopReason::Length,
+            StopReason::Cancelled => proto::StopReason::Cancelled,
+        },
+    }
+}
