@@ -2,11 +2,13 @@
 //! pipeline (`pipeline`) that the worker, the web app and the CLI share.
 
 pub mod bench;
+pub mod engine;
 pub mod model;
 pub mod parity;
 pub mod pipeline;
 pub mod sampling;
 pub mod text_stream;
+pub mod web;
 
 pub use pipeline::{
     probe_checkpoint, ChatRequest, CheckpointSummary, GenerationStats, LoadOptions, ModelKind, Pipeline, PromptVersion,
