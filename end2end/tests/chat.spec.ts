@@ -1,0 +1,175 @@
+import { expect, test } from "@playwright/test";
+import * as path from "path";
+import { ChatPage, fixtureImage, refCase } from "./chat_page";
+
+// All answers come from the real engine on the bundled tiny checkpoints (random weights, real
+// architecture and tokenizer): the reference text of a case is what THUDM's code produced for it
+// (12 greedy tokens).
+
+test("the page says the bundled checkpoint is not meaningful", async ({ page }) => {
+  const chat = new ChatPage(page);
+  await chat.open();
+  await chat.useModel("cogvlm_tiny_490");
+  const notice = page.locator("#bundled-notice");
+  await expect(notice).toContainText("not meaningful");
+  await expect(notice).toContainText("--models-dir");
+  const options = await chat.modelSelect().locator("option").allTextContents();
+  expect(options).toEqual([
+    expect.stringContaining("cogagent_tiny — CogAgent · 224 px"),
+    expect.stringContaining("cogvlm_tiny_224 — CogVLM · 224 px"),
+    expect.stringContaining("cogvlm_tiny_490 — CogVLM · 490 px"),
+  ]);
+  await expect(page.locator("#version-select")).toHaveValue("chat");
+});
+
+test("streams the reference answer token by token (vlm490_chat_chelsea)", async ({ page }) => {
+  const ref = refCase("vlm490_chat_chelsea");
+  const chat = new ChatPage(page);
+  await chat.open();
+  await chat.useModel(ref.model);
+  await chat.uploadImage(fixtureImage("chelsea.png"));
+  await chat.setGreedy(ref.generated_ids.length);
+  await chat.recordAnswerTexts();
+  await chat.ask(ref.query);
+  // The question is shown at once, the answer streams in.
+  await expect(chat.turns().last().locator(".msg.user")).toContainText(ref.query);
+  const stats = await chat.waitDone();
+  await expect(chat.lastAnswer()).toHaveText(ref.generated_text);
+  expect(stats).toContain(`${ref.generated_ids.length} new`);
+  expect(stats).toMatch(/prompt tokens/);
+  expect(stats).toMatch(/tok\/s/);
+  expect(stats).toContain("length limit");
+
+  const texts = (await chat.answerTexts()).filter((t) => t.length > 0);
+  // Several partial updates, each extending the previous one, ending on the reference.
+  expect(texts.length).toBeGreaterThanOrEqual(4);
+  for (let i = 1; i < texts.length; i++) {
+    expect(texts[i].startsWith(texts[i - 1])).toBeTruthy();
+  }
+  expect(texts[texts.length - 1]).toBe(ref.generated_text);
+});
+
+test("Stop ends a long generation within a second; the next question works", async ({ page }) => {
+  const chat = new ChatPage(page);
+  await chat.open();
+  await chat.useModel("cogvlm_tiny_490");
+  await chat.setGreedy(null); // up to max length: hundreds of tokens
+  await chat.ask("Once upon a time");
+  await page.waitForFunction(() => {
+    const a = document.querySelectorAll(".answer");
+    return (a[a.length - 1]?.textContent ?? "").length > 40;
+  });
+  await expect(chat.lastStats()).toHaveClass(/active/);
+  const t0 = Date.now();
+  await chat.stop().click();
+  await expect(chat.lastStats()).toHaveClass(/done|stopped/, { timeout: 1000 });
+  const elapsed = Date.now() - t0;
+  expect(elapsed).toBeLessThan(1000);
+  await expect(chat.lastStats()).toContainText("stopped");
+  const frozen = await chat.lastAnswer().textContent();
+  await page.waitForTimeout(300);
+  expect(await chat.lastAnswer().textContent()).toBe(frozen);
+
+  // The page takes the next question.
+  await chat.setGreedy(3);
+  await chat.ask("And then?");
+  await chat.waitDone();
+  await expect(chat.turns()).toHaveCount(2);
+  await expect(chat.lastStats()).toContainText("3 new");
+});
+
+test("a box in the question is drawn on the canvas (vlm490_chat_region_coffee)", async ({ page }) => {
+  const ref = refCase("vlm490_chat_region_coffee");
+  const chat = new ChatPage(page);
+  await chat.open();
+  await chat.useModel(ref.model);
+  await chat.uploadImage(fixtureImage("coffee.png"));
+  await chat.setGreedy(ref.generated_ids.length);
+  await chat.ask(ref.query);
+  // The question's box is a chip at once, and drawn while the answer streams.
+  await expect(chat.turns().last().locator(".msg.user .gchip")).toHaveCount(1);
+  await chat.waitDone();
+  await expect(chat.lastAnswer()).toHaveText(ref.generated_text);
+
+  // [[086,540,400,760]]: thousandths of the width and height. Colour 1 is #E69F00.
+  const probe = await page.evaluate(() => {
+    const canvas = document.querySelector<HTMLCanvasElement>("#overlay")!;
+    const ctx = canvas.getContext("2d")!;
+    const px = (fx: number, fy: number) =>
+      Array.from(ctx.getImageData(Math.round(fx * canvas.width), Math.round(fy * canvas.height), 1, 1).data);
+    return {
+      size: [canvas.width, canvas.height],
+      leftEdge: px(0.086, 0.65),
+      bottomEdge: px(0.25, 0.76),
+      inside: px(0.25, 0.65),
+      outside: px(0.7, 0.3),
+    };
+  });
+  expect(probe.size[0]).toBeGreaterThan(100);
+  const isOrange = (p: number[]) =>
+    Math.abs(p[0] - 230) < 30 && Math.abs(p[1] - 159) < 30 && p[2] < 40 && p[3] > 200;
+  expect(isOrange(probe.leftEdge), `left edge ${probe.leftEdge}`).toBeTruthy();
+  expect(isOrange(probe.bottomEdge), `bottom edge ${probe.bottomEdge}`).toBeTruthy();
+  expect(probe.inside[3], "inside the box stays clear").toBe(0);
+  expect(probe.outside[3], "outside the box stays clear").toBe(0);
+
+  // The box follows the image when the layout changes.
+  await page.setViewportSize({ width: 900, height: 800 });
+  await page.waitForFunction(() => {
+    const img = document.querySelector<HTMLImageElement>("#preview")!;
+    const canvas = document.querySelector<HTMLCanvasElement>("#overlay")!;
+    return Math.abs(canvas.width - Math.round(img.clientWidth * devicePixelRatio)) <= 1;
+  });
+  await page.setViewportSize({ width: 1360, height: 900 });
+  await page.waitForTimeout(200);
+  await page.screenshot({ path: path.join(__dirname, "..", "screenshots", "chat.png") });
+});
+
+test("switching checkpoints changes the answer (vlm224_chat_chinese_chelsea)", async ({ page }) => {
+  const ref224 = refCase("vlm224_chat_chinese_chelsea");
+  const chat = new ChatPage(page);
+  await chat.open();
+  await chat.useModel("cogvlm_tiny_490");
+  await chat.uploadImage(fixtureImage("chelsea.png"));
+  await chat.setGreedy(ref224.generated_ids.length);
+  await chat.ask(ref224.query);
+  await chat.waitDone();
+  const with490 = await chat.lastAnswer().textContent();
+  expect(with490).not.toBe(ref224.generated_text);
+
+  await chat.useModel(ref224.model);
+  await expect(page.locator("#version-select")).toHaveValue(ref224.template_version);
+  await chat.clear().click();
+  await chat.ask(ref224.query);
+  const stats = await chat.waitDone();
+  await expect(chat.lastAnswer()).toHaveText(ref224.generated_text);
+  expect(stats).toContain(ref224.model);
+
+  await chat.useModel("cogvlm_tiny_490");
+});
+
+test("Clear empties the chat; Retry asks again", async ({ page }) => {
+  const ref = refCase("vlm490_chat_chelsea");
+  const chat = new ChatPage(page);
+  await chat.open();
+  await chat.useModel(ref.model);
+  await chat.uploadImage(fixtureImage("chelsea.png"));
+  await chat.setGreedy(ref.generated_ids.length);
+  await chat.ask(ref.query);
+  await chat.waitDone();
+  await chat.retry().click();
+  await chat.waitDone();
+  await expect(chat.turns()).toHaveCount(1);
+  await expect(chat.lastAnswer()).toHaveText(ref.generated_text);
+
+  // Shift+Enter adds a line instead of sending.
+  await chat.prompt().fill("first line");
+  await chat.prompt().press("Shift+Enter");
+  await expect(chat.turns()).toHaveCount(1);
+  await expect(chat.prompt()).toHaveValue("first line\n");
+
+  await chat.clear().click();
+  await expect(chat.turns()).toHaveCount(0);
+  await expect(page.locator(".empty")).toBeVisible();
+  await expect(chat.clear()).toBeDisabled();
+});

@@ -1,0 +1,119 @@
+import { expect, Page } from "@playwright/test";
+import * as fs from "fs";
+import * as path from "path";
+
+/** A case of the reference fixtures (server/fixtures/cases.json): the answers to expect. */
+export interface RefCase {
+  id: string;
+  model: string;
+  query: string;
+  template_version: string;
+  image_file: string | null;
+  generated_text: string;
+  generated_ids: number[];
+}
+
+const cases: RefCase[] = JSON.parse(
+  fs.readFileSync(path.join(__dirname, "..", "..", "server", "fixtures", "cases.json"), "utf8"),
+).cases;
+
+export function refCase(id: string): RefCase {
+  const c = cases.find((c) => c.id === id);
+  if (!c) throw new Error(`no case ${id} in cases.json`);
+  return c;
+}
+
+/** Test copies of the fixture images. */
+export function fixtureImage(name: string): string {
+  return path.join(__dirname, "..", "fixtures", name);
+}
+
+/** The chat page, as a user sees it. */
+export class ChatPage {
+  constructor(readonly page: Page) {}
+
+  readonly generate = () => this.page.locator("#generate");
+  readonly stop = () => this.page.locator("#stop");
+  readonly clear = () => this.page.locator("#clear");
+  readonly retry = () => this.page.locator("#retry");
+  readonly prompt = () => this.page.locator("#prompt");
+  readonly modelSelect = () => this.page.locator("#model-select");
+  readonly turns = () => this.page.locator(".turn");
+  readonly lastAnswer = () => this.page.locator(".turn").last().locator(".answer");
+  readonly lastStats = () => this.page.locator(".turn").last().locator(".stats");
+
+  /** Opens the page and waits for hydration and the model list. */
+  async open() {
+    const errors: string[] = [];
+    this.page.on("pageerror", (e) => errors.push(String(e)));
+    await this.page.goto("/");
+    await expect(this.page.locator("#app")).toHaveAttribute("data-hydrated", "true");
+    await expect(this.modelSelect()).toBeEnabled();
+    expect(errors, "page errors").toEqual([]);
+  }
+
+  /** Makes `name` the loaded checkpoint (the server keeps its model between tests). */
+  async useModel(name: string) {
+    if ((await this.modelSelect().inputValue()) !== name) {
+      await this.modelSelect().selectOption(name);
+    }
+    await expect(this.page.locator("#load-progress")).toHaveCount(0, { timeout: 60_000 });
+    await expect(this.modelSelect()).toHaveValue(name);
+    await expect(this.modelSelect()).toBeEnabled();
+  }
+
+  async uploadImage(file: string) {
+    await this.page.setInputFiles("#image-input", file);
+    await expect(this.page.locator("#preview")).toBeVisible();
+    // The image is decoded and laid out (the canvas follows its size).
+    await this.page.waitForFunction(() => {
+      const img = document.querySelector<HTMLImageElement>("#preview");
+      return !!img && img.complete && img.naturalWidth > 0 && img.clientWidth > 0;
+    });
+  }
+
+  /** Greedy decoding (temperature 0) and a cap on new tokens (empty: none). */
+  async setGreedy(maxNewTokens: number | null) {
+    await this.page.locator("#temperature").fill("0");
+    await expect(this.page.locator("#temperature-value")).toHaveText("0 (greedy)");
+    await this.page.locator("details.advanced summary").click();
+    await this.page.locator("#max-new-tokens").fill(maxNewTokens === null ? "" : String(maxNewTokens));
+  }
+
+  /** Records every distinct text of the newest answer bubble (MutationObserver). */
+  async recordAnswerTexts() {
+    await this.page.evaluate(() => {
+      const w = window as any;
+      w.__answerTexts = [];
+      const seen = (t: string) => {
+        const list: string[] = w.__answerTexts;
+        if (list[list.length - 1] !== t) list.push(t);
+      };
+      const root = document.querySelector("#transcript")!;
+      w.__observer?.disconnect();
+      w.__observer = new MutationObserver(() => {
+        const answers = root.querySelectorAll(".answer");
+        const last = answers[answers.length - 1];
+        if (last) seen(last.textContent ?? "");
+      });
+      w.__observer.observe(root, { subtree: true, childList: true, characterData: true });
+    });
+  }
+
+  async answerTexts(): Promise<string[]> {
+    return this.page.evaluate(() => (window as any).__answerTexts as string[]);
+  }
+
+  /** Types a question and sends it with Enter. */
+  async ask(question: string) {
+    await this.prompt().fill(question);
+    await expect(this.generate()).toBeEnabled();
+    await this.prompt().press("Enter");
+  }
+
+  /** Waits for the newest answer to finish; returns its stats line. */
+  async waitDone(timeout = 60_000): Promise<string> {
+    await expect(this.lastStats()).toHaveClass(/done|stopped|error/, { timeout });
+    return (await this.lastStats().textContent()) ?? "";
+  }
+}
