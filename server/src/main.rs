@@ -12,8 +12,9 @@ use cogvlm::pipeline::{
 #[derive(Parser)]
 #[command(name = "cogvlm", version, about = "CogVLM / CogAgent in Rust (candle)")]
 struct Cli {
+    /// Default: `serve`.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(clap::Args, Clone)]
@@ -26,8 +27,24 @@ struct DeviceArgs {
     dtype: Option<String>,
 }
 
+#[derive(clap::Args, Clone)]
+struct ServeCmd {
+    /// Address to bind; use --host 0.0.0.0 to make the app visible on your network.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 3000)]
+    port: u16,
+    /// Folder of checkpoints (each a subfolder with config.json + safetensors); default: the bundled tiny ones.
+    #[arg(long)]
+    models_dir: Option<PathBuf>,
+    #[command(flatten)]
+    dev: DeviceArgs,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the chat page (the default).
+    Serve(ServeCmd),
     /// Interactive multi-turn chat in the terminal (`clear` starts over with a new image, `stop` quits).
     Chat {
         /// Checkpoint folder (config.json + safetensors).
@@ -94,7 +111,25 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let result = match cli.command {
+    let command = cli.command.unwrap_or_else(|| {
+        Command::Serve(ServeCmd {
+            host: "127.0.0.1".into(),
+            port: 3000,
+            models_dir: None,
+            dev: DeviceArgs {
+                device: "cpu".into(),
+                dtype: None,
+            },
+        })
+    });
+    let result = match command {
+        Command::Serve(s) => cogvlm::web::serve(cogvlm::web::ServeArgs {
+            host: s.host,
+            port: s.port,
+            models_dir: s.models_dir,
+            device: s.dev.device,
+            dtype: s.dev.dtype,
+        }),
         Command::Parity {
             fixtures,
             case,
