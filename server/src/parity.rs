@@ -37,6 +37,9 @@ pub fn rel_tolerance(dtype: DType) -> f64 {
     }
 }
 
+/// Logit gap (logits have magnitude ~10) below which reduced precision may legitimately swap two tokens.
+const NEAR_TIE: f32 = 0.25;
+
 /// ‖a − b‖ / ‖b‖ over all elements, in f64.
 pub fn rel_l2(a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
     let a = a.to_dtype(DType::F64)?.flatten_all()?;
@@ -460,16 +463,22 @@ impl Runner {
         );
         let argmax: Vec<u32> = logits.argmax(1)?.to_vec1()?;
         let want_argmax = u32s(get(&data, "logits_argmax")?)?;
-        let flips = argmax
-            .iter()
-            .zip(&want_argmax)
-            .filter(|(a, b)| a != b)
-            .count();
-        rec.check(
-            "logits_argmax",
-            flips == 0 || dtype != DType::F32 && flips * 100 <= l,
-            format!("{flips}/{l} positions differ"),
-        );
+        let flips = argmax.iter().zip(&want_argmax).filter(|(a, b)| a != b).count();
+        if dtype == DType::F32 {
+            rec.check("logits_argmax", flips == 0, format!("{flips}/{l} positions differ"));
+        } else {
+            // In bf16/f16 a flip is only acceptable between near-ties: the reference's choice must score within
+            // NEAR_TIE of our maximum.
+            let idx = Tensor::new(want_argmax.as_slice(), &Device::Cpu)?.unsqueeze(1)?;
+            let at_ref: Vec<f32> = logits.gather(&idx, 1)?.squeeze(1)?.to_vec1()?;
+            let ours_max: Vec<f32> = logits.max_keepdim(1)?.squeeze(1)?.to_vec1()?;
+            let hard = at_ref.iter().zip(&ours_max).filter(|(r, m)| **m - **r > NEAR_TIE).count();
+            rec.check(
+                "logits_argmax",
+                hard == 0,
+                format!("{flips}/{l} positions differ, {hard} by more than a near-tie ({NEAR_TIE})"),
+            );
+        }
         if let (Ok(rows_idx), Ok(rows)) =
             (get(&data, "hidden_rows_index"), get(&data, "hidden_rows"))
         {
@@ -519,7 +528,7 @@ impl Runner {
                 .iter()
                 .zip(&generated)
                 .position(|(a, b)| a != b);
-            let ok = first.is_none_or(|i| margins.get(i).is_some_and(|&m| m < 0.1));
+            let ok = first.is_none_or(|i| margins.get(i).is_some_and(|&m| m < NEAR_TIE));
             rec.check(
                 "greedy_ids",
                 ok,

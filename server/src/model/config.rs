@@ -190,23 +190,24 @@ impl Config {
     fn validate(&self) -> anyhow::Result<()> {
         let v = &self.vision_config;
         anyhow::ensure!(
-            self.num_attention_heads > 0 && self.hidden_size % self.num_attention_heads == 0,
+            self.num_attention_heads > 0
+                && self.hidden_size.is_multiple_of(self.num_attention_heads),
             "config.json: hidden_size {} is not a multiple of num_attention_heads {}",
             self.hidden_size,
             self.num_attention_heads
         );
         anyhow::ensure!(
-            self.head_dim() % 2 == 0,
+            self.head_dim().is_multiple_of(2),
             "config.json: head dim must be even for RoPE"
         );
         anyhow::ensure!(
-            v.patch_size > 0 && v.image_size % v.patch_size == 0,
+            v.patch_size > 0 && v.image_size.is_multiple_of(v.patch_size),
             "config.json: vision image_size {} is not a multiple of patch_size {}",
             v.image_size,
             v.patch_size
         );
         anyhow::ensure!(
-            v.num_heads > 0 && v.hidden_size % v.num_heads == 0,
+            v.num_heads > 0 && v.hidden_size.is_multiple_of(v.num_heads),
             "config.json: vision hidden_size is not a multiple of num_heads"
         );
         anyhow::ensure!(
@@ -223,17 +224,20 @@ impl Config {
                 "config.json: cross_hidden_size must equal cross_compute_hidden_size (the reference reshapes with one and computes with the other)"
             );
             anyhow::ensure!(
-                c.compute % self.num_attention_heads == 0,
+                c.compute.is_multiple_of(self.num_attention_heads),
                 "config.json: cross_compute_hidden_size is not a multiple of num_attention_heads"
             );
             let p = c.vision.vision_cfg.patch_size;
             anyhow::ensure!(
-                p > 0 && c.image_size % p == 0,
+                p > 0 && c.image_size.is_multiple_of(p),
                 "config.json: cross_image_size is not a multiple of the cross patch size"
             );
             anyhow::ensure!(
-                c.vision.vision_cfg.head_width % 4 == 0
-                    && c.vision.vision_cfg.width % c.vision.vision_cfg.head_width == 0,
+                c.vision.vision_cfg.head_width.is_multiple_of(4)
+                    && c.vision
+                        .vision_cfg
+                        .width
+                        .is_multiple_of(c.vision.vision_cfg.head_width),
                 "config.json: cross vision width/head_width are not usable by the 2-D RoPE"
             );
             anyhow::ensure!(

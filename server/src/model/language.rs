@@ -368,13 +368,13 @@ impl LanguageModel {
         let (cos, sin) = self.rotary.cos_sin(positions, embeds.dtype())?;
         let mut h = embeds.clone();
         for (layer, c) in self.layers.iter().zip(cache.iter_mut()) {
-            if let Some(hs) = hidden.as_deref_mut() {
+            if let Some(hs) = hidden.as_mut() {
                 hs.push(h.clone());
             }
             h = layer.forward(&h, span, &cos, &sin, c)?;
         }
         let out = self.norm.forward(&h)?;
-        if let Some(hs) = hidden.as_deref_mut() {
+        if let Some(hs) = hidden.as_mut() {
             hs.push(out.clone());
         }
         Ok(out)

@@ -8,7 +8,10 @@
 use candle_core::{Device, Tensor};
 use image::{DynamicImage, RgbImage};
 
+// The OpenAI-CLIP constants verbatim as the reference writes them.
+#[allow(clippy::excessive_precision)]
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
