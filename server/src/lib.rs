@@ -11,6 +11,6 @@ pub mod text_stream;
 pub mod web;
 
 pub use pipeline::{
-    probe_checkpoint, ChatRequest, CheckpointSummary, GenerationStats, LoadOptions, ModelKind, Pipeline, PromptVersion,
-    SamplingParams, StopReason,
+    probe_checkpoint, ChatRequest, CheckpointSummary, GenerationStats, LoadOptions, ModelKind,
+    Pipeline, PromptVersion, SamplingParams, StopReason,
 };

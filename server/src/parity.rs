@@ -463,20 +463,34 @@ impl Runner {
         );
         let argmax: Vec<u32> = logits.argmax(1)?.to_vec1()?;
         let want_argmax = u32s(get(&data, "logits_argmax")?)?;
-        let flips = argmax.iter().zip(&want_argmax).filter(|(a, b)| a != b).count();
+        let flips = argmax
+            .iter()
+            .zip(&want_argmax)
+            .filter(|(a, b)| a != b)
+            .count();
         if dtype == DType::F32 {
-            rec.check("logits_argmax", flips == 0, format!("{flips}/{l} positions differ"));
+            rec.check(
+                "logits_argmax",
+                flips == 0,
+                format!("{flips}/{l} positions differ"),
+            );
         } else {
             // In bf16/f16 a flip is only acceptable between near-ties: the reference's choice must score within
             // NEAR_TIE of our maximum.
             let idx = Tensor::new(want_argmax.as_slice(), &Device::Cpu)?.unsqueeze(1)?;
             let at_ref: Vec<f32> = logits.gather(&idx, 1)?.squeeze(1)?.to_vec1()?;
             let ours_max: Vec<f32> = logits.max_keepdim(1)?.squeeze(1)?.to_vec1()?;
-            let hard = at_ref.iter().zip(&ours_max).filter(|(r, m)| **m - **r > NEAR_TIE).count();
+            let hard = at_ref
+                .iter()
+                .zip(&ours_max)
+                .filter(|(r, m)| **m - **r > NEAR_TIE)
+                .count();
             rec.check(
                 "logits_argmax",
                 hard == 0,
-                format!("{flips}/{l} positions differ, {hard} by more than a near-tie ({NEAR_TIE})"),
+                format!(
+                    "{flips}/{l} positions differ, {hard} by more than a near-tie ({NEAR_TIE})"
+                ),
             );
         }
         if let (Ok(rows_idx), Ok(rows)) =

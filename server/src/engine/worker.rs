@@ -414,7 +414,7 @@ impl Worker {
         let mut last_sent = Instant::now() - Duration::from_secs(1);
         let mut last_pct = u64::MAX;
         let mut progress = |done: u64, total: u64| {
-            let pct = if total == 0 { 0 } else { done * 100 / total };
+            let pct = (done * 100).checked_div(total).unwrap_or(0);
             if pct != last_pct
                 && (last_sent.elapsed() >= Duration::from_millis(100) || done >= total)
             {
