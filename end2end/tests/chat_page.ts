@@ -76,7 +76,10 @@ export class ChatPage {
   async setGreedy(maxNewTokens: number | null) {
     await this.page.locator("#temperature").fill("0");
     await expect(this.page.locator("#temperature-value")).toHaveText("0 (greedy)");
-    await this.page.locator("details.advanced summary").click();
+    // Open the "More" section only if it is closed (a second call must not toggle it shut).
+    if (!(await this.page.locator("details.advanced").evaluate((d) => (d as HTMLDetailsElement).open))) {
+      await this.page.locator("details.advanced summary").click();
+    }
     await this.page.locator("#max-new-tokens").fill(maxNewTokens === null ? "" : String(maxNewTokens));
   }
 
