@@ -235,7 +235,7 @@ fn chat(
     eprintln!("loading {} …", model.display());
     let mut last = 0u64;
     let mut pipe = Pipeline::load(&model, &opts, &mut |done, total| {
-        let pct = if total > 0 { done * 100 / total } else { 100 };
+        let pct = (done * 100).checked_div(total).unwrap_or(100);
         if pct >= last + 10 || done == total {
             last = pct;
             eprint!("\r{pct:3}% of {:.1} MiB", total as f64 / (1 << 20) as f64);
