@@ -59,12 +59,16 @@ pub fn default_version(name: &str, cfg: &Config) -> PromptVersion {
 
 pub fn probe_checkpoint(dir: &Path) -> anyhow::Result<CheckpointSummary> {
     let cfg = Config::from_file(&dir.join("config.json"))?;
+    Ok(summarize(dir, &cfg))
+}
+
+fn summarize(dir: &Path, cfg: &Config) -> CheckpointSummary {
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| dir.display().to_string());
-    Ok(CheckpointSummary {
-        default_version: default_version(&name, &cfg),
+    CheckpointSummary {
+        default_version: default_version(&name, cfg),
         kind: if cfg.is_cogagent() {
             ModelKind::CogAgent
         } else {
@@ -73,7 +77,7 @@ pub fn probe_checkpoint(dir: &Path) -> anyhow::Result<CheckpointSummary> {
         image_size: cfg.vision_config.image_size,
         name,
         dir: dir.to_path_buf(),
-    })
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -212,8 +216,8 @@ impl Pipeline {
         opts: &LoadOptions,
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> anyhow::Result<Self> {
-        let summary = probe_checkpoint(dir)?;
         let cfg = Config::from_file(&dir.join("config.json"))?;
+        let summary = summarize(dir, &cfg);
         let tokenizer = load_tokenizer(&find_tokenizer(dir, opts.tokenizer.as_deref())?)?;
         let device = parse_device(&opts.device)?;
         let dtype = parse_dtype(opts.dtype.as_deref(), &device)?;

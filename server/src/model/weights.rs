@@ -244,28 +244,15 @@ impl Checkpoint {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let mut problems = Vec::new();
-        if !missing.is_empty() {
-            problems.push(format!(
-                "{} missing tensor(s): {}",
-                missing.len(),
-                list(&missing, 8)
-            ));
-        }
-        if !wrong.is_empty() {
-            problems.push(format!(
-                "{} wrong shape(s): {}",
-                wrong.len(),
-                list(&wrong, 8)
-            ));
-        }
-        if !unexpected.is_empty() {
-            problems.push(format!(
-                "{} unexpected tensor(s): {}",
-                unexpected.len(),
-                list(&unexpected, 8)
-            ));
-        }
+        let problems: Vec<String> = [
+            (&missing, "missing tensor(s)"),
+            (&wrong, "wrong shape(s)"),
+            (&unexpected, "unexpected tensor(s)"),
+        ]
+        .into_iter()
+        .filter(|(names, _)| !names.is_empty())
+        .map(|(names, what)| format!("{} {what}: {}", names.len(), list(names, 8)))
+        .collect();
         if !problems.is_empty() {
             bail!(
                 "{} does not match its config.json ({}): {}",
