@@ -16,8 +16,47 @@ fn backend() -> Result<crate::backend::BackendContext, String> {
         .ok_or_else(|| "the server has no model engine (not started with `cogvlm serve`?)".into())
 }
 
+/// Who is asking, for the engine's fairness rules: the id the server gave this browser (the
+/// `cogvlm_client` cookie, see `server/src/web/access.rs`), else the peer's IP address.
+#[cfg(feature = "ssr")]
+fn client_key() -> String {
+    use axum::extract::ConnectInfo;
+    use axum::http::request::Parts;
+    let Some(parts) = use_context::<Parts>() else {
+        return "unknown".into();
+    };
+    let cookie = parts
+        .headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| kv.trim().strip_prefix("cogvlm_client="))
+        .filter(|id| !id.is_empty() && id.len() <= 64);
+    if let Some(id) = cookie {
+        return format!("client:{id}");
+    }
+    parts
+        .extensions
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|ConnectInfo(addr)| format!("ip:{}", addr.ip()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The error for a websocket frame that is not a message of this call.
+#[cfg(feature = "ssr")]
+fn bad_frame(e: &ServerFnError) -> String {
+    let detail = e.to_string();
+    if detail.contains("Space limit exceeded") || detail.contains("too long") {
+        return "bad request: the message is too large for the websocket (16 MiB a frame); \
+                use a smaller image"
+            .into();
+    }
+    format!("bad request: the message is not a valid request ({detail})")
+}
+
 /// The checkpoints in the models folder and the loaded one.
-#[server]
+#[server(endpoint = "list_models")]
 pub async fn list_models() -> Result<ModelsState, ServerFnError> {
     let backend = backend().map_err(ServerFnError::new)?;
     Ok(backend.0.models())
@@ -25,13 +64,14 @@ pub async fn list_models() -> Result<ModelsState, ServerFnError> {
 
 /// One generation: the client sends `Generate` (then maybe `Stop`); the server streams events
 /// until `Done` or `Error`. A closed socket cancels the generation.
-#[server(protocol = Websocket<JsonEncoding, JsonEncoding>)]
+#[server(endpoint = "chat", protocol = Websocket<JsonEncoding, JsonEncoding>)]
 pub async fn chat(
     input: BoxedStream<ClientMsg, ServerFnError>,
 ) -> Result<BoxedStream<Event, ServerFnError>, ServerFnError> {
     use futures::StreamExt;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Event, ServerFnError>>(256);
     let backend = backend();
+    let client = client_key();
     tokio::spawn(async move {
         let mut input = input;
         let backend = match backend {
@@ -43,14 +83,19 @@ pub async fn chat(
         };
         let req = match input.next().await {
             Some(Ok(ClientMsg::Generate(req))) => *req,
-            Some(Ok(ClientMsg::Stop)) | None => return,
+            Some(Ok(ClientMsg::Stop)) => {
+                let message = "bad request: the first message must be a question (Generate)".into();
+                let _ = tx.send(Ok(Event::Error { message })).await;
+                return;
+            }
+            None => return,
             Some(Err(e)) => {
-                let message = format!("bad request: {e}");
+                let message = bad_frame(&e);
                 let _ = tx.send(Ok(Event::Error { message })).await;
                 return;
             }
         };
-        let mut generation = backend.0.generate(req);
+        let mut generation = backend.0.generate(req, &client);
         let cancel = generation.cancel.clone();
         // Later client messages: Stop cancels; the input ending (socket closed) does too.
         let watcher = tokio::spawn(async move {
@@ -79,7 +124,7 @@ pub async fn chat(
 
 /// Switches the checkpoint: the client sends its name; the server streams `LoadProgress`
 /// events, then `Loaded` or `Error` (the old checkpoint stays loaded on failure).
-#[server(protocol = Websocket<JsonEncoding, JsonEncoding>)]
+#[server(endpoint = "load_model", protocol = Websocket<JsonEncoding, JsonEncoding>)]
 pub async fn load_model(
     input: BoxedStream<String, ServerFnError>,
 ) -> Result<BoxedStream<Event, ServerFnError>, ServerFnError> {
@@ -95,8 +140,14 @@ pub async fn load_model(
                 return;
             }
         };
-        let Some(Ok(name)) = input.next().await else {
-            return;
+        let name = match input.next().await {
+            Some(Ok(name)) => name,
+            Some(Err(e)) => {
+                let message = bad_frame(&e);
+                let _ = tx.send(Ok(Event::Error { message })).await;
+                return;
+            }
+            None => return,
         };
         let mut events = backend.0.load(name);
         while let Some(event) = events.recv().await {

@@ -35,8 +35,10 @@ impl CancelHandle {
 pub trait Backend: Send + Sync + 'static {
     /// The checkpoints found, which one is loaded, what is loading.
     fn models(&self) -> ModelsState;
-    /// Queues a generation.
-    fn generate(&self, req: GenerateRequest) -> Generation;
+    /// Queues a generation for `client` (a stable id of the browser or API caller, used for
+    /// fairness: one active request and a request rate per client). A refused request (queue
+    /// full, limits, bad input) is a `Generation` whose only event is `Error`.
+    fn generate(&self, req: GenerateRequest, client: &str) -> Generation;
     /// Queues a checkpoint switch: `LoadProgress` events, then `Loaded` or `Error` (the
     /// current checkpoint stays if loading fails).
     fn load(&self, name: String) -> mpsc::Receiver<Event>;

@@ -103,6 +103,9 @@ pub struct ModelsState {
     pub skipped: Vec<(String, String)>,
     /// "cpu", "cuda:0", ...
     pub device: String,
+    /// The largest image the server accepts, in bytes (the page checks before sending).
+    #[serde(default)]
+    pub max_upload_bytes: usize,
 }
 
 /// Sampling settings. The defaults are those of THUDM's web demo.
@@ -197,8 +200,13 @@ pub struct Stats {
 /// Server → client events.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Event {
-    /// Waiting behind `position` other jobs (0: next).
-    Queued { position: usize },
+    /// Waiting behind `position` other jobs (0: next); `eta_ms`: the expected wait, once the
+    /// server has timed a few answers.
+    Queued {
+        position: usize,
+        #[serde(default)]
+        eta_ms: Option<u64>,
+    },
     /// The worker took the request (image encoding and prefill follow).
     Started { checkpoint: String },
     /// A piece of the answer (valid UTF-8).

@@ -29,14 +29,35 @@ struct DeviceArgs {
 
 #[derive(clap::Args, Clone)]
 struct ServeCmd {
-    /// Address to bind; use --host 0.0.0.0 to make the app visible on your network.
+    /// Address to bind (another than loopback gets an access token, as with --share).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     #[arg(long, default_value_t = 3000)]
     port: u16,
+    /// Share on the LAN: bind all interfaces, require an access token, print the link.
+    #[arg(long)]
+    share: bool,
+    /// The access token (default with --share: a random one, printed in the link).
+    #[arg(long)]
+    token: Option<String>,
     /// Folder of checkpoints (each a subfolder with config.json + safetensors); default: the bundled tiny ones.
     #[arg(long)]
     models_dir: Option<PathBuf>,
+    /// Largest image accepted, in MB.
+    #[arg(long, default_value_t = 20.0)]
+    max_upload_mb: f64,
+    /// Largest image accepted, in megapixels (decoded width × height).
+    #[arg(long, default_value_t = 64.0)]
+    max_megapixels: f64,
+    /// Requests waiting or running, all clients together; more get "busy, try again".
+    #[arg(long, default_value_t = 128)]
+    max_queue: usize,
+    /// Requests per minute per client (browser or API caller), sustained.
+    #[arg(long, default_value_t = 60)]
+    rate_per_minute: u32,
+    /// Requests per client in a burst.
+    #[arg(long, default_value_t = 20)]
+    rate_burst: u32,
     #[command(flatten)]
     dev: DeviceArgs,
 }
@@ -111,17 +132,14 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or_else(|| {
-        Command::Serve(ServeCmd {
-            host: "127.0.0.1".into(),
-            port: 3000,
-            models_dir: None,
-            dev: DeviceArgs {
-                device: "cpu".into(),
-                dtype: None,
-            },
-        })
-    });
+    let command = match cli.command {
+        Some(c) => c,
+        // `cogvlm` alone is `cogvlm serve` with its defaults.
+        None => match Cli::parse_from(["cogvlm", "serve"]).command {
+            Some(c) => c,
+            None => unreachable!("`serve` parses as a command"),
+        },
+    };
     let result = match command {
         Command::Serve(s) => cogvlm::web::serve(cogvlm::web::ServeArgs {
             host: s.host,
@@ -129,6 +147,18 @@ fn main() {
             models_dir: s.models_dir,
             device: s.dev.device,
             dtype: s.dev.dtype,
+            share: s.share,
+            token: s.token,
+            limits: cogvlm::engine::Limits {
+                max_upload_bytes: (s.max_upload_mb * 1e6) as usize,
+                max_pixels: (s.max_megapixels * 1e6) as u64,
+                ..Default::default()
+            },
+            fairness: cogvlm::engine::Fairness {
+                max_queue: s.max_queue,
+                per_minute: s.rate_per_minute,
+                burst: s.rate_burst,
+            },
         }),
         Command::Parity {
             fixtures,

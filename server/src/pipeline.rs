@@ -329,7 +329,8 @@ impl Pipeline {
         Ok((embeds, cross))
     }
 
-    /// One chat turn. `on_text` receives each newly complete piece of text; returning `false` cancels.
+    /// One chat turn. `on_text` receives each newly complete piece of text (an empty one when
+    /// a token completes no character); returning `false` cancels.
     pub fn generate(
         &mut self,
         req: &ChatRequest,
@@ -349,12 +350,21 @@ impl Pipeline {
         let start = Instant::now();
         let prepared = self.prepare(req)?;
         let prompt_len = prepared.input.input_ids.len();
-        let max_length = req.sampling.max_length;
+        // The checkpoint was trained up to its context length; a larger max_length means "up
+        // to the context".
+        let context = self.model.cfg.max_position_embeddings;
+        let max_length = req.sampling.max_length.min(context);
         if prompt_len >= max_length {
+            let image = prepared.input.image_span.as_ref().map_or(0, |s| s.len());
+            if max_length == context {
+                bail!(
+                    "the prompt takes {prompt_len} positions (the image counts {image} of them) but the \
+                     checkpoint's context is {context}: shorten the conversation or clear the chat"
+                );
+            }
             bail!(
-                "the prompt takes {prompt_len} positions (the image counts {} of them) but max_length is {max_length}: \
-                 shorten the conversation or raise max length",
-                prepared.input.image_span.as_ref().map_or(0, |s| s.len())
+                "the prompt takes {prompt_len} positions (the image counts {image} of them) but max_length is {max_length}: \
+                 shorten the conversation or raise max length"
             );
         }
         let mut budget = max_length - prompt_len;
@@ -392,11 +402,11 @@ impl Pipeline {
             }
             generated.push(token);
             all_ids.push(token);
-            if let Some(piece) = stream.push(token)? {
-                if !on_text(&piece) {
-                    stop = StopReason::Cancelled;
-                    break;
-                }
+            // An empty piece (a character still incomplete) lets the caller cancel anyway.
+            let piece = stream.push(token)?.unwrap_or_default();
+            if !on_text(&piece) {
+                stop = StopReason::Cancelled;
+                break;
             }
             if generated.len() >= budget {
                 break;
@@ -424,6 +434,11 @@ impl Pipeline {
             text: stream.text().to_string(),
             generated_ids: generated,
         })
+    }
+
+    /// Drops the cached image encoding (after a failure that may have left it half-made).
+    pub fn forget_image(&mut self) {
+        self.image_cache = None;
     }
 
     /// Fresh cache sized for a prompt plus `extra` tokens (parity, bench).

@@ -65,7 +65,7 @@ pub fn send(state: AppState, query: String) {
         };
         loop {
             match events.next().await {
-                Some(Ok(Event::Queued { position })) => {
+                Some(Ok(Event::Queued { position, .. })) => {
                     status.set(TurnStatus::Waiting(Some(position)))
                 }
                 Some(Ok(Event::Started { .. })) => status.set(TurnStatus::Waiting(None)),

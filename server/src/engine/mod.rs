@@ -1,7 +1,11 @@
 //! The model engine: a worker thread that owns the loaded checkpoint, and the registry of
 //! checkpoints it can load. Knows requests (app's protocol types), not HTTP.
+pub mod admission;
+pub mod limits;
 pub mod registry;
 pub mod worker;
 
+pub use admission::Fairness;
+pub use limits::Limits;
 pub use registry::{bundled_models_dir, Entry, Registry};
-pub use worker::{Canceller, Command, EngineHandle, Ticket};
+pub use worker::{Canceller, Command, EngineHandle, EngineOptions, Ticket};

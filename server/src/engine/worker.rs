@@ -5,12 +5,19 @@
 //! requests, streams text pieces, and ends every request with `Done` or `Error`. A request is
 //! cancelled by its flag ([`EngineHandle::cancel`]), by a `Cancel` command while queued, or when
 //! its response channel is closed (the next send fails: the client is gone).
+//!
+//! Requests are checked ([`limits`](super::limits)) and admitted ([`admission`](super::admission))
+//! before they are queued. A panic inside a job is caught: that request gets an error and the
+//! worker goes on with the next one.
 
+use super::admission::{Admission, Fairness, Slot};
+use super::limits::{check_request, decode_image, Limits};
 use super::registry::{from_proto_version, Entry, Registry};
 use crate::{ChatRequest, GenerationStats, LoadOptions, Pipeline, SamplingParams, StopReason};
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use app::protocol::{self as proto, Event, GenerateRequest, ModelsState};
 use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,6 +32,10 @@ pub enum Command {
     Generate {
         id: u64,
         req: Box<GenerateRequest>,
+        /// The image's bytes, checked by [`check_request`].
+        image: Option<Vec<u8>>,
+        /// Its place in the queue, freed when the job ends.
+        slot: Slot,
         cancel: Arc<AtomicBool>,
         events: mpsc::Sender<Event>,
     },
@@ -35,6 +46,8 @@ pub enum Command {
         name: String,
         events: mpsc::Sender<Event>,
     },
+    /// Cancels the running job, refuses the queued ones and ends the worker (Ctrl-C).
+    Shutdown,
 }
 
 /// What the handle can read without asking the worker.
@@ -43,6 +56,12 @@ struct Shared {
     current: Option<String>,
     loading: Option<String>,
     load_error: Option<String>,
+    /// A job is running.
+    busy: bool,
+    /// The worker has ended (after `Shutdown`).
+    stopped: bool,
+    /// Test hook: the next job panics inside the worker.
+    panic_next: bool,
 }
 
 /// A queued or running generation, as returned to the caller.
@@ -79,38 +98,72 @@ pub struct EngineHandle {
     registry: Arc<Registry>,
     next_id: Arc<AtomicU64>,
     device: String,
+    limits: Arc<Limits>,
+    admission: Arc<Admission>,
+}
+
+/// How the engine is run: where the model goes, and what it accepts.
+#[derive(Clone, Debug, Default)]
+pub struct EngineOptions {
+    pub load: LoadOptions,
+    pub limits: Limits,
+    pub fairness: Fairness,
 }
 
 impl EngineHandle {
-    /// Starts the worker thread. `initial`, if given, is loaded first (requests queue behind it).
+    /// Starts the worker thread with the default limits. `initial`, if given, is loaded first
+    /// (requests queue behind it).
     pub fn start(registry: Registry, opts: LoadOptions, initial: Option<&str>) -> Result<Self> {
+        Self::start_with(
+            registry,
+            EngineOptions {
+                load: opts,
+                ..EngineOptions::default()
+            },
+            initial,
+        )
+    }
+
+    /// As [`Self::start`], with explicit limits and queue rules.
+    pub fn start_with(
+        registry: Registry,
+        options: EngineOptions,
+        initial: Option<&str>,
+    ) -> Result<Self> {
         let (commands, rx) = std_mpsc::channel();
         let shared = Arc::new(Mutex::new(Shared::default()));
         let registry = Arc::new(registry);
+        let limits = Arc::new(options.limits);
+        let opts = options.load;
         let handle = EngineHandle {
             commands,
             shared: shared.clone(),
             registry: registry.clone(),
             next_id: Arc::new(AtomicU64::new(1)),
             device: opts.device.clone(),
+            limits: limits.clone(),
+            admission: Admission::new(options.fairness),
         };
         std::thread::Builder::new()
             .name("cogvlm-worker".into())
             .spawn(move || {
-                Worker {
+                let worker = Worker {
                     rx,
-                    queue: Queue {
-                        jobs: VecDeque::new(),
-                    },
+                    queue: Queue::default(),
                     pipeline: None,
                     current: None,
                     registry,
                     opts,
-                    shared,
+                    limits,
+                    shared: shared.clone(),
+                };
+                worker.run();
+                if let Ok(mut s) = shared.lock() {
+                    s.stopped = true;
+                    s.busy = false;
                 }
-                .run()
             })
-            .context("starting the model worker thread")?;
+            .map_err(|e| anyhow!("starting the model worker thread: {e}"))?;
         if let Some(name) = initial {
             // Nobody listens to the startup load: progress goes to the log, the state to
             // `models()`.
@@ -144,17 +197,28 @@ impl EngineHandle {
         let _ = self.commands.send(cmd);
     }
 
-    /// Queues a generation.
-    pub fn generate(&self, req: GenerateRequest) -> Ticket {
+    /// Queues a generation for `client` (see [`Admission`]). A request that breaks a limit or
+    /// is not admitted gets a ticket whose only event is the `Error` saying why.
+    pub fn generate(&self, req: GenerateRequest, client: &str) -> Ticket {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cancel = Arc::new(AtomicBool::new(false));
         let (events, rx) = mpsc::channel(EVENT_BUFFER);
-        self.send(Command::Generate {
-            id,
-            req: Box::new(req),
-            cancel: cancel.clone(),
-            events,
-        });
+        let admitted = check_request(&req, &self.limits)
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|image| Ok((image, self.admission.admit(client)?)));
+        match admitted {
+            Ok((image, slot)) => self.send(Command::Generate {
+                id,
+                req: Box::new(req),
+                image,
+                slot,
+                cancel: cancel.clone(),
+                events,
+            }),
+            Err(message) => {
+                let _ = events.try_send(Event::Error { message });
+            }
+        }
         Ticket {
             id,
             events: rx,
@@ -180,6 +244,40 @@ impl EngineHandle {
         &self.registry
     }
 
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Requests waiting or running.
+    pub fn pending(&self) -> usize {
+        self.admission.pending()
+    }
+
+    /// True while the worker runs a job (a generation or a load).
+    pub fn is_busy(&self) -> bool {
+        self.shared.lock().map(|s| s.busy).unwrap_or(false)
+    }
+
+    /// True once the worker has ended after [`Self::shutdown`].
+    pub fn is_stopped(&self) -> bool {
+        self.shared.lock().map(|s| s.stopped).unwrap_or(true)
+    }
+
+    /// Stops the running job, refuses the waiting ones ("the server is shutting down") and
+    /// ends the worker.
+    pub fn shutdown(&self) {
+        self.send(Command::Shutdown);
+    }
+
+    /// Test hook (not reachable from the network): the next job panics inside the worker, to
+    /// check that the panic is reported and the worker goes on.
+    #[doc(hidden)]
+    pub fn panic_on_next_job(&self) {
+        if let Ok(mut s) = self.shared.lock() {
+            s.panic_next = true;
+        }
+    }
+
     /// The checkpoint list and what is loaded.
     pub fn models(&self) -> ModelsState {
         let shared = self
@@ -195,6 +293,7 @@ impl EngineHandle {
             models_dir: self.registry.dir.display().to_string(),
             skipped: self.registry.skipped.clone(),
             device: self.device.clone(),
+            max_upload_bytes: self.limits.max_upload_bytes,
         }
     }
 }
@@ -203,6 +302,8 @@ enum Job {
     Generate {
         id: u64,
         req: Box<GenerateRequest>,
+        image: Option<Vec<u8>>,
+        _slot: Slot,
         cancel: Arc<AtomicBool>,
         events: mpsc::Sender<Event>,
     },
@@ -212,33 +313,72 @@ enum Job {
     },
 }
 
+impl Job {
+    fn events(&self) -> &mpsc::Sender<Event> {
+        match self {
+            Job::Generate { events, .. } | Job::Load { events, .. } => events,
+        }
+    }
+}
+
 /// The queue of waiting jobs; separate from the pipeline so that the token callback can
 /// take new commands while the pipeline runs.
+#[derive(Default)]
 struct Queue {
     jobs: VecDeque<Job>,
+    /// Average wall time of a generation (for the waiting clients' ETA).
+    avg_job_ms: Option<f64>,
+    /// `Shutdown` was received.
+    shutting_down: bool,
 }
 
 impl Queue {
+    fn eta(&self, position: usize) -> Option<u64> {
+        self.avg_job_ms.map(|ms| (ms * position as f64) as u64)
+    }
+
+    fn record_job_time(&mut self, ms: f64) {
+        self.avg_job_ms = Some(match self.avg_job_ms {
+            Some(avg) => 0.7 * avg + 0.3 * ms,
+            None => ms,
+        });
+    }
+
     /// Takes one command. `running`: a job is in progress (it counts as one ahead).
     fn accept(&mut self, cmd: Command, running: bool) {
         match cmd {
             Command::Generate {
                 id,
                 req,
+                image,
+                slot,
                 cancel,
                 events,
             } => {
+                if self.shutting_down {
+                    let _ = events.try_send(shutting_down());
+                    return;
+                }
                 let position = self.jobs.len() + usize::from(running);
-                if events.try_send(Event::Queued { position }).is_ok() {
+                let eta_ms = self.eta(position);
+                if events.try_send(Event::Queued { position, eta_ms }).is_ok() {
                     self.jobs.push_back(Job::Generate {
                         id,
                         req,
+                        image,
+                        _slot: slot,
                         cancel,
                         events,
                     });
                 }
             }
             Command::Load { name, events } => self.jobs.push_back(Job::Load { name, events }),
+            Command::Shutdown => {
+                self.shutting_down = true;
+                for job in self.jobs.drain(..) {
+                    let _ = job.events().try_send(shutting_down());
+                }
+            }
             Command::Cancel { id } => {
                 let before = self.jobs.len();
                 self.jobs.retain(|job| match job {
@@ -262,8 +402,9 @@ impl Queue {
         let mut position = usize::from(running);
         self.jobs.retain(|job| match job {
             Job::Generate { events, .. } => {
-                let keep =
-                    !events.is_closed() && events.try_send(Event::Queued { position }).is_ok();
+                let eta_ms = self.avg_job_ms.map(|ms| (ms * position as f64) as u64);
+                let keep = !events.is_closed()
+                    && events.try_send(Event::Queued { position, eta_ms }).is_ok();
                 if keep {
                     position += 1;
                 }
@@ -274,6 +415,12 @@ impl Queue {
                 true
             }
         });
+    }
+}
+
+fn shutting_down() -> Event {
+    Event::Error {
+        message: "the server is shutting down".into(),
     }
 }
 
@@ -298,12 +445,16 @@ struct Worker {
     current: Option<Entry>,
     registry: Arc<Registry>,
     opts: LoadOptions,
+    limits: Arc<Limits>,
     shared: Arc<Mutex<Shared>>,
 }
 
 impl Worker {
     fn run(mut self) {
         loop {
+            if self.queue.shutting_down {
+                return;
+            }
             if self.queue.jobs.is_empty() {
                 match self.rx.recv() {
                     Ok(cmd) => self.queue.accept(cmd, false),
@@ -317,27 +468,63 @@ impl Worker {
                 continue;
             };
             self.queue.announce(true);
-            match job {
-                Job::Generate {
-                    req,
-                    cancel,
-                    events,
-                    ..
-                } => {
-                    if let Err(e) = self.generate(&req, &cancel, &events) {
-                        let _ = events.blocking_send(Event::Error {
-                            message: format!("{e:#}"),
-                        });
-                    }
+            let reply = job.events().clone();
+            self.set_shared(|s| s.busy = true);
+            let started = Instant::now();
+            let is_generation = matches!(job, Job::Generate { .. });
+            // A bug in one request must not take the server down: report it, drop what the
+            // job may have left half-done, and go on.
+            let outcome = catch_unwind(AssertUnwindSafe(|| self.run_job(job)));
+            if let Err(panic) = outcome {
+                let what = panic_message(panic.as_ref());
+                eprintln!("the model worker recovered from a panic: {what}");
+                if let Some(p) = self.pipeline.as_mut() {
+                    p.forget_image();
                 }
-                Job::Load { name, events } => self.load(&name, &events),
+                let _ = reply.blocking_send(Event::Error {
+                    message: format!(
+                        "internal error in the model worker ({what}); it recovered: please try again"
+                    ),
+                });
+            } else if is_generation {
+                self.queue
+                    .record_job_time(started.elapsed().as_secs_f64() * 1e3);
             }
+            self.set_shared(|s| s.busy = false);
+        }
+    }
+
+    fn run_job(&mut self, job: Job) {
+        let panic_now = self
+            .shared
+            .lock()
+            .map(|mut s| std::mem::take(&mut s.panic_next))
+            .unwrap_or(false);
+        if panic_now {
+            panic!("test-only injected panic");
+        }
+        match job {
+            Job::Generate {
+                req,
+                image,
+                cancel,
+                events,
+                ..
+            } => {
+                if let Err(e) = self.generate(&req, image.as_deref(), &cancel, &events) {
+                    let _ = events.blocking_send(Event::Error {
+                        message: format!("{e:#}"),
+                    });
+                }
+            }
+            Job::Load { name, events } => self.load(&name, &events),
         }
     }
 
     fn generate(
         &mut self,
         req: &GenerateRequest,
+        image: Option<&[u8]>,
         cancel: &AtomicBool,
         events: &mpsc::Sender<Event>,
     ) -> Result<()> {
@@ -367,7 +554,7 @@ impl Worker {
         {
             return Ok(()); // the client is gone
         }
-        let chat = to_chat_request(req)?;
+        let chat = to_chat_request(req, image, &self.limits)?;
         let rx = &self.rx;
         let queue = &mut self.queue;
         let mut on_text = |text: &str| -> bool {
@@ -375,7 +562,7 @@ impl Worker {
             while let Ok(cmd) = rx.try_recv() {
                 queue.accept(cmd, true);
             }
-            if cancel.load(Ordering::SeqCst) {
+            if cancel.load(Ordering::SeqCst) || queue.shutting_down || events.is_closed() {
                 return false;
             }
             text.is_empty()
@@ -460,23 +647,23 @@ impl Worker {
     }
 }
 
-/// Protocol request → pipeline request (decodes the image).
-pub fn to_chat_request(req: &GenerateRequest) -> Result<ChatRequest> {
-    use base64::Engine as _;
-    let image = match &req.image {
-        None => None,
-        Some(img) => {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(img.base64.as_bytes())
-                .with_context(|| format!("image {}: not valid base64", img.name))?;
-            let decoded = image::load_from_memory(&bytes).with_context(|| {
-                format!(
-                    "image {}: cannot decode it (PNG, JPEG, WebP, GIF and BMP are supported)",
-                    img.name
-                )
-            })?;
-            Some(decoded)
-        }
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
+/// Protocol request → pipeline request; `image` holds the bytes [`check_request`] returned.
+pub fn to_chat_request(
+    req: &GenerateRequest,
+    image: Option<&[u8]>,
+    limits: &Limits,
+) -> Result<ChatRequest> {
+    let image = match (image, &req.image) {
+        (Some(bytes), Some(img)) => Some(decode_image(&img.name, bytes, limits)?),
+        _ => None,
     };
     let s = &req.sampling;
     let sampling = SamplingParams {

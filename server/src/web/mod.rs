@@ -1,10 +1,13 @@
 //! The web server: the Leptos app (server-rendered, then hydrated by the browser bundle) and its
 //! server functions on axum, backed by the engine's worker thread.
 //!
-//! `cogvlm serve` (wired in `main.rs`) calls [`serve`].
+//! `cogvlm serve` (wired in `main.rs`) calls [`serve`]; [`access`] guards every route.
 
-use crate::engine::{bundled_models_dir, EngineHandle, Registry};
+pub mod access;
+
+use crate::engine::{bundled_models_dir, EngineHandle, EngineOptions, Fairness, Limits, Registry};
 use crate::LoadOptions;
+use access::Access;
 use anyhow::{bail, Context, Result};
 use app::backend::{Backend, BackendContext, CancelHandle, Generation};
 use app::protocol::{Event, GenerateRequest, ModelsState};
@@ -30,6 +33,12 @@ pub struct ServeArgs {
     pub device: String,
     /// "f32", "bf16", "f16"; `None`: the device's default.
     pub dtype: Option<String>,
+    /// Bind every interface and require an access token (`token`, or a generated one).
+    pub share: bool,
+    /// The access token; `None` with `share` (or a non-loopback host): a random one.
+    pub token: Option<String>,
+    pub limits: Limits,
+    pub fairness: Fairness,
 }
 
 impl Default for ServeArgs {
@@ -40,6 +49,10 @@ impl Default for ServeArgs {
             models_dir: None,
             device: "cpu".into(),
             dtype: None,
+            share: false,
+            token: None,
+            limits: Limits::default(),
+            fairness: Fairness::default(),
         }
     }
 }
@@ -50,8 +63,8 @@ impl Backend for EngineHandle {
         EngineHandle::models(self)
     }
 
-    fn generate(&self, req: GenerateRequest) -> Generation {
-        let ticket = EngineHandle::generate(self, req);
+    fn generate(&self, req: GenerateRequest, client: &str) -> Generation {
+        let ticket = EngineHandle::generate(self, req, client);
         let canceller = ticket.canceller;
         Generation {
             events: ticket.events,
@@ -130,6 +143,37 @@ pub fn router(engine: EngineHandle, site_root: &Path, addr: SocketAddr) -> Route
         .with_state(options)
 }
 
+/// The whole app: [`router`] behind the [`access`] guard (token, websocket origin, client id).
+pub fn app(engine: EngineHandle, site_root: &Path, addr: SocketAddr, access: Access) -> Router {
+    router(engine, site_root, addr).layer(axum::middleware::from_fn_with_state(
+        Arc::new(access),
+        access::guard,
+    ))
+}
+
+/// Serves `app` on `listener` with the peer addresses the client ids fall back to.
+pub async fn serve_app(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// This machine's address on the network (the one a LAN peer would reach), if any. Opening
+/// a UDP socket "towards" a private address sends nothing; it only picks the interface.
+fn lan_address() -> Option<IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.168.255.255:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
+}
+
 /// Runs the web app until Ctrl+C. Builds its own tokio runtime.
 pub fn serve(args: ServeArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -153,41 +197,75 @@ async fn run(args: ServeArgs) -> Result<()> {
         );
     }
     let site_root = find_site_root()?;
-    let ip: IpAddr = args
-        .host
+    let host = if args.share { "0.0.0.0" } else { &args.host };
+    let ip: IpAddr = host
         .parse()
-        .with_context(|| format!("--host {:?} is not an IP address", args.host))?;
+        .with_context(|| format!("--host {host:?} is not an IP address"))?;
     let addr = SocketAddr::new(ip, args.port);
-    let engine = EngineHandle::start(
+    // Anything reachable from other machines gets a token, even without --share.
+    let token = match &args.token {
+        Some(t) if t.trim().is_empty() => bail!("--token must not be empty"),
+        Some(t) => Some(t.trim().to_string()),
+        None if args.share || !ip.is_loopback() => Some(access::new_token()),
+        None => None,
+    };
+    let engine = EngineHandle::start_with(
         registry,
-        LoadOptions {
-            device: args.device.clone(),
-            dtype: args.dtype.clone(),
-            tokenizer: None,
+        EngineOptions {
+            load: LoadOptions {
+                device: args.device.clone(),
+                dtype: args.dtype.clone(),
+                tokenizer: None,
+            },
+            limits: args.limits.clone(),
+            fairness: args.fairness.clone(),
         },
         initial.as_deref(),
     )?;
-    let app = router(engine, &site_root, addr);
+    let app = app(
+        engine.clone(),
+        &site_root,
+        addr,
+        Access {
+            token: token.clone(),
+        },
+    );
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} (is another server running? try --port)")
     })?;
     eprintln!("models: {}", models_dir.display());
     eprintln!("site:   {}", site_root.display());
+    let query = token
+        .as_deref()
+        .map(|t| format!("/?token={t}"))
+        .unwrap_or_default();
     if ip.is_unspecified() {
-        eprintln!(
-            "WARNING: listening on {addr}: the app (and the model) are visible to your network"
-        );
-        eprintln!(
-            "open http://localhost:{} (or this machine's address)",
-            args.port
-        );
+        eprintln!("listening on {addr}: the app is visible to your network, with the token below");
+        if let Some(lan) = lan_address() {
+            eprintln!("share:  http://{lan}:{}{query}", args.port);
+        }
+        eprintln!("local:  http://localhost:{}{query}", args.port);
     } else {
-        eprintln!("open http://{addr}");
+        eprintln!("open http://{addr}{query}");
     }
-    axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(async {
+    if let Some(t) = &token {
+        eprintln!("API clients: Authorization: Bearer {t}");
+    }
+    let shutdown = {
+        let engine = engine.clone();
+        async move {
             let _ = tokio::signal::ctrl_c().await;
-        })
+            eprintln!("shutting down: stopping the running answer, refusing waiting ones");
+            engine.shutdown();
+            // Open sockets end when their answers end; don't wait forever for idle ones.
+            tokio::spawn(async {
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                eprintln!("some connections did not close within 10 s; exiting");
+                std::process::exit(0);
+            });
+        }
+    };
+    serve_app(listener, app, shutdown)
         .await
         .context("serving")?;
     Ok(())

@@ -1,0 +1,188 @@
+//! Who gets into the queue: a bounded queue, one request at a time per client, and a request
+//! rate per client (a token bucket). A refused request gets a message saying why and when to
+//! try again, at once, instead of hanging.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// The queue's rules.
+#[derive(Clone, Debug)]
+pub struct Fairness {
+    /// Requests waiting or running, all clients together.
+    pub max_queue: usize,
+    /// Requests a client may start per minute (sustained).
+    pub per_minute: u32,
+    /// Requests a client may start in a burst.
+    pub burst: u32,
+}
+
+impl Default for Fairness {
+    fn default() -> Self {
+        Self {
+            max_queue: 128,
+            per_minute: 60,
+            burst: 20,
+        }
+    }
+}
+
+struct Client {
+    active: usize,
+    tokens: f64,
+    refilled: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    pending: usize,
+    clients: HashMap<String, Client>,
+}
+
+/// Admission control, shared by every handle of an engine.
+pub struct Admission {
+    rules: Fairness,
+    state: Mutex<State>,
+}
+
+/// A place in the queue; dropping it (the request ended, was cancelled or dropped) frees it.
+pub struct Slot {
+    admission: Arc<Admission>,
+    client: String,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Slot({})", self.client)
+    }
+}
+
+impl Admission {
+    pub fn new(rules: Fairness) -> Arc<Self> {
+        Arc::new(Self {
+            rules,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// Requests waiting or running.
+    pub fn pending(&self) -> usize {
+        self.state.lock().map(|s| s.pending).unwrap_or(0)
+    }
+
+    /// Takes a place for `client`, or says why not.
+    pub fn admit(self: &Arc<Self>, client: &str) -> Result<Slot, String> {
+        let rules = &self.rules;
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| "the server is in a bad state; restart it".to_string())?;
+        if state.pending >= rules.max_queue {
+            return Err(format!(
+                "the server is busy: {} requests are waiting or running (the limit is {}); \
+                 try again in a minute",
+                state.pending, rules.max_queue
+            ));
+        }
+        let now = Instant::now();
+        if state.clients.len() > 4096 {
+            // Forget idle clients whose bucket is full again.
+            let full = f64::from(rules.burst);
+            let rate = f64::from(rules.per_minute) / 60.0;
+            state.clients.retain(|_, c| {
+                c.active > 0
+                    || c.tokens + now.duration_since(c.refilled).as_secs_f64() * rate < full
+            });
+        }
+        let c = state
+            .clients
+            .entry(client.to_string())
+            .or_insert_with(|| Client {
+                active: 0,
+                tokens: f64::from(rules.burst),
+                refilled: now,
+            });
+        if c.active > 0 {
+            return Err(
+                "you already have a question being answered or waiting: stop it or wait for \
+                 its answer before asking another"
+                    .into(),
+            );
+        }
+        let rate = f64::from(rules.per_minute) / 60.0;
+        c.tokens = (c.tokens + now.duration_since(c.refilled).as_secs_f64() * rate)
+            .min(f64::from(rules.burst));
+        c.refilled = now;
+        if c.tokens < 1.0 {
+            let wait = if rate > 0.0 {
+                ((1.0 - c.tokens) / rate).ceil()
+            } else {
+                60.0
+            };
+            return Err(format!(
+                "too many requests: at most {} a minute (bursts of {}); try again in {wait:.0} s",
+                rules.per_minute, rules.burst
+            ));
+        }
+        c.tokens -= 1.0;
+        c.active += 1;
+        state.pending += 1;
+        Ok(Slot {
+            admission: self.clone(),
+            client: client.to_string(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.admission.state.lock() {
+            state.pending = state.pending.saturating_sub(1);
+            if let Some(c) = state.clients.get_mut(&self.client) {
+                c.active = c.active.saturating_sub(1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_active_request_per_client() {
+        let a = Admission::new(Fairness::default());
+        let slot = a.admit("a").unwrap();
+        assert!(a.admit("a").unwrap_err().contains("already"));
+        let _other = a.admit("b").unwrap();
+        drop(slot);
+        assert!(a.admit("a").is_ok());
+    }
+
+    #[test]
+    fn bounded_queue() {
+        let a = Admission::new(Fairness {
+            max_queue: 2,
+            ..Fairness::default()
+        });
+        let _x = a.admit("x").unwrap();
+        let _y = a.admit("y").unwrap();
+        assert!(a.admit("z").unwrap_err().contains("busy"));
+        assert_eq!(a.pending(), 2);
+    }
+
+    #[test]
+    fn rate_limit_per_client() {
+        let a = Admission::new(Fairness {
+            max_queue: 100,
+            per_minute: 1,
+            burst: 3,
+        });
+        for _ in 0..3 {
+            drop(a.admit("x").unwrap());
+        }
+        let err = a.admit("x").unwrap_err();
+        assert!(err.contains("too many requests"), "{err}");
+        assert!(a.admit("y").is_ok());
+    }
+}

@@ -1,0 +1,253 @@
+//! What the engine accepts from a client: image size and pixel count, text size, sampling ranges.
+//!
+//! [`check_request`] runs before a request is queued, so bad input is refused at once with a
+//! message for the user instead of waiting behind other requests. It reads only the image's
+//! header; the worker then decodes it with the same limits ([`decode_image`]), which also
+//! bounds the decoder's memory (decompression bombs).
+
+use anyhow::{bail, Context, Result};
+use app::protocol::{GenerateRequest, ImageData, Sampling};
+use std::io::Cursor;
+
+/// Hard limits on one request.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Encoded image size.
+    pub max_upload_bytes: usize,
+    /// Decoded width × height.
+    pub max_pixels: u64,
+    /// Question plus history, in bytes (the token count is checked against the model's
+    /// context by the pipeline; this bound keeps tokenizing cheap).
+    pub max_text_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 20 * 1000 * 1000,
+            // A 64-megapixel camera photo fits; a 30000×30000 bomb does not.
+            max_pixels: 64_000_000,
+            max_text_bytes: 256 * 1024,
+        }
+    }
+}
+
+fn mb(bytes: usize) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// Checks everything that can be checked without the model; returns the image's bytes.
+pub fn check_request(req: &GenerateRequest, limits: &Limits) -> Result<Option<Vec<u8>>> {
+    let text_bytes = req.query.len()
+        + req
+            .history
+            .iter()
+            .map(|(q, a)| q.len() + a.len())
+            .sum::<usize>();
+    if text_bytes > limits.max_text_bytes {
+        bail!(
+            "the question and the conversation so far are {} long; the limit is {}: \
+             clear the chat or shorten the question",
+            mb(text_bytes),
+            mb(limits.max_text_bytes)
+        );
+    }
+    check_sampling(&req.sampling)?;
+    req.image
+        .as_ref()
+        .map(|img| check_image(img, limits))
+        .transpose()
+}
+
+/// The ranges the page's sliders and the API allow.
+pub fn check_sampling(s: &Sampling) -> Result<()> {
+    if !(s.temperature.is_finite() && (0.0..=100.0).contains(&s.temperature)) {
+        bail!(
+            "temperature must be a number from 0 to 100 (0 = greedy), not {}",
+            s.temperature
+        );
+    }
+    if !(s.top_p.is_finite() && s.top_p > 0.0 && s.top_p <= 1.0) {
+        bail!("top_p must be in (0, 1], not {}", s.top_p);
+    }
+    if s.top_k == 0 {
+        bail!("top_k must be at least 1 (1 = greedy)");
+    }
+    if s.max_length == 0 {
+        bail!("max_length must be at least 1");
+    }
+    if s.max_new_tokens == Some(0) {
+        bail!("max_new_tokens must be at least 1");
+    }
+    let p = s.repetition_penalty;
+    if !(p.is_finite() && p > 0.0 && p <= 10.0) {
+        bail!("repetition_penalty must be in (0, 10], not {p}");
+    }
+    Ok(())
+}
+
+fn check_image(img: &ImageData, limits: &Limits) -> Result<Vec<u8>> {
+    use base64::Engine as _;
+    let name = short(&img.name);
+    // base64 is 4 characters per 3 bytes: refuse before decoding anything.
+    let encoded_max = limits.max_upload_bytes.div_ceil(3) * 4;
+    if img.base64.len() > encoded_max {
+        bail!(
+            "image {name} is about {}; the limit is {}",
+            mb(img.base64.len() / 4 * 3),
+            mb(limits.max_upload_bytes)
+        );
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(img.base64.as_bytes())
+        .with_context(|| format!("image {name}: not valid base64"))?;
+    if bytes.is_empty() {
+        bail!("image {name} is empty (0 bytes)");
+    }
+    if bytes.len() > limits.max_upload_bytes {
+        bail!(
+            "image {name} is {}; the limit is {}",
+            mb(bytes.len()),
+            mb(limits.max_upload_bytes)
+        );
+    }
+    let reader = image::ImageReader::new(Cursor::new(&bytes))
+        .with_guessed_format()
+        .context("reading the image")?;
+    if reader.format().is_none() {
+        bail!("image {name} is not a PNG, JPEG, WebP, GIF or BMP file");
+    }
+    let (w, h) = reader
+        .into_dimensions()
+        .with_context(|| format!("image {name} is corrupt or truncated"))?;
+    check_pixels(&name, w, h, limits)?;
+    Ok(bytes)
+}
+
+fn check_pixels(name: &str, w: u32, h: u32, limits: &Limits) -> Result<()> {
+    if w == 0 || h == 0 {
+        bail!("image {name} has no pixels ({w}×{h})");
+    }
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > limits.max_pixels {
+        bail!(
+            "image {name} is {w}×{h} = {:.0} megapixels; the limit is {:.0}",
+            pixels as f64 / 1e6,
+            limits.max_pixels as f64 / 1e6
+        );
+    }
+    Ok(())
+}
+
+/// Decodes an image checked by [`check_request`], with the decoder's allocations bounded too.
+pub fn decode_image(name: &str, bytes: &[u8], limits: &Limits) -> Result<image::DynamicImage> {
+    let name = short(name);
+    let mut reader = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .context("reading the image")?;
+    let mut decoder_limits = image::Limits::default();
+    // RGBA at 16 bits a channel is the largest buffer a decoder makes; frames of a GIF are
+    // decoded one by one.
+    decoder_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8));
+    reader.limits(decoder_limits);
+    let img = reader.decode().with_context(|| {
+        format!("image {name} cannot be decoded (corrupt, truncated or too large)")
+    })?;
+    check_pixels(&name, img.width(), img.height(), limits)?;
+    Ok(img)
+}
+
+/// A file name fit for an error message.
+fn short(name: &str) -> String {
+    let mut s: String = name.chars().take(60).collect();
+    if s.len() < name.len() {
+        s.push('…');
+    }
+    format!("{s:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let img = image::RgbImage::new(w, h);
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    fn request(bytes: &[u8]) -> GenerateRequest {
+        use base64::Engine as _;
+        GenerateRequest {
+            image: Some(ImageData {
+                name: "x.png".into(),
+                base64: base64::engine::general_purpose::STANDARD.encode(bytes),
+            }),
+            history: vec![],
+            query: "hi".into(),
+            version: None,
+            sampling: Sampling::default(),
+        }
+    }
+
+    #[test]
+    fn accepts_a_small_png_and_decodes_it() {
+        let limits = Limits::default();
+        let bytes = check_request(&request(&png(3, 2)), &limits)
+            .unwrap()
+            .unwrap();
+        let img = decode_image("x.png", &bytes, &limits).unwrap();
+        assert_eq!((img.width(), img.height()), (3, 2));
+    }
+
+    #[test]
+    fn refuses_too_many_pixels_from_the_header() {
+        let limits = Limits {
+            max_pixels: 5,
+            ..Limits::default()
+        };
+        let err = check_request(&request(&png(3, 2)), &limits).unwrap_err();
+        assert!(err.to_string().contains("3×2"), "{err}");
+    }
+
+    #[test]
+    fn refuses_oversized_uploads_before_decoding() {
+        let limits = Limits {
+            max_upload_bytes: 10,
+            ..Limits::default()
+        };
+        let err = check_request(&request(&png(3, 2)), &limits).unwrap_err();
+        assert!(err.to_string().contains("the limit is"), "{err}");
+    }
+
+    #[test]
+    fn sampling_ranges() {
+        let ok = Sampling::default();
+        assert!(check_sampling(&ok).is_ok());
+        for bad in [
+            Sampling {
+                temperature: f64::NAN,
+                ..ok.clone()
+            },
+            Sampling {
+                temperature: -1.0,
+                ..ok.clone()
+            },
+            Sampling {
+                top_p: 0.0,
+                ..ok.clone()
+            },
+            Sampling {
+                top_k: 0,
+                ..ok.clone()
+            },
+            Sampling {
+                repetition_penalty: f32::INFINITY,
+                ..ok.clone()
+            },
+        ] {
+            assert!(check_sampling(&bad).is_err(), "{bad:?}");
+        }
+    }
+}
