@@ -19,12 +19,8 @@ fn backend() -> Result<crate::backend::BackendContext, String> {
 /// Who is asking, for the engine's fairness rules: the id the server gave this browser (the
 /// `cogvlm_client` cookie, see `server/src/web/access.rs`), else the peer's IP address.
 #[cfg(feature = "ssr")]
-fn client_key() -> String {
+pub fn client_key_of(parts: &axum::http::request::Parts) -> String {
     use axum::extract::ConnectInfo;
-    use axum::http::request::Parts;
-    let Some(parts) = use_context::<Parts>() else {
-        return "unknown".into();
-    };
     let cookie = parts
         .headers
         .get_all(axum::http::header::COOKIE)
@@ -43,16 +39,74 @@ fn client_key() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+#[cfg(feature = "ssr")]
+fn client_key() -> String {
+    use_context::<axum::http::request::Parts>()
+        .map(|parts| client_key_of(&parts))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// The error for a websocket frame that is not a message of this call.
 #[cfg(feature = "ssr")]
 fn bad_frame(e: &ServerFnError) -> String {
-    let detail = e.to_string();
-    if detail.contains("Space limit exceeded") || detail.contains("too long") {
-        return "bad request: the message is too large for the websocket (16 MiB a frame); \
-                use a smaller image"
-            .into();
+    format!("bad request: the message is not a valid request ({e})")
+}
+
+/// One chat session, whoever carries its frames (this server function, or the server's own
+/// websocket handler with larger frame limits): reads `Generate` then maybe `Stop` from
+/// `input` (an `Err` item is a frame that could not be read, with the message for the user),
+/// and sends the events to `tx` until the final one.
+#[cfg(feature = "ssr")]
+pub async fn run_chat(
+    mut input: impl futures::Stream<Item = Result<ClientMsg, String>> + Send + Unpin + 'static,
+    backend: Result<crate::backend::BackendContext, String>,
+    client: String,
+    tx: tokio::sync::mpsc::Sender<Event>,
+) {
+    use futures::StreamExt;
+    let backend = match backend {
+        Ok(b) => b,
+        Err(message) => {
+            let _ = tx.send(Event::Error { message }).await;
+            return;
+        }
+    };
+    let req = match input.next().await {
+        Some(Ok(ClientMsg::Generate(req))) => *req,
+        Some(Ok(ClientMsg::Stop)) => {
+            let message = "bad request: the first message must be a question (Generate)".into();
+            let _ = tx.send(Event::Error { message }).await;
+            return;
+        }
+        Some(Err(message)) => {
+            let _ = tx.send(Event::Error { message }).await;
+            return;
+        }
+        None => return,
+    };
+    let mut generation = backend.0.generate(req, &client);
+    let cancel = generation.cancel.clone();
+    // Later client messages: Stop cancels; the input ending (socket closed) does too.
+    let watcher = tokio::spawn(async move {
+        while let Some(msg) = input.next().await {
+            if matches!(msg, Ok(ClientMsg::Stop) | Err(_)) {
+                break;
+            }
+        }
+        cancel.cancel();
+    });
+    while let Some(event) = generation.events.recv().await {
+        let last = event.is_final();
+        if tx.send(event).await.is_err() {
+            // The client is gone.
+            generation.cancel.cancel();
+            break;
+        }
+        if last {
+            break;
+        }
     }
-    format!("bad request: the message is not a valid request ({detail})")
+    watcher.abort();
 }
 
 /// The checkpoints in the models folder and the loaded one.
@@ -69,57 +123,11 @@ pub async fn chat(
     input: BoxedStream<ClientMsg, ServerFnError>,
 ) -> Result<BoxedStream<Event, ServerFnError>, ServerFnError> {
     use futures::StreamExt;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Event, ServerFnError>>(256);
-    let backend = backend();
-    let client = client_key();
-    tokio::spawn(async move {
-        let mut input = input;
-        let backend = match backend {
-            Ok(b) => b,
-            Err(message) => {
-                let _ = tx.send(Ok(Event::Error { message })).await;
-                return;
-            }
-        };
-        let req = match input.next().await {
-            Some(Ok(ClientMsg::Generate(req))) => *req,
-            Some(Ok(ClientMsg::Stop)) => {
-                let message = "bad request: the first message must be a question (Generate)".into();
-                let _ = tx.send(Ok(Event::Error { message })).await;
-                return;
-            }
-            None => return,
-            Some(Err(e)) => {
-                let message = bad_frame(&e);
-                let _ = tx.send(Ok(Event::Error { message })).await;
-                return;
-            }
-        };
-        let mut generation = backend.0.generate(req, &client);
-        let cancel = generation.cancel.clone();
-        // Later client messages: Stop cancels; the input ending (socket closed) does too.
-        let watcher = tokio::spawn(async move {
-            while let Some(msg) = input.next().await {
-                if matches!(msg, Ok(ClientMsg::Stop) | Err(_)) {
-                    break;
-                }
-            }
-            cancel.cancel();
-        });
-        while let Some(event) = generation.events.recv().await {
-            let last = event.is_final();
-            if tx.send(Ok(event)).await.is_err() {
-                // The client is gone.
-                generation.cancel.cancel();
-                break;
-            }
-            if last {
-                break;
-            }
-        }
-        watcher.abort();
-    });
-    Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).into())
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(256);
+    let input: std::pin::Pin<Box<dyn futures::Stream<Item = _> + Send>> = input.into();
+    let input = input.map(|item| item.map_err(|e| bad_frame(&e)));
+    tokio::spawn(run_chat(input, backend(), client_key(), tx));
+    Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|e| e.map(Ok))).into())
 }
 
 /// Switches the checkpoint: the client sends its name; the server streams `LoadProgress`

@@ -5,7 +5,7 @@
 //! header; the worker then decodes it with the same limits ([`decode_image`]), which also
 //! bounds the decoder's memory (decompression bombs).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use app::protocol::{GenerateRequest, ImageData, Sampling};
 use std::io::Cursor;
 
@@ -33,7 +33,11 @@ impl Default for Limits {
 }
 
 fn mb(bytes: usize) -> String {
-    format!("{:.1} MB", bytes as f64 / 1e6)
+    if bytes < 1_000_000 {
+        format!("{:.0} kB", bytes as f64 / 1e3)
+    } else {
+        format!("{:.1} MB", bytes as f64 / 1e6)
+    }
 }
 
 /// Checks everything that can be checked without the model; returns the image's bytes.
@@ -63,12 +67,12 @@ pub fn check_request(req: &GenerateRequest, limits: &Limits) -> Result<Option<Ve
 pub fn check_sampling(s: &Sampling) -> Result<()> {
     if !(s.temperature.is_finite() && (0.0..=100.0).contains(&s.temperature)) {
         bail!(
-            "temperature must be a number from 0 to 100 (0 = greedy), not {}",
+            "temperature must be a number from 0 to 100 (0 = greedy), not {:?}",
             s.temperature
         );
     }
     if !(s.top_p.is_finite() && s.top_p > 0.0 && s.top_p <= 1.0) {
-        bail!("top_p must be in (0, 1], not {}", s.top_p);
+        bail!("top_p must be in (0, 1], not {:?}", s.top_p);
     }
     if s.top_k == 0 {
         bail!("top_k must be at least 1 (1 = greedy)");
@@ -81,7 +85,7 @@ pub fn check_sampling(s: &Sampling) -> Result<()> {
     }
     let p = s.repetition_penalty;
     if !(p.is_finite() && p > 0.0 && p <= 10.0) {
-        bail!("repetition_penalty must be in (0, 10], not {p}");
+        bail!("repetition_penalty must be in (0, 10], not {p:?}");
     }
     Ok(())
 }
@@ -117,9 +121,10 @@ fn check_image(img: &ImageData, limits: &Limits) -> Result<Vec<u8>> {
     if reader.format().is_none() {
         bail!("image {name} is not a PNG, JPEG, WebP, GIF or BMP file");
     }
+    // Image errors repeat their source in their own text: one level is enough.
     let (w, h) = reader
         .into_dimensions()
-        .with_context(|| format!("image {name} is corrupt or truncated"))?;
+        .map_err(|e| anyhow!("image {name} is corrupt or truncated ({})", e.to_string().trim()))?;
     check_pixels(&name, w, h, limits)?;
     Ok(bytes)
 }
@@ -150,8 +155,11 @@ pub fn decode_image(name: &str, bytes: &[u8], limits: &Limits) -> Result<image::
     // decoded one by one.
     decoder_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8));
     reader.limits(decoder_limits);
-    let img = reader.decode().with_context(|| {
-        format!("image {name} cannot be decoded (corrupt, truncated or too large)")
+    let img = reader.decode().map_err(|e| {
+        anyhow!(
+            "image {name} cannot be decoded: corrupt, truncated or too large ({})",
+            e.to_string().trim()
+        )
     })?;
     check_pixels(&name, img.width(), img.height(), limits)?;
     Ok(img)

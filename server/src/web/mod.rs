@@ -4,6 +4,7 @@
 //! `cogvlm serve` (wired in `main.rs`) calls [`serve`]; [`access`] guards every route.
 
 pub mod access;
+pub mod socket;
 
 use crate::engine::{bundled_models_dir, EngineHandle, EngineOptions, Fairness, Limits, Registry};
 use crate::LoadOptions;
@@ -145,10 +146,21 @@ pub fn router(engine: EngineHandle, site_root: &Path, addr: SocketAddr) -> Route
 
 /// The whole app: [`router`] behind the [`access`] guard (token, websocket origin, client id).
 pub fn app(engine: EngineHandle, site_root: &Path, addr: SocketAddr, access: Access) -> Router {
-    router(engine, site_root, addr).layer(axum::middleware::from_fn_with_state(
-        Arc::new(access),
-        access::guard,
-    ))
+    let limits = engine.limits();
+    let chat = socket::ChatSocket {
+        max_message_bytes: socket::ChatSocket::message_limit(
+            limits.max_upload_bytes,
+            limits.max_text_bytes,
+        ),
+        backend: BackendContext(Arc::new(engine.clone())),
+    };
+    router(engine, site_root, addr)
+        .layer(axum::middleware::from_fn_with_state(chat, socket::intercept))
+        // Outermost: nothing is reached without the token.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(access),
+            access::guard,
+        ))
 }
 
 /// Serves `app` on `listener` with the peer addresses the client ids fall back to.

@@ -152,7 +152,10 @@ pub async fn next_event(ws: &mut Ws) -> Option<Result<Event, String>> {
         let bytes = match msg {
             Ok(Message::Binary(b)) => b.to_vec(),
             Ok(Message::Text(t)) => t.as_bytes().to_vec(),
-            Ok(Message::Close(_)) => return None,
+            Ok(Message::Close(Some(close))) => {
+                return Some(Err(format!("closed ({}): {}", close.code, close.reason)))
+            }
+            Ok(Message::Close(None)) => return None,
             Ok(_) => continue,
             Err(e) => return Some(Err(format!("socket: {e}"))),
         };
