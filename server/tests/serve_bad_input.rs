@@ -4,9 +4,9 @@
 mod common;
 
 use app::protocol::{ClientMsg, GenerateRequest};
-use common::*;
 use cogvlm::engine::EngineOptions;
 use cogvlm::web::access::Access;
+use common::*;
 use futures::SinkExt;
 use std::io::Cursor;
 use tokio_tungstenite::tungstenite::Message;
@@ -95,49 +95,200 @@ fn cases() -> Vec<(&'static str, Send, &'static str)> {
     let gif = encode(&photo, image::ImageFormat::Gif);
     let words = "tell me about the image in great detail please ".repeat(400);
     vec![
-        ("truncated_png", with_image("t.png", &png[..png.len() / 3]), "corrupt"),
-        ("truncated_jpeg", with_image("t.jpg", &jpeg[..300]), "corrupt"),
+        (
+            "truncated_png",
+            with_image("t.png", &png[..png.len() / 3]),
+            "corrupt",
+        ),
+        (
+            "truncated_jpeg",
+            with_image("t.jpg", &jpeg[..300]),
+            "corrupt",
+        ),
         ("truncated_gif", with_image("t.gif", &gif[..40]), "image"),
-        ("png_bomb_30000x30000", with_image("bomb.png", &png_claiming(30000, 30000)), "megapixels"),
-        ("png_bomb_1x4e9", with_image("wide.png", &png_claiming(1, 4_000_000_000)), "image"),
-        ("png_zero_pixels", with_image("zero.png", &png_claiming(0, 0)), "image"),
-        ("bmp_bomb", with_image("bomb.bmp", &bmp_claiming(20_000, 20_000)), "megapixels"),
-        ("text_named_png", with_image("notes.png", b"just some notes, not a picture\n"), "not a PNG"),
-        ("gif_magic_then_garbage", with_image("g.gif", b"GIF89a\x01\x00garbage"), "image"),
+        (
+            "png_bomb_30000x30000",
+            with_image("bomb.png", &png_claiming(30000, 30000)),
+            "megapixels",
+        ),
+        (
+            "png_bomb_1x4e9",
+            with_image("wide.png", &png_claiming(1, 4_000_000_000)),
+            "image",
+        ),
+        (
+            "png_zero_pixels",
+            with_image("zero.png", &png_claiming(0, 0)),
+            "image",
+        ),
+        (
+            "bmp_bomb",
+            with_image("bomb.bmp", &bmp_claiming(20_000, 20_000)),
+            "megapixels",
+        ),
+        (
+            "text_named_png",
+            with_image("notes.png", b"just some notes, not a picture\n"),
+            "not a PNG",
+        ),
+        (
+            "gif_magic_then_garbage",
+            with_image("g.gif", b"GIF89a\x01\x00garbage"),
+            "image",
+        ),
         ("empty_image", with_image("empty.png", b""), "empty"),
-        ("not_base64", Send::Generate(GenerateRequest {
-            image: Some(app::protocol::ImageData { name: "x.png".into(), base64: "@@not base64@@".into() }),
-            ..greedy(None, "hi", 2)
-        }), "base64"),
-        ("prompt_10mb", Send::Generate(greedy(None, &"a".repeat(10_000_000), 2)), "the limit is"),
-        ("history_too_long", with_sampling(|r| r.history = vec![("q".repeat(200_000), "a".repeat(200_000))]), "the limit is"),
-        ("prompt_over_context", Send::Generate(greedy(Some(image("coffee.png")), &words, 2)), "context"),
-        ("nan_temperature", edited_json(|j| j.replace("\"temperature\":0.0", "\"temperature\":NaN")), "not a valid request"),
-        ("null_temperature", edited_json(|j| j.replace("\"temperature\":0.0", "\"temperature\":null")), "not a valid request"),
-        ("string_temperature", edited_json(|j| j.replace("\"temperature\":0.0", "\"temperature\":\"hot\"")), "not a valid request"),
-        ("negative_temperature", with_sampling(|r| r.sampling.temperature = -0.5), "temperature"),
-        ("huge_temperature", with_sampling(|r| r.sampling.temperature = 1e300), "temperature"),
-        ("top_p_zero", with_sampling(|r| r.sampling.top_p = 0.0), "top_p"),
-        ("top_p_above_one", with_sampling(|r| r.sampling.top_p = 1.5), "top_p"),
-        ("top_k_zero", with_sampling(|r| r.sampling.top_k = 0), "top_k"),
-        ("negative_top_k", edited_json(|j| j.replace("\"top_k\":1", "\"top_k\":-3")), "not a valid request"),
-        ("max_length_zero", with_sampling(|r| r.sampling.max_length = 0), "max_length"),
-        ("max_new_tokens_zero", with_sampling(|r| r.sampling.max_new_tokens = Some(0)), "max_new_tokens"),
-        ("repetition_penalty_zero", with_sampling(|r| r.sampling.repetition_penalty = 0.0), "repetition_penalty"),
-        ("repetition_penalty_negative", with_sampling(|r| r.sampling.repetition_penalty = -1.0), "repetition_penalty"),
-        ("repetition_penalty_infinite", with_sampling(|r| r.sampling.repetition_penalty = f32::INFINITY), "not a valid request"),
-        ("unknown_checkpoint", Send::Load("no_such_model".into()), "no checkpoint named"),
-        ("dotdot_checkpoint", Send::Load("../models/cogvlm_tiny_224".into()), "no checkpoint named"),
-        ("absolute_path_checkpoint", Send::Load("/etc/passwd".into()), "no checkpoint named"),
-        ("empty_checkpoint_name", Send::Load(String::new()), "no checkpoint named"),
-        ("frame_not_json", raw(b"\0{this is not json".to_vec()), "not a valid request"),
-        ("frame_bad_tag", raw(b"\x07{}".to_vec()), "not a valid request"),
+        (
+            "not_base64",
+            Send::Generate(GenerateRequest {
+                image: Some(app::protocol::ImageData {
+                    name: "x.png".into(),
+                    base64: "@@not base64@@".into(),
+                }),
+                ..greedy(None, "hi", 2)
+            }),
+            "base64",
+        ),
+        (
+            "prompt_10mb",
+            Send::Generate(greedy(None, &"a".repeat(10_000_000), 2)),
+            "the limit is",
+        ),
+        (
+            "history_too_long",
+            with_sampling(|r| r.history = vec![("q".repeat(200_000), "a".repeat(200_000))]),
+            "the limit is",
+        ),
+        (
+            "prompt_over_context",
+            Send::Generate(greedy(Some(image("coffee.png")), &words, 2)),
+            "context",
+        ),
+        (
+            "nan_temperature",
+            edited_json(|j| j.replace("\"temperature\":0.0", "\"temperature\":NaN")),
+            "not a valid request",
+        ),
+        (
+            "null_temperature",
+            edited_json(|j| j.replace("\"temperature\":0.0", "\"temperature\":null")),
+            "not a valid request",
+        ),
+        (
+            "string_temperature",
+            edited_json(|j| j.replace("\"temperature\":0.0", "\"temperature\":\"hot\"")),
+            "not a valid request",
+        ),
+        (
+            "negative_temperature",
+            with_sampling(|r| r.sampling.temperature = -0.5),
+            "temperature",
+        ),
+        (
+            "huge_temperature",
+            with_sampling(|r| r.sampling.temperature = 1e300),
+            "temperature",
+        ),
+        (
+            "top_p_zero",
+            with_sampling(|r| r.sampling.top_p = 0.0),
+            "top_p",
+        ),
+        (
+            "top_p_above_one",
+            with_sampling(|r| r.sampling.top_p = 1.5),
+            "top_p",
+        ),
+        (
+            "top_k_zero",
+            with_sampling(|r| r.sampling.top_k = 0),
+            "top_k",
+        ),
+        (
+            "negative_top_k",
+            edited_json(|j| j.replace("\"top_k\":1", "\"top_k\":-3")),
+            "not a valid request",
+        ),
+        (
+            "max_length_zero",
+            with_sampling(|r| r.sampling.max_length = 0),
+            "max_length",
+        ),
+        (
+            "max_new_tokens_zero",
+            with_sampling(|r| r.sampling.max_new_tokens = Some(0)),
+            "max_new_tokens",
+        ),
+        (
+            "repetition_penalty_zero",
+            with_sampling(|r| r.sampling.repetition_penalty = 0.0),
+            "repetition_penalty",
+        ),
+        (
+            "repetition_penalty_negative",
+            with_sampling(|r| r.sampling.repetition_penalty = -1.0),
+            "repetition_penalty",
+        ),
+        (
+            "repetition_penalty_infinite",
+            with_sampling(|r| r.sampling.repetition_penalty = f32::INFINITY),
+            "not a valid request",
+        ),
+        (
+            "unknown_checkpoint",
+            Send::Load("no_such_model".into()),
+            "no checkpoint named",
+        ),
+        (
+            "dotdot_checkpoint",
+            Send::Load("../models/cogvlm_tiny_224".into()),
+            "no checkpoint named",
+        ),
+        (
+            "absolute_path_checkpoint",
+            Send::Load("/etc/passwd".into()),
+            "no checkpoint named",
+        ),
+        (
+            "empty_checkpoint_name",
+            Send::Load(String::new()),
+            "no checkpoint named",
+        ),
+        (
+            "frame_not_json",
+            raw(b"\0{this is not json".to_vec()),
+            "not a valid request",
+        ),
+        (
+            "frame_bad_tag",
+            raw(b"\x07{}".to_vec()),
+            "not a valid request",
+        ),
         ("frame_empty", raw(vec![]), "not a valid request"),
-        ("frame_text_garbage", Send::Frames(vec![Message::Text("hello".into())]), "not a valid request"),
-        ("frame_wrong_shape", raw(b"\0{\"Generate\":{\"query\":5}}".to_vec()), "not a valid request"),
-        ("frame_stop_first", raw(b"\0\"Stop\"".to_vec()), "first message"),
-        ("frame_17mib_not_json", raw(vec![b' '; 17 << 20]), "not a valid request"),
-        ("frame_oversized_48mib", raw(vec![0u8; 48 << 20]), "too large"),
+        (
+            "frame_text_garbage",
+            Send::Frames(vec![Message::Text("hello".into())]),
+            "not a valid request",
+        ),
+        (
+            "frame_wrong_shape",
+            raw(b"\0{\"Generate\":{\"query\":5}}".to_vec()),
+            "not a valid request",
+        ),
+        (
+            "frame_stop_first",
+            raw(b"\0\"Stop\"".to_vec()),
+            "first message",
+        ),
+        (
+            "frame_17mib_not_json",
+            raw(vec![b' '; 17 << 20]),
+            "not a valid request",
+        ),
+        (
+            "frame_oversized_48mib",
+            raw(vec![0u8; 48 << 20]),
+            "too large",
+        ),
     ]
 }
 
@@ -150,7 +301,11 @@ async fn bad_input_gets_a_clear_error_and_the_server_keeps_serving() {
     let mut passed = 0;
     for (i, (name, send, expected)) in cases.into_iter().enumerate() {
         let client = format!("bad{i}");
-        let path = if matches!(send, Send::Load(_)) { "/api/load_model" } else { "/api/chat" };
+        let path = if matches!(send, Send::Load(_)) {
+            "/api/load_model"
+        } else {
+            "/api/chat"
+        };
         let mut ws = connect(server.addr, path, &client, &[]).await.unwrap();
         match send {
             Send::Generate(req) => send_generate(&mut ws, &req).await,
@@ -164,7 +319,10 @@ async fn bad_input_gets_a_clear_error_and_the_server_keeps_serving() {
         }
         let answer = read_answer(&mut ws).await;
         let error = answer.error.unwrap_or_else(|| {
-            panic!("{name}: no error; got {:?} / {:?}", answer.text, answer.stats)
+            panic!(
+                "{name}: no error; got {:?} / {:?}",
+                answer.text, answer.stats
+            )
         });
         assert!(
             error.contains(expected),

@@ -122,9 +122,12 @@ fn check_image(img: &ImageData, limits: &Limits) -> Result<Vec<u8>> {
         bail!("image {name} is not a PNG, JPEG, WebP, GIF or BMP file");
     }
     // Image errors repeat their source in their own text: one level is enough.
-    let (w, h) = reader
-        .into_dimensions()
-        .map_err(|e| anyhow!("image {name} is corrupt or truncated ({})", e.to_string().trim()))?;
+    let (w, h) = reader.into_dimensions().map_err(|e| {
+        anyhow!(
+            "image {name} is corrupt or truncated ({})",
+            e.to_string().trim()
+        )
+    })?;
     check_pixels(&name, w, h, limits)?;
     Ok(bytes)
 }

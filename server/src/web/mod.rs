@@ -155,7 +155,10 @@ pub fn app(engine: EngineHandle, site_root: &Path, addr: SocketAddr, access: Acc
         backend: BackendContext(Arc::new(engine.clone())),
     };
     router(engine, site_root, addr)
-        .layer(axum::middleware::from_fn_with_state(chat, socket::intercept))
+        .layer(axum::middleware::from_fn_with_state(
+            chat,
+            socket::intercept,
+        ))
         // Outermost: nothing is reached without the token.
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(access),

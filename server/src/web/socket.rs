@@ -79,12 +79,17 @@ fn decode(msg: Result<Message, axum::Error>, limit: usize) -> Option<Result<Clie
             return Some(Err(message));
         }
     };
-    let invalid = |why: &str| Some(Err(format!("bad request: the message is not a valid request ({why})")));
+    let invalid = |why: &str| {
+        Some(Err(format!(
+            "bad request: the message is not a valid request ({why})"
+        )))
+    };
     match bytes.split_first() {
         None => invalid("an empty frame"),
-        Some((0, json)) => Some(serde_json::from_slice(json).map_err(|e| {
-            format!("bad request: the message is not a valid request ({e})")
-        })),
+        Some((0, json)) => Some(
+            serde_json::from_slice(json)
+                .map_err(|e| format!("bad request: the message is not a valid request ({e})")),
+        ),
         Some((1, _)) => invalid("the client sent an error"),
         Some(_) => invalid("an unknown frame tag"),
     }

@@ -37,7 +37,12 @@ impl Drop for TestServer {
 
 /// Starts the app on a free loopback port with `CHECKPOINT` loaded.
 pub async fn start(options: EngineOptions, access: Access) -> TestServer {
-    let registry = Registry::scan(&bundled_models_dir()).expect("bundled models");
+    start_in(&bundled_models_dir(), options, access).await
+}
+
+/// As [`start`], on the checkpoints of `models_dir` (which must hold `CHECKPOINT`).
+pub async fn start_in(models_dir: &Path, options: EngineOptions, access: Access) -> TestServer {
+    let registry = Registry::scan(models_dir).expect("models folder");
     let engine = EngineHandle::start_with(registry, options, Some(CHECKPOINT)).expect("engine");
     let deadline = Instant::now() + Duration::from_secs(120);
     while engine.models().current.as_deref() != Some(CHECKPOINT) {
