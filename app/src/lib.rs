@@ -10,6 +10,7 @@ pub mod grounding;
 pub mod markdown;
 pub mod protocol;
 pub mod state;
+pub mod tasks;
 
 pub use app::{shell, App, OUTPUT_NAME};
 
