@@ -12,6 +12,8 @@ pub mod markdown;
 pub mod protocol;
 pub mod state;
 pub mod tasks;
+#[cfg(feature = "hydrate")]
+mod test_hook;
 
 pub use app::{shell, App, OUTPUT_NAME};
 
