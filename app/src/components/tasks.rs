@@ -48,6 +48,27 @@ fn select_task(state: AppState, task: Task) {
     refill_keeping_regions(state);
 }
 
+/// `draft` with `region` appended as `[[x0,y0,x1,y1]]`, a space before it if needed.
+fn with_region(draft: &str, region: Shape) -> String {
+    let mut out = draft.to_string();
+    if !out.is_empty() && !out.ends_with(char::is_whitespace) {
+        out.push(' ');
+    }
+    out.push_str(&grounding::format_group(&[region]));
+    out
+}
+
+/// `draft` without its `k`-th grounding group (and the space before it), if it has one.
+fn without_group(draft: &str, k: usize) -> Option<String> {
+    let span = grounding::parse(draft).get(k)?.span.clone();
+    let start = if draft[..span.start].ends_with(' ') {
+        span.start - 1
+    } else {
+        span.start
+    };
+    Some(format!("{}{}", &draft[..start], &draft[span.end..]))
+}
+
 /// A region drawn on the image: "describe a region" re-fills its template with every region;
 /// any other task gets `[[x0,y0,x1,y1]]` appended to the draft.
 pub fn add_region(state: AppState, region: Shape) {
@@ -56,41 +77,21 @@ pub fn add_region(state: AppState, region: Shape) {
         regions.push(region);
         refill(state, regions);
     } else {
-        state.draft.update(|d| {
-            if !d.is_empty() && !d.ends_with(char::is_whitespace) {
-                d.push(' ');
-            }
-            d.push_str(&grounding::format_group(&[region]));
-        });
+        state.draft.update(|d| *d = with_region(d, region));
     }
 }
 
-/// Removes the `k`-th grounding group of the draft.
+/// Removes the `k`-th grounding group of the draft ("describe a region": re-fills the
+/// template with the other regions).
 pub fn remove_group(state: AppState, k: usize) {
     let draft = state.draft.get_untracked();
-    let groups = grounding::parse(&draft);
-    let Some(group) = groups.get(k) else {
-        return;
-    };
     if state.tasks.task.get_untracked() == Task::DescribeRegion {
-        let regions = groups
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != k)
-            .flat_map(|(_, g)| g.shapes.iter().copied())
-            .filter(|s| matches!(s, Shape::Box(_)))
-            .collect();
+        let regions = without_group(&draft, k)
+            .map(|rest| draft_regions(&rest))
+            .unwrap_or_else(|| draft_regions(&draft));
         refill(state, regions);
-    } else {
-        // Take one space before the group with it, so no double spaces are left.
-        let start = if draft[..group.span.start].ends_with(' ') {
-            group.span.start - 1
-        } else {
-            group.span.start
-        };
-        state
-            .draft
-            .set(format!("{}{}", &draft[..start], &draft[group.span.end..]));
+    } else if let Some(rest) = without_group(&draft, k) {
+        state.draft.set(rest);
     }
 }
 
@@ -263,5 +264,35 @@ pub fn TaskBar() -> impl IntoView {
                 <Suggestion/>
             </Show>
         </div>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_are_appended_and_removed_as_text() {
+        let a = Shape::Box([86, 540, 400, 760]);
+        let draft = with_region("What is in", a);
+        assert_eq!(draft, "What is in [[086,540,400,760]]");
+        let draft = with_region(&(draft + "? And "), Shape::Box([0, 0, 999, 999]));
+        assert_eq!(
+            draft,
+            "What is in [[086,540,400,760]]? And [[000,000,999,999]]"
+        );
+        assert_eq!(with_region("", a), "[[086,540,400,760]]");
+        assert_eq!(draft_regions(&draft), vec![a, Shape::Box([0, 0, 999, 999])]);
+        assert_eq!(
+            without_group(&draft, 0).as_deref(),
+            Some("What is in? And [[000,000,999,999]]")
+        );
+        assert_eq!(
+            without_group(&draft, 1).as_deref(),
+            Some("What is in [[086,540,400,760]]? And")
+        );
+        assert_eq!(without_group(&draft, 2), None);
+        // Points are not regions.
+        assert!(draft_regions("tap [[500,500]]").is_empty());
     }
 }
