@@ -124,6 +124,8 @@ test("drawing regions on a non-square image writes their thousandths into the pr
   const bottom = await canvasRun(page, 0.15, bottomA, "x", 30);
   expect(bottom.some((p) => isColour(p, PALETTE[0])), `region 1 drawn ${JSON.stringify(bottom)}`).toBeTruthy();
   expect(bottom.some((p) => p[3] === 0), "region 1 dashed").toBeTruthy();
+  await page.mouse.move(0, 0);
+  await page.screenshot({ path: path.join(shots, "regions.png") });
 
   // A click without a drag adds nothing; a region can be removed.
   await page.mouse.click(r.x + 0.7 * r.w, r.y + 0.5 * r.h);
