@@ -71,6 +71,25 @@ pub fn parse(text: &str) -> Option<AgentAnswer> {
     })
 }
 
+/// Which grounding group of `text` (its number among [`grounding::parse`]'s groups) is the
+/// grounded operation's, and a label for it on the image ("TYPE Search"): the phrase before the
+/// box ("… at the box") names nothing useful there.
+pub fn operation_group(text: &str) -> Option<(usize, String)> {
+    let op_at = text.find(OP)?;
+    let op = parse(text)?.operation?;
+    op.region?;
+    let k = grounding::parse(text)
+        .iter()
+        .position(|g| g.span.start >= op_at)?;
+    let label = [op.action.as_str(), op.target.as_str()]
+        .iter()
+        .filter(|s| !s.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+    Some((k, label))
+}
+
 /// `1. a 2. b` → `["a", "b"]`; text without numbering is one step.
 fn split_steps(plan: &str) -> Vec<String> {
     let bytes = plan.as_bytes();
@@ -210,6 +229,19 @@ Grounded Operation:[combobox] Search -> TYPE: CogVLM at the box [[212,498,787,56
         assert_eq!(
             (op.target.as_str(), op.action.as_str(), op.region),
             ("2 pm", "SCROLL_DOWN", None)
+        );
+    }
+
+    #[test]
+    fn the_operation_group_is_found_and_labelled() {
+        assert_eq!(operation_group(README), Some((0, "TYPE Search".into())));
+        // A box in the plan comes before the operation's.
+        let text = "Plan: 1. Look at [[1,2,3,4]].\nGrounded Operation: [button] OK -> CLICK at the point [[505,710]]";
+        assert_eq!(operation_group(text), Some((1, "CLICK OK".into())));
+        assert_eq!(operation_group("Plan: 1. Wait [[1,2,3,4]]."), None);
+        assert_eq!(
+            operation_group("Grounded Operation:[link] x -> SCROLL_DOWN"),
+            None
         );
     }
 

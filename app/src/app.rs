@@ -84,6 +84,8 @@ pub fn App() -> impl IntoView {
     Effect::new(move |_| {
         hydrated.set(true);
         refresh_models(state);
+        #[cfg(feature = "hydrate")]
+        crate::test_hook::install(state);
     });
     let device = move || {
         state

@@ -181,6 +181,43 @@ pub fn to_px(shape: &Shape, width: f64, height: f64) -> Rect {
     }
 }
 
+/// Maps a pixel offset along a displayed side of `side` pixels to thousandths, the way the
+/// models write them (spec §4.5: relative coordinate × 1000, 000–999). Rounding (not flooring)
+/// makes [`to_px`] and this function exact inverses for every coordinate; the far edge (1000)
+/// and anything outside the image clamp into `0..=999`.
+pub fn to_thousandths(px: f64, side: f64) -> u16 {
+    if side.is_nan() || side <= 0.0 || !px.is_finite() {
+        return 0;
+    }
+    (px / side * SCALE).round().clamp(0.0, f64::from(MAX_COORD)) as u16
+}
+
+/// A box dragged from `(x0, y0)` to `(x1, y1)` (pixels, either direction) over an image
+/// displayed `width` × `height`.
+pub fn box_from_px(x0: f64, y0: f64, x1: f64, y1: f64, width: f64, height: f64) -> Shape {
+    let (a, c) = (to_thousandths(x0, width), to_thousandths(x1, width));
+    let (b, d) = (to_thousandths(y0, height), to_thousandths(y1, height));
+    Shape::Box([a.min(c), b.min(d), a.max(c), b.max(d)])
+}
+
+/// One shape's coordinates as the models write them: three-digit, zero-padded.
+fn coords(shape: &Shape) -> String {
+    let nums: &[u16] = match shape {
+        Shape::Box(b) => b,
+        Shape::Point(p) => p,
+    };
+    nums.iter()
+        .map(|n| format!("{n:03}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A group as text: `[[086,540,400,760]]`, or `[[…;…]]` for several shapes.
+pub fn format_group(shapes: &[Shape]) -> String {
+    let body: Vec<String> = shapes.iter().map(coords).collect();
+    format!("[[{}]]", body.join(";"))
+}
+
 /// A fixed, colour-blind-safe palette (Okabe–Ito), indexed by the group's number.
 pub const PALETTE: [&str; 7] = [
     "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7",
@@ -333,6 +370,49 @@ mod tests {
         let p = to_px(&Shape::Point([999, 0]), 1000.0, 10.0);
         assert_eq!((p.x, p.y, p.w, p.h), (999.0, 0.0, 0.0, 0.0));
         assert_eq!(colour(0), colour(PALETTE.len()));
+    }
+
+    #[test]
+    fn thousandths_round_at_both_edges() {
+        // A 600 × 400 image (non-square): the same fraction gives the same thousandths on
+        // both axes, whatever the side.
+        assert_eq!(to_thousandths(0.0, 600.0), 0);
+        assert_eq!(to_thousandths(0.29, 600.0), 0); // 0.48 thousandths
+        assert_eq!(to_thousandths(0.31, 600.0), 1); // 0.52
+        assert_eq!(to_thousandths(599.0, 600.0), 998); // 998.33
+        assert_eq!(to_thousandths(599.5, 600.0), 999); // 999.17
+        assert_eq!(to_thousandths(600.0, 600.0), 999); // the far edge (1000) clamps
+        assert_eq!(to_thousandths(800.0, 600.0), 999); // dragged past the image
+        assert_eq!(to_thousandths(-5.0, 600.0), 0);
+        assert_eq!(to_thousandths(200.0, 400.0), 500);
+        assert_eq!(to_thousandths(200.0, 600.0), 333);
+        assert_eq!(to_thousandths(f64::NAN, 600.0), 0);
+        assert_eq!(to_thousandths(10.0, 0.0), 0);
+    }
+
+    #[test]
+    fn thousandths_invert_to_px_on_a_non_square_image() {
+        for (w, h) in [(600.0, 400.0), (451.0, 300.0), (37.0, 1013.0)] {
+            for v in 0..=MAX_COORD {
+                let r = to_px(&Shape::Box([v, v, v, v]), w, h);
+                assert_eq!((to_thousandths(r.x, w), to_thousandths(r.y, h)), (v, v));
+            }
+        }
+    }
+
+    #[test]
+    fn dragged_boxes_are_normalised_and_formatted() {
+        // Dragged right-to-left and bottom-to-top over 600 × 400 pixels.
+        let b = box_from_px(300.0, 304.0, 51.6, 216.0, 600.0, 400.0);
+        assert_eq!(b, Shape::Box([86, 540, 500, 760]));
+        assert_eq!(format_group(&[b]), "[[086,540,500,760]]");
+        assert_eq!(
+            format_group(&[Shape::Box([0, 5, 999, 40]), Shape::Point([7, 999])]),
+            "[[000,005,999,040;007,999]]"
+        );
+        // What is written parses back to the same shapes.
+        let text = format!("what is in {}?", format_group(&[b]));
+        assert_eq!(parse(&text)[0].shapes, vec![b]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The CogVLM web app: Leptos components (built for ssr and hydrate), server functions and the
 //! protocol shared with the server. Never depends on candle.
 pub mod agent;
+pub mod agent_card;
 pub mod api;
 pub mod app;
 #[cfg(feature = "ssr")]
@@ -10,6 +11,9 @@ pub mod grounding;
 pub mod markdown;
 pub mod protocol;
 pub mod state;
+pub mod tasks;
+#[cfg(feature = "hydrate")]
+mod test_hook;
 
 pub use app::{shell, App, OUTPUT_NAME};
 

@@ -30,7 +30,7 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-fn chip(index: usize, g: &Grounding, raw: &str) -> String {
+pub(crate) fn chip(index: usize, g: &Grounding, raw: &str) -> String {
     let label = g.label.as_deref().unwrap_or("");
     format!(
         "<span class=\"gchip\" data-g=\"{index}\" style=\"--gc:{}\" title=\"{}\"><b>{}</b><code>{}</code></span>",

@@ -1,7 +1,9 @@
 //! Client-side state of the page, shared by the components through context.
 
+use crate::agent;
 use crate::grounding::{self, Shape};
 use crate::protocol::{ModelsState, PromptVersion, Sampling, Stats};
+use crate::tasks::Task;
 use futures::channel::mpsc::UnboundedSender;
 use futures::future::AbortHandle;
 use leptos::prelude::*;
@@ -13,22 +15,35 @@ use crate::protocol::ClientMsg;
 /// Where a turn stands.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TurnStatus {
-    /// Sent; `Some(n)`: waiting behind n other requests; `None`: the worker is on it.
-    Waiting(Option<usize>),
+    /// Sent, or taken by the worker (reading the image and the prompt).
+    Waiting,
+    /// Waiting behind `ahead` other requests, for about `eta_ms` (when the server knows).
+    Queued {
+        ahead: usize,
+        eta_ms: Option<u64>,
+    },
     Streaming,
     Done(Stats),
     /// Stopped on the client without a reply from the server.
     Stopped,
+    /// A recorded answer fed in by the page's test hook (`test_hook.rs`), not by the server.
+    Recorded,
     Error(String),
 }
 
 impl TurnStatus {
     pub fn is_active(&self) -> bool {
-        matches!(self, TurnStatus::Waiting(_) | TurnStatus::Streaming)
+        matches!(
+            self,
+            TurnStatus::Waiting | TurnStatus::Queued { .. } | TurnStatus::Streaming
+        )
     }
     /// Whether the answer can go into the history of later turns.
     pub fn is_answer(&self) -> bool {
-        matches!(self, TurnStatus::Done(_) | TurnStatus::Stopped)
+        matches!(
+            self,
+            TurnStatus::Done(_) | TurnStatus::Stopped | TurnStatus::Recorded
+        )
     }
 }
 
@@ -107,6 +122,44 @@ impl Default for SettingsState {
     }
 }
 
+/// The task picker: which task fills the prompt, from which template, with what input.
+#[derive(Clone, Copy)]
+pub struct TaskState {
+    pub task: RwSignal<Task>,
+    /// The template the user chose; `None`: the random pick below.
+    pub chosen: RwSignal<Option<usize>>,
+    /// Re-drawn on each task switch and by "another template".
+    pub random: RwSignal<usize>,
+    /// The phrase to find or the agent's task.
+    pub text: RwSignal<String>,
+    pub with_grounding: RwSignal<bool>,
+}
+
+impl TaskState {
+    pub fn new() -> Self {
+        Self {
+            task: RwSignal::new(Task::Chat),
+            chosen: RwSignal::new(None),
+            random: RwSignal::new(0),
+            text: RwSignal::new(String::new()),
+            with_grounding: RwSignal::new(true),
+        }
+    }
+
+    /// The template in use now.
+    pub fn template_index(&self) -> usize {
+        self.chosen
+            .get_untracked()
+            .unwrap_or_else(|| self.random.get_untracked())
+    }
+}
+
+impl Default for TaskState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A checkpoint switch in progress.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Loading {
@@ -137,6 +190,7 @@ pub struct AppState {
     pub hover: RwSignal<Option<usize>>,
     /// The draft in the composer.
     pub draft: RwSignal<String>,
+    pub tasks: TaskState,
 }
 
 impl AppState {
@@ -156,6 +210,7 @@ impl AppState {
             load_error: RwSignal::new(None),
             hover: RwSignal::new(None),
             draft: RwSignal::new(String::new()),
+            tasks: TaskState::new(),
         }
     }
 
@@ -184,6 +239,31 @@ pub struct DrawnGroup {
     pub index: usize,
     pub shapes: Vec<Shape>,
     pub label: Option<String>,
+    /// From a question (sent or being written): drawn dashed, as the user's own regions.
+    pub dashed: bool,
+}
+
+/// The groups of one text, numbered from `first`. An agent answer's operation box is labelled
+/// with its action and target.
+pub fn text_groups(text: &str, first: usize, dashed: bool) -> Vec<DrawnGroup> {
+    let operation = if dashed {
+        None
+    } else {
+        agent::operation_group(text)
+    };
+    grounding::parse(text)
+        .into_iter()
+        .enumerate()
+        .map(|(k, g)| DrawnGroup {
+            index: first + k,
+            shapes: g.shapes,
+            label: match &operation {
+                Some((op, label)) if *op == k && !label.is_empty() => Some(label.clone()),
+                _ => g.label,
+            },
+            dashed,
+        })
+        .collect()
 }
 
 /// Every group in the conversation, and where each message's numbering starts
@@ -191,21 +271,42 @@ pub struct DrawnGroup {
 pub fn conversation_groups(turns: &[Turn]) -> (Vec<DrawnGroup>, HashMap<u64, (usize, usize)>) {
     let mut groups = Vec::new();
     let mut offsets = HashMap::new();
-    let push = |text: &str, groups: &mut Vec<DrawnGroup>| {
-        for g in grounding::parse(text) {
-            groups.push(DrawnGroup {
-                index: groups.len(),
-                shapes: g.shapes,
-                label: g.label,
-            });
-        }
-    };
     for turn in turns {
         let q = groups.len();
-        push(&turn.query, &mut groups);
+        groups.extend(text_groups(&turn.query, q, true));
         let a = groups.len();
-        turn.answer.with(|answer| push(answer, &mut groups));
+        turn.answer
+            .with(|answer| groups.extend(text_groups(answer, a, false)));
         offsets.insert(turn.id, (q, a));
     }
     (groups, offsets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn question_groups_dashed_answer_groups_solid_numbered_in_order() {
+        let g = text_groups("a cat[[1,2,3,4]] and a dog[[5,6,7,8;9,9]]", 3, false);
+        assert_eq!(
+            g.iter()
+                .map(|g| (g.index, g.label.as_deref(), g.dashed, g.shapes.len()))
+                .collect::<Vec<_>>(),
+            vec![(3, Some("cat"), false, 1), (4, Some("dog"), false, 2)]
+        );
+        assert!(text_groups("what is in [[1,2,3,4]]?", 0, true)[0].dashed);
+    }
+
+    #[test]
+    fn agent_operation_box_is_labelled_by_action_and_target() {
+        let answer = "Next Action: type.\nGrounded Operation:[combobox] Search -> TYPE: CogVLM at the box [[212,498,787,564]]";
+        let g = text_groups(answer, 0, false);
+        assert_eq!(g[0].label.as_deref(), Some("TYPE Search"));
+        // The same text as a question keeps the phrase label.
+        assert_eq!(
+            text_groups(answer, 0, true)[0].label.as_deref(),
+            Some("box")
+        );
+    }
 }

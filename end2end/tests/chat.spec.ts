@@ -91,16 +91,23 @@ test("a box in the question is drawn on the canvas (vlm490_chat_region_coffee)",
   await chat.waitDone();
   await expect(chat.lastAnswer()).toHaveText(ref.generated_text);
 
-  // [[086,540,400,760]]: thousandths of the width and height. Colour 1 is #E69F00.
+  // [[086,540,400,760]]: thousandths of the width and height. Colour 1 is #E69F00. A question's
+  // box is dashed: a short run along each edge has both drawn and clear pixels.
   const probe = await page.evaluate(() => {
     const canvas = document.querySelector<HTMLCanvasElement>("#overlay")!;
     const ctx = canvas.getContext("2d")!;
     const px = (fx: number, fy: number) =>
       Array.from(ctx.getImageData(Math.round(fx * canvas.width), Math.round(fy * canvas.height), 1, 1).data);
+    const run = (fx: number, fy: number, dx: number, dy: number) =>
+      Array.from({ length: 24 }, (_, i) =>
+        Array.from(
+          ctx.getImageData(Math.round(fx * canvas.width) + i * dx, Math.round(fy * canvas.height) + i * dy, 1, 1).data,
+        ),
+      );
     return {
       size: [canvas.width, canvas.height],
-      leftEdge: px(0.086, 0.65),
-      bottomEdge: px(0.25, 0.76),
+      leftEdge: run(0.086, 0.6, 0, 1),
+      bottomEdge: run(0.2, 0.76, 1, 0),
       inside: px(0.25, 0.65),
       outside: px(0.7, 0.3),
     };
@@ -108,8 +115,10 @@ test("a box in the question is drawn on the canvas (vlm490_chat_region_coffee)",
   expect(probe.size[0]).toBeGreaterThan(100);
   const isOrange = (p: number[]) =>
     Math.abs(p[0] - 230) < 30 && Math.abs(p[1] - 159) < 30 && p[2] < 40 && p[3] > 200;
-  expect(isOrange(probe.leftEdge), `left edge ${probe.leftEdge}`).toBeTruthy();
-  expect(isOrange(probe.bottomEdge), `bottom edge ${probe.bottomEdge}`).toBeTruthy();
+  for (const [name, run] of [["left edge", probe.leftEdge], ["bottom edge", probe.bottomEdge]] as const) {
+    expect(run.some(isOrange), `${name} drawn: ${JSON.stringify(run)}`).toBeTruthy();
+    expect(run.some((p) => p[3] === 0), `${name} dashed: ${JSON.stringify(run)}`).toBeTruthy();
+  }
   expect(probe.inside[3], "inside the box stays clear").toBe(0);
   expect(probe.outside[3], "outside the box stays clear").toBe(0);
 

@@ -42,11 +42,12 @@ export class ChatPage {
   readonly lastAnswer = () => this.page.locator(".turn").last().locator(".answer");
   readonly lastStats = () => this.page.locator(".turn").last().locator(".stats");
 
-  /** Opens the page and waits for hydration and the model list. */
-  async open() {
+  /** Opens the page (`/?test-hooks` adds `window.__cogvlmReplay`) and waits for hydration and
+   * the model list. */
+  async open(url = "/") {
     const errors: string[] = [];
     this.page.on("pageerror", (e) => errors.push(String(e)));
-    await this.page.goto("/");
+    await this.page.goto(url);
     await expect(this.page.locator("#app")).toHaveAttribute("data-hydrated", "true");
     await expect(this.modelSelect()).toBeEnabled();
     expect(errors, "page errors").toEqual([]);
@@ -120,3 +121,43 @@ export class ChatPage {
     return (await this.lastStats().textContent()) ?? "";
   }
 }
+
+/** RGBA of the overlay canvas at a fraction of its width and height. */
+export async function canvasPixel(page: Page, fx: number, fy: number): Promise<number[]> {
+  return page.evaluate(
+    ([fx, fy]) => {
+      const canvas = document.querySelector<HTMLCanvasElement>("#overlay")!;
+      const x = Math.min(canvas.width - 1, Math.round(fx * canvas.width));
+      const y = Math.min(canvas.height - 1, Math.round(fy * canvas.height));
+      return Array.from(canvas.getContext("2d")!.getImageData(x, y, 1, 1).data);
+    },
+    [fx, fy],
+  );
+}
+
+/** RGBA of `n` canvas pixels along a horizontal (`dir` "x") or vertical line from a fraction point. */
+export async function canvasRun(page: Page, fx: number, fy: number, dir: "x" | "y", n: number): Promise<number[][]> {
+  return page.evaluate(
+    ([fx, fy, dir, n]) => {
+      const canvas = document.querySelector<HTMLCanvasElement>("#overlay")!;
+      const x = Math.round((fx as number) * canvas.width);
+      const y = Math.round((fy as number) * canvas.height);
+      const [w, h] = dir === "x" ? [n as number, 1] : [1, n as number];
+      const data = canvas.getContext("2d")!.getImageData(x, y, w, h).data;
+      const out: number[][] = [];
+      for (let i = 0; i < data.length; i += 4) out.push(Array.from(data.slice(i, i + 4)));
+      return out;
+    },
+    [fx, fy, dir, n] as const,
+  );
+}
+
+/** Whether an RGBA pixel is (close to) a `#rrggbb` colour and mostly covered (a 2.5 px line
+ * covers at least 3/4 of the pixel at its centre). */
+export function isColour(p: number[], hex: string, tolerance = 30): boolean {
+  const c = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+  return c.every((v, i) => Math.abs(p[i] - v) < tolerance) && p[3] > 150;
+}
+
+/** The first colours of the overlay's palette (Okabe–Ito), by group number. */
+export const PALETTE = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7"];

@@ -1,6 +1,8 @@
 //! The transcript, the composer and the actions (Generate, Stop, Retry, Clear).
 
+use crate::agent_card;
 use crate::api::chat;
+use crate::components::tasks::TaskBar;
 use crate::markdown;
 use crate::protocol::{ClientMsg, Event, GenerateRequest, ImageData};
 use crate::state::{conversation_groups, AppState, Turn, TurnStatus};
@@ -41,7 +43,7 @@ pub fn send(state: AppState, query: String) {
         id: state.next_turn_id(),
         query,
         answer: RwSignal::new(String::new()),
-        status: RwSignal::new(TurnStatus::Waiting(None)),
+        status: RwSignal::new(TurnStatus::Waiting),
     };
     state.turns.update(|t| t.push(turn.clone()));
     state.busy.set(true);
@@ -64,26 +66,8 @@ pub fn send(state: AppState, query: String) {
             }
         };
         loop {
-            match events.next().await {
-                Some(Ok(Event::Queued { position, .. })) => {
-                    status.set(TurnStatus::Waiting(Some(position)))
-                }
-                Some(Ok(Event::Started { .. })) => status.set(TurnStatus::Waiting(None)),
-                Some(Ok(Event::Token { text })) => {
-                    answer.update(|a| a.push_str(&text));
-                    if !matches!(status.get_untracked(), TurnStatus::Streaming) {
-                        status.set(TurnStatus::Streaming);
-                    }
-                }
-                Some(Ok(Event::Done { stats })) => {
-                    status.set(TurnStatus::Done(stats));
-                    return;
-                }
-                Some(Ok(Event::Error { message })) => {
-                    status.set(TurnStatus::Error(message));
-                    return;
-                }
-                Some(Ok(Event::LoadProgress { .. } | Event::Loaded { .. })) => {}
+            let event = match events.next().await {
+                Some(Ok(event)) => event,
                 Some(Err(e)) => {
                     status.set(TurnStatus::Error(format!("connection lost: {e}")));
                     return;
@@ -92,6 +76,9 @@ pub fn send(state: AppState, query: String) {
                     status.set(TurnStatus::Error("the server closed the connection".into()));
                     return;
                 }
+            };
+            if apply(answer, status, event) {
+                return;
             }
         }
     };
@@ -106,6 +93,59 @@ pub fn send(state: AppState, query: String) {
         state.aborter.set_value(None);
         state.busy.set(false);
     });
+}
+
+/// Applies one server event to a turn's answer and status; true when the turn is over.
+/// Live answers and recorded ones (the test hook) both go through here.
+pub fn apply(answer: RwSignal<String>, status: RwSignal<TurnStatus>, event: Event) -> bool {
+    match event {
+        Event::Queued { position, eta_ms } => status.set(TurnStatus::Queued {
+            ahead: position,
+            eta_ms,
+        }),
+        Event::Started { .. } => status.set(TurnStatus::Waiting),
+        Event::Token { text } => {
+            answer.update(|a| a.push_str(&text));
+            if !matches!(status.get_untracked(), TurnStatus::Streaming) {
+                status.set(TurnStatus::Streaming);
+            }
+        }
+        Event::Done { stats } => {
+            status.set(TurnStatus::Done(stats));
+            return true;
+        }
+        Event::Error { message } => {
+            status.set(TurnStatus::Error(message));
+            return true;
+        }
+        Event::LoadProgress { .. } | Event::Loaded { .. } => {}
+    }
+    false
+}
+
+/// Shows `query` and a recorded `answer` as a new turn, the answer streamed in word by word
+/// through [`apply`] like a live one. Used by the page's test hook only.
+pub fn replay(state: AppState, query: String, answer_text: &str) {
+    if state.busy.get_untracked() {
+        return;
+    }
+    let turn = Turn {
+        id: state.next_turn_id(),
+        query,
+        answer: RwSignal::new(String::new()),
+        status: RwSignal::new(TurnStatus::Waiting),
+    };
+    state.turns.update(|t| t.push(turn.clone()));
+    for piece in answer_text.split_inclusive(' ') {
+        apply(
+            turn.answer,
+            turn.status,
+            Event::Token {
+                text: piece.to_string(),
+            },
+        );
+    }
+    turn.status.set(TurnStatus::Recorded);
 }
 
 /// Asks the server to stop the running generation; drops the connection if it does not
@@ -176,11 +216,22 @@ fn stats_line(status: &TurnStatus) -> String {
             s.tokens_per_s,
             s.stop.label()
         ),
-        TurnStatus::Waiting(Some(0)) => "next in the queue…".into(),
-        TurnStatus::Waiting(Some(n)) => format!("queued: {n} ahead…"),
-        TurnStatus::Waiting(None) => "reading the image and the prompt…".into(),
+        TurnStatus::Queued { ahead: 0, .. } => "next in the queue…".into(),
+        TurnStatus::Queued {
+            ahead,
+            eta_ms: None,
+        } => format!("queued: {ahead} ahead…"),
+        TurnStatus::Queued {
+            ahead,
+            eta_ms: Some(ms),
+        } => format!(
+            "queued: {ahead} ahead, about {:.0} s…",
+            (*ms as f64 / 1e3).ceil()
+        ),
+        TurnStatus::Waiting => "reading the image and the prompt…".into(),
         TurnStatus::Streaming => "generating…".into(),
         TurnStatus::Stopped => "stopped".into(),
+        TurnStatus::Recorded => "recorded answer (test hook)".into(),
         TurnStatus::Error(e) => format!("error: {e}"),
     }
 }
@@ -221,7 +272,10 @@ fn TurnView(
     let status = turn.status;
     let answer_html = move || {
         let (_, a) = offsets.with(|o| o.get(&id).copied().unwrap_or_default());
-        let html = answer.with(|text| markdown::render_markdown(text, a).html);
+        // An agent answer (Plan / Next Action / Grounded Operation) renders as a card.
+        let html = answer.with(|text| {
+            agent_card::render(text, a).unwrap_or_else(|| markdown::render_markdown(text, a).html)
+        });
         if status.with(TurnStatus::is_active) {
             with_cursor(html)
         } else {
@@ -231,7 +285,7 @@ fn TurnView(
     let status_class = move || match status.get() {
         TurnStatus::Done(_) => "stats done",
         TurnStatus::Error(_) => "stats error",
-        TurnStatus::Stopped => "stats stopped",
+        TurnStatus::Stopped | TurnStatus::Recorded => "stats stopped",
         _ => "stats active",
     };
     view! {
@@ -290,8 +344,19 @@ pub fn ChatPanel() -> impl IntoView {
     };
     let empty = move || state.turns.with(Vec::is_empty);
 
+    // Chips of the hovered group (in the text or on the canvas) light up. A style rule rather
+    // than a class, because the answers' HTML is replaced as it streams.
+    let hot_chip_css = move || {
+        state
+            .hover
+            .get()
+            .map(|i| format!(".gchip[data-g=\"{i}\"] {{ background: color-mix(in srgb, var(--gc) 40%, transparent); outline: 2px solid var(--gc); }}"))
+            .unwrap_or_default()
+    };
+
     view! {
         <section class="chat-panel">
+            <style id="hot-chip" inner_html=hot_chip_css></style>
             <div
                 class="transcript"
                 id="transcript"
@@ -315,6 +380,7 @@ pub fn ChatPanel() -> impl IntoView {
                 </For>
             </div>
             <div class="composer">
+                <TaskBar/>
                 <textarea
                     id="prompt"
                     rows="3"

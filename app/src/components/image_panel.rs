@@ -1,8 +1,10 @@
 //! The image: upload (button, drag and drop, paste), preview, and the canvas that draws the
 //! conversation's grounding boxes and points over it.
 
+use crate::components::overlay;
+use crate::components::tasks::{add_region, remove_group};
 use crate::grounding::{self, Shape};
-use crate::state::{conversation_groups, AppState, DrawnGroup, UploadedImage};
+use crate::state::{conversation_groups, text_groups, AppState, DrawnGroup, UploadedImage};
 use leptos::prelude::*;
 use wasm_bindgen::JsCast;
 
@@ -65,96 +67,66 @@ fn first_file(list: Option<web_sys::FileList>) -> Option<web_sys::File> {
     list.and_then(|l| l.get(0))
 }
 
-/// Draws every group on the canvas, sized to the rendered image.
+/// Sizes the canvas to the rendered image and paints every group (and the region being
+/// dragged).
 fn draw(
     canvas: &web_sys::HtmlCanvasElement,
     width: f64,
     height: f64,
     groups: &[DrawnGroup],
     hover: Option<usize>,
+    drag: Option<(f64, f64, f64, f64)>,
 ) {
     let dpr = web_sys::window().map_or(1.0, |w| w.device_pixel_ratio());
     canvas.set_width((width * dpr).round() as u32);
     canvas.set_height((height * dpr).round() as u32);
-    let Some(ctx) = canvas
-        .get_context("2d")
-        .ok()
-        .flatten()
-        .and_then(|c| c.dyn_into::<web_sys::CanvasRenderingContext2d>().ok())
-    else {
+    let Some(ctx) = overlay::context(canvas) else {
         return;
     };
     let _ = ctx.set_transform(dpr, 0.0, 0.0, dpr, 0.0, 0.0);
     ctx.clear_rect(0.0, 0.0, width, height);
-    ctx.set_font("600 12px system-ui, sans-serif");
-    ctx.set_text_baseline("top");
+    overlay::paint(&ctx, width, height, groups, hover, 1.0);
+    if let Some(r) = drag {
+        overlay::paint_rubber_band(&ctx, r);
+    }
+}
+
+/// The smallest group under `(x, y)` (pixels of the displayed image).
+fn hit(groups: &[DrawnGroup], x: f64, y: f64, w: f64, h: f64) -> Option<usize> {
+    let mut best: Option<(f64, usize)> = None;
     for g in groups {
-        let colour = grounding::colour(g.index);
-        let hot = hover == Some(g.index);
-        let dim = hover.is_some() && !hot;
-        ctx.set_global_alpha(if dim { 0.35 } else { 1.0 });
-        ctx.set_stroke_style_str(colour);
-        ctx.set_fill_style_str(colour);
-        ctx.set_line_width(if hot { 4.0 } else { 2.5 });
-        let tag = match &g.label {
-            Some(l) => format!("{} {}", g.index + 1, l),
-            None => format!("{}", g.index + 1),
-        };
-        for shape in &g.shapes {
-            let r = grounding::to_px(shape, width, height);
-            match shape {
-                Shape::Box(_) => {
-                    if hot {
-                        ctx.set_global_alpha(0.18);
-                        ctx.fill_rect(r.x, r.y, r.w, r.h);
-                        ctx.set_global_alpha(1.0);
-                    }
-                    ctx.stroke_rect(r.x, r.y, r.w, r.h);
-                    label(&ctx, &tag, r.x, r.y, colour, width);
-                }
-                Shape::Point(_) => {
-                    ctx.begin_path();
-                    let _ = ctx.arc(
-                        r.x,
-                        r.y,
-                        if hot { 7.0 } else { 5.5 },
-                        0.0,
-                        std::f64::consts::TAU,
-                    );
-                    ctx.fill();
-                    ctx.set_stroke_style_str("#ffffff");
-                    ctx.set_line_width(1.5);
-                    ctx.stroke();
-                    ctx.set_stroke_style_str(colour);
-                    label(&ctx, &tag, r.x + 8.0, r.y - 8.0, colour, width);
-                }
+        for s in &g.shapes {
+            let r = grounding::to_px(s, w, h);
+            let (inside, area) = match s {
+                Shape::Box(_) => (
+                    x >= r.x && x <= r.x + r.w && y >= r.y && y <= r.y + r.h,
+                    r.w * r.h,
+                ),
+                Shape::Point(_) => (((x - r.x).powi(2) + (y - r.y).powi(2)) <= 100.0, 0.0),
+            };
+            if inside && best.is_none_or(|(a, _)| area < a) {
+                best = Some((area, g.index));
             }
         }
     }
-    ctx.set_global_alpha(1.0);
+    best.map(|(_, i)| i)
 }
 
-/// A filled tag with the group's number and label, just above (or inside) the top-left corner.
-fn label(
-    ctx: &web_sys::CanvasRenderingContext2d,
-    text: &str,
-    x: f64,
-    y: f64,
-    colour: &str,
-    max_w: f64,
-) {
-    let text_w = ctx
-        .measure_text(text)
-        .map_or(8.0 * text.len() as f64, |m| m.width());
-    let (w, h) = (text_w + 8.0, 17.0);
-    let x = x.min(max_w - w).max(0.0);
-    let y = if y >= h { y - h } else { y };
-    ctx.set_fill_style_str(colour);
-    ctx.fill_rect(x, y, w, h);
-    ctx.set_fill_style_str("#111111");
-    let _ = ctx.fill_text(text, x + 4.0, y + 2.5);
-    ctx.set_fill_style_str(colour);
+/// Pointer position over the canvas in displayed pixels, clamped to the image, with the
+/// displayed size.
+fn pointer_px(
+    canvas: &web_sys::HtmlCanvasElement,
+    ev: &web_sys::MouseEvent,
+) -> (f64, f64, f64, f64) {
+    let rect = canvas.get_bounding_client_rect();
+    let (w, h) = (rect.width(), rect.height());
+    let x = (f64::from(ev.client_x()) - rect.left()).clamp(0.0, w);
+    let y = (f64::from(ev.client_y()) - rect.top()).clamp(0.0, h);
+    (x, y, w, h)
 }
+
+/// A drag shorter than this (pixels) on both axes is a click, not a region.
+const MIN_DRAG: f64 = 4.0;
 
 #[component]
 pub fn ImagePanel() -> impl IntoView {
@@ -165,7 +137,17 @@ pub fn ImagePanel() -> impl IntoView {
     let dragging = RwSignal::new(false);
     // Rendered size of the image, kept current by a ResizeObserver.
     let size = RwSignal::new((0.0f64, 0.0f64));
-    let groups = Memo::new(move |_| state.turns.with(|t| conversation_groups(t).0));
+    // The conversation's groups, then the draft's (dashed, numbered on, so they keep their
+    // number and colour once sent).
+    let groups = Memo::new(move |_| {
+        let mut groups = state.turns.with(|t| conversation_groups(t).0);
+        let first = groups.len();
+        groups.extend(state.draft.with(|d| text_groups(d, first, true)));
+        groups
+    });
+    let draft_first = Memo::new(move |_| state.turns.with(|t| conversation_groups(t).0.len()));
+    // The region being dragged: start and current corner, in displayed pixels.
+    let drag = RwSignal::new(None::<(f64, f64, f64, f64)>);
 
     // Paste anywhere on the page (only image files; text pastes are left alone).
     let paste = window_event_listener(leptos::ev::paste, move |ev: web_sys::ClipboardEvent| {
@@ -203,15 +185,16 @@ pub fn ImagePanel() -> impl IntoView {
         true
     });
 
-    // Redraw on any change of the boxes, the hover or the size.
+    // Redraw on any change of the boxes, the hover, the drag or the size.
     Effect::new(move |_| {
         let (w, h) = size.get();
         let hover = state.hover.get();
+        let drag = drag.get();
         let has_image = state.image.with(Option::is_some);
         groups.with(|groups| {
             if let Some(canvas) = canvas_ref.get() {
                 if has_image && w > 0.0 && h > 0.0 {
-                    draw(&canvas, w, h, groups, hover);
+                    draw(&canvas, w, h, groups, hover, drag);
                 } else {
                     canvas.set_width(0);
                     canvas.set_height(0);
@@ -220,33 +203,99 @@ pub fn ImagePanel() -> impl IntoView {
         });
     });
 
-    // Hovering a shape on the canvas highlights its chip.
-    let on_canvas_move = move |ev: leptos::ev::MouseEvent| {
-        let (w, h) = size.get_untracked();
-        let (x, y) = (f64::from(ev.offset_x()), f64::from(ev.offset_y()));
-        let hit = groups.with_untracked(|groups| {
-            // The smallest box under the pointer wins.
-            let mut best: Option<(f64, usize)> = None;
-            for g in groups {
-                for s in &g.shapes {
-                    let r = grounding::to_px(s, w, h);
-                    let (inside, area) = match s {
-                        Shape::Box(_) => (
-                            x >= r.x && x <= r.x + r.w && y >= r.y && y <= r.y + r.h,
-                            r.w * r.h,
-                        ),
-                        Shape::Point(_) => (((x - r.x).powi(2) + (y - r.y).powi(2)) <= 100.0, 0.0),
-                    };
-                    if inside && best.is_none_or(|(a, _)| area < a) {
-                        best = Some((area, g.index));
-                    }
-                }
-            }
-            best.map(|(_, i)| i)
-        });
+    // Dragging draws a region; without a drag, hovering a shape highlights its chip.
+    let on_pointer_down = move |ev: leptos::ev::PointerEvent| {
+        if ev.button() != 0 {
+            return;
+        }
+        let Some(canvas) = canvas_ref.get_untracked() else {
+            return;
+        };
+        ev.prevent_default();
+        let _ = canvas.set_pointer_capture(ev.pointer_id());
+        let (x, y, _, _) = pointer_px(&canvas, &ev);
+        drag.set(Some((x, y, x, y)));
+    };
+    let on_pointer_move = move |ev: leptos::ev::PointerEvent| {
+        let Some(canvas) = canvas_ref.get_untracked() else {
+            return;
+        };
+        let (x, y, w, h) = pointer_px(&canvas, &ev);
+        if let Some((x0, y0, _, _)) = drag.get_untracked() {
+            drag.set(Some((x0, y0, x, y)));
+            return;
+        }
+        let hit = groups.with_untracked(|groups| hit(groups, x, y, w, h));
         if state.hover.get_untracked() != hit {
             state.hover.set(hit);
         }
+    };
+    let on_pointer_up = move |ev: leptos::ev::PointerEvent| {
+        let Some((x0, y0, _, _)) = drag.get_untracked() else {
+            return;
+        };
+        drag.set(None);
+        let Some(canvas) = canvas_ref.get_untracked() else {
+            return;
+        };
+        let (x1, y1, w, h) = pointer_px(&canvas, &ev);
+        if (x1 - x0).abs() >= MIN_DRAG || (y1 - y0).abs() >= MIN_DRAG {
+            add_region(state, grounding::box_from_px(x0, y0, x1, y1, w, h));
+        }
+    };
+
+    let download = move |_| {
+        let (Some(img), Some(name)) = (
+            img_ref.get_untracked(),
+            state
+                .image
+                .with_untracked(|i| i.as_ref().map(|i| i.name.clone())),
+        ) else {
+            return;
+        };
+        if let Err(e) = groups.with_untracked(|g| overlay::download_png(&img, g, &name)) {
+            state
+                .note
+                .set(Some(format!("Could not make the annotated image: {e:?}")));
+        }
+    };
+
+    // The draft's regions, removable.
+    let regions = move || {
+        let first = draft_first.get();
+        state.draft.with(|d| {
+            grounding::parse(d)
+                .into_iter()
+                .enumerate()
+                .map(|(k, g)| {
+                    let index = first + k;
+                    let text = d[g.span.clone()].to_string();
+                    view! {
+                        <li
+                            class="gchip region"
+                            data-g=index
+                            style=format!("--gc:{}", grounding::colour(index))
+                            on:mouseenter=move |_| state.hover.set(Some(index))
+                            on:mouseleave=move |_| state.hover.set(None)
+                        >
+                            <b>{index + 1}</b>
+                            <code>{text}</code>
+                            <button
+                                class="remove-region"
+                                title="Remove this region from the prompt"
+                                aria-label=format!("Remove region {}", index + 1)
+                                on:click=move |_| {
+                                    state.hover.set(None);
+                                    remove_group(state, k);
+                                }
+                            >
+                                "×"
+                            </button>
+                        </li>
+                    }
+                })
+                .collect_view()
+        })
     };
 
     let has_image = move || state.image.with(Option::is_some);
@@ -302,13 +351,23 @@ pub fn ImagePanel() -> impl IntoView {
                 <canvas
                     id="overlay"
                     node_ref=canvas_ref
-                    on:mousemove=on_canvas_move
-                    on:mouseleave=move |_| state.hover.set(None)
+                    title="Drag to mark a region for the prompt"
+                    on:pointerdown=on_pointer_down
+                    on:pointermove=on_pointer_move
+                    on:pointerup=on_pointer_up
+                    on:pointercancel=move |_| drag.set(None)
+                    on:pointerleave=move |_| {
+                        if drag.get_untracked().is_none() {
+                            state.hover.set(None);
+                        }
+                    }
                 ></canvas>
             </div>
             <Show when=has_image>
                 <div class="image-bar">
                     <span class="image-name">{image_caption}</span>
+                    <button class="small" id="download-annotated" title="PNG with the boxes and labels"
+                        on:click=download>"Download annotated"</button>
                     <button class="small" on:click=move |_| {
                         if let Some(input) = input_ref.get() { input.click(); }
                     }>"Replace"</button>
@@ -332,6 +391,12 @@ pub fn ImagePanel() -> impl IntoView {
                         if let Some(input) = input_ref.get() { input.click(); }
                     }>"Choose an image"</button>
                     <p class="hint">"Without an image the model answers from text alone."</p>
+                </div>
+            </Show>
+            <Show when=has_image>
+                <div class="regions">
+                    <span class="hint">"Drag on the image to mark a region for the prompt."</span>
+                    <ul id="regions">{regions}</ul>
                 </div>
             </Show>
             <p class="hint">"A new image starts a new conversation."</p>

@@ -48,7 +48,8 @@ pub fn current_info(models: &ModelsState) -> Option<&CheckpointInfo> {
     models.checkpoints.iter().find(|c| &c.name == name)
 }
 
-fn switch_model(state: AppState, name: String) {
+/// Loads checkpoint `name` (the old one answers until it is ready).
+pub fn switch_model(state: AppState, name: String) {
     if state.current_model().as_deref() == Some(name.as_str())
         || state.loading.with_untracked(Option::is_some)
     {
