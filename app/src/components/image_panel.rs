@@ -23,6 +23,20 @@ fn take_file(state: AppState, file: web_sys::File) {
         )));
         return;
     }
+    // The server's limit, checked here so a too-large photo is refused before it is sent.
+    let limit = state
+        .models
+        .with_untracked(|m| m.as_ref().map(|m| m.max_upload_bytes))
+        .filter(|&l| l > 0);
+    if let Some(limit) = limit.filter(|&l| file.size() > l as f64) {
+        state.note.set(Some(format!(
+            "{} is {:.1} MB; this server accepts images up to {:.1} MB.",
+            file.name(),
+            file.size() / 1e6,
+            limit as f64 / 1e6
+        )));
+        return;
+    }
     leptos::task::spawn_local(async move {
         use base64::Engine as _;
         let buffer = match wasm_bindgen_futures::JsFuture::from(file.array_buffer()).await {
