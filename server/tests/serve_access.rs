@@ -44,7 +44,7 @@ async fn without_the_token_everything_is_401_and_with_it_everything_works() {
         "API clients get OpenAI's error shape: {v1}"
     );
     for path in ["/api/chat", "/api/load_model"] {
-        let err = connect(addr, path, "c", &[]).await.err().expect("refused");
+        let err = connect(addr, path, "c", &[]).await.expect_err("refused");
         assert!(err.contains("401"), "{path}: {err}");
         refused += 1;
     }
@@ -111,8 +111,7 @@ async fn without_the_token_everything_is_401_and_with_it_everything_works() {
         ],
     )
     .await
-    .err()
-    .expect("a websocket from another origin is refused");
+    .expect_err("a websocket from another origin is refused");
     assert!(foreign.contains("403"), "{foreign}");
     let same_origin = format!("http://{addr}");
     assert!(connect(
