@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod engine;
 pub mod model;
+pub mod openai;
 pub mod parity;
 pub mod pipeline;
 pub mod sampling;
