@@ -7,6 +7,7 @@ pub mod model;
 pub mod openai;
 pub mod parity;
 pub mod pipeline;
+pub mod remote;
 pub mod sampling;
 pub mod text_stream;
 pub mod web;

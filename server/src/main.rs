@@ -39,6 +39,11 @@ struct ServeCmd {
     models_dir: Option<PathBuf>,
     #[command(flatten)]
     dev: DeviceArgs,
+    #[command(flatten)]
+    backend: cogvlm::remote::BackendArgs,
+    /// With --backend openai: the model name on the remote server.
+    #[arg(long)]
+    model: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -77,6 +82,9 @@ enum Command {
         seed: u64,
         #[command(flatten)]
         dev: DeviceArgs,
+        /// With --backend openai, --model is the remote server's model name.
+        #[command(flatten)]
+        backend: cogvlm::remote::BackendArgs,
     },
     /// Run every case of a reference fixture directory; prints one line per check and `N passed, M failed`.
     Parity {
@@ -120,15 +128,20 @@ fn main() {
                 device: "cpu".into(),
                 dtype: None,
             },
+            backend: Default::default(),
+            model: None,
         })
     });
     let result = match command {
-        Command::Serve(s) => cogvlm::web::serve(cogvlm::web::ServeArgs {
-            host: s.host,
-            port: s.port,
-            models_dir: s.models_dir,
-            device: s.dev.device,
-            dtype: s.dev.dtype,
+        Command::Serve(s) => s.backend.remote(s.model).and_then(|remote| {
+            cogvlm::web::serve(cogvlm::web::ServeArgs {
+                host: s.host,
+                port: s.port,
+                models_dir: s.models_dir,
+                device: s.dev.device,
+                dtype: s.dev.dtype,
+                remote,
+            })
         }),
         Command::Parity {
             fixtures,
@@ -167,23 +180,40 @@ fn main() {
             max_new_tokens,
             seed,
             dev,
-        } => {
-            let sampling = SamplingParams {
-                temperature,
-                top_p,
-                top_k,
-                repetition_penalty,
-                seed,
-                max_length,
-                max_new_tokens,
-            };
-            let opts = LoadOptions {
-                device: dev.device,
-                dtype: dev.dtype,
-                tokenizer,
-            };
-            chat(model, image, version, sampling, opts)
-        }
+            backend,
+        } => match backend.remote(Some(model.display().to_string())) {
+            Err(e) => Err(e),
+            Ok(Some(remote)) => cogvlm::remote::cli::chat(
+                remote,
+                image,
+                app::protocol::Sampling {
+                    temperature,
+                    top_p,
+                    top_k,
+                    max_length,
+                    max_new_tokens,
+                    repetition_penalty,
+                    seed: Some(seed),
+                },
+            ),
+            Ok(None) => {
+                let sampling = SamplingParams {
+                    temperature,
+                    top_p,
+                    top_k,
+                    repetition_penalty,
+                    seed,
+                    max_length,
+                    max_new_tokens,
+                };
+                let opts = LoadOptions {
+                    device: dev.device,
+                    dtype: dev.dtype,
+                    tokenizer,
+                };
+                chat(model, image, version, sampling, opts)
+            }
+        },
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

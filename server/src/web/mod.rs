@@ -30,6 +30,8 @@ pub struct ServeArgs {
     pub device: String,
     /// "f32", "bf16", "f16"; `None`: the device's default.
     pub dtype: Option<String>,
+    /// `--backend openai`: answer from this remote server instead of a local worker.
+    pub remote: Option<crate::remote::RemoteConfig>,
 }
 
 impl Default for ServeArgs {
@@ -40,6 +42,7 @@ impl Default for ServeArgs {
             models_dir: None,
             device: "cpu".into(),
             dtype: None,
+            remote: None,
         }
     }
 }
@@ -106,15 +109,17 @@ pub fn find_site_root() -> Result<PathBuf> {
     )
 }
 
-/// Builds the router: pages, server functions (the websocket ones too) and static files.
-pub fn router(engine: EngineHandle, site_root: &Path, addr: SocketAddr) -> Router {
+/// Builds the router: pages, server functions (the websocket ones too), the OpenAI-compatible
+/// API (`/v1`) and static files.
+pub fn router(backend: Arc<dyn Backend>, site_root: &Path, addr: SocketAddr) -> Router {
     let options = LeptosOptions::builder()
         .output_name(OUTPUT_NAME)
         .site_root(site_root.to_string_lossy().into_owned())
         .site_pkg_dir("pkg")
         .site_addr(addr)
         .build();
-    let backend = BackendContext(Arc::new(engine));
+    let openai = crate::openai::router(backend.clone());
+    let backend = BackendContext(backend);
     let routes = generate_route_list(App);
     Router::new()
         .leptos_routes_with_context(
@@ -126,6 +131,7 @@ pub fn router(engine: EngineHandle, site_root: &Path, addr: SocketAddr) -> Route
                 move || shell(options.clone())
             },
         )
+        .merge(openai)
         .fallback(leptos_axum::file_and_error_handler(shell))
         .with_state(options)
 }
@@ -140,6 +146,11 @@ pub fn serve(args: ServeArgs) -> Result<()> {
 }
 
 async fn run(args: ServeArgs) -> Result<()> {
+    if let Some(remote) = args.remote.clone() {
+        let source = format!("remote {}", remote.endpoint);
+        let backend = Arc::new(crate::remote::RemoteBackend::new(remote)?);
+        return listen(&args, backend, &source).await;
+    }
     let models_dir = args.models_dir.clone().unwrap_or_else(bundled_models_dir);
     let registry = Registry::scan(&models_dir)?;
     for (folder, reason) in &registry.skipped {
@@ -152,12 +163,6 @@ async fn run(args: ServeArgs) -> Result<()> {
             models_dir.display()
         );
     }
-    let site_root = find_site_root()?;
-    let ip: IpAddr = args
-        .host
-        .parse()
-        .with_context(|| format!("--host {:?} is not an IP address", args.host))?;
-    let addr = SocketAddr::new(ip, args.port);
     let engine = EngineHandle::start(
         registry,
         LoadOptions {
@@ -167,11 +172,22 @@ async fn run(args: ServeArgs) -> Result<()> {
         },
         initial.as_deref(),
     )?;
-    let app = router(engine, &site_root, addr);
+    listen(&args, Arc::new(engine), &models_dir.display().to_string()).await
+}
+
+/// Serves `backend` (the local worker or a remote server) until Ctrl+C.
+async fn listen(args: &ServeArgs, backend: Arc<dyn Backend>, source: &str) -> Result<()> {
+    let site_root = find_site_root()?;
+    let ip: IpAddr = args
+        .host
+        .parse()
+        .with_context(|| format!("--host {:?} is not an IP address", args.host))?;
+    let addr = SocketAddr::new(ip, args.port);
+    let app = router(backend, &site_root, addr);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} (is another server running? try --port)")
     })?;
-    eprintln!("models: {}", models_dir.display());
+    eprintln!("models: {source}");
     eprintln!("site:   {}", site_root.display());
     if ip.is_unspecified() {
         eprintln!(
