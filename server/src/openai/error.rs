@@ -62,9 +62,15 @@ impl ApiError {
         let lower = message.to_ascii_lowercase();
         let (status, kind, code) = if lower.contains("no model is loaded") {
             (StatusCode::SERVICE_UNAVAILABLE, "server_error", None)
-        } else if lower.contains("queue is full")
-            || lower.contains("too many")
-            || lower.contains("rate limit")
+        } else if [
+            "busy",
+            "queue is full",
+            "too many requests",
+            "rate limit",
+            "already have",
+        ]
+        .iter()
+        .any(|w| lower.contains(w))
         {
             (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -140,9 +146,20 @@ mod tests {
             ApiError::from_engine("the prompt takes 3000 positions".into()).status,
             StatusCode::BAD_REQUEST
         );
+        for refusal in [
+            "the server is busy: 9 requests are waiting or running",
+            "too many requests: at most 60 a minute",
+            "you already have a question being answered or waiting",
+        ] {
+            assert_eq!(
+                ApiError::from_engine(refusal.into()).status,
+                StatusCode::TOO_MANY_REQUESTS
+            );
+        }
         assert_eq!(
-            ApiError::from_engine("the queue is full (8 waiting)".into()).status,
-            StatusCode::TOO_MANY_REQUESTS
+            ApiError::from_engine("image x.png is 30 MB; the limit is 20 MB (too large)".into())
+                .status,
+            StatusCode::BAD_REQUEST
         );
     }
 }
