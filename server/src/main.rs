@@ -52,7 +52,7 @@ enum Command {
     Serve(ServeCmd),
     /// Interactive multi-turn chat in the terminal (`clear` starts over with a new image, `stop` quits).
     Chat {
-        /// Checkpoint folder (config.json + safetensors).
+        /// Checkpoint folder (config.json + safetensors); with --backend openai, the remote model name.
         #[arg(long)]
         model: PathBuf,
         /// Image to chat about (asked for interactively when omitted).
@@ -82,7 +82,6 @@ enum Command {
         seed: u64,
         #[command(flatten)]
         dev: DeviceArgs,
-        /// With --backend openai, --model is the remote server's model name.
         #[command(flatten)]
         backend: cogvlm::remote::BackendArgs,
     },

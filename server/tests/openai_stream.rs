@@ -6,9 +6,11 @@ mod openai_support;
 use app::backend::{Backend, CancelHandle, Generation};
 use app::protocol::{CheckpointInfo, Event, GenerateRequest, ModelKind, ModelsState, Stats};
 use app::protocol::{PromptVersion, StopReason};
+use cogvlm::remote::{RemoteBackend, RemoteConfig};
 use futures::StreamExt;
 use openai_support::{serve, start_local};
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -16,6 +18,16 @@ use tokio::sync::{mpsc, oneshot};
 /// Sends three pieces, then waits for the test's go-ahead before the fourth and `Done`.
 struct Gated {
     gate: Mutex<Option<oneshot::Receiver<()>>>,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl Gated {
+    fn new(gate: oneshot::Receiver<()>) -> Self {
+        Self {
+            gate: Mutex::new(Some(gate)),
+            cancelled: Arc::new(AtomicBool::new(false)),
+        }
+    }
 }
 
 impl Backend for Gated {
@@ -53,9 +65,10 @@ impl Backend for Gated {
             };
             let _ = tx.send(Event::Done { stats }).await;
         });
+        let cancelled = self.cancelled.clone();
         Generation {
             events: rx,
-            cancel: CancelHandle::new(|| {}),
+            cancel: CancelHandle::new(move || cancelled.store(true, Ordering::SeqCst)),
         }
     }
 
@@ -82,10 +95,7 @@ fn payloads(buf: &mut String) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunks_arrive_while_the_answer_is_being_generated() {
     let (release, gate) = oneshot::channel();
-    let addr = serve(Arc::new(Gated {
-        gate: Mutex::new(Some(gate)),
-    }))
-    .await;
+    let addr = serve(Arc::new(Gated::new(gate))).await;
     let response = reqwest::Client::new()
         .post(format!("http://{addr}/v1/chat/completions"))
         .json(&json!({"model": "gated", "stream": true,
@@ -178,4 +188,53 @@ async fn an_engine_refusal_is_an_http_error_streaming_or_not() {
         .as_str()
         .unwrap()
         .starts_with("the body is not a valid chat completion request"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_a_remote_answer_closes_the_stream_and_stops_the_upstream_engine() {
+    let (_release, gate) = oneshot::channel();
+    let upstream = Arc::new(Gated::new(gate));
+    let addr = serve(upstream.clone()).await;
+    let remote = RemoteBackend::new(RemoteConfig {
+        endpoint: format!("http://{addr}"),
+        api_key: None,
+        model: "gated".into(),
+    })
+    .unwrap();
+    let req = GenerateRequest {
+        image: None,
+        history: vec![],
+        query: "q".into(),
+        version: None,
+        sampling: Default::default(),
+    };
+    let mut generation = remote.generate(req);
+    let mut texts = Vec::new();
+    let within = Duration::from_secs(10);
+    while texts.len() < 3 {
+        match tokio::time::timeout(within, generation.events.recv()).await {
+            Ok(Some(Event::Token { text })) => texts.push(text),
+            Ok(Some(Event::Started { .. })) => {}
+            other => panic!("expected tokens, got {other:?}"),
+        }
+    }
+    assert_eq!(texts, ["a", "b", "c"]);
+    // The upstream holds the rest back: only the cancel can end this answer.
+    generation.cancel.cancel();
+    let end = tokio::time::timeout(within, generation.events.recv()).await;
+    let Ok(Some(Event::Done { stats })) = end else {
+        panic!("expected Done, got {end:?}");
+    };
+    assert_eq!(
+        (stats.stop, stats.generated_tokens),
+        (StopReason::Cancelled, 3)
+    );
+    // The closed HTTP stream reaches the upstream server, which cancels its generation.
+    tokio::time::timeout(within, async {
+        while !upstream.cancelled.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the upstream generation was not cancelled");
 }

@@ -162,8 +162,7 @@ impl Backend for RemoteBackend {
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(async move {
-                    let started = Instant::now();
-                    let mut meter = Meter::new(started);
+                    let mut meter = Meter::new();
                     tokio::select! {
                         _ = call.run(&mut meter) => {}
                         _ = stop.notified() => {
@@ -276,9 +275,9 @@ struct Meter {
 }
 
 impl Meter {
-    fn new(started: Instant) -> Self {
+    fn new() -> Self {
         Self {
-            started,
+            started: Instant::now(),
             first: None,
             chunks: 0,
             usage: None,
