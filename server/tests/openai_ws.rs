@@ -1,13 +1,13 @@
 //! Two servers on loopback: the second answers through the first's OpenAI API
-//! (`--backend openai`); its page websocket and `cogvlm chat --backend openai` give the
-//! reference answer of the first's local worker.
+//! (`--backend openai`); its page websocket and the terminal chat of `cogvlm chat --backend
+//! openai` give the reference answer of the first's local worker.
 
 mod openai_support;
 
 use app::protocol::{Event, GenerateRequest, ImageData, Sampling, StopReason};
+use cogvlm::remote::cli::{self, Io};
+use cogvlm::remote::RemoteConfig;
 use openai_support::{case, image_base64, start_local, start_remote, ws, MODEL};
-use std::io::Write;
-use std::process::{Command, Stdio};
 
 fn greedy(max_new_tokens: usize) -> Sampling {
     Sampling {
@@ -61,37 +61,34 @@ async fn remote_backend_streams_the_same_answer_over_the_websocket() {
 async fn chat_cli_answers_from_the_remote_server() {
     let local = start_local().await;
     let c = case("vlm490_chat_chelsea");
-    let run = move || {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cogvlm"))
-            .args(["chat", "--backend", "openai", "--model", MODEL])
-            .args(["--endpoint", &format!("http://{local}")])
-            .args(["--max-new-tokens", &c.generated_tokens.to_string()])
-            .arg("--image")
-            .arg(&c.image)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let input = format!("{}\nstop\n", c.query);
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-            out.status.success(),
-            c,
-        )
+    let config = RemoteConfig {
+        endpoint: format!("http://{local}"),
+        api_key: None,
+        model: MODEL.into(),
     };
-    let (stdout, stderr, ok, c) = tokio::task::spawn_blocking(run).await.unwrap();
-    assert!(ok, "{stderr}");
+    let image = c.image.clone();
+    let input = format!("{}\nstop\n", c.query);
+    // The terminal chat runs its own runtime: on a plain thread, as in `cogvlm chat`.
+    let chat = std::thread::spawn(move || {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let io = Io {
+            input: &mut input.as_bytes(),
+            out: &mut out,
+            err: &mut err,
+        };
+        let result = cli::run(config, Some(image), greedy(c.generated_tokens), io);
+        (
+            result,
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
+    });
+    let (result, stdout, stderr) = tokio::task::spawn_blocking(move || chat.join().unwrap())
+        .await
+        .unwrap();
+    result.unwrap();
     assert!(
-        stdout.contains(&format!("model> {}\n", c.text)),
+        stdout.contains(&format!("user> model> {}\nuser> ", c.text)),
         "{stdout}\n{stderr}"
     );
     assert!(

@@ -8,14 +8,23 @@ use base64::Engine as _;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
-fn read_line(prompt: &str) -> Result<Option<String>> {
-    print!("{prompt}");
-    std::io::stdout().flush()?;
-    let mut line = String::new();
-    if std::io::stdin().lock().read_line(&mut line)? == 0 {
-        return Ok(None);
+/// The terminal: questions in, answers out, stats and errors to `err`.
+pub struct Io<'a> {
+    pub input: &'a mut dyn BufRead,
+    pub out: &'a mut dyn Write,
+    pub err: &'a mut dyn Write,
+}
+
+impl Io<'_> {
+    fn read_line(&mut self, prompt: &str) -> Result<Option<String>> {
+        write!(self.out, "{prompt}")?;
+        self.out.flush()?;
+        let mut line = String::new();
+        if self.input.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        Ok(Some(line.trim().to_string()))
     }
-    Ok(Some(line.trim().to_string()))
 }
 
 fn read_image(path: &str) -> Result<ImageData> {
@@ -27,19 +36,37 @@ fn read_image(path: &str) -> Result<ImageData> {
     })
 }
 
-/// Multi-turn chat as the local one: `clear` starts over with a new image, `stop` quits.
+/// Multi-turn chat on the terminal, as the local one: `clear` starts over with a new image,
+/// `stop` quits.
 pub fn chat(config: RemoteConfig, image: Option<PathBuf>, sampling: Sampling) -> Result<()> {
+    let (stdin, mut stdout, mut stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+    let io = Io {
+        input: &mut stdin.lock(),
+        out: &mut stdout,
+        err: &mut stderr,
+    };
+    run(config, image, sampling, io)
+}
+
+/// [`chat`] over any input and outputs. Must not be called from an async context (it runs its
+/// own runtime).
+pub fn run(
+    config: RemoteConfig,
+    image: Option<PathBuf>,
+    sampling: Sampling,
+    mut io: Io,
+) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let backend = RemoteBackend::new(config)?;
-    eprintln!("{} at {}", backend.config.model, backend.url);
+    writeln!(io.err, "{} at {}", backend.config.model, backend.url)?;
     let mut image_path = image.map(|p| p.display().to_string());
     'conversation: loop {
         if image_path.is_none() {
-            match read_line("image path (empty for text only): ")? {
+            match io.read_line("image path (empty for text only): ")? {
                 None => return Ok(()),
                 Some(p) if p == "stop" => return Ok(()),
                 Some(p) => image_path = Some(p),
@@ -50,7 +77,7 @@ pub fn chat(config: RemoteConfig, image: Option<PathBuf>, sampling: Sampling) ->
             Some(p) => match read_image(p) {
                 Ok(i) => Some(i),
                 Err(e) => {
-                    eprintln!("{e:#}");
+                    writeln!(io.err, "{e:#}")?;
                     image_path = None;
                     continue;
                 }
@@ -58,7 +85,7 @@ pub fn chat(config: RemoteConfig, image: Option<PathBuf>, sampling: Sampling) ->
         };
         let mut history: Vec<(String, String)> = Vec::new();
         loop {
-            let Some(query) = read_line("user> ")? else {
+            let Some(query) = io.read_line("user> ")? else {
                 return Ok(());
             };
             match query.as_str() {
@@ -77,41 +104,41 @@ pub fn chat(config: RemoteConfig, image: Option<PathBuf>, sampling: Sampling) ->
                 version: None,
                 sampling: sampling.clone(),
             };
-            print!("model> ");
-            std::io::stdout().flush()?;
+            write!(io.out, "model> ")?;
+            io.out.flush()?;
             let answer = runtime.block_on(async {
-                let _guard = tokio::runtime::Handle::current().enter();
                 let mut generation = backend.generate(req);
                 let mut text = String::new();
                 while let Some(event) = generation.events.recv().await {
                     match event {
                         Event::Token { text: piece } => {
-                            print!("{piece}");
-                            let _ = std::io::stdout().flush();
+                            write!(io.out, "{piece}")?;
+                            io.out.flush()?;
                             text.push_str(&piece);
                         }
                         Event::Done { stats } => {
-                            println!();
-                            eprintln!(
+                            writeln!(io.out)?;
+                            writeln!(
+                                io.err,
                                 "[{} prompt tokens · TTFT {:.0} ms · {} tokens at {:.1} tok/s · stop: {}]",
                                 stats.prompt_tokens,
                                 stats.ttft_ms,
                                 stats.generated_tokens,
                                 stats.tokens_per_s,
                                 stats.stop.label()
-                            );
-                            return Some(text);
+                            )?;
+                            return Ok(Some(text));
                         }
                         Event::Error { message } => {
-                            println!();
-                            eprintln!("error: {message}");
-                            return None;
+                            writeln!(io.out)?;
+                            writeln!(io.err, "error: {message}")?;
+                            return Ok(None);
                         }
                         _ => {}
                     }
                 }
-                None
-            });
+                anyhow::Ok(None)
+            })?;
             if let Some(a) = answer {
                 history.push((query, a.trim().to_string()));
             }
