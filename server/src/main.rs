@@ -169,6 +169,30 @@ fn main() {
         Command::Chat {
             model,
             image,
+            temperature,
+            top_p,
+            top_k,
+            repetition_penalty,
+            max_length,
+            max_new_tokens,
+            seed,
+            backend,
+            ..
+        } if !backend.is_local() => {
+            let sampling = app::protocol::Sampling {
+                temperature,
+                top_p,
+                top_k,
+                max_length,
+                max_new_tokens,
+                repetition_penalty,
+                seed: Some(seed),
+            };
+            cogvlm::remote::cli::chat_with(&backend, model.display().to_string(), image, sampling)
+        }
+        Command::Chat {
+            model,
+            image,
             version,
             tokenizer,
             temperature,
@@ -179,40 +203,24 @@ fn main() {
             max_new_tokens,
             seed,
             dev,
-            backend,
-        } => match backend.remote(Some(model.display().to_string())) {
-            Err(e) => Err(e),
-            Ok(Some(remote)) => cogvlm::remote::cli::chat(
-                remote,
-                image,
-                app::protocol::Sampling {
-                    temperature,
-                    top_p,
-                    top_k,
-                    max_length,
-                    max_new_tokens,
-                    repetition_penalty,
-                    seed: Some(seed),
-                },
-            ),
-            Ok(None) => {
-                let sampling = SamplingParams {
-                    temperature,
-                    top_p,
-                    top_k,
-                    repetition_penalty,
-                    seed,
-                    max_length,
-                    max_new_tokens,
-                };
-                let opts = LoadOptions {
-                    device: dev.device,
-                    dtype: dev.dtype,
-                    tokenizer,
-                };
-                chat(model, image, version, sampling, opts)
-            }
-        },
+            backend: _,
+        } => {
+            let sampling = SamplingParams {
+                temperature,
+                top_p,
+                top_k,
+                repetition_penalty,
+                seed,
+                max_length,
+                max_new_tokens,
+            };
+            let opts = LoadOptions {
+                device: dev.device,
+                dtype: dev.dtype,
+                tokenizer,
+            };
+            chat(model, image, version, sampling, opts)
+        }
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

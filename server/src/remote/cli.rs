@@ -1,6 +1,6 @@
 //! `cogvlm chat --backend openai`: the terminal chat, answered by a remote server.
 
-use super::{RemoteBackend, RemoteConfig};
+use super::{BackendArgs, RemoteBackend, RemoteConfig};
 use anyhow::{Context, Result};
 use app::backend::Backend;
 use app::protocol::{Event, GenerateRequest, ImageData, Sampling};
@@ -34,6 +34,19 @@ fn read_image(path: &str) -> Result<ImageData> {
         name: path.into(),
         base64: base64::engine::general_purpose::STANDARD.encode(bytes),
     })
+}
+
+/// `cogvlm chat` with remote flags: checks them (`model`: the `--model` flag), then [`chat`].
+pub fn chat_with(
+    args: &BackendArgs,
+    model: String,
+    image: Option<PathBuf>,
+    sampling: Sampling,
+) -> Result<()> {
+    match args.remote(Some(model))? {
+        Some(config) => chat(config, image, sampling),
+        None => anyhow::bail!("the local chat does not take remote flags"),
+    }
 }
 
 /// Multi-turn chat on the terminal, as the local one: `clear` starts over with a new image,

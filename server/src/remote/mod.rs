@@ -41,6 +41,11 @@ pub struct BackendArgs {
 }
 
 impl BackendArgs {
+    /// True when no remote flag is given (the local worker answers).
+    pub fn is_local(&self) -> bool {
+        self.backend == BackendKind::Local && self.endpoint.is_none() && self.api_key.is_none()
+    }
+
     /// The remote configuration for `--backend openai` (`model`: the `--model` flag), `None`
     /// for the local worker.
     pub fn remote(&self, model: Option<String>) -> anyhow::Result<Option<RemoteConfig>> {
