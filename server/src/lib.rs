@@ -4,8 +4,10 @@
 pub mod bench;
 pub mod engine;
 pub mod model;
+pub mod openai;
 pub mod parity;
 pub mod pipeline;
+pub mod remote;
 pub mod sampling;
 pub mod text_stream;
 pub mod web;

@@ -60,6 +60,11 @@ struct ServeCmd {
     rate_burst: u32,
     #[command(flatten)]
     dev: DeviceArgs,
+    #[command(flatten)]
+    backend: cogvlm::remote::BackendArgs,
+    /// With --backend openai: the model name on the remote server.
+    #[arg(long)]
+    model: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -68,7 +73,7 @@ enum Command {
     Serve(ServeCmd),
     /// Interactive multi-turn chat in the terminal (`clear` starts over with a new image, `stop` quits).
     Chat {
-        /// Checkpoint folder (config.json + safetensors).
+        /// Checkpoint folder (config.json + safetensors); with --backend openai, the remote model name.
         #[arg(long)]
         model: PathBuf,
         /// Image to chat about (asked for interactively when omitted).
@@ -98,6 +103,8 @@ enum Command {
         seed: u64,
         #[command(flatten)]
         dev: DeviceArgs,
+        #[command(flatten)]
+        backend: cogvlm::remote::BackendArgs,
     },
     /// Run every case of a reference fixture directory; prints one line per check and `N passed, M failed`.
     Parity {
@@ -141,24 +148,27 @@ fn main() {
         },
     };
     let result = match command {
-        Command::Serve(s) => cogvlm::web::serve(cogvlm::web::ServeArgs {
-            host: s.host,
-            port: s.port,
-            models_dir: s.models_dir,
-            device: s.dev.device,
-            dtype: s.dev.dtype,
-            share: s.share,
-            token: s.token,
-            limits: cogvlm::engine::Limits {
-                max_upload_bytes: (s.max_upload_mb * 1e6) as usize,
-                max_pixels: (s.max_megapixels * 1e6) as u64,
-                ..Default::default()
-            },
-            fairness: cogvlm::engine::Fairness {
-                max_queue: s.max_queue,
-                per_minute: s.rate_per_minute,
-                burst: s.rate_burst,
-            },
+        Command::Serve(s) => s.backend.remote(s.model).and_then(|remote| {
+            cogvlm::web::serve(cogvlm::web::ServeArgs {
+                host: s.host,
+                port: s.port,
+                models_dir: s.models_dir,
+                device: s.dev.device,
+                dtype: s.dev.dtype,
+                share: s.share,
+                token: s.token,
+                limits: cogvlm::engine::Limits {
+                    max_upload_bytes: (s.max_upload_mb * 1e6) as usize,
+                    max_pixels: (s.max_megapixels * 1e6) as u64,
+                    ..Default::default()
+                },
+                fairness: cogvlm::engine::Fairness {
+                    max_queue: s.max_queue,
+                    per_minute: s.rate_per_minute,
+                    burst: s.rate_burst,
+                },
+                remote,
+            })
         }),
         Command::Parity {
             fixtures,
@@ -187,6 +197,30 @@ fn main() {
         Command::Chat {
             model,
             image,
+            temperature,
+            top_p,
+            top_k,
+            repetition_penalty,
+            max_length,
+            max_new_tokens,
+            seed,
+            backend,
+            ..
+        } if !backend.is_local() => {
+            let sampling = app::protocol::Sampling {
+                temperature,
+                top_p,
+                top_k,
+                max_length,
+                max_new_tokens,
+                repetition_penalty,
+                seed: Some(seed),
+            };
+            cogvlm::remote::cli::chat_with(&backend, model.display().to_string(), image, sampling)
+        }
+        Command::Chat {
+            model,
+            image,
             version,
             tokenizer,
             temperature,
@@ -197,6 +231,7 @@ fn main() {
             max_new_tokens,
             seed,
             dev,
+            backend: _,
         } => {
             let sampling = SamplingParams {
                 temperature,

@@ -509,33 +509,41 @@ impl Worker {
                 image,
                 cancel,
                 events,
+                _slot: slot,
                 ..
             } => {
-                if let Err(e) = self.generate(&req, image.as_deref(), &cancel, &events) {
-                    let _ = events.blocking_send(Event::Error {
+                let last = match self.generate(&req, image.as_deref(), &cancel, &events) {
+                    Ok(last) => last,
+                    Err(e) => Some(Event::Error {
                         message: format!("{e:#}"),
-                    });
+                    }),
+                };
+                // Free the client's place before it hears the end, so that its next request
+                // is never refused as "already answering".
+                drop(slot);
+                if let Some(event) = last {
+                    let _ = events.blocking_send(event);
                 }
             }
             Job::Load { name, events } => self.load(&name, &events),
         }
     }
 
+    /// Runs one generation; returns the final event (`Done`), for the caller to send.
     fn generate(
         &mut self,
         req: &GenerateRequest,
         image: Option<&[u8]>,
         cancel: &AtomicBool,
         events: &mpsc::Sender<Event>,
-    ) -> Result<()> {
+    ) -> Result<Option<Event>> {
         let checkpoint = self
             .current
             .as_ref()
             .map(|e| e.name().to_string())
             .unwrap_or_default();
         if cancel.load(Ordering::SeqCst) || events.is_closed() {
-            let _ = events.blocking_send(cancelled_done(&checkpoint));
-            return Ok(());
+            return Ok(Some(cancelled_done(&checkpoint)));
         }
         let Some(pipeline) = self.pipeline.as_mut() else {
             let loading = self.shared.lock().ok().and_then(|s| s.load_error.clone());
@@ -552,7 +560,7 @@ impl Worker {
             })
             .is_err()
         {
-            return Ok(()); // the client is gone
+            return Ok(None); // the client is gone
         }
         let chat = to_chat_request(req, image, &self.limits)?;
         let rx = &self.rx;
@@ -571,10 +579,9 @@ impl Worker {
                     .is_ok()
         };
         let stats = pipeline.generate(&chat, &mut on_text)?;
-        let _ = events.blocking_send(Event::Done {
+        Ok(Some(Event::Done {
             stats: to_proto_stats(&stats, &checkpoint),
-        });
-        Ok(())
+        }))
     }
 
     fn load(&mut self, name: &str, events: &mpsc::Sender<Event>) {

@@ -40,6 +40,8 @@ pub struct ServeArgs {
     pub token: Option<String>,
     pub limits: Limits,
     pub fairness: Fairness,
+    /// `--backend openai`: answer from this remote server instead of a local worker.
+    pub remote: Option<crate::remote::RemoteConfig>,
 }
 
 impl Default for ServeArgs {
@@ -54,6 +56,7 @@ impl Default for ServeArgs {
             token: None,
             limits: Limits::default(),
             fairness: Fairness::default(),
+            remote: None,
         }
     }
 }
@@ -120,15 +123,17 @@ pub fn find_site_root() -> Result<PathBuf> {
     )
 }
 
-/// Builds the router: pages, server functions (the websocket ones too) and static files.
-pub fn router(engine: EngineHandle, site_root: &Path, addr: SocketAddr) -> Router {
+/// Builds the router: pages, server functions (the websocket ones too), the OpenAI-compatible
+/// API (`/v1`) and static files.
+pub fn router(backend: Arc<dyn Backend>, site_root: &Path, addr: SocketAddr) -> Router {
     let options = LeptosOptions::builder()
         .output_name(OUTPUT_NAME)
         .site_root(site_root.to_string_lossy().into_owned())
         .site_pkg_dir("pkg")
         .site_addr(addr)
         .build();
-    let backend = BackendContext(Arc::new(engine));
+    let openai = crate::openai::router(backend.clone());
+    let backend = BackendContext(backend);
     let routes = generate_route_list(App);
     Router::new()
         .leptos_routes_with_context(
@@ -140,21 +145,28 @@ pub fn router(engine: EngineHandle, site_root: &Path, addr: SocketAddr) -> Route
                 move || shell(options.clone())
             },
         )
+        .merge(openai)
         .fallback(leptos_axum::file_and_error_handler(shell))
         .with_state(options)
 }
 
-/// The whole app: [`router`] behind the [`access`] guard (token, websocket origin, client id).
-pub fn app(engine: EngineHandle, site_root: &Path, addr: SocketAddr, access: Access) -> Router {
-    let limits = engine.limits();
+/// The whole app: [`router`] behind the [`access`] guard (token, websocket origin, client id),
+/// with the chat websocket sized for `limits`.
+pub fn app(
+    backend: Arc<dyn Backend>,
+    site_root: &Path,
+    addr: SocketAddr,
+    access: Access,
+    limits: &Limits,
+) -> Router {
     let chat = socket::ChatSocket {
         max_message_bytes: socket::ChatSocket::message_limit(
             limits.max_upload_bytes,
             limits.max_text_bytes,
         ),
-        backend: BackendContext(Arc::new(engine.clone())),
+        backend: BackendContext(backend.clone()),
     };
-    router(engine, site_root, addr)
+    router(backend, site_root, addr)
         .layer(axum::middleware::from_fn_with_state(
             chat,
             socket::intercept,
@@ -199,6 +211,11 @@ pub fn serve(args: ServeArgs) -> Result<()> {
 }
 
 async fn run(args: ServeArgs) -> Result<()> {
+    if let Some(remote) = args.remote.clone() {
+        let source = format!("remote {}", remote.endpoint);
+        let backend = Arc::new(crate::remote::RemoteBackend::new(remote)?);
+        return listen(&args, backend, &source, None).await;
+    }
     let models_dir = args.models_dir.clone().unwrap_or_else(bundled_models_dir);
     let registry = Registry::scan(&models_dir)?;
     for (folder, reason) in &registry.skipped {
@@ -211,19 +228,6 @@ async fn run(args: ServeArgs) -> Result<()> {
             models_dir.display()
         );
     }
-    let site_root = find_site_root()?;
-    let host = if args.share { "0.0.0.0" } else { &args.host };
-    let ip: IpAddr = host
-        .parse()
-        .with_context(|| format!("--host {host:?} is not an IP address"))?;
-    let addr = SocketAddr::new(ip, args.port);
-    // Anything reachable from other machines gets a token, even without --share.
-    let token = match &args.token {
-        Some(t) if t.trim().is_empty() => bail!("--token must not be empty"),
-        Some(t) => Some(t.trim().to_string()),
-        None if args.share || !ip.is_loopback() => Some(access::new_token()),
-        None => None,
-    };
     let engine = EngineHandle::start_with(
         registry,
         EngineOptions {
@@ -237,18 +241,39 @@ async fn run(args: ServeArgs) -> Result<()> {
         },
         initial.as_deref(),
     )?;
-    let app = app(
-        engine.clone(),
-        &site_root,
-        addr,
-        Access {
-            token: token.clone(),
-        },
-    );
+    let source = models_dir.display().to_string();
+    listen(&args, Arc::new(engine.clone()), &source, Some(engine)).await
+}
+
+/// Serves `backend` (the local worker or a remote server) until Ctrl+C; `engine`, when local,
+/// is told to stop its work at Ctrl+C.
+async fn listen(
+    args: &ServeArgs,
+    backend: Arc<dyn Backend>,
+    source: &str,
+    engine: Option<EngineHandle>,
+) -> Result<()> {
+    let site_root = find_site_root()?;
+    let host = if args.share { "0.0.0.0" } else { &args.host };
+    let ip: IpAddr = host
+        .parse()
+        .with_context(|| format!("--host {host:?} is not an IP address"))?;
+    let addr = SocketAddr::new(ip, args.port);
+    // Anything reachable from other machines gets a token, even without --share.
+    let token = match &args.token {
+        Some(t) if t.trim().is_empty() => bail!("--token must not be empty"),
+        Some(t) => Some(t.trim().to_string()),
+        None if args.share || !ip.is_loopback() => Some(access::new_token()),
+        None => None,
+    };
+    let access = Access {
+        token: token.clone(),
+    };
+    let app = app(backend, &site_root, addr, access, &args.limits);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} (is another server running? try --port)")
     })?;
-    eprintln!("models: {}", models_dir.display());
+    eprintln!("models: {source}");
     eprintln!("site:   {}", site_root.display());
     let query = token
         .as_deref()
@@ -266,19 +291,18 @@ async fn run(args: ServeArgs) -> Result<()> {
     if let Some(t) = &token {
         eprintln!("API clients: Authorization: Bearer {t}");
     }
-    let shutdown = {
-        let engine = engine.clone();
-        async move {
-            let _ = tokio::signal::ctrl_c().await;
-            eprintln!("shutting down: stopping the running answer, refusing waiting ones");
+    let shutdown = async move {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("shutting down: stopping the running answer, refusing waiting ones");
+        if let Some(engine) = engine {
             engine.shutdown();
-            // Open sockets end when their answers end; don't wait forever for idle ones.
-            tokio::spawn(async {
-                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
-                eprintln!("some connections did not close within 10 s; exiting");
-                std::process::exit(0);
-            });
         }
+        // Open sockets end when their answers end; don't wait forever for idle ones.
+        tokio::spawn(async {
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            eprintln!("some connections did not close within 10 s; exiting");
+            std::process::exit(0);
+        });
     };
     serve_app(listener, app, shutdown)
         .await

@@ -9,6 +9,7 @@ use cogvlm::web::access::Access;
 use futures::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -54,7 +55,8 @@ pub async fn start_in(models_dir: &Path, options: EngineOptions, access: Access)
     // The page is rendered without its browser bundle: these tests don't run the page's code.
     let site = std::env::temp_dir().join("cogvlm-test-site");
     std::fs::create_dir_all(&site).unwrap();
-    let app = cogvlm::web::app(engine.clone(), &site, addr, access);
+    let limits = engine.limits().clone();
+    let app = cogvlm::web::app(Arc::new(engine.clone()), &site, addr, access, &limits);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let _ = cogvlm::web::serve_app(listener, app, async {

@@ -1,0 +1,165 @@
+//! Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}` with an HTTP status.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+/// One API error; becomes the JSON body (and the status) of a response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+impl ApiError {
+    /// A 400 about the request body; `param` names the offending field.
+    pub fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: param.map(Into::into),
+            code: None,
+        }
+    }
+
+    /// A 404 for a `model` that names no checkpoint (OpenAI's `model_not_found`).
+    pub fn model_not_found(name: &str, known: &[String]) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            message: format!(
+                "the model {name:?} does not exist here; GET /v1/models lists them: {}",
+                known.join(", ")
+            ),
+            kind: "invalid_request_error",
+            param: Some("model".into()),
+            code: Some("model_not_found"),
+        }
+    }
+
+    /// An error the engine reported (`Event::Error`) before any text was sent. The engine's
+    /// messages are mostly about the request (image, prompt length, limits), so they are 4xx
+    /// unless they say the server cannot answer at all.
+    pub fn from_engine(message: String) -> Self {
+        let lower = message.to_ascii_lowercase();
+        let (status, kind, code) = if lower.contains("no model is loaded") {
+            (StatusCode::SERVICE_UNAVAILABLE, "server_error", None)
+        } else if [
+            "busy",
+            "queue is full",
+            "too many requests",
+            "rate limit",
+            "already have",
+        ]
+        .iter()
+        .any(|w| lower.contains(w))
+        {
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                Some("rate_limit_exceeded"),
+            )
+        } else if lower.contains("remote") || lower.contains("endpoint") {
+            (StatusCode::BAD_GATEWAY, "server_error", None)
+        } else {
+            (StatusCode::BAD_REQUEST, "invalid_request_error", None)
+        };
+        Self {
+            status,
+            message,
+            kind,
+            param: None,
+            code,
+        }
+    }
+
+    /// The engine went away without an answer (a panic in the worker).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+            code: None,
+        }
+    }
+
+    /// The JSON body alone (also sent as an SSE event when the stream has already started).
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::to_value(Body {
+            error: Detail {
+                message: &self.message,
+                kind: self.kind,
+                param: self.param.as_deref(),
+                code: self.code,
+            },
+        })
+        .unwrap_or_default()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_openai_shape() {
+        let e = ApiError::invalid("bad", Some("messages"));
+        assert_eq!(
+            e.body(),
+            serde_json::json!({"error": {"message": "bad", "type": "invalid_request_error",
+                                         "param": "messages", "code": null}})
+        );
+    }
+
+    #[test]
+    fn engine_errors_are_classified() {
+        assert_eq!(
+            ApiError::from_engine("no model is loaded".into()).status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            ApiError::from_engine("the prompt takes 3000 positions".into()).status,
+            StatusCode::BAD_REQUEST
+        );
+        for refusal in [
+            "the server is busy: 9 requests are waiting or running",
+            "too many requests: at most 60 a minute",
+            "you already have a question being answered or waiting",
+        ] {
+            assert_eq!(
+                ApiError::from_engine(refusal.into()).status,
+                StatusCode::TOO_MANY_REQUESTS
+            );
+        }
+        assert_eq!(
+            ApiError::from_engine("image x.png is 30 MB; the limit is 20 MB (too large)".into())
+                .status,
+            StatusCode::BAD_REQUEST
+        );
+    }
+}

@@ -1,0 +1,253 @@
+//! `GET /v1/models` and `POST /v1/chat/completions` (JSON or server-sent events).
+
+use super::error::ApiError;
+use super::request::ChatCompletionRequest;
+use super::run::{Out, Run};
+use app::backend::Backend;
+use app::protocol::{Event, Stats};
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub type SharedBackend = Arc<dyn Backend>;
+
+pub async fn list_models(State(backend): State<SharedBackend>) -> Json<Value> {
+    let state = backend.models();
+    let data: Vec<Value> = state
+        .checkpoints
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.name, "object": "model", "created": 0, "owned_by": "cogvlm-rs",
+                "kind": c.kind.label(), "image_size": c.image_size,
+                "loaded": state.current.as_deref() == Some(c.name.as_str()),
+            })
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+/// Any other path under `/v1`.
+pub async fn not_found() -> ApiError {
+    ApiError {
+        status: axum::http::StatusCode::NOT_FOUND,
+        message: "unknown endpoint: this server has GET /v1/models and POST /v1/chat/completions"
+            .into(),
+        kind: "invalid_request_error",
+        param: None,
+        code: Some("unknown_url"),
+    }
+}
+
+/// The largest request body read: room for a 20 MB image in base64 and a long conversation;
+/// the engine's own limits then apply (and say what they are).
+const MAX_BODY_BYTES: usize = 64 << 20;
+
+pub async fn chat_completions(State(backend): State<SharedBackend>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    // API callers share the page's fairness rules, keyed by address (or client cookie).
+    let client = app::api::client_key_of(&parts);
+    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(_) => {
+            let mut e = ApiError::invalid(
+                format!("the request body is over {} MB", MAX_BODY_BYTES >> 20),
+                None,
+            );
+            e.status = axum::http::StatusCode::PAYLOAD_TOO_LARGE;
+            return e.into_response();
+        }
+    };
+    match complete(backend, &body, &client).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn complete(
+    backend: SharedBackend,
+    body: &Bytes,
+    client: &str,
+) -> Result<Response, ApiError> {
+    let req: ChatCompletionRequest = serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid(
+            format!("the body is not a valid chat completion request: {e}"),
+            None,
+        )
+    })?;
+    let prepared = req.prepare()?;
+    ensure_model(backend.as_ref(), &req.model).await?;
+    let mut run = Run::start(backend.as_ref(), prepared.generate, client, prepared.stops);
+    // Wait for the first text (or the end) before answering, so that a refused request gets
+    // a 4xx/5xx status instead of an error inside a 200 stream.
+    let first = match run.next().await {
+        Some(Out::Failed(e)) => return Err(e),
+        Some(out) => out,
+        None => return Err(ApiError::internal("the engine sent nothing")),
+    };
+    let meta = Meta {
+        id: format!("chatcmpl-{:016x}", rand::random::<u64>()),
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        model: req.model.clone(),
+    };
+    if req.stream {
+        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+        Ok(stream(run, first, meta, include_usage).into_response())
+    } else {
+        collect(run, first, meta)
+            .await
+            .map(IntoResponse::into_response)
+    }
+}
+
+/// `model` must name a scanned checkpoint; another one than the loaded one is loaded first
+/// (queued like a switch from the page, so it affects the page too).
+async fn ensure_model(backend: &dyn Backend, name: &str) -> Result<(), ApiError> {
+    let state = backend.models();
+    if !state.checkpoints.iter().any(|c| c.name == name) {
+        let known: Vec<String> = state.checkpoints.into_iter().map(|c| c.name).collect();
+        return Err(ApiError::model_not_found(name, &known));
+    }
+    if state.current.as_deref() == Some(name) {
+        return Ok(());
+    }
+    let mut events = backend.load(name.to_string());
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Loaded { .. } => return Ok(()),
+            Event::Error { message } => {
+                return Err(ApiError::internal(format!(
+                    "cannot load the model {name}: {message}"
+                )))
+            }
+            _ => {}
+        }
+    }
+    Err(ApiError::internal(format!(
+        "loading the model {name} ended without an answer"
+    )))
+}
+
+/// What every response of one completion repeats.
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+fn usage(stats: &Stats) -> Value {
+    json!({
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": stats.generated_tokens,
+        "total_tokens": stats.prompt_tokens + stats.generated_tokens,
+    })
+}
+
+async fn collect(mut run: Run, first: Out, meta: Meta) -> Result<Json<Value>, ApiError> {
+    let mut text = String::new();
+    let mut next = Some(first);
+    while let Some(out) = next {
+        match out {
+            Out::Text(t) => text.push_str(&t),
+            Out::Failed(e) => return Err(e),
+            Out::Finished { reason, stats } => {
+                return Ok(Json(json!({
+                    "id": meta.id, "object": "chat.completion", "created": meta.created,
+                    "model": meta.model,
+                    "choices": [{
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": reason, "logprobs": null,
+                    }],
+                    "usage": usage(&stats),
+                })))
+            }
+        }
+        next = run.next().await;
+    }
+    Err(ApiError::internal("the answer ended without a finish"))
+}
+
+/// Where the event stream is.
+enum Phase {
+    /// The role chunk comes first; `Out` is the first engine output, already received.
+    Role(Out),
+    Next(Option<Out>),
+    Done,
+}
+
+fn stream(
+    run: Run,
+    first: Out,
+    meta: Meta,
+    include_usage: bool,
+) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
+    let chunk = move |meta: &Meta, delta: Value, finish: Option<&str>| {
+        let mut c = json!({
+            "id": meta.id, "object": "chat.completion.chunk", "created": meta.created,
+            "model": meta.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
+        });
+        if include_usage {
+            c["usage"] = Value::Null;
+        }
+        c
+    };
+    let state = (run, meta, Phase::Role(first));
+    let events = futures::stream::unfold(state, move |(mut run, meta, phase)| async move {
+        let (data, phase): (Vec<Value>, Phase) = match phase {
+            Phase::Done => return None,
+            Phase::Role(first) => (
+                vec![chunk(
+                    &meta,
+                    json!({"role": "assistant", "content": ""}),
+                    None,
+                )],
+                Phase::Next(Some(first)),
+            ),
+            Phase::Next(out) => {
+                let out = match out {
+                    Some(o) => Some(o),
+                    None => run.next().await,
+                };
+                match out {
+                    Some(Out::Text(t)) => (
+                        vec![chunk(&meta, json!({"content": t}), None)],
+                        Phase::Next(None),
+                    ),
+                    Some(Out::Finished { reason, stats }) => {
+                        let mut v = vec![chunk(&meta, json!({}), Some(reason))];
+                        if include_usage {
+                            v.push(json!({
+                                "id": meta.id, "object": "chat.completion.chunk",
+                                "created": meta.created, "model": meta.model,
+                                "choices": [], "usage": usage(&stats),
+                            }));
+                        }
+                        (v, Phase::Done)
+                    }
+                    Some(Out::Failed(e)) => (vec![e.body()], Phase::Done),
+                    None => (vec![], Phase::Done),
+                }
+            }
+        };
+        let mut events: Vec<Result<SseEvent, Infallible>> = data
+            .iter()
+            .map(|v| Ok(SseEvent::default().data(v.to_string())))
+            .collect();
+        if matches!(phase, Phase::Done) {
+            events.push(Ok(SseEvent::default().data("[DONE]")));
+        }
+        Some((futures::stream::iter(events), (run, meta, phase)))
+    });
+    use futures::StreamExt;
+    Sse::new(events.flatten()).keep_alive(KeepAlive::default())
+}

@@ -1,0 +1,478 @@
+//! The body of `POST /v1/chat/completions` and its translation into the engine's
+//! [`GenerateRequest`]: messages → (history, query, image), OpenAI sampling → [`Sampling`].
+//!
+//! CogVLM's templates know questions and answers only, so: a system message is folded into
+//! the first question; consecutive messages of one role are joined with a newline; the last
+//! image of the conversation is the one the model sees (one image per conversation).
+
+use super::error::ApiError;
+use app::protocol::{GenerateRequest, ImageData, Sampling};
+use base64::Engine as _;
+use serde::Deserialize;
+
+/// The request fields we read; others (`logprobs`, `user`, …) are ignored as OpenAI does for
+/// fields a model does not support.
+#[derive(Debug, Deserialize)]
+pub struct ChatCompletionRequest {
+    pub model: String,
+    pub messages: Vec<Message>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    /// Not OpenAI, but the seed's server and vLLM accept it.
+    pub top_k: Option<usize>,
+    pub max_tokens: Option<usize>,
+    /// The newer name of `max_tokens`.
+    pub max_completion_tokens: Option<usize>,
+    pub repetition_penalty: Option<f32>,
+    pub seed: Option<u64>,
+    pub stop: Option<Stop>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub n: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// `stop`: one string or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Message {
+    pub role: String,
+    /// `null` is allowed for assistant messages.
+    #[serde(default)]
+    pub content: Option<Content>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Part {
+    Text { text: String },
+    ImageUrl { image_url: ImageUrl },
+}
+
+/// `{"url": "data:…"}`, or the bare string some clients send.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ImageUrl {
+    Object { url: String },
+    Bare(String),
+}
+
+impl ImageUrl {
+    fn url(&self) -> &str {
+        match self {
+            Self::Object { url } | Self::Bare(url) => url,
+        }
+    }
+}
+
+/// `top_k` that keeps every token (the engine refuses 0 from the page's slider).
+pub const NO_TOP_K: usize = usize::MAX;
+
+/// OpenAI's own defaults (temperature 1, top_p 1, no top-k). `temperature: 0` is greedy.
+const DEFAULT_TEMPERATURE: f64 = 1.0;
+const DEFAULT_TOP_P: f64 = 1.0;
+/// OpenAI accepts at most four stop sequences.
+const MAX_STOPS: usize = 4;
+
+/// What the handler needs besides the engine request.
+#[derive(Debug)]
+pub struct Prepared {
+    pub generate: GenerateRequest,
+    pub stops: Vec<String>,
+}
+
+impl ChatCompletionRequest {
+    /// Checks the fields and builds the engine request.
+    pub fn prepare(&self) -> Result<Prepared, ApiError> {
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::invalid(
+                "only n = 1 is supported (one answer per request)",
+                Some("n"),
+            ));
+        }
+        let (history, query, image) = conversation(&self.messages)?;
+        Ok(Prepared {
+            generate: GenerateRequest {
+                image,
+                history,
+                query,
+                version: None,
+                sampling: self.sampling()?,
+            },
+            stops: self.stops()?,
+        })
+    }
+
+    fn sampling(&self) -> Result<Sampling, ApiError> {
+        let temperature = self.temperature.unwrap_or(DEFAULT_TEMPERATURE);
+        if !(temperature.is_finite() && (0.0..=2.0).contains(&temperature)) {
+            return Err(ApiError::invalid(
+                "temperature must be between 0 and 2 (0 = greedy)",
+                Some("temperature"),
+            ));
+        }
+        let top_p = self.top_p.unwrap_or(DEFAULT_TOP_P);
+        if !(top_p.is_finite() && top_p > 0.0 && top_p <= 1.0) {
+            return Err(ApiError::invalid("top_p must be in (0, 1]", Some("top_p")));
+        }
+        let max_new_tokens = self.max_completion_tokens.or(self.max_tokens);
+        if max_new_tokens == Some(0) {
+            return Err(ApiError::invalid(
+                "max_tokens must be at least 1",
+                Some("max_tokens"),
+            ));
+        }
+        let repetition_penalty = self.repetition_penalty.unwrap_or(1.0);
+        if !(repetition_penalty.is_finite() && repetition_penalty > 0.0) {
+            return Err(ApiError::invalid(
+                "repetition_penalty must be a number > 0 (1 = none)",
+                Some("repetition_penalty"),
+            ));
+        }
+        Ok(Sampling {
+            temperature,
+            top_p,
+            // Absent or 0 (vLLM's "off"): no top-k, which the engine spells as "all tokens".
+            top_k: match self.top_k {
+                None | Some(0) => NO_TOP_K,
+                Some(k) => k,
+            },
+            // The engine's total-length default stays; max_tokens bounds the answer alone.
+            max_length: Sampling::default().max_length,
+            max_new_tokens,
+            repetition_penalty,
+            seed: self.seed,
+        })
+    }
+
+    fn stops(&self) -> Result<Vec<String>, ApiError> {
+        let stops: Vec<String> = match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        };
+        if stops.len() > MAX_STOPS {
+            return Err(ApiError::invalid(
+                format!("at most {MAX_STOPS} stop sequences are allowed"),
+                Some("stop"),
+            ));
+        }
+        Ok(stops.into_iter().filter(|s| !s.is_empty()).collect())
+    }
+}
+
+type Conversation = (Vec<(String, String)>, String, Option<ImageData>);
+
+/// Messages → (history of (question, answer), the last question, the last image).
+fn conversation(messages: &[Message]) -> Result<Conversation, ApiError> {
+    let mut system: Vec<String> = Vec::new();
+    // Alternating turns after merging runs of one role: (is_user, text).
+    let mut turns: Vec<(bool, String)> = Vec::new();
+    let mut image = None;
+    for (i, m) in messages.iter().enumerate() {
+        let param = format!("messages[{i}]");
+        let (text, img) = read_content(m.content.as_ref(), &param)?;
+        let is_user = match m.role.as_str() {
+            "system" | "developer" => {
+                if img.is_some() {
+                    return Err(ApiError::invalid(
+                        "images belong in user messages, not in the system message",
+                        Some(&param),
+                    ));
+                }
+                system.push(text);
+                continue;
+            }
+            "user" => true,
+            "assistant" => {
+                if img.is_some() {
+                    return Err(ApiError::invalid(
+                        "an assistant message cannot carry an image",
+                        Some(&param),
+                    ));
+                }
+                false
+            }
+            other => {
+                return Err(ApiError::invalid(
+                    format!(
+                        "role {other:?} is not supported (system, user and assistant are); \
+                         CogVLM has no tools"
+                    ),
+                    Some(&format!("{param}.role")),
+                ))
+            }
+        };
+        if img.is_some() {
+            image = img; // the last image wins
+        }
+        match turns.last_mut() {
+            Some((last_user, last_text)) if *last_user == is_user => {
+                if !text.is_empty() {
+                    if !last_text.is_empty() {
+                        last_text.push('\n');
+                    }
+                    last_text.push_str(&text);
+                }
+            }
+            _ => turns.push((is_user, text)),
+        }
+    }
+    let Some((true, query)) = turns.pop() else {
+        return Err(ApiError::invalid(
+            "the last message must be a user message (the question to answer)",
+            Some("messages"),
+        ));
+    };
+    if query.trim().is_empty() && image.is_none() {
+        return Err(ApiError::invalid(
+            "the last user message has no text",
+            Some("messages"),
+        ));
+    }
+    // An answer without a question before it (assistant first) pairs with an empty question.
+    let mut history = Vec::new();
+    let mut it = turns.into_iter().peekable();
+    while let Some((is_user, text)) = it.next() {
+        if is_user {
+            let answer = match it.peek() {
+                Some((false, _)) => it.next().map(|(_, a)| a).unwrap_or_default(),
+                _ => String::new(),
+            };
+            history.push((text, answer));
+        } else {
+            history.push((String::new(), text));
+        }
+    }
+    let mut query = query;
+    if !system.is_empty() {
+        let first = history.first_mut().map_or(&mut query, |(q, _)| q);
+        *first = fold_system(&system.join("\n"), first);
+    }
+    Ok((history, query, image))
+}
+
+/// The system prompt goes in front of the first question (CogVLM has no system role).
+fn fold_system(system: &str, question: &str) -> String {
+    match (system.trim().is_empty(), question.is_empty()) {
+        (true, _) => question.to_string(),
+        (false, true) => system.to_string(),
+        (false, false) => format!("{system}\n{question}"),
+    }
+}
+
+/// A message's text (parts joined by newlines) and its last image.
+fn read_content(
+    content: Option<&Content>,
+    param: &str,
+) -> Result<(String, Option<ImageData>), ApiError> {
+    match content {
+        None => Ok((String::new(), None)),
+        Some(Content::Text(t)) => Ok((t.clone(), None)),
+        Some(Content::Parts(parts)) => {
+            let mut texts = Vec::new();
+            let mut image = None;
+            for (j, part) in parts.iter().enumerate() {
+                match part {
+                    Part::Text { text } => texts.push(text.as_str()),
+                    Part::ImageUrl { image_url } => {
+                        let p = format!("{param}.content[{j}].image_url");
+                        image = Some(parse_data_url(image_url.url(), &p)?);
+                    }
+                }
+            }
+            Ok((texts.join("\n"), image))
+        }
+    }
+}
+
+/// The image types accepted in data URLs.
+const IMAGE_TYPES: [&str; 5] = ["png", "jpeg", "jpg", "webp", "gif"];
+
+/// `data:image/<type>;base64,<data>` → the engine's image (still encoded). Remote URLs are
+/// refused: the server may have no internet access, and fetching them would let any caller
+/// make it request arbitrary addresses.
+pub fn parse_data_url(url: &str, param: &str) -> Result<ImageData, ApiError> {
+    let url = url.trim();
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Err(ApiError::invalid(
+            "image URLs are not fetched (the server may have no internet access): send the image \
+             inline as a data URL, data:image/png;base64,…",
+            Some(param),
+        ));
+    }
+    let bad = || {
+        ApiError::invalid(
+            "image_url must be a data URL data:image/<png|jpeg|webp|gif>;base64,<data>",
+            Some(param),
+        )
+    };
+    let rest = url.strip_prefix("data:").ok_or_else(bad)?;
+    let (meta, data) = rest.split_once(',').ok_or_else(bad)?;
+    let mime = meta.strip_suffix(";base64").ok_or_else(bad)?;
+    let subtype = mime
+        .strip_prefix("image/")
+        .ok_or_else(bad)?
+        .to_ascii_lowercase();
+    if !IMAGE_TYPES.contains(&subtype.as_str()) {
+        return Err(ApiError::invalid(
+            format!("image type {mime} is not supported (PNG, JPEG, WebP and GIF are)"),
+            Some(param),
+        ));
+    }
+    let data: String = data.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data.as_bytes())
+        .map_err(|e| {
+            ApiError::invalid(format!("the image is not valid base64: {e}"), Some(param))
+        })?;
+    // The declared type may be wrong (a PNG labelled JPEG); what matters is that we can read it.
+    match image::guess_format(&bytes) {
+        Ok(
+            image::ImageFormat::Png
+            | image::ImageFormat::Jpeg
+            | image::ImageFormat::WebP
+            | image::ImageFormat::Gif,
+        ) => {}
+        _ => {
+            return Err(ApiError::invalid(
+                "the image data is not a PNG, JPEG, WebP or GIF file",
+                Some(param),
+            ))
+        }
+    }
+    Ok(ImageData {
+        name: format!("image.{subtype}"),
+        base64: data,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PNG_1X1: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC";
+
+    fn req(json: serde_json::Value) -> ChatCompletionRequest {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn multi_turn_with_system_and_image() {
+        let r = req(serde_json::json!({
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "What is it?"},
+                    {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{PNG_1X1}")}}
+                ]},
+                {"role": "assistant", "content": "A cat."},
+                {"role": "user", "content": "What colour?"}
+            ]
+        }));
+        let p = r.prepare().unwrap();
+        let g = &p.generate;
+        assert_eq!(
+            g.history,
+            vec![("Be brief.\nWhat is it?".into(), "A cat.".into())]
+        );
+        assert_eq!(g.query, "What colour?");
+        assert_eq!(g.image.as_ref().unwrap().base64, PNG_1X1);
+        assert_eq!(g.sampling.temperature, 1.0);
+        assert!(p.stops.is_empty());
+    }
+
+    #[test]
+    fn system_folds_into_the_only_question_and_sampling_maps() {
+        let r = req(serde_json::json!({
+            "model": "m", "temperature": 0, "max_tokens": 12, "seed": 7, "top_k": 3,
+            "stop": ["\n", ""],
+            "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]
+        }));
+        let p = r.prepare().unwrap();
+        assert_eq!(p.generate.query, "S\nQ");
+        assert!(p.generate.history.is_empty());
+        let s = &p.generate.sampling;
+        assert_eq!(
+            (s.temperature, s.max_new_tokens, s.seed, s.top_k),
+            (0.0, Some(12), Some(7), 3)
+        );
+        assert_eq!(s.max_length, 2048);
+        assert_eq!(p.stops, vec!["\n".to_string()]);
+    }
+
+    #[test]
+    fn bad_requests_name_the_field() {
+        let cases = [
+            (
+                serde_json::json!([{"role": "assistant", "content": "hi"}]),
+                "messages",
+            ),
+            (
+                serde_json::json!([{"role": "tool", "content": "x"}]),
+                "messages[0].role",
+            ),
+            (
+                serde_json::json!([{"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]),
+                "messages[0].content[0].image_url",
+            ),
+            (
+                serde_json::json!([{"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": "data:image/bmp;base64,Qk0="}}]}]),
+                "messages[0].content[0].image_url",
+            ),
+            (
+                serde_json::json!([{"role": "user", "content": [
+                    {"type": "image_url", "image_url": "data:image/png;base64,bm90IGFuIGltYWdl"}]}]),
+                "messages[0].content[0].image_url",
+            ),
+        ];
+        for (messages, param) in cases {
+            let err = req(serde_json::json!({"model": "m", "messages": messages}))
+                .prepare()
+                .unwrap_err();
+            assert_eq!(err.param.as_deref(), Some(param), "{}", err.message);
+            assert_eq!(err.status, axum::http::StatusCode::BAD_REQUEST);
+        }
+        let err = req(serde_json::json!({"model": "m", "temperature": 3,
+            "messages": [{"role": "user", "content": "q"}]}))
+        .prepare()
+        .unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("temperature"));
+    }
+
+    #[test]
+    fn the_last_image_wins() {
+        let jpeg_like = "data:image/jpeg;base64,".to_string() + PNG_1X1;
+        let r = req(serde_json::json!({"model": "m", "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]},
+            {"role": "assistant", "content": null},
+            {"role": "user", "content": [{"type": "text", "text": "q"},
+                                         {"type": "image_url", "image_url": {"url": jpeg_like}}]}
+        ]}));
+        let g = r.prepare().unwrap().generate;
+        assert_eq!(g.image.unwrap().name, "image.jpeg");
+        assert_eq!(g.history, vec![(String::new(), String::new())]);
+    }
+}

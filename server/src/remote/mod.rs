@@ -1,0 +1,484 @@
+//! A remote OpenAI-compatible server (lmdeploy, TensorRT-LLM, vLLM, another `cogvlm serve`)
+//! as the page's [`Backend`]: every generation is a streaming chat completion, its chunks
+//! become `Token` events, and the stats are measured here (time to first token, tokens/s).
+
+pub mod cli;
+mod sse;
+
+use app::backend::{Backend, CancelHandle, Generation};
+use app::protocol::{
+    CheckpointInfo, Event, GenerateRequest, ModelKind, ModelsState, PromptVersion, Stats,
+    StopReason,
+};
+use serde_json::{json, Value};
+use sse::DataLines;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Notify};
+
+/// Where answers come from.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendKind {
+    /// This machine's model worker.
+    #[default]
+    Local,
+    /// A remote OpenAI-compatible server.
+    Openai,
+}
+
+/// The backend flags of `cogvlm serve` and `cogvlm chat` (both also take `--model`).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct BackendArgs {
+    /// local (this machine) or openai (a remote OpenAI-compatible server: --endpoint, --model)
+    #[arg(long, value_enum, default_value_t = BackendKind::Local)]
+    pub backend: BackendKind,
+    /// With --backend openai: the API base URL, e.g. http://gpu-box:23333/v1
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// With --backend openai: sent as `Authorization: Bearer <key>`.
+    #[arg(long)]
+    pub api_key: Option<String>,
+}
+
+impl BackendArgs {
+    /// True when no remote flag is given (the local worker answers).
+    pub fn is_local(&self) -> bool {
+        self.backend == BackendKind::Local && self.endpoint.is_none() && self.api_key.is_none()
+    }
+
+    /// The remote configuration for `--backend openai` (`model`: the `--model` flag), `None`
+    /// for the local worker.
+    pub fn remote(&self, model: Option<String>) -> anyhow::Result<Option<RemoteConfig>> {
+        match self.backend {
+            BackendKind::Local => {
+                if self.endpoint.is_some() || self.api_key.is_some() {
+                    anyhow::bail!("--endpoint and --api-key need --backend openai");
+                }
+                Ok(None)
+            }
+            BackendKind::Openai => Ok(Some(RemoteConfig {
+                endpoint: self.endpoint.clone().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--backend openai needs --endpoint URL (e.g. http://host:23333/v1)"
+                    )
+                })?,
+                api_key: self.api_key.clone(),
+                model: model.filter(|m| !m.is_empty()).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--backend openai needs --model NAME (the remote server's model name)"
+                    )
+                })?,
+            })),
+        }
+    }
+}
+
+/// `--backend openai --endpoint URL [--api-key K] --model NAME`.
+#[derive(Clone, Debug)]
+pub struct RemoteConfig {
+    /// The API base, e.g. `http://host:23333/v1` (`/v1` is added when the URL has no path).
+    pub endpoint: String,
+    pub api_key: Option<String>,
+    /// The model name the remote server knows.
+    pub model: String,
+}
+
+pub struct RemoteBackend {
+    config: RemoteConfig,
+    /// `<endpoint>/chat/completions`.
+    url: reqwest::Url,
+    client: reqwest::Client,
+}
+
+/// Capacity of a request's event channel (as the local worker's).
+const EVENT_BUFFER: usize = 256;
+
+impl RemoteBackend {
+    pub fn new(config: RemoteConfig) -> anyhow::Result<Self> {
+        let mut base = reqwest::Url::parse(&config.endpoint)
+            .map_err(|e| anyhow::anyhow!("--endpoint {:?} is not a URL: {e}", config.endpoint))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            anyhow::bail!("--endpoint {:?} must be an http:// URL", config.endpoint);
+        }
+        if base.path() == "/" || base.path().is_empty() {
+            base.set_path("/v1");
+        }
+        let url = reqwest::Url::parse(&format!(
+            "{}/chat/completions",
+            base.as_str().trim_end_matches('/')
+        ))?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(Self {
+            config,
+            url,
+            client,
+        })
+    }
+
+    fn checkpoint(&self) -> CheckpointInfo {
+        let name = self.config.model.to_ascii_lowercase();
+        let (kind, image_size) = if name.contains("agent") {
+            (ModelKind::CogAgent, 1120)
+        } else if name.contains("224") {
+            (ModelKind::CogVlm, 224)
+        } else {
+            (ModelKind::CogVlm, 490)
+        };
+        CheckpointInfo {
+            name: self.config.model.clone(),
+            kind,
+            image_size,
+            default_version: PromptVersion::Chat,
+            bundled: false,
+        }
+    }
+}
+
+impl Backend for RemoteBackend {
+    fn models(&self) -> ModelsState {
+        ModelsState {
+            checkpoints: vec![self.checkpoint()],
+            current: Some(self.config.model.clone()),
+            models_dir: self.config.endpoint.clone(),
+            device: format!("remote: {}", self.config.endpoint),
+            ..Default::default()
+        }
+    }
+
+    // The remote server applies its own fairness rules; `client` is not forwarded.
+    fn generate(&self, req: GenerateRequest, _client: &str) -> Generation {
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let stop = Arc::new(Notify::new());
+        let cancel = {
+            let stop = stop.clone();
+            CancelHandle::new(move || stop.notify_one())
+        };
+        let call = Call {
+            request: self
+                .client
+                .post(self.url.clone())
+                .json(&request_body(&self.config.model, &req)),
+            api_key: self.config.api_key.clone(),
+            model: self.config.model.clone(),
+            events: tx.clone(),
+        };
+        let model = self.config.model.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    let mut meter = Meter::new();
+                    tokio::select! {
+                        _ = call.run(&mut meter) => {}
+                        _ = stop.notified() => {
+                            // Dropping the request future closed the HTTP stream.
+                            let stats = meter.stats(&model, StopReason::Cancelled);
+                            let _ = tx.send(Event::Done { stats }).await;
+                        }
+                    }
+                });
+            }
+            Err(_) => {
+                let _ = tx.try_send(Event::Error {
+                    message: "the remote backend needs an async runtime".into(),
+                });
+            }
+        }
+        Generation { events: rx, cancel }
+    }
+
+    fn load(&self, name: String) -> mpsc::Receiver<Event> {
+        let (tx, rx) = mpsc::channel(1);
+        let event = if name == self.config.model {
+            Event::Loaded {
+                checkpoint: self.checkpoint(),
+            }
+        } else {
+            Event::Error {
+                message: format!(
+                    "the remote backend serves one model ({}); restart with another --model",
+                    self.config.model
+                ),
+            }
+        };
+        let _ = tx.try_send(event);
+        rx
+    }
+}
+
+/// The OpenAI request for one generation: the history as user/assistant turns, the image (as
+/// a data URL) in the first user message, streaming with usage.
+fn request_body(model: &str, req: &GenerateRequest) -> Value {
+    let mut messages = Vec::new();
+    let questions = req
+        .history
+        .iter()
+        .map(|(q, a)| (q, Some(a)))
+        .chain(std::iter::once((&req.query, None)));
+    for (i, (question, answer)) in questions.enumerate() {
+        let content = match (&req.image, i) {
+            (Some(img), 0) => json!([
+                {"type": "text", "text": question},
+                {"type": "image_url", "image_url": {"url": data_url(&img.base64)}},
+            ]),
+            _ => json!(question),
+        };
+        messages.push(json!({"role": "user", "content": content}));
+        if let Some(a) = answer {
+            messages.push(json!({"role": "assistant", "content": a}));
+        }
+    }
+    let s = &req.sampling;
+    let mut body = json!({
+        "model": model,
+        "messages": messages,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    // Extensions that lmdeploy, vLLM and this server accept; sent only when they matter, since
+    // a strict server refuses unknown fields.
+    if s.top_k > 0 && s.top_k != crate::openai::request::NO_TOP_K {
+        body["top_k"] = json!(s.top_k);
+    }
+    if s.repetition_penalty != 1.0 {
+        body["repetition_penalty"] = json!(s.repetition_penalty);
+    }
+    if let Some(n) = s.max_new_tokens {
+        body["max_tokens"] = json!(n);
+    }
+    if let Some(seed) = s.seed {
+        body["seed"] = json!(seed);
+    }
+    body
+}
+
+/// `data:<type sniffed from the bytes>;base64,<data>`.
+fn data_url(base64_data: &str) -> String {
+    use base64::Engine as _;
+    let head = base64_data.get(..64).unwrap_or(base64_data);
+    let head = &head[..head.len() / 4 * 4];
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(head)
+        .unwrap_or_default();
+    let mime = match image::guess_format(&bytes) {
+        Ok(image::ImageFormat::Jpeg) => "image/jpeg",
+        Ok(image::ImageFormat::WebP) => "image/webp",
+        Ok(image::ImageFormat::Gif) => "image/gif",
+        _ => "image/png",
+    };
+    format!("data:{mime};base64,{base64_data}")
+}
+
+/// Client-side timing and counts of one streamed answer.
+struct Meter {
+    started: Instant,
+    first: Option<Instant>,
+    chunks: usize,
+    usage: Option<(usize, usize)>,
+}
+
+impl Meter {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            first: None,
+            chunks: 0,
+            usage: None,
+        }
+    }
+
+    fn token(&mut self) {
+        self.first.get_or_insert_with(Instant::now);
+        self.chunks += 1;
+    }
+
+    /// Token counts from the server's `usage` when it sent one, else one per text chunk.
+    fn stats(&self, model: &str, stop: StopReason) -> Stats {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let (prompt_tokens, generated_tokens) = self.usage.unwrap_or((0, self.chunks));
+        let ttft_ms = self.first.map_or(0.0, |f| ms(f - self.started));
+        let decode_s = self.first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+        let tokens_per_s = if generated_tokens > 1 && decode_s > 0.0 {
+            (generated_tokens - 1) as f64 / decode_s
+        } else {
+            0.0
+        };
+        Stats {
+            checkpoint: model.into(),
+            prompt_tokens,
+            generated_tokens,
+            // The client cannot tell the prefill from the wait for the first token.
+            prefill_ms: ttft_ms,
+            ttft_ms,
+            tokens_per_s,
+            stop,
+        }
+    }
+}
+
+/// One streaming HTTP call.
+struct Call {
+    request: reqwest::RequestBuilder,
+    api_key: Option<String>,
+    model: String,
+    events: mpsc::Sender<Event>,
+}
+
+impl Call {
+    async fn run(self, meter: &mut Meter) {
+        let events = self.events.clone();
+        let model = self.model.clone();
+        let end = match self.stream(meter).await {
+            Ok(stop) => Event::Done {
+                stats: meter.stats(&model, stop),
+            },
+            Err(message) => Event::Error { message },
+        };
+        let _ = events.send(end).await;
+    }
+
+    /// Sends `Started` and the tokens; returns why the answer ended.
+    async fn stream(self, meter: &mut Meter) -> Result<StopReason, String> {
+        use futures::StreamExt;
+        let mut request = self.request;
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the remote endpoint: {e}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(format!(
+                "the remote endpoint answered HTTP {status}: {}",
+                error_message(&body)
+            ));
+        }
+        let _ = self
+            .events
+            .send(Event::Started {
+                checkpoint: self.model.clone(),
+            })
+            .await;
+        let mut body = response.bytes_stream();
+        let mut lines = DataLines::default();
+        let mut stop = StopReason::Eos;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| format!("the remote stream broke off: {e}"))?;
+            for data in lines.push(&chunk) {
+                if data.trim() == "[DONE]" {
+                    return Ok(stop);
+                }
+                let v: Value = serde_json::from_str(&data)
+                    .map_err(|e| format!("the remote endpoint sent a bad chunk ({e}): {data}"))?;
+                if v.get("error").is_some() {
+                    return Err(format!(
+                        "the remote endpoint failed: {}",
+                        error_message(&data)
+                    ));
+                }
+                if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+                    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
+                    meter.usage = Some((n("prompt_tokens"), n("completion_tokens")));
+                }
+                let choice = &v["choices"][0];
+                if let Some(text) = choice["delta"]["content"]
+                    .as_str()
+                    .filter(|t| !t.is_empty())
+                {
+                    meter.token();
+                    let token = Event::Token { text: text.into() };
+                    if self.events.send(token).await.is_err() {
+                        return Ok(StopReason::Cancelled); // nobody listens any more
+                    }
+                }
+                if choice["finish_reason"].as_str() == Some("length") {
+                    stop = StopReason::Length;
+                }
+            }
+        }
+        Ok(stop) // a server that closes without [DONE]
+    }
+}
+
+/// `error.message` of an OpenAI error body, else the body itself (shortened).
+fn error_message(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(String::from))
+        .unwrap_or_else(|| body.chars().take(300).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use app::protocol::{ImageData, Sampling};
+
+    #[test]
+    fn the_request_carries_history_image_and_sampling() {
+        let req = GenerateRequest {
+            image: Some(ImageData {
+                name: "x.jpg".into(),
+                base64: "/9j/4AAQSkZJRgABAQAAAQABAAD".into(),
+            }),
+            history: vec![("q1".into(), "a1".into())],
+            query: "q2".into(),
+            version: None,
+            sampling: Sampling {
+                temperature: 0.0,
+                top_k: 1,
+                max_new_tokens: Some(5),
+                ..Sampling::default()
+            },
+        };
+        let body = request_body("cogvlm-chat", &req);
+        let m = &body["messages"];
+        assert_eq!(m.as_array().unwrap().len(), 3);
+        assert_eq!(m[0]["content"][0]["text"], "q1");
+        assert!(m[0]["content"][1]["image_url"]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("data:image/jpeg;base64,/9j/"));
+        assert_eq!(m[1], json!({"role": "assistant", "content": "a1"}));
+        assert_eq!(m[2], json!({"role": "user", "content": "q2"}));
+        assert_eq!(
+            (
+                &body["max_tokens"],
+                &body["top_k"],
+                &body["temperature"],
+                &body["stream"]
+            ),
+            (&json!(5), &json!(1), &json!(0.0), &json!(true))
+        );
+        assert!(body.get("repetition_penalty").is_none());
+    }
+
+    #[test]
+    fn kind_is_guessed_from_the_name() {
+        let b = |m: &str| {
+            RemoteBackend::new(RemoteConfig {
+                endpoint: "http://127.0.0.1:9".into(),
+                api_key: None,
+                model: m.into(),
+            })
+            .unwrap()
+        };
+        assert_eq!(b("cogagent-chat-hf").checkpoint().kind, ModelKind::CogAgent);
+        assert_eq!(b("cogvlm-chat-hf").checkpoint().kind, ModelKind::CogVlm);
+        assert_eq!(
+            b("x").url.as_str(),
+            "http://127.0.0.1:9/v1/chat/completions"
+        );
+        assert!(RemoteBackend::new(RemoteConfig {
+            endpoint: "ftp://x".into(),
+            api_key: None,
+            model: "m".into()
+        })
+        .is_err());
+    }
+}
