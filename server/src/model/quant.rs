@@ -122,11 +122,11 @@ impl QuantReport {
         }
         let counts: Vec<String> = counts.iter().map(|(d, c)| format!("{c} × {d}")).collect();
         let mut s = format!(
-            "quantized {} matrices ({}), {:.1} MiB instead of {:.1} MiB",
+            "quantized {} matrices ({}), {} instead of {}",
             self.quantized.len(),
             counts.join(", "),
-            self.quantized_bytes as f64 / (1u64 << 20) as f64,
-            self.replaced_float_bytes as f64 / (1u64 << 20) as f64
+            human_bytes(self.quantized_bytes),
+            human_bytes(self.replaced_float_bytes)
         );
         if !self.kept_float.is_empty() {
             s.push_str(&format!(
@@ -135,6 +135,15 @@ impl QuantReport {
             ));
         }
         s
+    }
+}
+
+/// `12.3 MiB` (or KiB for the tiny test models).
+fn human_bytes(b: u64) -> String {
+    if b >= 1 << 20 {
+        format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+    } else {
+        format!("{:.1} KiB", b as f64 / 1024.0)
     }
 }
 
