@@ -10,6 +10,7 @@ use candle_core::Device;
 use candle_nn::VarBuilder;
 
 use crate::model::config::Config;
+use crate::model::quant::estimated_weight_bytes;
 use crate::model::weights::{parameter_bytes, RandomBackend};
 use crate::model::CogVlm;
 use crate::pipeline::{
@@ -107,15 +108,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         }
         (None, Some(name)) => {
             let cfg = named_config(name)?;
-            let (params, bytes) = parameter_bytes(&cfg, dtype);
+            let (params, _) = parameter_bytes(&cfg, dtype);
+            let bytes = estimated_weight_bytes(&cfg, dtype, args.quant);
             if let (Device::Cpu, Some(avail)) = (&device, mem_available_bytes()) {
                 // Weights plus ~10 % for activations and the KV cache.
                 if bytes + bytes / 10 > avail {
                     bail!(
-                        "{name} has {:.2} B parameters = {:.1} GiB in {dtype:?}, more than this machine's {:.1} GiB of \
+                        "{name} has {:.2} B parameters = {:.1} GiB in {dtype:?} (quantization: {}), more than this machine's {:.1} GiB of \
                          available memory: run it on a GPU (--device cuda) or a larger machine",
                         params as f64 / 1e9,
                         bytes as f64 / (1u64 << 30) as f64,
+                        args.quant,
                         avail as f64 / (1u64 << 30) as f64
                     );
                 }

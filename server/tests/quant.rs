@@ -10,6 +10,8 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use candle_core::quantized::GgmlDType;
+use candle_core::DType;
+use cogvlm::model::quant::estimated_weight_bytes;
 use cogvlm::parity::Runner;
 use cogvlm::pipeline::{LoadOptions, Pipeline, Quant};
 
@@ -84,6 +86,13 @@ fn the_loader_reports_exactly_the_matrices_that_do_not_fit() {
             assert_eq!(
                 plain.model().weight_bytes() - p.model().weight_bytes(),
                 r.replaced_float_bytes - r.quantized_bytes
+            );
+            // The bench's estimate from the config alone agrees with what loading did.
+            let cfg = &p.model().cfg;
+            assert_eq!(
+                estimated_weight_bytes(cfg, DType::F32, quant),
+                p.model().weight_bytes(),
+                "{model} {quant}"
             );
         }
     }

@@ -14,6 +14,9 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{linear_no_bias, Linear, VarBuilder};
 
+use super::config::Config;
+use super::weights::expected_tensors;
+
 /// The weight format of the language model's linear layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub enum Quant {
@@ -136,6 +139,26 @@ impl QuantReport {
         }
         s
     }
+}
+
+/// Bytes of every checkpoint parameter as held after loading with `quant`, from the config alone (the bench's
+/// memory check before building a full-size model). Every 2-D tensor under `model.layers.` is a linear layer.
+pub fn estimated_weight_bytes(cfg: &Config, dtype: DType, quant: Quant) -> u64 {
+    expected_tensors(cfg)
+        .iter()
+        .map(|(name, shape)| {
+            let n = shape.iter().product::<usize>();
+            let role = match name.as_str() {
+                "lm_head.weight" => Some(Role::LmHead),
+                _ if name.starts_with("model.layers.") && shape.len() == 2 => Some(Role::Layer),
+                _ => None,
+            };
+            match role.and_then(|r| quant.format(r, shape[1])) {
+                Some(d) => n / d.block_size() * d.type_size(),
+                None => n * dtype.size_in_bytes(),
+            }
+        })
+        .sum::<usize>() as u64
 }
 
 /// `12.3 MiB` (or KiB for the tiny test models).
