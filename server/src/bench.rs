@@ -1,4 +1,5 @@
-//! `cogvlm bench`: time to first token with an image, decode tokens/s and peak memory, as one JSON line.
+//! `cogvlm bench`: time to first token with an image, decode tokens/s, resident weight bytes (after `--quant`)
+//! and peak memory, as one JSON line.
 //! Full-size configurations run on random weights made on the target device (no 35 GB file needed).
 
 use std::path::PathBuf;
@@ -9,11 +10,12 @@ use candle_core::Device;
 use candle_nn::VarBuilder;
 
 use crate::model::config::Config;
+use crate::model::quant::estimated_weight_bytes;
 use crate::model::weights::{parameter_bytes, RandomBackend};
 use crate::model::CogVlm;
 use crate::pipeline::{
     find_tokenizer, load_tokenizer, parse_device, parse_dtype, ChatRequest, CheckpointSummary,
-    LoadOptions, Pipeline, SamplingParams,
+    LoadOptions, Pipeline, Quant, SamplingParams,
 };
 
 /// Named full-size configurations (the real checkpoints' shapes, spec §1).
@@ -48,6 +50,7 @@ pub struct BenchArgs {
     pub config: Option<String>,
     pub device: String,
     pub dtype: Option<String>,
+    pub quant: Quant,
     pub new_tokens: usize,
     pub tokenizer: Option<PathBuf>,
 }
@@ -96,6 +99,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
                 device: args.device.clone(),
                 dtype: args.dtype.clone(),
                 tokenizer: args.tokenizer.clone(),
+                quant: args.quant,
             };
             (
                 Pipeline::load(dir, &opts, &mut |_, _| {})?,
@@ -104,21 +108,24 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         }
         (None, Some(name)) => {
             let cfg = named_config(name)?;
-            let (params, bytes) = parameter_bytes(&cfg, dtype);
+            let (params, _) = parameter_bytes(&cfg, dtype);
+            let bytes = estimated_weight_bytes(&cfg, dtype, args.quant);
             if let (Device::Cpu, Some(avail)) = (&device, mem_available_bytes()) {
                 // Weights plus ~10 % for activations and the KV cache.
                 if bytes + bytes / 10 > avail {
                     bail!(
-                        "{name} has {:.2} B parameters = {:.1} GiB in {dtype:?}, more than this machine's {:.1} GiB of \
+                        "{name} has {:.2} B parameters = {:.1} GiB in {dtype:?} (quantization: {}), more than this machine's {:.1} GiB of \
                          available memory: run it on a GPU (--device cuda) or a larger machine",
                         params as f64 / 1e9,
                         bytes as f64 / (1u64 << 30) as f64,
+                        args.quant,
                         avail as f64 / (1u64 << 30) as f64
                     );
                 }
             }
             let vb = VarBuilder::from_backend(Box::new(RandomBackend), dtype, device.clone());
-            let model = CogVlm::new(&cfg, vb).context("cannot build the random-weight model")?;
+            let model = CogVlm::new_quantized(&cfg, vb, args.quant)
+                .context("cannot build the random-weight model")?;
             let tok_path = find_tokenizer(&default_tokenizer_anchor(), args.tokenizer.as_deref())?;
             let summary = CheckpointSummary {
                 name: name.clone(),
@@ -137,6 +144,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     device.synchronize()?;
     let load_s = load_start.elapsed().as_secs_f64();
     let summary = pipe.summary().clone();
+    let quant = pipe.model().quant_report().clone();
+    let weight_bytes = pipe.model().weight_bytes();
     let image = synthetic_image(600);
     // ~24 text tokens, as in the reference measurements.
     let query =
@@ -171,6 +180,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         "kind": summary.kind.to_string(),
         "device": format!("{device:?}"),
         "dtype": format!("{dtype:?}").to_lowercase(),
+        "quant": quant.mode.to_string(),
+        "quantized_matrices": quant.quantized.len(),
+        "float_kept_matrices": quant.kept_float.len(),
+        "weight_gib": weight_bytes as f64 / (1u64 << 30) as f64,
+        "weight_bytes": weight_bytes,
         "load_s": load_s,
         "prompt_tokens": stats.prompt_tokens,
         "new_tokens": stats.generated_tokens,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use cogvlm::pipeline::{
-    ChatRequest, LoadOptions, Pipeline, PromptVersion, SamplingParams, StopReason,
+    ChatRequest, LoadOptions, Pipeline, PromptVersion, Quant, SamplingParams, StopReason,
 };
 
 #[derive(Parser)]
@@ -25,6 +25,9 @@ struct DeviceArgs {
     /// f32, bf16 or f16 (default: bf16 on CUDA, f32 on CPU)
     #[arg(long)]
     dtype: Option<String>,
+    /// 8 or 4: int8 (Q8_0) / int4 (Q4K) weights for the language model; the vision towers stay float
+    #[arg(long, default_value = "none")]
+    quant: Quant,
 }
 
 #[derive(clap::Args, Clone)]
@@ -118,6 +121,9 @@ enum Command {
         /// Compare in this dtype (default f32).
         #[arg(long)]
         dtype: Option<String>,
+        /// 8 or 4: quantized language model, compared within the quantization's tolerance
+        #[arg(long, default_value = "none")]
+        quant: Quant,
     },
     /// Time to first token, decode tokens/s and peak memory as one JSON line.
     Bench {
@@ -155,6 +161,7 @@ fn main() {
                 models_dir: s.models_dir,
                 device: s.dev.device,
                 dtype: s.dev.dtype,
+                quant: s.dev.quant,
                 share: s.share,
                 token: s.token,
                 limits: cogvlm::engine::Limits {
@@ -175,7 +182,8 @@ fn main() {
             case,
             device,
             dtype,
-        } => parity(fixtures, case, device, dtype),
+            quant,
+        } => parity(fixtures, case, device, dtype, quant),
         Command::Bench {
             model,
             config,
@@ -189,6 +197,7 @@ fn main() {
                 config,
                 device: dev.device,
                 dtype: dev.dtype,
+                quant: dev.quant,
                 new_tokens,
                 tokenizer,
             };
@@ -246,6 +255,7 @@ fn main() {
                 device: dev.device,
                 dtype: dev.dtype,
                 tokenizer,
+                quant: dev.quant,
             };
             chat(model, image, version, sampling, opts)
         }
@@ -261,11 +271,13 @@ fn parity(
     case: Option<String>,
     device: String,
     dtype: Option<String>,
+    quant: Quant,
 ) -> anyhow::Result<()> {
     let (passed, failed) = cogvlm::parity::run_all(
         &fixtures,
         &device,
         dtype.as_deref(),
+        quant,
         case.as_deref(),
         &mut |c| println!("{c}"),
     )?;
@@ -306,6 +318,10 @@ fn chat(
             eprint!("\r{pct:3}% of {:.1} MiB", total as f64 / (1 << 20) as f64);
         }
     })?;
+    let quant = pipe.model().quant_report().summary();
+    if !quant.is_empty() {
+        eprintln!("\r{quant}");
+    }
     let s = pipe.summary().clone();
     eprintln!(
         "\r{} ({}, {} px), prompt version {}",

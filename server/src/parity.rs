@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::model::preprocess;
 use crate::model::prompt::{prompt_text, vision_expert_mask, PromptVersion};
-use crate::pipeline::{ChatRequest, LoadOptions, Pipeline, SamplingParams};
+use crate::pipeline::{ChatRequest, LoadOptions, Pipeline, Quant, SamplingParams};
 
 #[derive(Debug, Clone)]
 pub struct Check {
@@ -39,6 +39,11 @@ pub fn rel_tolerance(dtype: DType) -> f64 {
 
 /// Logit gap (logits have magnitude ~10) below which reduced precision may legitimately swap two tokens.
 const NEAR_TIE: f32 = 0.25;
+
+/// The near-tie gap for a run: [`NEAR_TIE`], or the quantization's wider one.
+fn near_tie(quant: Quant) -> f32 {
+    NEAR_TIE.max(quant.near_tie())
+}
 
 /// ‖a − b‖ / ‖b‖ over all elements, in f64.
 pub fn rel_l2(a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
@@ -75,7 +80,7 @@ impl Recorder<'_> {
 
     fn close(&mut self, name: &str, value: anyhow::Result<f64>, tol: f64) {
         match value {
-            Ok(v) => self.check(name, v <= tol, format!("rel-L2 {v:.2e} (≤ {tol:.0e})")),
+            Ok(v) => self.check(name, v <= tol, format!("rel-L2 {v:.2e} (≤ {tol:.1e})")),
             Err(e) => self.check(name, false, format!("error: {e:#}")),
         }
     }
@@ -161,6 +166,7 @@ pub struct Runner {
     dir: PathBuf,
     device_name: String,
     dtype: DType,
+    quant: Quant,
     pipelines: HashMap<String, Pipeline>,
 }
 
@@ -179,8 +185,15 @@ impl Runner {
             dir: dir.to_path_buf(),
             device_name: device.to_string(),
             dtype,
+            quant: Quant::Float,
             pipelines: HashMap::new(),
         })
+    }
+
+    /// Loads the models with a quantized language model; its checks use [`Quant::logit_tolerance`].
+    pub fn with_quant(mut self, quant: Quant) -> Self {
+        self.quant = quant;
+        self
     }
 
     pub fn dtype(&self) -> DType {
@@ -208,6 +221,7 @@ impl Runner {
                 device: self.device_name.clone(),
                 dtype: Some(dtype_name(self.dtype).to_string()),
                 tokenizer: tok.is_file().then_some(tok),
+                quant: self.quant,
             };
             let p = Pipeline::load(&dir, &opts, &mut |_, _| {})?;
             self.pipelines.insert(model_dir.to_string(), p);
@@ -281,7 +295,12 @@ impl Runner {
     }
 
     fn case_inner(&mut self, case: &Value, rec: &mut Recorder) -> anyhow::Result<()> {
-        let tol = rel_tolerance(self.dtype);
+        // The vision towers are never quantized; everything after them is compared within the looser of the
+        // dtype's and the quantization's tolerance.
+        let vtol = rel_tolerance(self.dtype);
+        let tol = vtol.max(self.quant.logit_tolerance());
+        let exact = self.dtype == DType::F32 && self.quant == Quant::Float;
+        let tie = near_tie(self.quant);
         let dir = self.dir.clone();
         let model_dir = str_field(case, "model_dir")?.to_string();
         let version: PromptVersion = str_field(case, "template_version")?.parse()?;
@@ -292,7 +311,6 @@ impl Runner {
             None => None,
         };
         let data = load_st(&dir.join(str_field(case, "case_file")?))?;
-        let dtype = self.dtype;
         let pipe = self.pipeline(&model_dir)?;
         let kind = pipe.model().kind();
         let device = pipe.model().device().clone();
@@ -370,13 +388,13 @@ impl Runner {
             ) {
                 let vit = pipe.model().vit_output(&pixels)?.squeeze(0)?;
                 let got = vit.index_select(&idx.to_dtype(DType::U32)?.to_device(&device)?, 0)?;
-                rec.close("vit_output_rows", rel_l2(&got, rows), tol);
+                rec.close("vit_output_rows", rel_l2(&got, rows), vtol);
             }
             let embeds = pipe.model().encode_image(&pixels)?;
             rec.close(
                 "vision_output",
                 rel_l2(&embeds.squeeze(0)?, get(&vision, "vision_output")?),
-                tol,
+                vtol,
             );
             if let (Some(size), Ok(reference)) = (cross_size, get(&vision, "cross_vision_output")) {
                 let px = preprocess::pixel_values(img, size, &device)?;
@@ -384,7 +402,7 @@ impl Runner {
                 rec.close(
                     "cross_vision_output",
                     rel_l2(&enc.squeeze(0)?, reference),
-                    tol,
+                    vtol,
                 );
             }
         }
@@ -468,28 +486,26 @@ impl Runner {
             .zip(&want_argmax)
             .filter(|(a, b)| a != b)
             .count();
-        if dtype == DType::F32 {
+        if exact {
             rec.check(
                 "logits_argmax",
                 flips == 0,
                 format!("{flips}/{l} positions differ"),
             );
         } else {
-            // In bf16/f16 a flip is only acceptable between near-ties: the reference's choice must score within
-            // NEAR_TIE of our maximum.
+            // In bf16/f16 or quantized a flip is only acceptable between near-ties: the reference's choice must
+            // score within the near-tie gap of our maximum.
             let idx = Tensor::new(want_argmax.as_slice(), &Device::Cpu)?.unsqueeze(1)?;
             let at_ref: Vec<f32> = logits.gather(&idx, 1)?.squeeze(1)?.to_vec1()?;
             let ours_max: Vec<f32> = logits.max_keepdim(1)?.squeeze(1)?.to_vec1()?;
-            let hard = at_ref
-                .iter()
-                .zip(&ours_max)
-                .filter(|(r, m)| **m - **r > NEAR_TIE)
-                .count();
+            let gaps: Vec<f32> = at_ref.iter().zip(&ours_max).map(|(r, m)| m - r).collect();
+            let hard = gaps.iter().filter(|&&g| g > tie).count();
+            let widest = gaps.iter().copied().fold(0f32, f32::max);
             rec.check(
                 "logits_argmax",
                 hard == 0,
                 format!(
-                    "{flips}/{l} positions differ, {hard} by more than a near-tie ({NEAR_TIE})"
+                    "{flips}/{l} positions differ, {hard} by more than a near-tie ({tie}; widest {widest:.3})"
                 ),
             );
         }
@@ -533,7 +549,7 @@ impl Runner {
 
         // Free-running greedy generation through the real pipeline.
         let stats = pipe.generate_with(&req, true, &mut |_| true)?;
-        if dtype == DType::F32 {
+        if exact {
             rec.equal("greedy_ids", &stats.generated_ids, &generated);
         } else {
             let margins = get(&data, "decode_margin")?.to_vec1::<f32>()?;
@@ -542,7 +558,7 @@ impl Runner {
                 .iter()
                 .zip(&generated)
                 .position(|(a, b)| a != b);
-            let ok = first.is_none_or(|i| margins.get(i).is_some_and(|&m| m < NEAR_TIE));
+            let ok = first.is_none_or(|i| margins.get(i).is_some_and(|&m| m < tie));
             rec.check(
                 "greedy_ids",
                 ok,
@@ -555,7 +571,7 @@ impl Runner {
                 },
             );
         }
-        if dtype == DType::F32 {
+        if exact {
             let want = str_field(case, "generated_text_skip_special")?;
             rec.check(
                 "greedy_text",
@@ -587,10 +603,11 @@ pub fn run_all(
     dir: &Path,
     device: &str,
     dtype: Option<&str>,
+    quant: Quant,
     filter: Option<&str>,
     sink: &mut dyn FnMut(&Check),
 ) -> anyhow::Result<(usize, usize)> {
-    let mut runner = Runner::new(dir, device, dtype)?;
+    let mut runner = Runner::new(dir, device, dtype)?.with_quant(quant);
     let mut all = runner.tokenizer_checks(sink)?;
     for case in runner.cases()? {
         let id = case.get("id").and_then(|v| v.as_str()).unwrap_or("");

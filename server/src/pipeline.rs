@@ -15,6 +15,7 @@ use crate::model::config::Config;
 use crate::model::preprocess;
 use crate::model::prompt::{prompt_text, PromptInput};
 pub use crate::model::prompt::{ModelKind, PromptVersion};
+pub use crate::model::quant::Quant;
 use crate::model::weights::{Checkpoint, ProgressBackend};
 use crate::model::{Cache, CogVlm};
 use crate::sampling::Sampler;
@@ -87,6 +88,8 @@ pub struct LoadOptions {
     /// `f32`, `bf16` or `f16`; `None` = bf16 on CUDA, f32 on CPU.
     pub dtype: Option<String>,
     pub tokenizer: Option<PathBuf>,
+    /// int8 / int4 weights for the language model (default: float).
+    pub quant: Quant,
 }
 
 pub fn parse_device(s: &str) -> anyhow::Result<Device> {
@@ -224,7 +227,7 @@ impl Pipeline {
         let ck = Checkpoint::open(dir, &cfg)?;
         let vb =
             VarBuilder::from_backend(Box::new(ProgressBackend::new(ck, progress)), dtype, device);
-        let model = CogVlm::new(&cfg, vb)
+        let model = CogVlm::new_quantized(&cfg, vb, opts.quant)
             .with_context(|| format!("cannot build the model from {}", dir.display()))?;
         Ok(Self {
             model,

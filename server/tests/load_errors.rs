@@ -29,6 +29,7 @@ fn load_err(dir: &Path, tokenizer: Option<PathBuf>) -> String {
         device: "cpu".into(),
         dtype: None,
         tokenizer,
+        ..Default::default()
     };
     match Pipeline::load(dir, &opts, &mut |_, _| {}) {
         Ok(_) => panic!("loading {} should fail", dir.display()),
@@ -76,6 +77,7 @@ fn sharded_checkpoint_loads_through_the_index() {
         device: "cpu".into(),
         dtype: Some("bf16".into()),
         tokenizer: Some(tokenizer()),
+        ..Default::default()
     };
     let mut seen = Vec::new();
     Pipeline::load(&dir, &opts, &mut |d, t| seen.push((d, t))).expect("sharded load");
@@ -138,6 +140,7 @@ fn cogagent_without_image_is_a_clear_error() {
         device: "cpu".into(),
         dtype: None,
         tokenizer: None,
+        ..Default::default()
     };
     let mut p = Pipeline::load(&dir, &opts, &mut |_, _| {}).expect("bundled cogagent loads");
     let req = cogvlm::ChatRequest {

@@ -621,6 +621,10 @@ impl Worker {
         let result = Pipeline::load(&entry.summary.dir, &self.opts, &mut progress);
         match result {
             Ok(pipeline) => {
+                let quant = pipeline.model().quant_report().summary();
+                if !quant.is_empty() {
+                    eprintln!("{name}: {quant}");
+                }
                 // Replace only now: a failed load keeps the old checkpoint.
                 self.pipeline = Some(pipeline);
                 self.current = Some(entry.clone());

@@ -9,9 +9,10 @@
 use std::ops::Range;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{kv_cache::KvCache, linear_no_bias, Linear, VarBuilder};
+use candle_nn::{kv_cache::KvCache, VarBuilder};
 
 use super::config::{Config, CrossConfig};
+use super::quant::{QLinear, Quantizer, Role};
 use super::vision::attention;
 
 /// RMSNorm as the reference computes it: in f32, weight multiplied in f32, then cast back.
@@ -69,18 +70,18 @@ impl<T> Experts<T> {
 }
 
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: QLinear,
+    up_proj: QLinear,
+    down_proj: QLinear,
 }
 
 impl Mlp {
-    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &Config, vb: VarBuilder, q: &Quantizer) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: linear_no_bias(h, i, vb.pp("gate_proj"))?,
-            up_proj: linear_no_bias(h, i, vb.pp("up_proj"))?,
-            down_proj: linear_no_bias(i, h, vb.pp("down_proj"))?,
+            gate_proj: q.linear(h, i, Role::Layer, vb.pp("gate_proj"))?,
+            up_proj: q.linear(h, i, Role::Layer, vb.pp("up_proj"))?,
+            down_proj: q.linear(i, h, Role::Layer, vb.pp("down_proj"))?,
         })
     }
 
@@ -126,23 +127,24 @@ impl Rotary {
 }
 
 struct SelfAttention {
-    qkv: Experts<Linear>,
-    dense: Experts<Linear>,
+    qkv: Experts<QLinear>,
+    dense: Experts<QLinear>,
     heads: usize,
     head_dim: usize,
 }
 
 impl SelfAttention {
-    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &Config, vb: VarBuilder, q: &Quantizer) -> Result<Self> {
         let h = cfg.hidden_size;
+        let lin = |i, o, name| q.linear(i, o, Role::Layer, vb.pp(name));
         Ok(Self {
             qkv: Experts {
-                language: linear_no_bias(h, 3 * h, vb.pp("language_expert_query_key_value"))?,
-                vision: linear_no_bias(h, 3 * h, vb.pp("vision_expert_query_key_value"))?,
+                language: lin(h, 3 * h, "language_expert_query_key_value")?,
+                vision: lin(h, 3 * h, "vision_expert_query_key_value")?,
             },
             dense: Experts {
-                language: linear_no_bias(h, h, vb.pp("language_expert_dense"))?,
-                vision: linear_no_bias(h, h, vb.pp("vision_expert_dense"))?,
+                language: lin(h, h, "language_expert_dense")?,
+                vision: lin(h, h, "vision_expert_dense")?,
             },
             heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim(),
@@ -191,20 +193,21 @@ fn causal_mask(l: usize, past: usize, device: &Device) -> Result<Tensor> {
 }
 
 struct CrossAttention {
-    query: Linear,
-    key_value: Linear,
-    dense: Linear,
+    query: QLinear,
+    key_value: QLinear,
+    dense: QLinear,
     heads: usize,
     head_dim: usize,
     compute: usize,
 }
 
 impl CrossAttention {
-    fn new(cfg: &Config, cross: &CrossConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &Config, cross: &CrossConfig, vb: VarBuilder, q: &Quantizer) -> Result<Self> {
+        let lin = |i, o, name| q.linear(i, o, Role::Layer, vb.pp(name));
         Ok(Self {
-            query: linear_no_bias(cfg.hidden_size, cross.compute, vb.pp("query"))?,
-            key_value: linear_no_bias(cross.hidden, 2 * cross.compute, vb.pp("key_value"))?,
-            dense: linear_no_bias(cross.compute, cfg.hidden_size, vb.pp("dense"))?,
+            query: lin(cfg.hidden_size, cross.compute, "query")?,
+            key_value: lin(cross.hidden, 2 * cross.compute, "key_value")?,
+            dense: lin(cross.compute, cfg.hidden_size, "dense")?,
             heads: cfg.num_attention_heads,
             head_dim: cross.compute / cfg.num_attention_heads,
             compute: cross.compute,
@@ -250,23 +253,23 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &Config, vb: VarBuilder, q: &Quantizer) -> Result<Self> {
         let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         let cross = match cfg.cross() {
             Some(c) => Some((
                 RmsNorm::new(h, eps, vb.pp("post_cross_attention_layernorm"))?,
-                CrossAttention::new(cfg, &c, vb.pp("cross_attn"))?,
+                CrossAttention::new(cfg, &c, vb.pp("cross_attn"), q)?,
             )),
             None => None,
         };
         Ok(Self {
             input_layernorm: RmsNorm::new(h, eps, vb.pp("input_layernorm"))?,
-            self_attn: SelfAttention::new(cfg, vb.pp("self_attn"))?,
+            self_attn: SelfAttention::new(cfg, vb.pp("self_attn"), q)?,
             cross,
             post_attention_layernorm: RmsNorm::new(h, eps, vb.pp("post_attention_layernorm"))?,
             mlp: Experts {
-                language: Mlp::new(cfg, vb.pp("mlp").pp("language_mlp"))?,
-                vision: Mlp::new(cfg, vb.pp("mlp").pp("vision_mlp"))?,
+                language: Mlp::new(cfg, vb.pp("mlp").pp("language_mlp"), q)?,
+                vision: Mlp::new(cfg, vb.pp("mlp").pp("vision_mlp"), q)?,
             },
         })
     }
@@ -301,21 +304,22 @@ impl DecoderLayer {
     }
 }
 
-/// Everything under `model.` except the vision towers, plus `lm_head`.
+/// Everything under `model.` except the vision towers, plus `lm_head`. The token embeddings stay float (a row
+/// gather, no matmul to speed up); every linear layer follows the quantizer.
 pub struct LanguageModel {
     embed_tokens: candle_nn::Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    lm_head: Linear,
+    lm_head: QLinear,
     rotary: Rotary,
 }
 
 impl LanguageModel {
     /// `vb` is the root builder (the LM lives under `model.` but `lm_head` is at the top).
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &Config, vb: VarBuilder, q: &Quantizer) -> Result<Self> {
         let m = vb.pp("model");
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::new(cfg, m.pp("layers").pp(i)))
+            .map(|i| DecoderLayer::new(cfg, m.pp("layers").pp(i), q))
             .collect::<Result<_>>()?;
         Ok(Self {
             embed_tokens: candle_nn::embedding(
@@ -325,7 +329,12 @@ impl LanguageModel {
             )?,
             layers,
             norm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?,
-            lm_head: linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?,
+            lm_head: q.linear(
+                cfg.hidden_size,
+                cfg.vocab_size,
+                Role::LmHead,
+                vb.pp("lm_head"),
+            )?,
             rotary: Rotary::new(cfg, &m, vb.device())?,
         })
     }

@@ -1,13 +1,15 @@
 //! CogVLM (17B) and CogAgent (18B) in candle, loaded from the THUDM Hugging Face checkpoints by their tensor
 //! names. Layout after candle-transformers: `config` (serde `config.json`), `vision` (EVA2-CLIP-E + GLU adapter),
 //! `cross_vision` (CogAgent's EVA2-CLIP-L), `language` (visual-expert decoder), `prompt` (templates, ids, position
-//! ids, expert routing), `preprocess` (PIL-exact resize + CLIP normalisation), `weights` (files, checks).
+//! ids, expert routing), `preprocess` (PIL-exact resize + CLIP normalisation), `weights` (files, checks), `quant`
+//! (int8 / int4 linear layers).
 
 pub mod config;
 pub mod cross_vision;
 pub mod language;
 pub mod preprocess;
 pub mod prompt;
+pub mod quant;
 pub mod vision;
 pub mod weights;
 
@@ -18,6 +20,7 @@ use config::Config;
 use cross_vision::CrossVisionModel;
 use language::{LanguageModel, LayerCache};
 use prompt::{ModelKind, PromptInput};
+use quant::{Quant, QuantReport, Quantizer};
 use vision::VisionModel;
 
 /// The whole model: vision tower(s) and the decoder.
@@ -28,6 +31,7 @@ pub struct CogVlm {
     lm: LanguageModel,
     device: Device,
     dtype: DType,
+    quant: QuantReport,
 }
 
 /// Decoding state of one conversation.
@@ -48,6 +52,11 @@ pub struct Prefill {
 
 impl CogVlm {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        Self::new_quantized(cfg, vb, Quant::Float)
+    }
+
+    /// As [`Self::new`] with the language model's linear layers in `quant` (the vision towers stay float).
+    pub fn new_quantized(cfg: &Config, vb: VarBuilder, quant: Quant) -> Result<Self> {
         let vision = VisionModel::new(cfg, vb.pp("model").pp("vision"))?;
         let cross_vision = match cfg.cross() {
             Some(c) => Some(CrossVisionModel::new(
@@ -56,7 +65,8 @@ impl CogVlm {
             )?),
             None => None,
         };
-        let lm = LanguageModel::new(cfg, vb.clone())?;
+        let q = Quantizer::new(quant);
+        let lm = LanguageModel::new(cfg, vb.clone(), &q)?;
         Ok(Self {
             cfg: cfg.clone(),
             vision,
@@ -64,7 +74,19 @@ impl CogVlm {
             lm,
             device: vb.device().clone(),
             dtype: vb.dtype(),
+            quant: q.into_report(),
         })
+    }
+
+    /// What quantization did at load (which matrices, which formats, which stayed float).
+    pub fn quant_report(&self) -> &QuantReport {
+        &self.quant
+    }
+
+    /// Bytes of the weights as held: every parameter in the model dtype, quantized matrices at their size.
+    pub fn weight_bytes(&self) -> u64 {
+        let (_, float) = weights::parameter_bytes(&self.cfg, self.dtype);
+        float - self.quant.replaced_float_bytes + self.quant.quantized_bytes
     }
 
     pub fn kind(&self) -> ModelKind {

@@ -34,6 +34,8 @@ pub struct ServeArgs {
     pub device: String,
     /// "f32", "bf16", "f16"; `None`: the device's default.
     pub dtype: Option<String>,
+    /// int8 / int4 language-model weights.
+    pub quant: crate::pipeline::Quant,
     /// Bind every interface and require an access token (`token`, or a generated one).
     pub share: bool,
     /// The access token; `None` with `share` (or a non-loopback host): a random one.
@@ -52,6 +54,7 @@ impl Default for ServeArgs {
             models_dir: None,
             device: "cpu".into(),
             dtype: None,
+            quant: Default::default(),
             share: false,
             token: None,
             limits: Limits::default(),
@@ -235,6 +238,7 @@ async fn run(args: ServeArgs) -> Result<()> {
                 device: args.device.clone(),
                 dtype: args.dtype.clone(),
                 tokenizer: None,
+                quant: args.quant,
             },
             limits: args.limits.clone(),
             fairness: args.fairness.clone(),

@@ -1,0 +1,303 @@
+//! Weight quantization of the language model (`--quant 8|4`): candle's ggml block formats through `QMatMul`,
+//! on CPU and CUDA alike. The vision towers and the token embeddings stay in the model's float dtype.
+//!
+//! A matrix is quantized along its inner (input) dimension in blocks, so one whose inner dim is not a multiple of
+//! the block size cannot be; it stays float and its name is reported. Choices per mode:
+//! - `Q8`: Q8_0 (blocks of 32) everywhere.
+//! - `Q4`: Q4K (blocks of 256), or Q4_0 (blocks of 32) where the inner dim is a multiple of 32 but not of 256.
+//! - `lm_head` is Q8_0 in both modes: it is 1.6 % of the weights and the logits are the most sensitive output
+//!   (llama.cpp's Q4 files keep it at 6 bits or more for the same reason).
+
+use std::cell::RefCell;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::{linear_no_bias, Linear, VarBuilder};
+
+use super::config::Config;
+use super::weights::expected_tensors;
+
+/// The weight format of the language model's linear layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub enum Quant {
+    /// The model dtype (f32, bf16 or f16).
+    #[default]
+    Float,
+    /// int8: Q8_0.
+    Q8,
+    /// int4: Q4K, else Q4_0.
+    Q4,
+}
+
+impl std::str::FromStr for Quant {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" | "float" | "0" => Ok(Self::Float),
+            "8" | "q8" | "int8" => Ok(Self::Q8),
+            "4" | "q4" | "int4" => Ok(Self::Q4),
+            o => Err(format!(
+                "unknown quantization {o:?} (expected 8, 4 or none)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Quant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Float => "none",
+            Self::Q8 => "q8",
+            Self::Q4 => "q4",
+        })
+    }
+}
+
+impl Quant {
+    /// The rel-L2 distance to f32 logits this mode is tested to stay within on the fixtures' prompts (f32
+    /// activations; measured values are in the README).
+    pub fn logit_tolerance(self) -> f64 {
+        match self {
+            Self::Float => 0.0,
+            Self::Q8 => 3e-2,
+            Self::Q4 => 3e-1,
+        }
+    }
+
+    /// The logit gap (logits of magnitude ~10) below which this mode may legitimately swap two tokens.
+    pub fn near_tie(self) -> f32 {
+        match self {
+            Self::Float => 0.0,
+            Self::Q8 => 0.25,
+            Self::Q4 => 3.0,
+        }
+    }
+}
+
+/// What a weight of the language model should become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Attention, MLP and cross-attention matrices.
+    Layer,
+    /// The output projection to the vocabulary.
+    LmHead,
+}
+
+impl Quant {
+    /// The block format for a matrix with inner dim `k`, or `None` when it stays float.
+    pub fn format(self, role: Role, k: usize) -> Option<GgmlDType> {
+        let fits = |d: GgmlDType| k.is_multiple_of(d.block_size()).then_some(d);
+        match (self, role) {
+            (Self::Float, _) => None,
+            (Self::Q8, _) | (Self::Q4, Role::LmHead) => fits(GgmlDType::Q8_0),
+            (Self::Q4, Role::Layer) => fits(GgmlDType::Q4K).or_else(|| fits(GgmlDType::Q4_0)),
+        }
+    }
+}
+
+/// What loading did to each matrix of the language model.
+#[derive(Debug, Clone, Default)]
+pub struct QuantReport {
+    pub mode: Quant,
+    /// Name and format of each quantized matrix.
+    pub quantized: Vec<(String, GgmlDType)>,
+    /// Matrices that stayed float because their inner dim is not a multiple of the block size.
+    pub kept_float: Vec<String>,
+    /// Bytes the quantized matrices would take in the model dtype.
+    pub replaced_float_bytes: u64,
+    /// Bytes the quantized matrices take.
+    pub quantized_bytes: u64,
+}
+
+impl QuantReport {
+    /// One line for the log: the count per format and the float-kept names (empty without quantization).
+    pub fn summary(&self) -> String {
+        if self.mode == Quant::Float {
+            return String::new();
+        }
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        for (_, d) in &self.quantized {
+            let d = format!("{d:?}");
+            match counts.iter_mut().find(|(n, _)| *n == d) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((d, 1)),
+            }
+        }
+        let counts: Vec<String> = counts.iter().map(|(d, c)| format!("{c} × {d}")).collect();
+        let mut s = format!(
+            "quantized {} matrices ({}), {} instead of {}",
+            self.quantized.len(),
+            counts.join(", "),
+            human_bytes(self.quantized_bytes),
+            human_bytes(self.replaced_float_bytes)
+        );
+        if !self.kept_float.is_empty() {
+            s.push_str(&format!(
+                "; kept in float (shape does not fit the block size): {}",
+                self.kept_float.join(", ")
+            ));
+        }
+        s
+    }
+}
+
+/// Bytes of every checkpoint parameter as held after loading with `quant`, from the config alone (the bench's
+/// memory check before building a full-size model). Every 2-D tensor under `model.layers.` is a linear layer.
+pub fn estimated_weight_bytes(cfg: &Config, dtype: DType, quant: Quant) -> u64 {
+    expected_tensors(cfg)
+        .iter()
+        .map(|(name, shape)| {
+            let n = shape.iter().product::<usize>();
+            let role = match name.as_str() {
+                "lm_head.weight" => Some(Role::LmHead),
+                _ if name.starts_with("model.layers.") && shape.len() == 2 => Some(Role::Layer),
+                _ => None,
+            };
+            match role.and_then(|r| quant.format(r, shape[1])) {
+                Some(d) => n / d.block_size() * d.type_size(),
+                None => n * dtype.size_in_bytes(),
+            }
+        })
+        .sum::<usize>() as u64
+}
+
+/// `12.3 MiB` (or KiB for the tiny test models).
+fn human_bytes(b: u64) -> String {
+    if b >= 1 << 20 {
+        format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+    } else {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    }
+}
+
+/// Builds the language model's linear layers in the requested format and records what it did.
+pub struct Quantizer {
+    mode: Quant,
+    report: RefCell<QuantReport>,
+}
+
+impl Quantizer {
+    pub fn new(mode: Quant) -> Self {
+        Self {
+            mode,
+            report: RefCell::new(QuantReport {
+                mode,
+                ..Default::default()
+            }),
+        }
+    }
+
+    pub fn into_report(self) -> QuantReport {
+        self.report.into_inner()
+    }
+
+    /// A bias-free linear `in_dim → out_dim` from `vb`'s `weight`.
+    pub fn linear(
+        &self,
+        in_dim: usize,
+        out_dim: usize,
+        role: Role,
+        vb: VarBuilder,
+    ) -> Result<QLinear> {
+        if self.mode == Quant::Float {
+            return Ok(QLinear::Float(linear_no_bias(in_dim, out_dim, vb)?));
+        }
+        let name = format!("{}.weight", vb.prefix());
+        let Some(format) = self.mode.format(role, in_dim) else {
+            self.report.borrow_mut().kept_float.push(name);
+            return Ok(QLinear::Float(linear_no_bias(in_dim, out_dim, vb)?));
+        };
+        // Read in f32 (not the model dtype) so that a bf16 model's weights are rounded once, by the quantizer.
+        let w =
+            vb.get_with_hints_dtype((out_dim, in_dim), "weight", Default::default(), DType::F32)?;
+        let q = QTensor::quantize(&w, format)?;
+        let mut r = self.report.borrow_mut();
+        r.replaced_float_bytes += (in_dim * out_dim * vb.dtype().size_in_bytes()) as u64;
+        r.quantized_bytes += q.storage_size_in_bytes() as u64;
+        r.quantized.push((name, format));
+        Ok(QLinear::Quant(QMatMul::from_qtensor(q)?))
+    }
+}
+
+/// A bias-free linear layer: float weights or a quantized matrix.
+#[derive(Debug, Clone)]
+pub enum QLinear {
+    Float(Linear),
+    Quant(QMatMul),
+}
+
+impl Module for QLinear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Float(l) => l.forward(x),
+            Self::Quant(m) => {
+                // QMatMul needs contiguous input; f32 activations take the one path every backend has (CPU
+                // widens bf16 itself, CUDA's fallback kernel reads f32 only), and the result goes back to the
+                // model dtype.
+                let dtype = x.dtype();
+                m.forward(&x.to_dtype(DType::F32)?.contiguous()?)?
+                    .to_dtype(dtype)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn rel_l2(a: &Tensor, b: &Tensor) -> f32 {
+        let num = (a - b).unwrap().sqr().unwrap().sum_all().unwrap();
+        let den = b.sqr().unwrap().sum_all().unwrap();
+        (num.to_scalar::<f32>().unwrap() / den.to_scalar::<f32>().unwrap()).sqrt()
+    }
+
+    #[test]
+    fn formats_follow_the_block_sizes() {
+        use GgmlDType::*;
+        assert_eq!(Quant::Q8.format(Role::Layer, 4096), Some(Q8_0));
+        assert_eq!(Quant::Q8.format(Role::Layer, 48), None);
+        // The real models' inner dims (4096, 11008 = 43 × 256, 1024) all take Q4K.
+        assert_eq!(Quant::Q4.format(Role::Layer, 11008), Some(Q4K));
+        assert_eq!(Quant::Q4.format(Role::Layer, 4096), Some(Q4K));
+        assert_eq!(Quant::Q4.format(Role::Layer, 128), Some(Q4_0));
+        assert_eq!(Quant::Q4.format(Role::LmHead, 4096), Some(Q8_0));
+        assert_eq!(Quant::Float.format(Role::Layer, 4096), None);
+        assert_eq!("8".parse::<Quant>(), Ok(Quant::Q8));
+        assert!("3".parse::<Quant>().is_err());
+    }
+
+    /// A 256 × 512 weight (fits every block size): the quantized matmul is close to the float one, in f32 and
+    /// bf16 activations, and Q4 is worse than Q8 (measured rel-L2: Q8_0 7.7e-3, Q4K 7.4e-2).
+    #[test]
+    fn quantized_matmul_is_close_to_float() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = (Tensor::randn(0f32, 1.0, (256, 512), &dev)? / 512f64.sqrt())?;
+        let x = Tensor::randn(0f32, 1.0, (1, 7, 512), &dev)?;
+        let reference = x.broadcast_matmul(&w.t()?)?;
+        let mut errs = Vec::new();
+        for (mode, bound) in [(Quant::Q8, 2e-2), (Quant::Q4, 1.5e-1)] {
+            let vb = VarBuilder::from_tensors(
+                [("p.weight".to_string(), w.clone())].into(),
+                DType::F32,
+                &dev,
+            );
+            let q = Quantizer::new(mode);
+            let lin = q.linear(512, 256, Role::Layer, vb.pp("p"))?;
+            assert!(matches!(lin, QLinear::Quant(_)));
+            let report = q.into_report();
+            assert_eq!(report.kept_float, Vec::<String>::new());
+            assert!(report.quantized_bytes * 3 < report.replaced_float_bytes);
+            let err = rel_l2(&lin.forward(&x)?, &reference);
+            println!("{mode} ({:?}): rel-L2 {err:.2e}", report.quantized[0].1);
+            assert!(err <= bound, "{mode}: rel-L2 {err} > {bound}");
+            let bf = lin.forward(&x.to_dtype(DType::BF16)?)?;
+            assert_eq!(bf.dtype(), DType::BF16);
+            assert!(rel_l2(&bf.to_dtype(DType::F32)?, &reference) <= bound + 1e-2);
+            errs.push(err);
+        }
+        assert!(errs[0] < errs[1], "Q8 {} vs Q4 {}", errs[0], errs[1]);
+        Ok(())
+    }
+}
