@@ -172,11 +172,11 @@ fn parse_operation(op: &str) -> Option<GroundedOperation> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The example answer from THUDM's README (CogAgent, "(with grounding)").
-    const README: &str = "Plan: 1. Type 'CogVLM' into the Google search bar. 2. Review the search results that appear. \
+    pub(crate) const README: &str = "Plan: 1. Type 'CogVLM' into the Google search bar. 2. Review the search results that appear. \
 3. Click on a relevant result to read more about CogVLM or access further resources.\n\
 Next Action: Move the cursor to the Google search bar, and type 'CogVLM' into it.\n\
 Grounded Operation:[combobox] Search -> TYPE: CogVLM at the box [[212,498,787,564]]";

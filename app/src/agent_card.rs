@@ -81,10 +81,7 @@ fn operation(text: &str, answer: &AgentAnswer, first_group: usize, out: &mut Str
 mod tests {
     use super::*;
 
-    const README: &str = "Plan: 1. Type 'CogVLM' into the Google search bar. 2. Review the search results that appear. \
-3. Click on a relevant result to read more about CogVLM or access further resources.\n\
-Next Action: Move the cursor to the Google search bar, and type 'CogVLM' into it.\n\
-Grounded Operation:[combobox] Search -> TYPE: CogVLM at the box [[212,498,787,564]]";
+    use crate::agent::tests::README;
 
     #[test]
     fn readme_answer_card() {

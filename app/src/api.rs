@@ -21,14 +21,8 @@ fn backend() -> Result<crate::backend::BackendContext, String> {
 #[cfg(feature = "ssr")]
 pub fn client_key_of(parts: &axum::http::request::Parts) -> String {
     use axum::extract::ConnectInfo;
-    let cookie = parts
-        .headers
-        .get_all(axum::http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|kv| kv.trim().strip_prefix("cogvlm_client="))
-        .filter(|id| !id.is_empty() && id.len() <= 64);
+    let cookie =
+        cookie(&parts.headers, "cogvlm_client").filter(|id| !id.is_empty() && id.len() <= 64);
     if let Some(id) = cookie {
         return format!("client:{id}");
     }
@@ -37,6 +31,20 @@ pub fn client_key_of(parts: &axum::http::request::Parts) -> String {
         .get::<ConnectInfo<std::net::SocketAddr>>()
         .map(|ConnectInfo(addr)| format!("ip:{}", addr.ip()))
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// The value of cookie `name`, if the request has it.
+#[cfg(feature = "ssr")]
+pub fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
 }
 
 #[cfg(feature = "ssr")]

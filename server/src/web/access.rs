@@ -6,6 +6,7 @@
 //! which sets the cookie (HttpOnly) and redirects to the same page without the token in the
 //! address bar. Anything else gets 401.
 
+use app::api::cookie;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
@@ -31,18 +32,6 @@ pub fn new_token() -> String {
 /// Equality that takes as long whatever the first differing byte (no timing oracle).
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|kv| {
-            let (k, v) = kv.trim().split_once('=')?;
-            (k == name).then_some(v)
-        })
 }
 
 fn query_token(uri: &Uri) -> Option<&str> {
