@@ -114,8 +114,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
                 // Weights plus ~10 % for activations and the KV cache.
                 if bytes + bytes / 10 > avail {
                     bail!(
-                        "{name} has {:.2} B parameters = {:.1} GiB in {dtype:?} (quantization: {}), more than this machine's {:.1} GiB of \
-                         available memory: run it on a GPU (--device cuda) or a larger machine",
+                        "{name} has {:.2} B parameters = {:.1} GiB in {dtype:?} (quantization: {}); with 10 % for activations \
+                         and the KV cache that is more than this machine's {:.1} GiB of available memory: run it on a GPU \
+                         (--device cuda) or a larger machine",
                         params as f64 / 1e9,
                         bytes as f64 / (1u64 << 30) as f64,
                         args.quant,
