@@ -536,7 +536,7 @@ impl Runner {
                     .model()
                     .step(generated[s - 1], &mut cache)?
                     .to_device(&Device::Cpu)?;
-                positions.push(cache.last_position);
+                positions.push(cache.last_position());
             }
             let got = step_logits.index_select(&top_idx.i(s)?, 0)?;
             worst = worst.max(rel_l2(&got, &top_val.i(s)?)?);
@@ -547,20 +547,19 @@ impl Runner {
         rec.close("decode_topk_logits", Ok(worst), tol);
         rec.close("decode_logsumexp", Ok(worst_lse), tol);
 
-        // Free-running greedy generation through the real pipeline.
+        // Free-running greedy generation through the real pipeline, from a fresh cache.
+        pipe.forget_image();
         let stats = pipe.generate_with(&req, true, &mut |_| true)?;
-        if exact {
-            rec.equal("greedy_ids", &stats.generated_ids, &generated);
-        } else {
-            let margins = get(&data, "decode_margin")?.to_vec1::<f32>()?;
-            let first = stats
-                .generated_ids
-                .iter()
-                .zip(&generated)
-                .position(|(a, b)| a != b);
+        let margins = get(&data, "decode_margin")?.to_vec1::<f32>()?;
+        let same_tokens = |rec: &mut Recorder, name: &str, got: &[u32]| {
+            if exact {
+                rec.equal(name, got, &generated);
+                return;
+            }
+            let first = got.iter().zip(&generated).position(|(a, b)| a != b);
             let ok = first.is_none_or(|i| margins.get(i).is_some_and(|&m| m < tie));
             rec.check(
-                "greedy_ids",
+                name,
                 ok,
                 match first {
                     None => "identical".to_string(),
@@ -570,6 +569,31 @@ impl Runner {
                     ),
                 },
             );
+        };
+        same_tokens(rec, "greedy_ids", &stats.generated_ids);
+
+        // The same answer asked as a follow-up: the earlier turns run first (as a user would have asked them),
+        // and the final question continues from their cache instead of running the image and history again.
+        if !history.is_empty() {
+            pipe.forget_image();
+            for t in 0..history.len() {
+                let mut turn = req.clone();
+                turn.history = history[..t].to_vec();
+                turn.query = history[t].0.clone();
+                turn.sampling.max_new_tokens = Some(4);
+                pipe.generate_with(&turn, true, &mut |_| true)?;
+            }
+            let follow = pipe.generate_with(&req, true, &mut |_| true)?;
+            let image_end = input.image_span.as_ref().map_or(1, |s| s.end);
+            rec.check(
+                "follow_up_reuse",
+                follow.reused_tokens >= image_end,
+                format!(
+                    "{} of {} prompt tokens reused from the earlier turns",
+                    follow.reused_tokens, follow.prompt_tokens
+                ),
+            );
+            same_tokens(rec, "follow_up_greedy_ids", &follow.generated_ids);
         }
         if exact {
             let want = str_field(case, "generated_text_skip_special")?;

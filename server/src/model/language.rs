@@ -9,9 +9,10 @@
 use std::ops::Range;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{kv_cache::KvCache, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::config::{Config, CrossConfig};
+use super::kv_cache::KvBuffer;
 use super::quant::{QLinear, Quantizer, Role};
 use super::vision::attention;
 
@@ -157,7 +158,7 @@ impl SelfAttention {
         span: &Option<Range<usize>>,
         cos: &Tensor,
         sin: &Tensor,
-        kv: &mut KvCache,
+        kv: &mut KvBuffer,
     ) -> Result<Tensor> {
         let (b, l, h) = x.dims3()?;
         let qkv = self.qkv.apply(x, span, |w, x| w.forward(x))?;
@@ -170,17 +171,37 @@ impl SelfAttention {
         let q = candle_nn::rotary_emb::rope(&split(0)?, cos, sin)?;
         let k = candle_nn::rotary_emb::rope(&split(1)?, cos, sin)?;
         let v = split(2)?;
-        let past = kv.current_seq_len();
+        let past = kv.len();
         let (k, v) = kv.append(&k, &v)?;
         let mask = if l > 1 {
             Some(causal_mask(l, past, x.device())?)
         } else {
             None
         };
-        let ctx = attention(&q, &k, &v, (self.head_dim as f64).powf(-0.5), mask.as_ref())?;
+        let ctx = cached_attention(&q, &k, &v, (self.head_dim as f64).powf(-0.5), mask.as_ref())?;
         let ctx = ctx.transpose(1, 2)?.reshape((b, l, h))?;
         self.dense.apply(&ctx, span, |w, x| w.forward(x))
     }
+}
+
+/// Self-attention over the cache as the reference's SDPA computes it: both matmuls in the model dtype (cuBLAS
+/// accumulates bf16 in f32, as torch does), scores and softmax in f32. `k`/`v` are views of the cache buffer,
+/// read with strides rather than copied (and not upcast) every step.
+fn cached_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let dtype = q.dtype();
+    let mut scores = (q * scale)?.matmul(&k.t()?)?.to_dtype(DType::F32)?;
+    if let Some(mask) = mask {
+        scores = scores.broadcast_add(mask)?;
+    }
+    candle_nn::ops::softmax_last_dim(&scores)?
+        .to_dtype(dtype)?
+        .matmul(v)
 }
 
 /// Additive causal mask `[L, past + L]` (f32) for a chunk of `L` new tokens after `past` cached ones.
@@ -240,8 +261,14 @@ impl CrossAttention {
 
 /// Per-layer decoding state: self-attention K/V (post-RoPE) and, for CogAgent, the encoder's K/V.
 pub struct LayerCache {
-    kv: KvCache,
+    kv: KvBuffer,
     cross: Option<(Tensor, Tensor)>,
+}
+
+impl LayerCache {
+    fn truncate(&mut self, len: usize) {
+        self.kv.truncate(len);
+    }
 }
 
 struct DecoderLayer {
@@ -343,10 +370,23 @@ impl LanguageModel {
         self.layers
             .iter()
             .map(|_| LayerCache {
-                kv: KvCache::new(2, capacity),
+                kv: KvBuffer::new(capacity),
                 cross: None,
             })
             .collect()
+    }
+
+    /// Keeps the first `len` positions of every layer's keys/values (the encoder's stay).
+    pub fn truncate_cache(&self, cache: &mut [LayerCache], len: usize) {
+        cache.iter_mut().for_each(|c| c.truncate(len));
+    }
+
+    /// Whether the cache holds CogAgent's cross-encoder keys/values (set by a prefill with an image).
+    pub fn has_cross(&self, cache: &[LayerCache]) -> bool {
+        self.layers
+            .iter()
+            .zip(cache)
+            .all(|(l, c)| l.cross.is_none() || c.cross.is_some())
     }
 
     /// Computes every layer's cross K/V from the encoder output (CogAgent prefill).

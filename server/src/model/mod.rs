@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod cross_vision;
+pub mod kv_cache;
 pub mod language;
 pub mod preprocess;
 pub mod prompt;
@@ -34,14 +35,33 @@ pub struct CogVlm {
     quant: QuantReport,
 }
 
-/// Decoding state of one conversation.
+/// Decoding state of one conversation: every layer's keys/values, and the ids and positions they were
+/// computed for (image slots hold the pad id), so a later prompt can reuse the common prefix.
 pub struct Cache {
     layers: Vec<LayerCache>,
+    tokens: Vec<u32>,
+    positions: Vec<u32>,
+}
+
+impl Cache {
     /// Tokens in the cache.
-    pub len: usize,
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// The ids whose keys/values are cached, in order.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
     /// RoPE position of the last cached token (the next one gets `+1`).
-    pub last_position: u32,
-    pub capacity: usize,
+    pub fn last_position(&self) -> u32 {
+        self.positions.last().copied().unwrap_or(0)
+    }
 }
 
 /// What a prefill returns.
@@ -123,18 +143,28 @@ impl CogVlm {
         }
     }
 
-    pub fn new_cache(&self, capacity: usize) -> Cache {
+    /// An empty cache with room for `reserve` positions (it grows if a conversation needs more).
+    pub fn new_cache(&self, reserve: usize) -> Cache {
         Cache {
-            layers: self.lm.new_cache(capacity),
-            len: 0,
-            last_position: 0,
-            capacity,
+            layers: self.lm.new_cache(reserve),
+            tokens: Vec::new(),
+            positions: Vec::new(),
         }
     }
 
-    /// Runs the whole prompt. `image` = embeddings from [`Self::encode_image`] for the prompt's image span;
-    /// `cross` = CogAgent encoder output (required for CogAgent). `hidden` collects the reference's
-    /// `output_hidden_states` (parity).
+    /// Cuts `cache` back to its first `len` tokens, so a prompt sharing them continues from there.
+    pub fn truncate_cache(&self, cache: &mut Cache, len: usize) {
+        let len = len.min(cache.len());
+        self.lm.truncate_cache(&mut cache.layers, len);
+        cache.tokens.truncate(len);
+        cache.positions.truncate(len);
+    }
+
+    /// Runs the prompt's tokens after those already in `cache`, which must be a prefix of it (a fresh cache runs
+    /// the whole prompt). `image` = embeddings from [`Self::encode_image`], needed when the image span is not
+    /// cached yet; `cross` = CogAgent's encoder output, needed with a fresh cache. `hidden` collects the
+    /// reference's `output_hidden_states` for the positions run (parity). Logits are f32: `[L, V]` for every
+    /// position run when `all_logits`, else `[V]` for the last one.
     pub fn prefill(
         &self,
         prompt: &PromptInput,
@@ -144,21 +174,30 @@ impl CogVlm {
         all_logits: bool,
         hidden: Option<&mut Vec<Tensor>>,
     ) -> Result<Prefill> {
-        let l = prompt.input_ids.len();
-        if cache.len + l > cache.capacity {
+        let start = cache.len();
+        let total = prompt.input_ids.len();
+        if start >= total || prompt.input_ids[..start] != cache.tokens[..] {
             candle_core::bail!(
-                "prompt of {l} tokens does not fit the cache of {} positions",
-                cache.capacity
+                "the cache ({start} tokens) is not a proper prefix of the prompt ({total} tokens)"
             );
         }
+        let l = total - start;
         if self.cross_vision.is_some() {
-            let enc =
-                cross.ok_or_else(|| candle_core::Error::Msg("CogAgent needs an image".into()))?;
-            self.lm.set_cross(&mut cache.layers, enc)?;
+            if start == 0 {
+                let enc = cross
+                    .ok_or_else(|| candle_core::Error::Msg("CogAgent needs an image".into()))?;
+                self.lm.set_cross(&mut cache.layers, enc)?;
+            } else if !self.lm.has_cross(&cache.layers) {
+                candle_core::bail!("CogAgent's cache has no cross-encoder keys to continue from");
+            }
         }
-        let ids = Tensor::new(prompt.input_ids.as_slice(), &self.device)?.unsqueeze(0)?;
+        let ids = Tensor::new(&prompt.input_ids[start..], &self.device)?.unsqueeze(0)?;
         let mut embeds = self.lm.embed(&ids)?;
-        match (&prompt.image_span, image) {
+        let span = prompt.image_span.as_ref().filter(|s| s.end > start);
+        match (span, image) {
+            (Some(span), _) if span.start < start => {
+                candle_core::bail!("the cache ends inside the image ({start} of {span:?})")
+            }
             (Some(span), Some(img)) => {
                 let n = img.dim(1)?;
                 if n != span.len() {
@@ -167,28 +206,31 @@ impl CogVlm {
                         span.len()
                     );
                 }
-                let before = embeds.narrow(1, 0, span.start)?;
-                let after = embeds.narrow(1, span.end, l - span.end)?;
+                let (a, b) = (span.start - start, span.end - start);
+                let before = embeds.narrow(1, 0, a)?;
+                let after = embeds.narrow(1, b, l - b)?;
                 embeds = Tensor::cat(&[&before, &img.to_dtype(self.dtype)?, &after], 1)?;
             }
-            (None, None) => {}
             (Some(_), None) => {
                 candle_core::bail!("the prompt has image slots but no image was encoded")
             }
-            (None, Some(_)) => {
+            (None, Some(_)) if prompt.image_span.is_none() => {
                 candle_core::bail!("an image was encoded but the prompt has no image slots")
             }
+            // No image, or an image whose span is already cached.
+            (None, _) => {}
         }
-        let span = prompt.vision_expert_span();
-        let h = self.lm.forward_embeds(
-            &embeds,
-            &span,
-            &prompt.position_ids,
-            &mut cache.layers,
-            hidden,
-        )?;
-        cache.len += l;
-        cache.last_position = *prompt.position_ids.last().unwrap_or(&0);
+        // The vision expert's span within this chunk.
+        let expert = prompt
+            .vision_expert_span()
+            .map(|s| s.start.max(start) - start..s.end.max(start) - start)
+            .filter(|s| !s.is_empty());
+        let positions = &prompt.position_ids[start..];
+        let h = self
+            .lm
+            .forward_embeds(&embeds, &expert, positions, &mut cache.layers, hidden)?;
+        cache.tokens.extend_from_slice(&prompt.input_ids[start..]);
+        cache.positions.extend_from_slice(positions);
         let h = h.squeeze(0)?;
         let logits = if all_logits {
             self.lm.logits(&h)?
@@ -200,17 +242,17 @@ impl CogVlm {
 
     /// One decode step: a language token at the next position. Returns f32 logits `[V]`.
     pub fn step(&self, token: u32, cache: &mut Cache) -> Result<Tensor> {
-        if cache.len >= cache.capacity {
-            candle_core::bail!("the cache of {} positions is full", cache.capacity);
+        if cache.is_empty() {
+            candle_core::bail!("a decode step needs a prefilled cache");
         }
-        let position = cache.last_position + 1;
+        let position = cache.last_position() + 1;
         let ids = Tensor::new(&[token], &self.device)?.unsqueeze(0)?;
         let embeds = self.lm.embed(&ids)?;
         let h = self
             .lm
             .forward_embeds(&embeds, &None, &[position], &mut cache.layers, None)?;
-        cache.len += 1;
-        cache.last_position = position;
+        cache.tokens.push(token);
+        cache.positions.push(position);
         self.lm.logits(&h.squeeze(0)?)?.squeeze(0)
     }
 }
