@@ -1,17 +1,19 @@
-//! `cogvlm bench`: time to first token with an image, decode tokens/s, resident weight bytes (after `--quant`)
-//! and peak memory, as one JSON line.
+//! `cogvlm bench`: time to first token with an image, decode tokens/s, a follow-up question's TTFT, resident
+//! weight bytes (after `--quant`) and peak memory, as one JSON line, next to this device's floors measured in
+//! the same run: a large copy (memory bandwidth) and a large matmul (compute) through candle, turned into the
+//! fastest possible decode (weights read per token ÷ bandwidth) and prefill (FLOPs ÷ matmul rate).
 //! Full-size configurations run on random weights made on the target device (no 35 GB file needed).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use candle_core::Device;
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::model::config::Config;
-use crate::model::quant::estimated_weight_bytes;
-use crate::model::weights::{parameter_bytes, RandomBackend};
+use crate::model::quant::{decode_read_bytes, estimated_weight_bytes};
+use crate::model::weights::{expected_tensors, parameter_bytes, RandomBackend};
 use crate::model::CogVlm;
 use crate::pipeline::{
     find_tokenizer, load_tokenizer, parse_device, parse_dtype, ChatRequest, CheckpointSummary,
@@ -52,7 +54,134 @@ pub struct BenchArgs {
     pub dtype: Option<String>,
     pub quant: Quant,
     pub new_tokens: usize,
+    /// Timed runs (each on a new image); medians are reported.
+    pub repeat: usize,
     pub tokenizer: Option<PathBuf>,
+}
+
+/// This device's ceilings, measured through candle in the model's dtype.
+#[derive(Debug, Clone, Copy)]
+pub struct Floors {
+    /// Device-to-device copy, bytes read + written per second.
+    pub copy_bytes_per_s: f64,
+    /// Square matmul, FLOP per second.
+    pub matmul_flop_per_s: f64,
+    pub matmul_n: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Median seconds of `runs` calls of `f`, after one warm-up, synchronised with the device.
+fn time_median(
+    device: &Device,
+    runs: usize,
+    mut f: impl FnMut() -> candle_core::Result<()>,
+) -> anyhow::Result<f64> {
+    f()?;
+    device.synchronize()?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        f()?;
+        device.synchronize()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok(median(times))
+}
+
+/// A 1 GiB copy and an 8192² matmul on a GPU (256 MiB and 1024² on a CPU).
+pub fn measure_floors(device: &Device, dtype: DType) -> anyhow::Result<Floors> {
+    let (copy_bytes, n) = if device.is_cpu() {
+        (256usize << 20, 1024)
+    } else {
+        (1usize << 30, 8192)
+    };
+    let x = Tensor::zeros(copy_bytes / dtype.size_in_bytes(), dtype, device)?;
+    let copy_s = time_median(device, 5, || x.copy().map(drop))?;
+    drop(x);
+    let a = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
+    let mm_s = time_median(device, 5, || a.matmul(&b).map(drop))?;
+    Ok(Floors {
+        copy_bytes_per_s: 2.0 * copy_bytes as f64 / copy_s,
+        matmul_flop_per_s: 2.0 * (n as f64).powi(3) / mm_s,
+        matmul_n: n,
+    })
+}
+
+/// FLOPs of a prefill with an image: every weight matrix times the rows it is applied to (language tokens,
+/// image tokens, ViT patches, CogAgent's 6400 high-resolution patches), plus the attention score and context
+/// products. The vision expert and the language expert have the same shapes, so each token counts once.
+pub fn prefill_flops(cfg: &Config, prompt_tokens: usize) -> f64 {
+    let l = prompt_tokens as f64;
+    let image = cfg.image_tokens() as f64;
+    let patches = (cfg.vision_config.num_patches() + 1) as f64;
+    let cross_patches = cfg.cross().map_or(0.0, |c| (c.num_patches() + 1) as f64);
+    let matrices: f64 = expected_tensors(cfg)
+        .iter()
+        .filter(|(name, shape)| {
+            shape.len() >= 2
+                && name.ends_with("weight")
+                && !name.contains("embed_tokens")
+                && !name.contains("position_embedding")
+        })
+        .map(|(name, shape)| {
+            let params = shape.iter().product::<usize>() as f64;
+            let rows = if name == "lm_head.weight" {
+                1.0
+            } else if name.starts_with("model.cross_vision.")
+                || name.contains("cross_attn.key_value")
+            {
+                cross_patches
+            } else if name.starts_with("model.vision.") {
+                patches
+            } else if name.contains("vision_expert") || name.contains("vision_mlp") {
+                image
+            } else if name.contains("language_expert") || name.contains("language_mlp") {
+                l - image
+            } else {
+                l
+            };
+            2.0 * params * rows
+        })
+        .sum();
+    let layers = cfg.num_hidden_layers as f64;
+    let h = cfg.hidden_size as f64;
+    let vc = &cfg.vision_config;
+    let mut attention = 4.0 * layers * l * l * h
+        + 4.0 * vc.num_hidden_layers as f64 * patches * patches * vc.hidden_size as f64;
+    if let Some(c) = cfg.cross() {
+        let w = c.vision.vision_cfg.width as f64;
+        attention += 4.0 * c.vision.vision_cfg.layers as f64 * cross_patches * cross_patches * w;
+        attention += 4.0 * layers * l * cross_patches * c.compute as f64;
+    }
+    matrices + attention
+}
+
+/// Bytes in use on the device (CUDA: all of it, as the driver reports; CPU: this process's resident set).
+fn device_used_bytes(device: &Device) -> Option<u64> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => d
+            .cuda_stream()
+            .context()
+            .mem_get_info()
+            .ok()
+            .map(|(free, total)| (total - free) as u64),
+        Device::Cpu => rss_bytes(),
+        _ => None,
+    }
+}
+
+fn rss_bytes() -> Option<u64> {
+    proc_status_kb("VmRSS:")
 }
 
 fn mem_available_bytes() -> Option<u64> {
@@ -67,8 +196,12 @@ fn mem_available_bytes() -> Option<u64> {
 
 /// Peak resident memory of this process (VmHWM).
 fn peak_rss_bytes() -> Option<u64> {
+    proc_status_kb("VmHWM:")
+}
+
+fn proc_status_kb(key: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
     line.split_whitespace()
         .nth(1)?
         .parse::<u64>()
@@ -92,6 +225,9 @@ fn synthetic_image(size: u32) -> image::DynamicImage {
 pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let device = parse_device(&args.device)?;
     let dtype = parse_dtype(args.dtype.as_deref(), &device)?;
+    let floors = measure_floors(&device, dtype).context("cannot measure the device's floors")?;
+    device.synchronize()?;
+    let used_before = device_used_bytes(&device);
     let load_start = Instant::now();
     let (mut pipe, label) = match (&args.model, &args.config) {
         (Some(dir), _) => {
@@ -144,16 +280,23 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     };
     device.synchronize()?;
     let load_s = load_start.elapsed().as_secs_f64();
+    let used_after_load = device_used_bytes(&device);
+    let mut peak_used = used_after_load;
+    let mut sample_peak = |device: &Device| {
+        if let Some(u) = device_used_bytes(device) {
+            peak_used = Some(peak_used.map_or(u, |p| p.max(u)));
+        }
+    };
     let summary = pipe.summary().clone();
+    let cfg = pipe.model().cfg.clone();
     let quant = pipe.model().quant_report().clone();
     let weight_bytes = pipe.model().weight_bytes();
-    let image = synthetic_image(600);
     // ~24 text tokens, as in the reference measurements.
     let query =
         "Describe this image in detail, including every object, its colour and where it is."
             .to_string();
-    let req = |n: usize| ChatRequest {
-        image: Some(image.clone()),
+    let req = |image: image::DynamicImage, n: usize| ChatRequest {
+        image: Some(image),
         history: vec![],
         query: query.clone(),
         version: None,
@@ -163,19 +306,45 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
             ..Default::default()
         },
     };
-    // Warm-up (kernel compilation, allocator), then the measured run.
-    pipe.generate_with(&req(2), true, &mut |_| true)?;
-    let mut fresh = req(args.new_tokens.max(1));
-    // A different image so the image cache does not hide the vision towers.
-    fresh.image = Some(synthetic_image(640));
-    let stats = pipe.generate_with(&fresh, true, &mut |_| true)?;
-    device.synchronize()?;
-    // Follow-up on the same image: the image cache skips both vision towers.
-    let mut second = fresh.clone();
-    second.history = vec![(query.clone(), stats.text.clone())];
-    second.query = "And what is in the top left corner?".into();
-    second.sampling.max_new_tokens = Some(1);
-    let follow = pipe.generate_with(&second, true, &mut |_| true)?;
+    // Warm-up (kernel compilation, allocator, the follow-up path), then the measured runs.
+    let warm = pipe.generate_with(&req(synthetic_image(600), 2), true, &mut |_| true)?;
+    let mut follow_up = req(synthetic_image(600), 2);
+    follow_up.history = vec![(query.clone(), warm.text.clone())];
+    follow_up.query = "And what is in the top left corner?".into();
+    pipe.generate_with(&follow_up, true, &mut |_| true)?;
+    sample_peak(&device);
+    let (mut ttft, mut prefill, mut decode, mut second) = (vec![], vec![], vec![], vec![]);
+    let mut last = None;
+    for r in 0..args.repeat.max(1) {
+        // A new image each run so neither the image nor the conversation cache hides the first turn's work.
+        let image = synthetic_image(640 + 8 * r as u32);
+        let stats = pipe.generate_with(
+            &req(image.clone(), args.new_tokens.max(1)),
+            true,
+            &mut |_| true,
+        )?;
+        device.synchronize()?;
+        sample_peak(&device);
+        // The follow-up question about the same image: only its new tokens run.
+        let mut next = req(image, 1);
+        next.history = vec![(query.clone(), stats.text.clone())];
+        next.query = "And what is in the top left corner?".into();
+        let follow = pipe.generate_with(&next, true, &mut |_| true)?;
+        ttft.push(stats.ttft_ms);
+        prefill.push(stats.prefill_ms);
+        decode.push(stats.tokens_per_s);
+        second.push(follow.ttft_ms);
+        last = Some((stats, follow));
+    }
+    let Some((stats, follow)) = last else {
+        bail!("no timed run")
+    };
+    let (ttft, decode, second) = (median(ttft), median(decode), median(second));
+    let read_bytes = decode_read_bytes(&cfg, dtype, args.quant);
+    let decode_floor = floors.copy_bytes_per_s / read_bytes as f64;
+    let flops = prefill_flops(&cfg, stats.prompt_tokens);
+    let prefill_floor_ms = flops / floors.matmul_flop_per_s * 1e3;
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     Ok(serde_json::json!({
         "model": label,
         "kind": summary.kind.to_string(),
@@ -184,16 +353,32 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         "quant": quant.mode.to_string(),
         "quantized_matrices": quant.quantized.len(),
         "float_kept_matrices": quant.kept_float.len(),
-        "weight_gib": weight_bytes as f64 / (1u64 << 30) as f64,
+        "weight_gib": gib(weight_bytes),
         "weight_bytes": weight_bytes,
         "load_s": load_s,
+        "runs": args.repeat.max(1),
         "prompt_tokens": stats.prompt_tokens,
         "new_tokens": stats.generated_tokens,
-        "ttft_ms": stats.ttft_ms,
-        "prefill_ms": stats.prefill_ms,
-        "decode_tok_s": stats.tokens_per_s,
-        "second_turn_ttft_ms": follow.ttft_ms,
-        "peak_rss_gib": peak_rss_bytes().map(|b| b as f64 / (1u64 << 30) as f64),
+        "ttft_ms": ttft,
+        "prefill_ms": median(prefill),
+        "decode_tok_s": decode,
+        "second_turn_ttft_ms": second,
+        "second_turn_reused_tokens": follow.reused_tokens,
+        "second_turn_prompt_tokens": follow.prompt_tokens,
+        "second_over_first_ttft": second / ttft,
+        "floor_copy_gb_s": floors.copy_bytes_per_s / 1e9,
+        "floor_matmul_tflop_s": floors.matmul_flop_per_s / 1e12,
+        "floor_matmul_n": floors.matmul_n,
+        "decode_read_gb": read_bytes as f64 / 1e9,
+        "decode_floor_tok_s": decode_floor,
+        "decode_over_floor": decode / decode_floor,
+        "prefill_tflop": flops / 1e12,
+        "prefill_floor_ms": prefill_floor_ms,
+        "ttft_over_prefill_floor": ttft / prefill_floor_ms,
+        "device_used_before_gib": used_before.map(gib),
+        "device_resident_after_load_gib": used_after_load.map(gib),
+        "device_peak_gib": peak_used.map(gib),
+        "peak_rss_gib": peak_rss_bytes().map(gib),
     }))
 }
 

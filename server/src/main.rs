@@ -136,6 +136,9 @@ enum Command {
         random_weights: bool,
         #[arg(long, default_value_t = 32)]
         new_tokens: usize,
+        /// Timed runs, each on a new image (medians are reported)
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
         #[arg(long)]
         tokenizer: Option<PathBuf>,
         #[command(flatten)]
@@ -189,6 +192,7 @@ fn main() {
             config,
             random_weights: _,
             new_tokens,
+            repeat,
             tokenizer,
             dev,
         } => {
@@ -199,6 +203,7 @@ fn main() {
                 dtype: dev.dtype,
                 quant: dev.quant,
                 new_tokens,
+                repeat,
                 tokenizer,
             };
             cogvlm::bench::run(&args).map(|v| println!("{v}"))

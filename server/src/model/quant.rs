@@ -144,8 +144,28 @@ impl QuantReport {
 /// Bytes of every checkpoint parameter as held after loading with `quant`, from the config alone (the bench's
 /// memory check before building a full-size model). Every 2-D tensor under `model.layers.` is a linear layer.
 pub fn estimated_weight_bytes(cfg: &Config, dtype: DType, quant: Quant) -> u64 {
+    estimated_bytes(cfg, dtype, quant, |_| true)
+}
+
+/// Bytes of weights one decode step reads: the language expert of every layer, CogAgent's cross-attention query
+/// and output (its keys/values over the image are cached), the norms and `lm_head`; not the vision expert, the
+/// towers or the embedding table (one row). At full size this sets the decode floor: bytes ÷ memory bandwidth.
+pub fn decode_read_bytes(cfg: &Config, dtype: DType, quant: Quant) -> u64 {
+    estimated_bytes(cfg, dtype, quant, |name| {
+        name == "lm_head.weight"
+            || name == "model.norm.weight"
+            || (name.starts_with("model.layers.")
+                && !name.contains("vision_expert")
+                && !name.contains("vision_mlp")
+                && !name.contains("cross_attn.key_value")
+                && !name.contains("rotary_emb"))
+    })
+}
+
+fn estimated_bytes(cfg: &Config, dtype: DType, quant: Quant, keep: impl Fn(&str) -> bool) -> u64 {
     expected_tensors(cfg)
         .iter()
+        .filter(|(name, _)| keep(name))
         .map(|(name, shape)| {
             let n = shape.iter().product::<usize>();
             let role = match name.as_str() {
