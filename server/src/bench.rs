@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::model::config::Config;
-use crate::model::quant::{decode_read_bytes, estimated_weight_bytes};
+use crate::model::quant::{decode_read_bytes, estimated_weight_bytes, Quantizer};
 use crate::model::weights::{expected_tensors, parameter_bytes, RandomBackend};
 use crate::model::CogVlm;
 use crate::pipeline::{
@@ -261,7 +261,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
                 }
             }
             let vb = VarBuilder::from_backend(Box::new(RandomBackend), dtype, device.clone());
-            let model = CogVlm::new_quantized(&cfg, vb, args.quant)
+            let model = CogVlm::with_quantizer(&cfg, vb, Quantizer::for_random_weights(args.quant))
                 .context("cannot build the random-weight model")?;
             let tok_path = find_tokenizer(&default_tokenizer_anchor(), args.tokenizer.as_deref())?;
             let summary = CheckpointSummary {

@@ -77,6 +77,11 @@ impl CogVlm {
 
     /// As [`Self::new`] with the language model's linear layers in `quant` (the vision towers stay float).
     pub fn new_quantized(cfg: &Config, vb: VarBuilder, quant: Quant) -> Result<Self> {
+        Self::with_quantizer(cfg, vb, Quantizer::new(quant))
+    }
+
+    /// As [`Self::new_quantized`] with a given quantizer (the benchmark's shared random blocks).
+    pub fn with_quantizer(cfg: &Config, vb: VarBuilder, q: Quantizer) -> Result<Self> {
         let vision = VisionModel::new(cfg, vb.pp("model").pp("vision"))?;
         let cross_vision = match cfg.cross() {
             Some(c) => Some(CrossVisionModel::new(
@@ -85,7 +90,6 @@ impl CogVlm {
             )?),
             None => None,
         };
-        let q = Quantizer::new(quant);
         let lm = LanguageModel::new(cfg, vb.clone(), &q)?;
         Ok(Self {
             cfg: cfg.clone(),

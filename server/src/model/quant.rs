@@ -8,10 +8,12 @@
 //! - `lm_head` is Q8_0 in both modes: it is 1.6 % of the weights and the logits are the most sensitive output
 //!   (llama.cpp's Q4 files keep it at 6 bits or more for the same reason).
 
+use std::borrow::Cow;
 use std::cell::RefCell;
+use std::collections::HashMap;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{linear_no_bias, Linear, VarBuilder};
 
 use super::config::Config;
@@ -194,6 +196,8 @@ fn human_bytes(b: u64) -> String {
 pub struct Quantizer {
     mode: Quant,
     report: RefCell<QuantReport>,
+    /// Random-weight benchmarks: one quantized matrix per (shape, format), its blocks copied to the others.
+    shared_blocks: Option<RefCell<HashMap<(usize, usize, usize), Vec<u8>>>>,
 }
 
 impl Quantizer {
@@ -204,6 +208,18 @@ impl Quantizer {
                 mode,
                 ..Default::default()
             }),
+            shared_blocks: None,
+        }
+    }
+
+    /// For full-size random weights: candle quantizes on the CPU, one thread, which for CogVLM's 13 B
+    /// language-model weights in Q4K takes minutes. The first matrix of each shape is quantized and every
+    /// other matrix of that shape gets its own device copy of those blocks: the same bytes are read per token,
+    /// so the timing is that of distinct weights.
+    pub fn for_random_weights(mode: Quant) -> Self {
+        Self {
+            shared_blocks: Some(RefCell::new(HashMap::new())),
+            ..Self::new(mode)
         }
     }
 
@@ -227,15 +243,32 @@ impl Quantizer {
             self.report.borrow_mut().kept_float.push(name);
             return Ok(QLinear::Float(linear_no_bias(in_dim, out_dim, vb)?));
         };
-        // Read in f32 (not the model dtype) so that a bf16 model's weights are rounded once, by the quantizer.
-        let w =
-            vb.get_with_hints_dtype((out_dim, in_dim), "weight", Default::default(), DType::F32)?;
-        let q = QTensor::quantize(&w, format)?;
+        let q = match &self.shared_blocks {
+            Some(shared) => {
+                let key = (out_dim, in_dim, format as usize);
+                let mut shared = shared.borrow_mut();
+                if !shared.contains_key(&key) {
+                    let w = Self::weight_f32(&vb, in_dim, out_dim)?.to_device(&Device::Cpu)?;
+                    shared.insert(key, QTensor::quantize(&w, format)?.data()?.into_owned());
+                }
+                let storage =
+                    QStorage::from_data(Cow::Borrowed(&shared[&key]), vb.device(), format)?;
+                QTensor::new(storage, (out_dim, in_dim))?
+            }
+            None => QTensor::quantize(&Self::weight_f32(&vb, in_dim, out_dim)?, format)?,
+        };
         let mut r = self.report.borrow_mut();
         r.replaced_float_bytes += (in_dim * out_dim * vb.dtype().size_in_bytes()) as u64;
         r.quantized_bytes += q.storage_size_in_bytes() as u64;
         r.quantized.push((name, format));
         Ok(QLinear::Quant(QMatMul::from_qtensor(q)?))
+    }
+}
+
+impl Quantizer {
+    /// Read in f32 (not the model dtype) so that a bf16 model's weights are rounded once, by the quantizer.
+    fn weight_f32(vb: &VarBuilder, in_dim: usize, out_dim: usize) -> Result<Tensor> {
+        vb.get_with_hints_dtype((out_dim, in_dim), "weight", Default::default(), DType::F32)
     }
 }
 
@@ -318,6 +351,29 @@ mod tests {
             errs.push(err);
         }
         assert!(errs[0] < errs[1], "Q8 {} vs Q4 {}", errs[0], errs[1]);
+        Ok(())
+    }
+
+    /// The benchmark's random-weight quantizer: two matrices of one shape share quantized blocks (so they give
+    /// the same output) but not storage, and both are reported as quantized.
+    #[test]
+    fn random_weights_share_blocks_per_shape() -> Result<()> {
+        let dev = Device::Cpu;
+        let vb = VarBuilder::from_backend(
+            Box::new(crate::model::weights::RandomBackend),
+            DType::F32,
+            dev.clone(),
+        );
+        let q = Quantizer::for_random_weights(Quant::Q4);
+        let a = q.linear(512, 256, Role::Layer, vb.pp("a"))?;
+        let b = q.linear(512, 256, Role::Layer, vb.pp("b"))?;
+        let c = q.linear(256, 512, Role::Layer, vb.pp("c"))?;
+        let x = Tensor::randn(0f32, 1.0, (1, 3, 512), &dev)?;
+        let (ya, yb) = (a.forward(&x)?, b.forward(&x)?);
+        assert_eq!(rel_l2(&ya, &yb), 0.0);
+        assert_eq!(c.forward(&ya)?.dims(), &[1, 3, 512]);
+        let report = q.into_report();
+        assert_eq!(report.quantized.len(), 3);
         Ok(())
     }
 }
