@@ -389,3 +389,32 @@ fn default_tokenizer_anchor() -> PathBuf {
         .join("models")
         .join("cogvlm_tiny_490")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The floors' inputs at full size against `../shared/gpu/README.md`: CogVLM decode reads ~13.2 GB of
+    /// weights per token in bf16, and a 490 px + 24-token prefill is ≈ 28.8 TFLOP.
+    #[test]
+    fn full_size_floor_inputs_match_the_measured_reference() -> anyhow::Result<()> {
+        let cfg = named_config("cogvlm-17b")?;
+        let read = decode_read_bytes(&cfg, DType::BF16, Quant::Float) as f64 / 1e9;
+        let flops = prefill_flops(&cfg, 1250) / 1e12;
+        let q4 = estimated_weight_bytes(&cfg, DType::BF16, Quant::Q4) as f64 / 1e9;
+        let q4_read = decode_read_bytes(&cfg, DType::BF16, Quant::Q4) as f64 / 1e9;
+        println!("decode reads {read:.2} GB (int4 {q4_read:.2} GB), prefill {flops:.1} TFLOP, int4 weights {q4:.1} GB");
+        assert!((13.0..13.4).contains(&read), "{read}");
+        assert!((27.5..30.0).contains(&flops), "{flops}");
+        // int4 reads ~28 % of the bf16 bytes per token (Q4K, lm_head Q8_0).
+        assert!(q4_read / read < 0.3, "{q4_read}");
+        let agent = named_config("cogagent-18b")?;
+        let agent_read = decode_read_bytes(&agent, DType::BF16, Quant::Float) as f64 / 1e9;
+        println!(
+            "CogAgent decode reads {agent_read:.2} GB, prefill {:.1} TFLOP",
+            prefill_flops(&agent, 300) / 1e12
+        );
+        assert!(agent_read > read);
+        Ok(())
+    }
+}
