@@ -188,6 +188,9 @@ impl StopReason {
 pub struct Stats {
     pub checkpoint: String,
     pub prompt_tokens: usize,
+    /// Prompt tokens continued from the conversation's cache (the image and earlier turns), not run again.
+    #[serde(default)]
+    pub reused_tokens: usize,
     pub generated_tokens: usize,
     /// Image encoding plus prompt, in milliseconds.
     pub prefill_ms: f64,

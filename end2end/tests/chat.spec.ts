@@ -49,6 +49,23 @@ test("streams the reference answer token by token (vlm490_chat_chelsea)", async 
   expect(texts[texts.length - 1]).toBe(ref.generated_text);
 });
 
+test("a follow-up about the same image continues from the cache (vlm490_chat_history_chelsea)", async ({ page }) => {
+  const ref = refCase("vlm490_chat_history_chelsea");
+  const chat = new ChatPage(page);
+  await chat.open();
+  await chat.useModel(ref.model);
+  await chat.uploadImage(fixtureImage("chelsea.png"));
+  await chat.setGreedy(4);
+  await chat.ask(ref.history[0][0]);
+  await chat.waitDone();
+  await chat.ask(ref.history[1][0]);
+  const stats = await chat.waitDone();
+  await expect(chat.turns()).toHaveCount(2);
+  // BOS, the 1227 image positions and the first turn come from the cache: only the new question runs.
+  const cached = Number(/\((\d+) cached\)/.exec(stats)?.[1] ?? "0");
+  expect(cached).toBeGreaterThan(ref.first_text_index);
+});
+
 test("Stop ends a long generation within a second; the next question works", async ({ page }) => {
   const chat = new ChatPage(page);
   await chat.open();

@@ -11,6 +11,9 @@ export interface RefCase {
   image_file: string | null;
   generated_text: string;
   generated_ids: number[];
+  history: [string, string][];
+  /** Index of the first text token: BOS and the image come before it. */
+  first_text_index: number;
 }
 
 const cases: RefCase[] = JSON.parse(

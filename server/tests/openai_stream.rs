@@ -57,6 +57,7 @@ impl Backend for Gated {
             let stats = Stats {
                 checkpoint: "gated".into(),
                 prompt_tokens: 5,
+                reused_tokens: 0,
                 generated_tokens: 4,
                 prefill_ms: 1.0,
                 ttft_ms: 1.0,

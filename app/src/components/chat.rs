@@ -207,9 +207,14 @@ pub fn retry(state: AppState) {
 fn stats_line(status: &TurnStatus) -> String {
     match status {
         TurnStatus::Done(s) => format!(
-            "{} · {} prompt tokens · {} new · prefill {:.0} ms · first token {:.0} ms · {:.1} tok/s · {}",
+            "{} · {} prompt tokens{} · {} new · prefill {:.0} ms · first token {:.0} ms · {:.1} tok/s · {}",
             s.checkpoint,
             s.prompt_tokens,
+            if s.reused_tokens > 0 {
+                format!(" ({} cached)", s.reused_tokens)
+            } else {
+                String::new()
+            },
             s.generated_tokens,
             s.prefill_ms,
             s.ttft_ms,

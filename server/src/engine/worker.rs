@@ -429,6 +429,7 @@ fn cancelled_done(checkpoint: &str) -> Event {
         stats: proto::Stats {
             checkpoint: checkpoint.into(),
             prompt_tokens: 0,
+            reused_tokens: 0,
             generated_tokens: 0,
             prefill_ms: 0.0,
             ttft_ms: 0.0,
@@ -699,6 +700,7 @@ fn to_proto_stats(s: &GenerationStats, checkpoint: &str) -> proto::Stats {
     proto::Stats {
         checkpoint: checkpoint.into(),
         prompt_tokens: s.prompt_tokens,
+        reused_tokens: s.reused_tokens,
         generated_tokens: s.generated_tokens,
         prefill_ms: s.prefill_ms,
         ttft_ms: s.ttft_ms,

@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry, HashMap};
 
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
@@ -192,12 +192,15 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
+/// Quantized bytes by (rows, columns, format).
+type SharedBlocks = HashMap<(usize, usize, usize), Vec<u8>>;
+
 /// Builds the language model's linear layers in the requested format and records what it did.
 pub struct Quantizer {
     mode: Quant,
     report: RefCell<QuantReport>,
     /// Random-weight benchmarks: one quantized matrix per (shape, format), its blocks copied to the others.
-    shared_blocks: Option<RefCell<HashMap<(usize, usize, usize), Vec<u8>>>>,
+    shared_blocks: Option<RefCell<SharedBlocks>>,
 }
 
 impl Quantizer {
@@ -247,12 +250,14 @@ impl Quantizer {
             Some(shared) => {
                 let key = (out_dim, in_dim, format as usize);
                 let mut shared = shared.borrow_mut();
-                if !shared.contains_key(&key) {
-                    let w = Self::weight_f32(&vb, in_dim, out_dim)?.to_device(&Device::Cpu)?;
-                    shared.insert(key, QTensor::quantize(&w, format)?.data()?.into_owned());
-                }
-                let storage =
-                    QStorage::from_data(Cow::Borrowed(&shared[&key]), vb.device(), format)?;
+                let blocks = match shared.entry(key) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    Entry::Vacant(e) => {
+                        let w = Self::weight_f32(&vb, in_dim, out_dim)?.to_device(&Device::Cpu)?;
+                        e.insert(QTensor::quantize(&w, format)?.data()?.into_owned())
+                    }
+                };
+                let storage = QStorage::from_data(Cow::Borrowed(blocks), vb.device(), format)?;
                 QTensor::new(storage, (out_dim, in_dim))?
             }
             None => QTensor::quantize(&Self::weight_f32(&vb, in_dim, out_dim)?, format)?,

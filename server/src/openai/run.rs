@@ -148,6 +148,7 @@ mod tests {
         Stats {
             checkpoint: "m".into(),
             prompt_tokens: 10,
+            reused_tokens: 0,
             generated_tokens: generated,
             prefill_ms: 1.0,
             ttft_ms: 1.0,

@@ -309,6 +309,7 @@ impl Meter {
         Stats {
             checkpoint: model.into(),
             prompt_tokens,
+            reused_tokens: 0,
             generated_tokens,
             // The client cannot tell the prefill from the wait for the first token.
             prefill_ms: ttft_ms,
