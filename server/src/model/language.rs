@@ -93,8 +93,14 @@ impl Mlp {
 }
 
 /// cos/sin rows for the (non-contiguous) position ids: the LM's NeoX-style RoPE over the full head dim.
+///
+/// The rows for every position up to the context length are computed once at load, on the device and in the
+/// model dtype (the same f32 arithmetic and final cast as per call), so a decode step takes a view of one row
+/// instead of uploading its position and recomputing.
 pub struct Rotary {
     inv_freq: Tensor, // [1, head_dim / 2] f32
+    cos: Tensor,      // [context, head_dim / 2], model dtype
+    sin: Tensor,
 }
 
 impl Rotary {
@@ -111,18 +117,38 @@ impl Rotary {
                 .collect();
             Tensor::from_vec(v, d / 2, device)?
         };
-        Ok(Self {
-            inv_freq: inv_freq.reshape((1, d / 2))?,
-        })
+        let inv_freq = inv_freq.reshape((1, d / 2))?;
+        let all: Vec<u32> = (0..cfg.max_position_embeddings.max(1) as u32).collect();
+        let (cos, sin) = Self::compute(&inv_freq, &all, vb.dtype())?;
+        Ok(Self { inv_freq, cos, sin })
     }
 
-    pub fn cos_sin(&self, positions: &[u32], dtype: DType) -> Result<(Tensor, Tensor)> {
+    fn compute(inv_freq: &Tensor, positions: &[u32], dtype: DType) -> Result<(Tensor, Tensor)> {
         let p: Vec<f32> = positions.iter().map(|&p| p as f32).collect();
-        let p = Tensor::from_vec(p, (positions.len(), 1), self.inv_freq.device())?;
-        let angles = p.broadcast_mul(&self.inv_freq)?;
+        let p = Tensor::from_vec(p, (positions.len(), 1), inv_freq.device())?;
+        let angles = p.broadcast_mul(inv_freq)?;
         Ok((
             angles.cos()?.to_dtype(dtype)?,
             angles.sin()?.to_dtype(dtype)?,
+        ))
+    }
+
+    pub fn cos_sin(&self, positions: &[u32], dtype: DType) -> Result<(Tensor, Tensor)> {
+        let table = self.cos.dim(0)?;
+        let first = positions.first().copied().unwrap_or(0) as usize;
+        let consecutive = positions.windows(2).all(|w| w[1] == w[0] + 1);
+        if dtype != self.cos.dtype() || positions.iter().any(|&p| p as usize >= table) {
+            return Self::compute(&self.inv_freq, positions, dtype);
+        }
+        if consecutive {
+            // A decode step (or a text-only chunk): a view, nothing uploaded.
+            let n = positions.len();
+            return Ok((self.cos.narrow(0, first, n)?, self.sin.narrow(0, first, n)?));
+        }
+        let idx = Tensor::new(positions, self.cos.device())?;
+        Ok((
+            self.cos.index_select(&idx, 0)?,
+            self.sin.index_select(&idx, 0)?,
         ))
     }
 }
