@@ -18,7 +18,7 @@ chmod +x "$BIN"
 nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$OUT/gpu-mem.csv" 2>/dev/null &
 SMI=$!
 trap 'kill $SMI 2>/dev/null' EXIT
-date -u +"start %FT%TZ" | tee "$OUT/summary.txt"
+date -u +"start %FT%TZ" > "$OUT/summary.txt"
 
 # step NAME SECONDS ARGS...: runs the binary through run-on-gpu.sh (which resolves the CUDA libraries).
 step() {
@@ -29,6 +29,7 @@ step() {
   echo "== $name: exit $rc in $((SECONDS - t0)) s" | tee -a "$OUT/summary.txt"
   grep -E '^\{' "$OUT/$name.log" | tee -a "$OUT/bench.jsonl" >> "$OUT/summary.txt"
   grep -E 'passed, .* failed|^FAIL|^error' "$OUT/$name.log" | head -n 30 >> "$OUT/summary.txt"
+  [ "$rc" = 0 ] || tail -n 5 "$OUT/$name.log" >> "$OUT/summary.txt"
 }
 
 B="bench --random-weights --device cuda --new-tokens 64 --repeat 3"
@@ -39,6 +40,7 @@ step cogagent-bf16 150 $B --config cogagent-18b
 step cogvlm-int4 150 $B --config cogvlm-17b --quant 4
 step cogvlm-int8 150 $B --config cogvlm-17b --quant 8
 kill $SMI 2>/dev/null
-echo "peak GPU memory (MiB, whole card): $(sort -n "$OUT/gpu-mem.csv" | tail -n 1)" | tee -a "$OUT/summary.txt"
-date -u +"end %FT%TZ" | tee -a "$OUT/summary.txt"
+echo "peak GPU memory (MiB, whole card): $(sort -n "$OUT/gpu-mem.csv" | tail -n 1)" >> "$OUT/summary.txt"
+date -u +"end %FT%TZ" >> "$OUT/summary.txt"
+echo "----"
 cat "$OUT/summary.txt"
