@@ -178,15 +178,9 @@ impl SelfAttention {
         })
     }
 
-    fn forward(
-        &self,
-        x: &Tensor,
-        span: &Option<Range<usize>>,
-        cos: &Tensor,
-        sin: &Tensor,
-        kv: &mut KvBuffer,
-    ) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, chunk: &Chunk, kv: &mut KvBuffer) -> Result<Tensor> {
         let (b, l, h) = x.dims3()?;
+        let span = chunk.span;
         let qkv = self.qkv.apply(x, span, |w, x| w.forward(x))?;
         let split = |i: usize| -> Result<Tensor> {
             qkv.narrow(D::Minus1, i * h, h)?
@@ -194,17 +188,12 @@ impl SelfAttention {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = candle_nn::rotary_emb::rope(&split(0)?, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope(&split(1)?, cos, sin)?;
+        let q = candle_nn::rotary_emb::rope(&split(0)?, &chunk.cos, &chunk.sin)?;
+        let k = candle_nn::rotary_emb::rope(&split(1)?, &chunk.cos, &chunk.sin)?;
         let v = split(2)?;
-        let past = kv.len();
         let (k, v) = kv.append(&k, &v)?;
-        let mask = if l > 1 {
-            Some(causal_mask(l, past, x.device())?)
-        } else {
-            None
-        };
-        let ctx = cached_attention(&q, &k, &v, (self.head_dim as f64).powf(-0.5), mask.as_ref())?;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let ctx = cached_attention(&q, &k, &v, scale, chunk.mask.as_ref())?;
         let ctx = ctx.transpose(1, 2)?.reshape((b, l, h))?;
         self.dense.apply(&ctx, span, |w, x| w.forward(x))
     }
@@ -230,13 +219,24 @@ fn cached_attention(
         .matmul(v)
 }
 
-/// Additive causal mask `[L, past + L]` (f32) for a chunk of `L` new tokens after `past` cached ones.
+/// Additive causal mask `[L, past + L]` (f32) for a chunk of `L` new tokens after `past` cached ones, made on
+/// the device (a 1250-token prefill's mask is 6 MB: built on the host and uploaded it cost more than a layer).
 fn causal_mask(l: usize, past: usize, device: &Device) -> Result<Tensor> {
     let total = past + l;
-    let mask: Vec<f32> = (0..l)
-        .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(mask, (l, total), device)
+    let rows = Tensor::arange(past as f32, total as f32, device)?.reshape((l, 1))?;
+    let cols = Tensor::arange(0f32, total as f32, device)?.reshape((1, total))?;
+    let future = cols.broadcast_gt(&rows)?;
+    let blocked = Tensor::full(f32::NEG_INFINITY, (l, total), device)?;
+    future.where_cond(&blocked, &blocked.zeros_like()?)
+}
+
+/// What every layer needs about the chunk being run, made once per forward: the vision expert's span, the
+/// RoPE rows and the causal mask (none for a single token).
+struct Chunk<'a> {
+    span: &'a Option<Range<usize>>,
+    cos: Tensor,
+    sin: Tensor,
+    mask: Option<Tensor>,
 }
 
 struct CrossAttention {
@@ -327,21 +327,11 @@ impl DecoderLayer {
         })
     }
 
-    fn forward(
-        &self,
-        h: &Tensor,
-        span: &Option<Range<usize>>,
-        cos: &Tensor,
-        sin: &Tensor,
-        cache: &mut LayerCache,
-    ) -> Result<Tensor> {
-        let a = self.self_attn.forward(
-            &self.input_layernorm.forward(h)?,
-            span,
-            cos,
-            sin,
-            &mut cache.kv,
-        )?;
+    fn forward(&self, h: &Tensor, chunk: &Chunk, cache: &mut LayerCache) -> Result<Tensor> {
+        let span = chunk.span;
+        let a = self
+            .self_attn
+            .forward(&self.input_layernorm.forward(h)?, chunk, &mut cache.kv)?;
         let mut h = (h + a)?;
         if let Some((norm, cross)) = &self.cross {
             let kv = cache.cross.as_ref().ok_or_else(|| {
@@ -441,12 +431,25 @@ impl LanguageModel {
         mut hidden: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor> {
         let (cos, sin) = self.rotary.cos_sin(positions, embeds.dtype())?;
+        let l = embeds.dim(1)?;
+        let past = cache.first().map_or(0, |c| c.kv.len());
+        let mask = if l > 1 {
+            Some(causal_mask(l, past, embeds.device())?)
+        } else {
+            None
+        };
+        let chunk = Chunk {
+            span,
+            cos,
+            sin,
+            mask,
+        };
         let mut h = embeds.clone();
         for (layer, c) in self.layers.iter().zip(cache.iter_mut()) {
             if let Some(hs) = hidden.as_mut() {
                 hs.push(h.clone());
             }
-            h = layer.forward(&h, span, &cos, &sin, c)?;
+            h = layer.forward(&h, &chunk, c)?;
         }
         let out = self.norm.forward(&h)?;
         if let Some(hs) = hidden.as_mut() {
