@@ -14,7 +14,7 @@ use candle_nn::VarBuilder;
 use super::config::{Config, CrossConfig};
 use super::kv_cache::KvBuffer;
 use super::quant::{QLinear, Quantizer, Role};
-use super::vision::attention;
+use super::vision::{attention, sdpa};
 
 /// RMSNorm as the reference computes it: in f32, weight multiplied in f32, then cast back.
 pub struct RmsNorm {
@@ -193,30 +193,10 @@ impl SelfAttention {
         let v = split(2)?;
         let (k, v) = kv.append(&k, &v)?;
         let scale = (self.head_dim as f64).powf(-0.5);
-        let ctx = cached_attention(&q, &k, &v, scale, chunk.mask.as_ref())?;
+        let ctx = sdpa(&q, &k, &v, scale, chunk.mask.as_ref())?;
         let ctx = ctx.transpose(1, 2)?.reshape((b, l, h))?;
         self.dense.apply(&ctx, span, |w, x| w.forward(x))
     }
-}
-
-/// Self-attention over the cache as the reference's SDPA computes it: both matmuls in the model dtype (cuBLAS
-/// accumulates bf16 in f32, as torch does), scores and softmax in f32. `k`/`v` are views of the cache buffer,
-/// read with strides rather than copied (and not upcast) every step.
-fn cached_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    scale: f64,
-    mask: Option<&Tensor>,
-) -> Result<Tensor> {
-    let dtype = q.dtype();
-    let mut scores = (q * scale)?.matmul(&k.t()?)?.to_dtype(DType::F32)?;
-    if let Some(mask) = mask {
-        scores = scores.broadcast_add(mask)?;
-    }
-    candle_nn::ops::softmax_last_dim(&scores)?
-        .to_dtype(dtype)?
-        .matmul(v)
 }
 
 /// Additive causal mask `[L, past + L]` (f32) for a chunk of `L` new tokens after `past` cached ones, made on
