@@ -16,22 +16,43 @@ use super::kv_cache::KvBuffer;
 use super::quant::{QLinear, Quantizer, Role};
 use super::vision::{attention, sdpa};
 
-/// RMSNorm as the reference computes it: in f32, weight multiplied in f32, then cast back.
+/// RMSNorm as the reference computes it: sum of squares and scale in f32, the weight multiplied in f32, then
+/// cast back.
 pub struct RmsNorm {
-    weight: Tensor, // f32
+    weight: Tensor,
     eps: f32,
+    /// Widen half-precision input to f32 around candle's kernel (see [`norm_kernel_keeps_f32`]).
+    upcast: bool,
+}
+
+/// Whether candle's fused RMSNorm already computes half-precision input in f32 on `device`. Its CUDA kernel does
+/// (f32 sum and scale, the weight widened, one rounding at the end: the reference's arithmetic), so there the
+/// norm is one launch; its CPU kernel rounds the scale and each product to the input dtype, so on the CPU
+/// bf16/f16 input is widened to f32 first (two casts more, which the CPU does not mind).
+fn norm_kernel_keeps_f32(device: &Device) -> bool {
+    device.is_cuda()
 }
 
 impl RmsNorm {
     pub fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get_with_hints_dtype(size, "weight", Default::default(), DType::F32)?;
+        let upcast = vb.dtype() != DType::F32 && !norm_kernel_keeps_f32(vb.device());
+        Self::with_upcast(size, eps, vb, upcast)
+    }
+
+    fn with_upcast(size: usize, eps: f64, vb: VarBuilder, upcast: bool) -> Result<Self> {
+        let dtype = if upcast { DType::F32 } else { vb.dtype() };
+        let weight = vb.get_with_hints_dtype(size, "weight", Default::default(), dtype)?;
         Ok(Self {
             weight,
             eps: eps as f32,
+            upcast,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !self.upcast {
+            return candle_nn::ops::rms_norm(x, &self.weight, self.eps);
+        }
         let dtype = x.dtype();
         candle_nn::ops::rms_norm(&x.to_dtype(DType::F32)?, &self.weight, self.eps)?.to_dtype(dtype)
     }
@@ -71,23 +92,27 @@ impl<T> Experts<T> {
 }
 
 struct Mlp {
-    gate_proj: QLinear,
-    up_proj: QLinear,
+    /// `gate_proj` and `up_proj` stacked: one matmul, then split.
+    gate_up: QLinear,
     down_proj: QLinear,
+    intermediate: usize,
 }
 
 impl Mlp {
     fn new(cfg: &Config, vb: VarBuilder, q: &Quantizer) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let parts = [(i, vb.pp("gate_proj")), (i, vb.pp("up_proj"))];
         Ok(Self {
-            gate_proj: q.linear(h, i, Role::Layer, vb.pp("gate_proj"))?,
-            up_proj: q.linear(h, i, Role::Layer, vb.pp("up_proj"))?,
+            gate_up: q.stacked_linear(h, &parts, Role::Layer)?,
             down_proj: q.linear(i, h, Role::Layer, vb.pp("down_proj"))?,
+            intermediate: i,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = (self.gate_proj.forward(x)?.silu()? * self.up_proj.forward(x)?)?;
+        let gu = self.gate_up.forward(x)?;
+        let i = self.intermediate;
+        let g = (gu.narrow(D::Minus1, 0, i)?.silu()? * gu.narrow(D::Minus1, i, i)?)?;
         self.down_proj.forward(&g)
     }
 }
@@ -182,15 +207,17 @@ impl SelfAttention {
         let (b, l, h) = x.dims3()?;
         let span = chunk.span;
         let qkv = self.qkv.apply(x, span, |w, x| w.forward(x))?;
-        let split = |i: usize| -> Result<Tensor> {
-            qkv.narrow(D::Minus1, i * h, h)?
-                .reshape((b, l, self.heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = candle_nn::rotary_emb::rope(&split(0)?, &chunk.cos, &chunk.sin)?;
-        let k = candle_nn::rotary_emb::rope(&split(1)?, &chunk.cos, &chunk.sin)?;
-        let v = split(2)?;
+        let (heads, d) = (self.heads, self.head_dim);
+        // Queries and keys rotated by one kernel in the `[B, L, heads, d]` layout the projection produces. For a
+        // single token every view below is already contiguous, so a decode step copies nothing here.
+        let qk = qkv
+            .narrow(D::Minus1, 0, 2 * h)?
+            .reshape((b, l, 2 * heads, d))?;
+        let qk = candle_nn::rotary_emb::rope_thd(&qk, &chunk.cos, &chunk.sin)?;
+        let by_head = |t: Tensor| t.transpose(1, 2)?.contiguous();
+        let q = by_head(qk.narrow(2, 0, heads)?)?;
+        let k = by_head(qk.narrow(2, heads, heads)?)?;
+        let v = by_head(qkv.narrow(D::Minus1, 2 * h, h)?.reshape((b, l, heads, d))?)?;
         let (k, v) = kv.append(&k, &v)?;
         let scale = (self.head_dim as f64).powf(-0.5);
         let ctx = sdpa(&q, &k, &v, scale, chunk.mask.as_ref())?;
@@ -441,5 +468,38 @@ impl LanguageModel {
     /// Logits in f32 (as the reference casts them).
     pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
         self.lm_head.forward(h)?.to_dtype(DType::F32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The single-kernel norm (what runs on CUDA, where candle's kernel computes bf16 in f32) and the widened one
+    /// (what runs on the CPU) agree to bf16 precision; in f32 they are the same call.
+    #[test]
+    fn rms_norm_paths_agree() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = (Tensor::randn(0f32, 1.0, 96, &dev)? + 1.0)?;
+        let x = (Tensor::randn(0f32, 1.0, (1, 7, 96), &dev)? * 3.0)?;
+        let vb = VarBuilder::from_tensors([("n.weight".to_string(), w)].into(), DType::BF16, &dev);
+        let direct = RmsNorm::with_upcast(96, 1e-5, vb.pp("n"), false)?;
+        let widened = RmsNorm::with_upcast(96, 1e-5, vb.pp("n"), true)?;
+        let xb = x.to_dtype(DType::BF16)?;
+        let (a, b) = (direct.forward(&xb)?, widened.forward(&xb)?);
+        assert_eq!((a.dtype(), b.dtype()), (DType::BF16, DType::BF16));
+        let (a, b) = (a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?);
+        let rel = ((&a - &b)?.sqr()?.sum_all()?.sqrt()? / b.sqr()?.sum_all()?.sqrt()?)?;
+        let rel = rel.to_scalar::<f32>()?;
+        assert!(rel < 1e-2, "direct vs widened bf16 norm: rel-L2 {rel}");
+        // The CPU widens half precision and nothing else.
+        assert!(RmsNorm::new(96, 1e-5, vb.pp("n"))?.upcast);
+        let vb32 = VarBuilder::from_tensors(
+            [("n.weight".to_string(), Tensor::ones(96, DType::F32, &dev)?)].into(),
+            DType::F32,
+            &dev,
+        );
+        assert!(!RmsNorm::new(96, 1e-5, vb32.pp("n"))?.upcast);
+        Ok(())
     }
 }

@@ -14,7 +14,7 @@ use std::collections::hash_map::{Entry, HashMap};
 
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{linear_no_bias, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
 use super::config::Config;
 use super::weights::expected_tensors;
@@ -238,14 +238,48 @@ impl Quantizer {
         role: Role,
         vb: VarBuilder,
     ) -> Result<QLinear> {
-        if self.mode == Quant::Float {
-            return Ok(QLinear::Float(linear_no_bias(in_dim, out_dim, vb)?));
-        }
-        let name = format!("{}.weight", vb.prefix());
-        let Some(format) = self.mode.format(role, in_dim) else {
-            self.report.borrow_mut().kept_float.push(name);
-            return Ok(QLinear::Float(linear_no_bias(in_dim, out_dim, vb)?));
+        self.stacked_linear(in_dim, &[(out_dim, vb)], role)
+    }
+
+    /// One bias-free linear layer whose output rows are those of `parts` (each `(out_dim, vb)`) in order: the
+    /// MLP's gate and up projections become one matmul, one kernel launch per decode step instead of two.
+    /// Each part is reported under its own name.
+    pub fn stacked_linear(
+        &self,
+        in_dim: usize,
+        parts: &[(usize, VarBuilder)],
+        role: Role,
+    ) -> Result<QLinear> {
+        let out_dim: usize = parts.iter().map(|(o, _)| o).sum();
+        let names = || {
+            parts
+                .iter()
+                .map(|(_, vb)| format!("{}.weight", vb.prefix()))
         };
+        let read = |dtype: DType| -> Result<Tensor> {
+            let w = parts
+                .iter()
+                .map(|(o, vb)| {
+                    vb.get_with_hints_dtype((*o, in_dim), "weight", Default::default(), dtype)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            match w.len() {
+                1 => Ok(w[0].clone()),
+                _ => Tensor::cat(&w, 0),
+            }
+        };
+        let Some((_, vb)) = parts.first() else {
+            candle_core::bail!("a linear layer needs at least one weight");
+        };
+        let float = |dtype| Ok(QLinear::Float(Linear::new(read(dtype)?, None)));
+        if self.mode == Quant::Float {
+            return float(vb.dtype());
+        }
+        let Some(format) = self.mode.format(role, in_dim) else {
+            self.report.borrow_mut().kept_float.extend(names());
+            return float(vb.dtype());
+        };
+        // Read in f32 (not the model dtype) so that a bf16 model's weights are rounded once, by the quantizer.
         let q = match &self.shared_blocks {
             Some(shared) => {
                 let key = (out_dim, in_dim, format as usize);
@@ -253,27 +287,20 @@ impl Quantizer {
                 let blocks = match shared.entry(key) {
                     Entry::Occupied(e) => e.into_mut(),
                     Entry::Vacant(e) => {
-                        let w = Self::weight_f32(&vb, in_dim, out_dim)?.to_device(&Device::Cpu)?;
+                        let w = read(DType::F32)?.to_device(&Device::Cpu)?;
                         e.insert(QTensor::quantize(&w, format)?.data()?.into_owned())
                     }
                 };
                 let storage = QStorage::from_data(Cow::Borrowed(blocks), vb.device(), format)?;
                 QTensor::new(storage, (out_dim, in_dim))?
             }
-            None => QTensor::quantize(&Self::weight_f32(&vb, in_dim, out_dim)?, format)?,
+            None => QTensor::quantize(&read(DType::F32)?, format)?,
         };
         let mut r = self.report.borrow_mut();
         r.replaced_float_bytes += (in_dim * out_dim * vb.dtype().size_in_bytes()) as u64;
         r.quantized_bytes += q.storage_size_in_bytes() as u64;
-        r.quantized.push((name, format));
+        r.quantized.extend(names().map(|n| (n, format)));
         Ok(QLinear::Quant(QMatMul::from_qtensor(q)?))
-    }
-}
-
-impl Quantizer {
-    /// Read in f32 (not the model dtype) so that a bf16 model's weights are rounded once, by the quantizer.
-    fn weight_f32(vb: &VarBuilder, in_dim: usize, out_dim: usize) -> Result<Tensor> {
-        vb.get_with_hints_dtype((out_dim, in_dim), "weight", Default::default(), DType::F32)
     }
 }
 
@@ -288,14 +315,10 @@ impl Module for QLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::Float(l) => l.forward(x),
-            Self::Quant(m) => {
-                // QMatMul needs contiguous input; f32 activations take the one path every backend has (CPU
-                // widens bf16 itself, CUDA's fallback kernel reads f32 only), and the result goes back to the
-                // model dtype.
-                let dtype = x.dtype();
-                m.forward(&x.to_dtype(DType::F32)?.contiguous()?)?
-                    .to_dtype(dtype)
-            }
+            // QMatMul takes f32, f16 and bf16 activations and answers in their dtype: candle's CUDA MMVQ/MMQ
+            // kernels quantize them to q8_1 whatever their float type, and its CPU path widens bf16 once. So no
+            // casts around it: at decode each would be a kernel launch per matmul.
+            Self::Quant(m) => m.forward(&x.contiguous()?),
         }
     }
 }
@@ -303,7 +326,7 @@ impl Module for QLinear {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{Device, D};
 
     fn rel_l2(a: &Tensor, b: &Tensor) -> f32 {
         let num = (a - b).unwrap().sqr().unwrap().sum_all().unwrap();
@@ -356,6 +379,50 @@ mod tests {
             errs.push(err);
         }
         assert!(errs[0] < errs[1], "Q8 {} vs Q4 {}", errs[0], errs[1]);
+        Ok(())
+    }
+
+    /// Gate and up projections stacked into one matrix answer what the two separate layers answer, side by side,
+    /// float and quantized (blocks run along the rows' inner dim, so stacking rows changes no block), and each
+    /// part is reported under its own name.
+    #[test]
+    fn stacked_linear_equals_its_parts() -> Result<()> {
+        let dev = Device::Cpu;
+        let gate = (Tensor::randn(0f32, 1.0, (64, 256), &dev)? / 16.0)?;
+        let up = (Tensor::randn(0f32, 1.0, (64, 256), &dev)? / 16.0)?;
+        let vb = VarBuilder::from_tensors(
+            [
+                ("m.gate_proj.weight".to_string(), gate),
+                ("m.up_proj.weight".to_string(), up),
+            ]
+            .into(),
+            DType::F32,
+            &dev,
+        );
+        let x = Tensor::randn(0f32, 1.0, (1, 5, 256), &dev)?;
+        for mode in [Quant::Float, Quant::Q8, Quant::Q4] {
+            let q = Quantizer::new(mode);
+            let parts = [(64, vb.pp("m.gate_proj")), (64, vb.pp("m.up_proj"))];
+            let both = q.stacked_linear(256, &parts, Role::Layer)?.forward(&x)?;
+            let apart = Tensor::cat(
+                &[
+                    q.linear(256, 64, Role::Layer, vb.pp("m.gate_proj"))?
+                        .forward(&x)?,
+                    q.linear(256, 64, Role::Layer, vb.pp("m.up_proj"))?
+                        .forward(&x)?,
+                ],
+                D::Minus1,
+            )?;
+            assert_eq!(both.dims(), &[1, 5, 128]);
+            let diff = (&both - &apart)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-5, "{mode}: stacked differs from parts by {diff}");
+            let report = q.into_report();
+            if mode != Quant::Float {
+                let names: Vec<&str> = report.quantized.iter().map(|(n, _)| n.as_str()).collect();
+                assert_eq!(&names[..2], ["m.gate_proj.weight", "m.up_proj.weight"]);
+                assert_eq!(report.quantized.len(), 4);
+            }
+        }
         Ok(())
     }
 
