@@ -28,6 +28,11 @@ pub(crate) fn sdpa(
 
 /// [`sdpa`] entirely in f32, for the vision towers and the cross-attention: with bf16 matmuls the 224 px
 /// fixture's vision output moved from 2.17e-2 to 2.28e-2 of f32 (bf16 parity on CPU).
+///
+/// When the inputs are half precision, cuBLAS may run these f32 matmuls on TF32 tensor cores: a bf16 or f16
+/// value widens exactly into TF32's 10-bit mantissa and the sums stay f32, so the scores are as exact as in full
+/// f32 (only the softmax weights are rounded, to 2⁻¹¹, finer than the bf16 output) at several times the speed.
+/// An f32 model's attention keeps full f32.
 pub(crate) fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -36,7 +41,12 @@ pub(crate) fn attention(
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
     let f32 = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
-    sdpa(&f32(q)?, &f32(k)?, &f32(v)?, scale, mask)?.to_dtype(q.dtype())
+    let (q32, k32, v32) = (f32(q)?, f32(k)?, f32(v)?);
+    let before = candle_core::cuda::gemm_reduced_precision_f32();
+    candle_core::cuda::set_gemm_reduced_precision_f32(before || q.dtype() != DType::F32);
+    let out = sdpa(&q32, &k32, &v32, scale, mask);
+    candle_core::cuda::set_gemm_reduced_precision_f32(before);
+    out?.to_dtype(q.dtype())
 }
 
 /// Conv2d with kernel = stride = patch and no padding, written as patchify + matmul (exact, and much faster
