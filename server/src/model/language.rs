@@ -357,7 +357,11 @@ impl DecoderLayer {
 /// Everything under `model.` except the vision towers, plus `lm_head`. The token embeddings stay float (a row
 /// gather, no matmul to speed up); every linear layer follows the quantizer.
 pub struct LanguageModel {
-    embed_tokens: candle_nn::Embedding,
+    /// `[vocab, hidden]`, in host memory when the model is on a GPU: a lookup gathers its rows there and uploads
+    /// them (8 KB per decode step, where the ids would have been uploaded anyway), and the table's 262 MB of
+    /// device memory stay free.
+    embed_tokens: Tensor,
+    device: Device,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: QLinear,
@@ -371,12 +375,16 @@ impl LanguageModel {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::new(cfg, m.pp("layers").pp(i), q))
             .collect::<Result<_>>()?;
+        let embed_tokens = m
+            .pp("embed_tokens")
+            .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+        let embed_tokens = match vb.device() {
+            Device::Cpu => embed_tokens,
+            _ => embed_tokens.to_device(&Device::Cpu)?,
+        };
         Ok(Self {
-            embed_tokens: candle_nn::embedding(
-                cfg.vocab_size,
-                cfg.hidden_size,
-                m.pp("embed_tokens"),
-            )?,
+            embed_tokens,
+            device: vb.device().clone(),
             layers,
             norm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?,
             lm_head: q.linear(
@@ -422,8 +430,13 @@ impl LanguageModel {
         Ok(())
     }
 
-    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        self.embed_tokens.forward(ids)
+    /// Token ids → `[1, L, hidden]` on the model's device.
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        let idx = Tensor::new(ids, self.embed_tokens.device())?;
+        self.embed_tokens
+            .index_select(&idx, 0)?
+            .to_device(&self.device)?
+            .unsqueeze(0)
     }
 
     /// Runs the decoder over `embeds` `[B, L, H]` (appending to `cache`) and returns the final-normed hidden

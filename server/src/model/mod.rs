@@ -82,7 +82,7 @@ impl CogVlm {
 
     /// As [`Self::new_quantized`] with a given quantizer (the benchmark's shared random blocks).
     pub fn with_quantizer(cfg: &Config, vb: VarBuilder, q: Quantizer) -> Result<Self> {
-        let vision = VisionModel::new(cfg, vb.pp("model").pp("vision"))?;
+        let vision = VisionModel::new(cfg, vb.pp("model").pp("vision"), &q)?;
         let cross_vision = match cfg.cross() {
             Some(c) => Some(CrossVisionModel::new(
                 &c,
@@ -195,8 +195,7 @@ impl CogVlm {
                 candle_core::bail!("CogAgent's cache has no cross-encoder keys to continue from");
             }
         }
-        let ids = Tensor::new(&prompt.input_ids[start..], &self.device)?.unsqueeze(0)?;
-        let mut embeds = self.lm.embed(&ids)?;
+        let mut embeds = self.lm.embed(&prompt.input_ids[start..])?;
         let span = prompt.image_span.as_ref().filter(|s| s.end > start);
         match (span, image) {
             (Some(span), _) if span.start < start => {
@@ -250,8 +249,7 @@ impl CogVlm {
             candle_core::bail!("a decode step needs a prefilled cache");
         }
         let position = cache.last_position() + 1;
-        let ids = Tensor::new(&[token], &self.device)?.unsqueeze(0)?;
-        let embeds = self.lm.embed(&ids)?;
+        let embeds = self.lm.embed(&[token])?;
         let h = self
             .lm
             .forward_embeds(&embeds, &None, &[position], &mut cache.layers, None)?;
