@@ -38,6 +38,7 @@ step parity-bf16 120 parity --fixtures server/fixtures --device cuda --dtype bf1
 step parity-f32 120 parity --fixtures server/fixtures --device cuda --dtype f32
 step cogagent-bf16 150 $B --config cogagent-18b
 step cogvlm-int4 150 $B --config cogvlm-17b --quant 4
+step cogvlm-int4-vision 150 $B --config cogvlm-17b --quant 4 --quant-vision
 step cogvlm-int8 150 $B --config cogvlm-17b --quant 8
 kill $SMI 2>/dev/null
 echo "peak GPU memory (MiB, whole card): $(sort -n "$OUT/gpu-mem.csv" | tail -n 1)" >> "$OUT/summary.txt"

@@ -28,6 +28,9 @@ struct DeviceArgs {
     /// 8 or 4: int8 (Q8_0) / int4 (Q4K) weights for the language model; the vision towers stay float
     #[arg(long, default_value = "none")]
     quant: Quant,
+    /// With --quant: the EVA2-CLIP vision tower's linear layers in the same format (CogVLM int4 in ~10 GB)
+    #[arg(long, requires = "quant")]
+    quant_vision: bool,
 }
 
 #[derive(clap::Args, Clone)]
@@ -124,6 +127,9 @@ enum Command {
         /// 8 or 4: quantized language model, compared within the quantization's tolerance
         #[arg(long, default_value = "none")]
         quant: Quant,
+        /// With --quant: the vision tower quantized too, compared within its own tolerance
+        #[arg(long, requires = "quant")]
+        quant_vision: bool,
     },
     /// Time to first token, decode tokens/s and peak memory as one JSON line.
     Bench {
@@ -165,6 +171,7 @@ fn main() {
                 device: s.dev.device,
                 dtype: s.dev.dtype,
                 quant: s.dev.quant,
+                quant_vision: s.dev.quant_vision,
                 share: s.share,
                 token: s.token,
                 limits: cogvlm::engine::Limits {
@@ -186,7 +193,8 @@ fn main() {
             device,
             dtype,
             quant,
-        } => parity(fixtures, case, device, dtype, quant),
+            quant_vision,
+        } => parity(fixtures, case, device, dtype, quant, quant_vision),
         Command::Bench {
             model,
             config,
@@ -202,6 +210,7 @@ fn main() {
                 device: dev.device,
                 dtype: dev.dtype,
                 quant: dev.quant,
+                quant_vision: dev.quant_vision,
                 new_tokens,
                 repeat,
                 tokenizer,
@@ -261,6 +270,7 @@ fn main() {
                 dtype: dev.dtype,
                 tokenizer,
                 quant: dev.quant,
+                quant_vision: dev.quant_vision,
             };
             chat(model, image, version, sampling, opts)
         }
@@ -277,12 +287,14 @@ fn parity(
     device: String,
     dtype: Option<String>,
     quant: Quant,
+    quant_vision: bool,
 ) -> anyhow::Result<()> {
     let (passed, failed) = cogvlm::parity::run_all(
         &fixtures,
         &device,
         dtype.as_deref(),
         quant,
+        quant_vision,
         case.as_deref(),
         &mut |c| println!("{c}"),
     )?;

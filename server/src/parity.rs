@@ -167,6 +167,7 @@ pub struct Runner {
     device_name: String,
     dtype: DType,
     quant: Quant,
+    quant_vision: bool,
     pipelines: HashMap<String, Pipeline>,
 }
 
@@ -186,13 +187,16 @@ impl Runner {
             device_name: device.to_string(),
             dtype,
             quant: Quant::Float,
+            quant_vision: false,
             pipelines: HashMap::new(),
         })
     }
 
-    /// Loads the models with a quantized language model; its checks use [`Quant::logit_tolerance`].
-    pub fn with_quant(mut self, quant: Quant) -> Self {
+    /// Loads the models with a quantized language model (and vision tower, when `vision`); its checks use
+    /// [`Quant::logit_tolerance`] (and [`Quant::vision_tolerance`]).
+    pub fn with_quant(mut self, quant: Quant, vision: bool) -> Self {
         self.quant = quant;
+        self.quant_vision = vision && quant != Quant::Float;
         self
     }
 
@@ -222,6 +226,7 @@ impl Runner {
                 dtype: Some(dtype_name(self.dtype).to_string()),
                 tokenizer: tok.is_file().then_some(tok),
                 quant: self.quant,
+                quant_vision: self.quant_vision,
             };
             let p = Pipeline::load(&dir, &opts, &mut |_, _| {})?;
             self.pipelines.insert(model_dir.to_string(), p);
@@ -295,10 +300,14 @@ impl Runner {
     }
 
     fn case_inner(&mut self, case: &Value, rec: &mut Recorder) -> anyhow::Result<()> {
-        // The vision towers are never quantized; everything after them is compared within the looser of the
-        // dtype's and the quantization's tolerance.
-        let vtol = rel_tolerance(self.dtype);
+        // The vision towers are compared within the dtype's tolerance, or the quantization's when they are
+        // quantized too; everything after them within the looser of that and the language model's.
+        let mut vtol = rel_tolerance(self.dtype);
+        if self.quant_vision {
+            vtol = vtol.max(self.quant.vision_tolerance());
+        }
         let tol = vtol.max(self.quant.logit_tolerance());
+        let quant_vision = self.quant_vision;
         let exact = self.dtype == DType::F32 && self.quant == Quant::Float;
         let tie = near_tie(self.quant);
         let dir = self.dir.clone();
@@ -498,14 +507,30 @@ impl Runner {
             let idx = Tensor::new(want_argmax.as_slice(), &Device::Cpu)?.unsqueeze(1)?;
             let at_ref: Vec<f32> = logits.gather(&idx, 1)?.squeeze(1)?.to_vec1()?;
             let ours_max: Vec<f32> = logits.max_keepdim(1)?.squeeze(1)?.to_vec1()?;
-            let gaps: Vec<f32> = at_ref.iter().zip(&ours_max).map(|(r, m)| m - r).collect();
+            // With the vision tower quantized the image positions' logits follow its (looser) output: only
+            // the text positions are judged.
+            let judged: Vec<bool> = mask.iter().map(|&m| !quant_vision || m == 0).collect();
+            let gaps: Vec<f32> = at_ref
+                .iter()
+                .zip(&ours_max)
+                .zip(&judged)
+                .map(|((r, m), &j)| if j { m - r } else { 0.0 })
+                .collect();
             let hard = gaps.iter().filter(|&&g| g > tie).count();
             let widest = gaps.iter().copied().fold(0f32, f32::max);
+            let scope = if quant_vision {
+                format!(
+                    " at the {} text positions",
+                    judged.iter().filter(|&&j| j).count()
+                )
+            } else {
+                String::new()
+            };
             rec.check(
                 "logits_argmax",
                 hard == 0,
                 format!(
-                    "{flips}/{l} positions differ, {hard} by more than a near-tie ({tie}; widest {widest:.3})"
+                    "{flips}/{l} positions differ, {hard}{scope} by more than a near-tie ({tie}; widest {widest:.3})"
                 ),
             );
         }
@@ -628,10 +653,11 @@ pub fn run_all(
     device: &str,
     dtype: Option<&str>,
     quant: Quant,
+    quant_vision: bool,
     filter: Option<&str>,
     sink: &mut dyn FnMut(&Check),
 ) -> anyhow::Result<(usize, usize)> {
-    let mut runner = Runner::new(dir, device, dtype)?.with_quant(quant);
+    let mut runner = Runner::new(dir, device, dtype)?.with_quant(quant, quant_vision);
     let mut all = runner.tokenizer_checks(sink)?;
     for case in runner.cases()? {
         let id = case.get("id").and_then(|v| v.as_str()).unwrap_or("");

@@ -16,6 +16,7 @@ use crate::model::preprocess;
 use crate::model::prompt::{prompt_text, PromptInput};
 pub use crate::model::prompt::{ModelKind, PromptVersion};
 pub use crate::model::quant::Quant;
+use crate::model::quant::Quantizer;
 use crate::model::weights::{Checkpoint, ProgressBackend};
 use crate::model::{Cache, CogVlm};
 use crate::sampling::Sampler;
@@ -90,6 +91,8 @@ pub struct LoadOptions {
     pub tokenizer: Option<PathBuf>,
     /// int8 / int4 weights for the language model (default: float).
     pub quant: Quant,
+    /// With `quant`, the vision tower's and adapter's linear layers in the same format.
+    pub quant_vision: bool,
 }
 
 pub fn parse_device(s: &str) -> anyhow::Result<Device> {
@@ -252,7 +255,8 @@ impl Pipeline {
         let ck = Checkpoint::open(dir, &cfg)?;
         let vb =
             VarBuilder::from_backend(Box::new(ProgressBackend::new(ck, progress)), dtype, device);
-        let model = CogVlm::new_quantized(&cfg, vb, opts.quant)
+        let quantizer = Quantizer::new(opts.quant).with_vision(opts.quant_vision);
+        let model = CogVlm::with_quantizer(&cfg, vb, quantizer)
             .with_context(|| format!("cannot build the model from {}", dir.display()))?;
         Ok(Self {
             model,

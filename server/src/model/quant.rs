@@ -1,5 +1,7 @@
 //! Weight quantization of the language model (`--quant 8|4`): candle's ggml block formats through `QMatMul`,
-//! on CPU and CUDA alike. The vision towers and the token embeddings stay in the model's float dtype.
+//! on CPU and CUDA alike. The token embeddings stay in the model's float dtype, and so do the vision towers
+//! unless `--quant-vision` asks for the EVA2-CLIP tower's and its adapter's linear layers in the same format
+//! (they are 4.4 B of CogVLM's 17 B parameters: in bf16 they alone take 8.8 GB, which puts int4 over 10 GB).
 //!
 //! A matrix is quantized along its inner (input) dimension in blocks, so one whose inner dim is not a multiple of
 //! the block size cannot be; it stays float and its name is reported. Choices per mode:
@@ -66,6 +68,16 @@ impl Quant {
         }
     }
 
+    /// The rel-L2 distance to f32 that the vision tower's output is tested to stay within when `--quant-vision`
+    /// quantizes it too (f32 activations; measured values are in the README).
+    pub fn vision_tolerance(self) -> f64 {
+        match self {
+            Self::Float => 0.0,
+            Self::Q8 => 5e-2,
+            Self::Q4 => 5e-1,
+        }
+    }
+
     /// The logit gap (logits of magnitude ~10) below which this mode may legitimately swap two tokens.
     pub fn near_tie(self) -> f32 {
         match self {
@@ -83,6 +95,8 @@ pub enum Role {
     Layer,
     /// The output projection to the vocabulary.
     LmHead,
+    /// The EVA2-CLIP tower's and the GLU adapter's matrices: quantized only with `--quant-vision`.
+    Vision,
 }
 
 impl Quant {
@@ -92,7 +106,9 @@ impl Quant {
         match (self, role) {
             (Self::Float, _) => None,
             (Self::Q8, _) | (Self::Q4, Role::LmHead) => fits(GgmlDType::Q8_0),
-            (Self::Q4, Role::Layer) => fits(GgmlDType::Q4K).or_else(|| fits(GgmlDType::Q4_0)),
+            (Self::Q4, Role::Layer | Role::Vision) => {
+                fits(GgmlDType::Q4K).or_else(|| fits(GgmlDType::Q4_0))
+            }
         }
     }
 }
@@ -143,17 +159,18 @@ impl QuantReport {
     }
 }
 
-/// Bytes of every checkpoint parameter as held after loading with `quant`, from the config alone (the bench's
-/// memory check before building a full-size model). Every 2-D tensor under `model.layers.` is a linear layer.
-pub fn estimated_weight_bytes(cfg: &Config, dtype: DType, quant: Quant) -> u64 {
-    estimated_bytes(cfg, dtype, quant, |_| true)
+/// Bytes of every checkpoint parameter as held after loading with `quant` (and the vision tower quantized too
+/// when `vision`), from the config alone (the bench's memory check before building a full-size model). Every
+/// 2-D tensor under `model.layers.`, the tower's layers and its adapter is a linear layer.
+pub fn estimated_weight_bytes(cfg: &Config, dtype: DType, quant: Quant, vision: bool) -> u64 {
+    estimated_bytes(cfg, dtype, quant, vision, |_| true)
 }
 
 /// Bytes of weights one decode step reads: the language expert of every layer, CogAgent's cross-attention query
 /// and output (its keys/values over the image are cached), the norms and `lm_head`; not the vision expert, the
 /// towers or the embedding table (one row). At full size this sets the decode floor: bytes ÷ memory bandwidth.
 pub fn decode_read_bytes(cfg: &Config, dtype: DType, quant: Quant) -> u64 {
-    estimated_bytes(cfg, dtype, quant, |name| {
+    estimated_bytes(cfg, dtype, quant, false, |name| {
         name == "lm_head.weight"
             || name == "model.norm.weight"
             || (name.starts_with("model.layers.")
@@ -164,7 +181,13 @@ pub fn decode_read_bytes(cfg: &Config, dtype: DType, quant: Quant) -> u64 {
     })
 }
 
-fn estimated_bytes(cfg: &Config, dtype: DType, quant: Quant, keep: impl Fn(&str) -> bool) -> u64 {
+fn estimated_bytes(
+    cfg: &Config,
+    dtype: DType,
+    quant: Quant,
+    vision: bool,
+    keep: impl Fn(&str) -> bool,
+) -> u64 {
     expected_tensors(cfg)
         .iter()
         .filter(|(name, _)| keep(name))
@@ -173,6 +196,7 @@ fn estimated_bytes(cfg: &Config, dtype: DType, quant: Quant, keep: impl Fn(&str)
             let role = match name.as_str() {
                 "lm_head.weight" => Some(Role::LmHead),
                 _ if name.starts_with("model.layers.") && shape.len() == 2 => Some(Role::Layer),
+                _ if vision && is_vision_linear(name) && shape.len() == 2 => Some(Role::Vision),
                 _ => None,
             };
             match role.and_then(|r| quant.format(r, shape[1])) {
@@ -181,6 +205,13 @@ fn estimated_bytes(cfg: &Config, dtype: DType, quant: Quant, keep: impl Fn(&str)
             }
         })
         .sum::<usize>() as u64
+}
+
+/// The EVA2-CLIP tower's and the GLU adapter's linear layers (not the patch, position or CLS embeddings, nor
+/// CogAgent's cross tower).
+fn is_vision_linear(name: &str) -> bool {
+    name.starts_with("model.vision.transformer.layers.")
+        || name.starts_with("model.vision.linear_proj.")
 }
 
 /// `12.3 MiB` (or KiB for the tiny test models).
@@ -198,6 +229,8 @@ type SharedBlocks = HashMap<(usize, usize, usize), Vec<u8>>;
 /// Builds the language model's linear layers in the requested format and records what it did.
 pub struct Quantizer {
     mode: Quant,
+    /// Quantize [`Role::Vision`] matrices too.
+    vision: bool,
     report: RefCell<QuantReport>,
     /// Random-weight benchmarks: one quantized matrix per (shape, format), its blocks copied to the others.
     shared_blocks: Option<RefCell<SharedBlocks>>,
@@ -207,6 +240,7 @@ impl Quantizer {
     pub fn new(mode: Quant) -> Self {
         Self {
             mode,
+            vision: false,
             report: RefCell::new(QuantReport {
                 mode,
                 ..Default::default()
@@ -224,6 +258,12 @@ impl Quantizer {
             shared_blocks: Some(RefCell::new(HashMap::new())),
             ..Self::new(mode)
         }
+    }
+
+    /// Quantizes the vision tower's and adapter's linear layers as well (`--quant-vision`).
+    pub fn with_vision(mut self, vision: bool) -> Self {
+        self.vision = vision;
+        self
     }
 
     pub fn into_report(self) -> QuantReport {
@@ -272,7 +312,7 @@ impl Quantizer {
             candle_core::bail!("a linear layer needs at least one weight");
         };
         let float = |dtype| Ok(QLinear::Float(Linear::new(read(dtype)?, None)));
-        if self.mode == Quant::Float {
+        if self.mode == Quant::Float || (role == Role::Vision && !self.vision) {
             return float(vb.dtype());
         }
         let Some(format) = self.mode.format(role, in_dim) else {
@@ -300,15 +340,35 @@ impl Quantizer {
         r.replaced_float_bytes += (in_dim * out_dim * vb.dtype().size_in_bytes()) as u64;
         r.quantized_bytes += q.storage_size_in_bytes() as u64;
         r.quantized.extend(names().map(|n| (n, format)));
-        Ok(QLinear::Quant(QMatMul::from_qtensor(q)?))
+        Ok(QLinear::Quant(QMatMul::from_qtensor(q)?, None))
+    }
+
+    /// A vision-tower linear `in_dim → out_dim` (with `vb`'s `bias` when `bias`): float unless the quantizer
+    /// was made [`Self::with_vision`]; the bias stays in the model dtype.
+    pub fn vision_linear(
+        &self,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        vb: VarBuilder,
+    ) -> Result<QLinear> {
+        let lin = self.stacked_linear(in_dim, &[(out_dim, vb.clone())], Role::Vision)?;
+        if !bias {
+            return Ok(lin);
+        }
+        let b = vb.get(out_dim, "bias")?;
+        Ok(match lin {
+            QLinear::Float(l) => QLinear::Float(Linear::new(l.weight().clone(), Some(b))),
+            QLinear::Quant(m, _) => QLinear::Quant(m, Some(b)),
+        })
     }
 }
 
-/// A bias-free linear layer: float weights or a quantized matrix.
+/// A linear layer: float weights, or a quantized matrix and an optional float bias.
 #[derive(Debug, Clone)]
 pub enum QLinear {
     Float(Linear),
-    Quant(QMatMul),
+    Quant(QMatMul, Option<Tensor>),
 }
 
 impl Module for QLinear {
@@ -318,7 +378,13 @@ impl Module for QLinear {
             // QMatMul takes f32, f16 and bf16 activations and answers in their dtype: candle's CUDA MMVQ/MMQ
             // kernels quantize them to q8_1 whatever their float type, and its CPU path widens bf16 once. So no
             // casts around it: at decode each would be a kernel launch per matmul.
-            Self::Quant(m) => m.forward(&x.contiguous()?),
+            Self::Quant(m, bias) => {
+                let y = m.forward(&x.contiguous()?)?;
+                match bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            }
         }
     }
 }
@@ -366,7 +432,7 @@ mod tests {
             );
             let q = Quantizer::new(mode);
             let lin = q.linear(512, 256, Role::Layer, vb.pp("p"))?;
-            assert!(matches!(lin, QLinear::Quant(_)));
+            assert!(matches!(lin, QLinear::Quant(..)));
             let report = q.into_report();
             assert_eq!(report.kept_float, Vec::<String>::new());
             assert!(report.quantized_bytes * 3 < report.replaced_float_bytes);

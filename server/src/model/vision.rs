@@ -2,9 +2,10 @@
 //! (`visual.py` of the HF remote code; tensors under `model.vision.`).
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{layer_norm, linear, linear_no_bias, LayerNorm, Linear, VarBuilder};
+use candle_nn::{layer_norm, LayerNorm, VarBuilder};
 
 use super::config::{Config, VisionConfig};
+use super::quant::{QLinear, Quantizer};
 
 /// Softmax attention over `[B, H, N, d]` tensors, `softmax((q·scale)·kᵀ + mask)·v`, with the matmuls in the
 /// inputs' dtype (cuBLAS accumulates bf16 in f32, as torch's SDPA does) and the scores and softmax in f32. The
@@ -85,18 +86,18 @@ impl PatchEmbed {
 }
 
 struct Attention {
-    qkv: Linear,
-    dense: Linear,
+    qkv: QLinear,
+    dense: QLinear,
     heads: usize,
     head_dim: usize,
 }
 
 impl Attention {
-    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &VisionConfig, vb: VarBuilder, q: &Quantizer) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
-            qkv: linear(h, 3 * h, vb.pp("query_key_value"))?,
-            dense: linear(h, h, vb.pp("dense"))?,
+            qkv: q.vision_linear(h, 3 * h, true, vb.pp("query_key_value"))?,
+            dense: q.vision_linear(h, h, true, vb.pp("dense"))?,
             heads: cfg.num_heads,
             head_dim: cfg.head_dim(),
         })
@@ -117,8 +118,8 @@ impl Attention {
 }
 
 struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
+    fc1: QLinear,
+    fc2: QLinear,
 }
 
 impl Mlp {
@@ -137,14 +138,14 @@ struct Layer {
 }
 
 impl Layer {
-    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
-        let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+    fn new(cfg: &VisionConfig, vb: VarBuilder, q: &Quantizer) -> Result<Self> {
+        let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
         Ok(Self {
-            attn: Attention::new(cfg, vb.pp("attention"))?,
+            attn: Attention::new(cfg, vb.pp("attention"), q)?,
             ln_in: layer_norm(h, eps, vb.pp("input_layernorm"))?,
             mlp: Mlp {
-                fc1: linear(h, cfg.intermediate_size, vb.pp("mlp").pp("fc1"))?,
-                fc2: linear(cfg.intermediate_size, h, vb.pp("mlp").pp("fc2"))?,
+                fc1: q.vision_linear(h, i, true, vb.pp("mlp").pp("fc1"))?,
+                fc2: q.vision_linear(i, h, true, vb.pp("mlp").pp("fc2"))?,
             },
             ln_post: layer_norm(h, eps, vb.pp("post_attention_layernorm"))?,
         })
@@ -158,22 +159,22 @@ impl Layer {
 
 /// The "GLU" adapter: Linear → LayerNorm(eps 1e-5) → GELU → SwiGLU → Linear.
 struct Glu {
-    linear_proj: Linear,
+    linear_proj: QLinear,
     norm1: LayerNorm,
-    gate_proj: Linear,
-    dense_h_to_4h: Linear,
-    dense_4h_to_h: Linear,
+    gate_proj: QLinear,
+    dense_h_to_4h: QLinear,
+    dense_4h_to_h: QLinear,
 }
 
 impl Glu {
-    fn new(in_features: usize, cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    fn new(in_features: usize, cfg: &Config, vb: VarBuilder, q: &Quantizer) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            linear_proj: linear_no_bias(in_features, h, vb.pp("linear_proj"))?,
+            linear_proj: q.vision_linear(in_features, h, false, vb.pp("linear_proj"))?,
             norm1: layer_norm(h, 1e-5, vb.pp("norm1"))?,
-            gate_proj: linear_no_bias(h, i, vb.pp("gate_proj"))?,
-            dense_h_to_4h: linear_no_bias(h, i, vb.pp("dense_h_to_4h"))?,
-            dense_4h_to_h: linear_no_bias(i, h, vb.pp("dense_4h_to_h"))?,
+            gate_proj: q.vision_linear(h, i, false, vb.pp("gate_proj"))?,
+            dense_h_to_4h: q.vision_linear(h, i, false, vb.pp("dense_h_to_4h"))?,
+            dense_4h_to_h: q.vision_linear(i, h, false, vb.pp("dense_4h_to_h"))?,
         })
     }
 
@@ -199,11 +200,12 @@ pub struct VisionModel {
 }
 
 impl VisionModel {
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    /// Linear layers follow `q` ([`Quantizer::vision_linear`]: float unless `--quant-vision`).
+    pub fn new(cfg: &Config, vb: VarBuilder, q: &Quantizer) -> Result<Self> {
         let v = &cfg.vision_config;
         let pe = vb.pp("patch_embedding");
         let layers = (0..v.num_hidden_layers)
-            .map(|i| Layer::new(v, vb.pp("transformer").pp("layers").pp(i)))
+            .map(|i| Layer::new(v, vb.pp("transformer").pp("layers").pp(i), q))
             .collect::<Result<_>>()?;
         let extra_pos = if cfg.is_cogagent() {
             Some(vb.get((v.num_patches(), v.hidden_size), "pos_embed")?)
@@ -224,7 +226,7 @@ impl VisionModel {
             )?,
             layers,
             extra_pos,
-            glu: Glu::new(v.hidden_size, cfg, vb.pp("linear_proj"))?,
+            glu: Glu::new(v.hidden_size, cfg, vb.pp("linear_proj"), q)?,
             boi: vb.get((1, 1, cfg.hidden_size), "boi")?,
             eoi: vb.get((1, 1, cfg.hidden_size), "eoi")?,
         })

@@ -36,6 +36,8 @@ pub struct ServeArgs {
     pub dtype: Option<String>,
     /// int8 / int4 language-model weights.
     pub quant: crate::pipeline::Quant,
+    /// With `quant`: the vision tower's linear layers too.
+    pub quant_vision: bool,
     /// Bind every interface and require an access token (`token`, or a generated one).
     pub share: bool,
     /// The access token; `None` with `share` (or a non-loopback host): a random one.
@@ -55,6 +57,7 @@ impl Default for ServeArgs {
             device: "cpu".into(),
             dtype: None,
             quant: Default::default(),
+            quant_vision: false,
             share: false,
             token: None,
             limits: Limits::default(),
@@ -239,6 +242,7 @@ async fn run(args: ServeArgs) -> Result<()> {
                 dtype: args.dtype.clone(),
                 tokenizer: None,
                 quant: args.quant,
+                quant_vision: args.quant_vision,
             },
             limits: args.limits.clone(),
             fairness: args.fairness.clone(),

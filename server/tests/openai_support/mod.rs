@@ -91,7 +91,7 @@ pub async fn start_local() -> SocketAddr {
         device: "cpu".into(),
         dtype: None,
         tokenizer: None,
-        quant: Default::default(),
+        ..Default::default()
     };
     serve(Arc::new(
         EngineHandle::start(registry, opts, Some(MODEL)).unwrap(),
