@@ -9,6 +9,7 @@ pub mod parity;
 pub mod pipeline;
 pub mod remote;
 pub mod sampling;
+pub mod terminal;
 pub mod text_stream;
 pub mod web;
 

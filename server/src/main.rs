@@ -1,6 +1,5 @@
 //! `cogvlm`: chat with a CogVLM / CogAgent checkpoint, check it against reference fixtures, benchmark it.
 
-use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -8,6 +7,7 @@ use clap::{Parser, Subcommand};
 use cogvlm::pipeline::{
     ChatRequest, LoadOptions, Pipeline, PromptVersion, Quant, SamplingParams, StopReason,
 };
+use cogvlm::terminal::{converse, Io, Reply, TurnStats};
 
 #[derive(Parser)]
 #[command(name = "cogvlm", version, about = "CogVLM / CogAgent in Rust (candle)")]
@@ -305,20 +305,6 @@ fn parity(
     Ok(())
 }
 
-fn read_line(prompt: &str) -> anyhow::Result<Option<String>> {
-    print!("{prompt}");
-    std::io::stdout().flush()?;
-    let mut line = String::new();
-    if std::io::stdin().lock().read_line(&mut line)? == 0 {
-        return Ok(None);
-    }
-    Ok(Some(line.trim().to_string()))
-}
-
-fn open_image(path: &str) -> anyhow::Result<image::DynamicImage> {
-    image::open(path).with_context(|| format!("cannot open image {path}"))
-}
-
 fn chat(
     model: PathBuf,
     image: Option<PathBuf>,
@@ -347,69 +333,41 @@ fn chat(
         s.image_size,
         version.unwrap_or(s.default_version)
     );
-    let mut image_path = image.map(|p| p.display().to_string());
-    'conversation: loop {
-        if image_path.is_none() {
-            match read_line("image path (empty for text only): ")? {
-                None => return Ok(()),
-                Some(p) if p == "stop" => return Ok(()),
-                Some(p) => image_path = Some(p),
-            }
-        }
-        let img = match image_path.as_deref() {
-            Some("") | None => None,
-            Some(p) => match open_image(p) {
-                Ok(i) => Some(i),
-                Err(e) => {
-                    eprintln!("{e:#}");
-                    image_path = None;
-                    continue;
-                }
-            },
+    let (stdin, mut stdout, mut stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+    let mut io = Io {
+        input: &mut stdin.lock(),
+        out: &mut stdout,
+        err: &mut stderr,
+    };
+    let open = |p: &str| image::open(p).with_context(|| format!("cannot open image {p}"));
+    converse(&mut io, image, open, |out, img, history, query| {
+        let req = ChatRequest {
+            image: img.cloned(),
+            history: history.to_vec(),
+            query: query.to_string(),
+            version,
+            sampling: sampling.clone(),
         };
-        let mut history: Vec<(String, String)> = Vec::new();
-        loop {
-            let Some(query) = read_line("user> ")? else {
-                return Ok(());
-            };
-            match query.as_str() {
-                "stop" => return Ok(()),
-                "clear" => {
-                    image_path = None;
-                    continue 'conversation;
-                }
-                "" => continue,
-                _ => {}
-            }
-            let req = ChatRequest {
-                image: img.clone(),
-                history: history.clone(),
-                query: query.clone(),
-                version,
-                sampling: sampling.clone(),
-            };
-            print!("model> ");
-            std::io::stdout().flush()?;
-            let stats = pipe.generate(&req, &mut |piece| {
-                print!("{piece}");
-                std::io::stdout().flush().is_ok()
-            });
-            println!();
-            match stats {
-                Ok(st) => {
-                    let stop = match st.stop {
-                        StopReason::Eos => "eos",
-                        StopReason::Length => "length",
-                        StopReason::Cancelled => "cancelled",
-                    };
-                    eprintln!(
-                        "[{} prompt tokens · TTFT {:.0} ms · {} tokens at {:.1} tok/s · stop: {stop}]",
-                        st.prompt_tokens, st.ttft_ms, st.generated_tokens, st.tokens_per_s
-                    );
-                    history.push((query, st.text.trim().to_string()));
-                }
-                Err(e) => eprintln!("error: {e:#}"),
-            }
-        }
-    }
+        let generated = pipe.generate(&req, &mut |piece| {
+            write!(out, "{piece}").is_ok() && out.flush().is_ok()
+        });
+        Ok(match generated {
+            Ok(st) => Reply::Answer {
+                stats: TurnStats {
+                    prompt_tokens: st.prompt_tokens,
+                    reused_tokens: st.reused_tokens,
+                    ttft_ms: st.ttft_ms,
+                    generated_tokens: st.generated_tokens,
+                    tokens_per_s: st.tokens_per_s,
+                    stop: match st.stop {
+                        StopReason::Eos => "end of answer",
+                        StopReason::Length => "length limit",
+                        StopReason::Cancelled => "stopped",
+                    },
+                },
+                text: st.text,
+            },
+            Err(e) => Reply::Failed(format!("{e:#}")),
+        })
+    })
 }

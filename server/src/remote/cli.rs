@@ -1,31 +1,14 @@
 //! `cogvlm chat --backend openai`: the terminal chat, answered by a remote server.
 
 use super::{BackendArgs, RemoteBackend, RemoteConfig};
+use crate::terminal::{converse, Reply, TurnStats};
 use anyhow::{Context, Result};
 use app::backend::Backend;
 use app::protocol::{Event, GenerateRequest, ImageData, Sampling};
 use base64::Engine as _;
-use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
-/// The terminal: questions in, answers out, stats and errors to `err`.
-pub struct Io<'a> {
-    pub input: &'a mut dyn BufRead,
-    pub out: &'a mut dyn Write,
-    pub err: &'a mut dyn Write,
-}
-
-impl Io<'_> {
-    fn read_line(&mut self, prompt: &str) -> Result<Option<String>> {
-        write!(self.out, "{prompt}")?;
-        self.out.flush()?;
-        let mut line = String::new();
-        if self.input.read_line(&mut line)? == 0 {
-            return Ok(None);
-        }
-        Ok(Some(line.trim().to_string()))
-    }
-}
+pub use crate::terminal::Io;
 
 fn read_image(path: &str) -> Result<ImageData> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot open image {path}"))?;
@@ -76,85 +59,42 @@ pub fn run(
         .context("starting the async runtime")?;
     let backend = RemoteBackend::new(config)?;
     writeln!(io.err, "{} at {}", backend.config.model, backend.url)?;
-    let mut image_path = image.map(|p| p.display().to_string());
-    'conversation: loop {
-        if image_path.is_none() {
-            match io.read_line("image path (empty for text only): ")? {
-                None => return Ok(()),
-                Some(p) if p == "stop" => return Ok(()),
-                Some(p) => image_path = Some(p),
-            }
-        }
-        let image = match image_path.as_deref() {
-            Some("") | None => None,
-            Some(p) => match read_image(p) {
-                Ok(i) => Some(i),
-                Err(e) => {
-                    writeln!(io.err, "{e:#}")?;
-                    image_path = None;
-                    continue;
-                }
-            },
+    converse(&mut io, image, read_image, |out, image, history, query| {
+        let req = GenerateRequest {
+            image: image.cloned(),
+            history: history.to_vec(),
+            query: query.to_string(),
+            version: None,
+            sampling: sampling.clone(),
         };
-        let mut history: Vec<(String, String)> = Vec::new();
-        loop {
-            let Some(query) = io.read_line("user> ")? else {
-                return Ok(());
-            };
-            match query.as_str() {
-                "stop" => return Ok(()),
-                "clear" => {
-                    image_path = None;
-                    continue 'conversation;
-                }
-                "" => continue,
-                _ => {}
-            }
-            let req = GenerateRequest {
-                image: image.clone(),
-                history: history.clone(),
-                query: query.clone(),
-                version: None,
-                sampling: sampling.clone(),
-            };
-            write!(io.out, "model> ")?;
-            io.out.flush()?;
-            let answer = runtime.block_on(async {
-                let mut generation = backend.generate(req, "terminal");
-                let mut text = String::new();
-                while let Some(event) = generation.events.recv().await {
-                    match event {
-                        Event::Token { text: piece } => {
-                            write!(io.out, "{piece}")?;
-                            io.out.flush()?;
-                            text.push_str(&piece);
-                        }
-                        Event::Done { stats } => {
-                            writeln!(io.out)?;
-                            writeln!(
-                                io.err,
-                                "[{} prompt tokens · TTFT {:.0} ms · {} tokens at {:.1} tok/s · stop: {}]",
-                                stats.prompt_tokens,
-                                stats.ttft_ms,
-                                stats.generated_tokens,
-                                stats.tokens_per_s,
-                                stats.stop.label()
-                            )?;
-                            return Ok(Some(text));
-                        }
-                        Event::Error { message } => {
-                            writeln!(io.out)?;
-                            writeln!(io.err, "error: {message}")?;
-                            return Ok(None);
-                        }
-                        _ => {}
+        runtime.block_on(async {
+            let mut generation = backend.generate(req, "terminal");
+            let mut text = String::new();
+            while let Some(event) = generation.events.recv().await {
+                match event {
+                    Event::Token { text: piece } => {
+                        write!(out, "{piece}")?;
+                        out.flush()?;
+                        text.push_str(&piece);
                     }
+                    Event::Done { stats } => {
+                        let stats = TurnStats {
+                            prompt_tokens: stats.prompt_tokens,
+                            reused_tokens: stats.reused_tokens,
+                            ttft_ms: stats.ttft_ms,
+                            generated_tokens: stats.generated_tokens,
+                            tokens_per_s: stats.tokens_per_s,
+                            stop: stats.stop.label(),
+                        };
+                        return Ok(Reply::Answer { text, stats });
+                    }
+                    Event::Error { message } => return Ok(Reply::Failed(message)),
+                    _ => {}
                 }
-                anyhow::Ok(None)
-            })?;
-            if let Some(a) = answer {
-                history.push((query, a.trim().to_string()));
             }
-        }
-    }
+            Ok(Reply::Failed(
+                "the server closed the stream before the answer ended".into(),
+            ))
+        })
+    })
 }
