@@ -27,7 +27,7 @@ pub(crate) fn sdpa(
         .matmul(v)
 }
 
-/// [`sdpa`] entirely in f32, for the vision towers and the cross-attention: with bf16 matmuls the 224 px
+/// [`sdpa`] entirely in f32, for the vision towers: with bf16 matmuls the 224 px
 /// fixture's vision output moved from 2.17e-2 to 2.28e-2 of f32 (bf16 parity on CPU).
 ///
 /// When the inputs are half precision, cuBLAS may run these f32 matmuls on TF32 tensor cores: a bf16 or f16
