@@ -207,6 +207,8 @@ struct ImageCache {
 /// The decoding cache a turn ended with, kept so the next question of the same conversation only runs its
 /// new tokens: the image and the earlier turns are already in it.
 struct Conversation {
+    /// Who asked ([`owner_key`]): only they continue it.
+    owner: u64,
     image: Option<u64>,
     cache: Cache,
 }
@@ -223,8 +225,24 @@ pub struct Pipeline {
     conversations: Vec<Conversation>,
 }
 
-fn image_key(rgb: &image::RgbImage) -> u64 {
+/// The caches' owner for a client id; `0` for the single user of the terminal, bench and parity runs.
+///
+/// Caches are per client: were they shared, one client could tell from a fast first token that another had
+/// already asked the same thing about the same image.
+fn owner_key(client: &str) -> u64 {
+    if client.is_empty() {
+        return 0;
+    }
     let mut h = std::collections::hash_map::DefaultHasher::new();
+    client.hash(&mut h);
+    h.finish() | 1
+}
+
+/// The image's cache key for `owner`: the same picture from another client is another key, so neither the
+/// encoding nor a conversation is shared.
+fn image_key(owner: u64, rgb: &image::RgbImage) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    owner.hash(&mut h);
     (rgb.width(), rgb.height()).hash(&mut h);
     rgb.as_raw().hash(&mut h);
     h.finish()
@@ -304,7 +322,7 @@ impl Pipeline {
             None => (None, None),
             Some(img) => {
                 let rgb = preprocess::to_rgb(img);
-                let (e, c) = self.encode_image(&rgb, image_key(&rgb))?;
+                let (e, c) = self.encode_image(&rgb, image_key(0, &rgb))?;
                 (Some(e), c)
             }
         };
@@ -368,14 +386,20 @@ impl Pipeline {
     /// The kept conversation sharing the longest usable prefix with `ids` (same image, the whole image span
     /// included), cut back to that prefix; else a fresh cache with room for `reserve` positions. At least the
     /// prompt's last token is always run again, for its logits.
-    fn resume(&mut self, image: Option<u64>, input: &PromptInput, reserve: usize) -> Cache {
+    fn resume(
+        &mut self,
+        owner: u64,
+        image: Option<u64>,
+        input: &PromptInput,
+        reserve: usize,
+    ) -> Cache {
         let ids = &input.input_ids;
         let min_keep = input.image_span.as_ref().map_or(1, |s| s.end);
         let best = self
             .conversations
             .iter()
             .enumerate()
-            .filter(|(_, c)| c.image == image)
+            .filter(|(_, c)| c.owner == owner && c.image == image)
             .map(|(i, c)| (i, common_prefix(c.cache.tokens(), ids).min(ids.len() - 1)))
             .filter(|&(_, keep)| keep >= min_keep)
             .max_by_key(|&(_, keep)| keep);
@@ -389,11 +413,15 @@ impl Pipeline {
         }
     }
 
-    fn keep_conversation(&mut self, image: Option<u64>, cache: Cache) {
+    fn keep_conversation(&mut self, owner: u64, image: Option<u64>, cache: Cache) {
         if self.conversations.len() >= KEPT_CONVERSATIONS {
             self.conversations.remove(0);
         }
-        self.conversations.push(Conversation { image, cache });
+        self.conversations.push(Conversation {
+            owner,
+            image,
+            cache,
+        });
     }
 
     /// One chat turn. `on_text` receives each newly complete piece of text (an empty one when
@@ -403,7 +431,18 @@ impl Pipeline {
         req: &ChatRequest,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> anyhow::Result<GenerationStats> {
-        self.generate_with(req, false, on_text)
+        self.run(0, req, false, on_text)
+    }
+
+    /// As [`Self::generate`] for one of several clients (the server's): it continues only its own
+    /// conversations and image encodings, never another client's.
+    pub fn generate_for(
+        &mut self,
+        client: &str,
+        req: &ChatRequest,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> anyhow::Result<GenerationStats> {
+        self.run(owner_key(client), req, false, on_text)
     }
 
     /// As [`Self::generate`]; `ignore_eos` keeps going to the length limit (parity with the fixtures' 12 tokens).
@@ -413,11 +452,21 @@ impl Pipeline {
         ignore_eos: bool,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> anyhow::Result<GenerationStats> {
+        self.run(0, req, ignore_eos, on_text)
+    }
+
+    fn run(
+        &mut self,
+        owner: u64,
+        req: &ChatRequest,
+        ignore_eos: bool,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> anyhow::Result<GenerationStats> {
         req.sampling.validate()?;
         let start = Instant::now();
         let input = self.prompt_input(req)?;
         let rgb = req.image.as_ref().map(preprocess::to_rgb);
-        let image = rgb.as_ref().map(image_key);
+        let image = rgb.as_ref().map(|rgb| image_key(owner, rgb));
         let prompt_len = input.input_ids.len();
         // The checkpoint was trained up to its context length; a larger max_length means "up
         // to the context".
@@ -440,7 +489,7 @@ impl Pipeline {
         if let Some(n) = req.sampling.max_new_tokens {
             budget = budget.min(n);
         }
-        let mut cache = self.resume(image, &input, prompt_len + budget);
+        let mut cache = self.resume(owner, image, &input, prompt_len + budget);
         let reused_tokens = cache.len();
         // The vision towers run only when the image is not in the reused prefix.
         let (embeds, cross) = match (&rgb, image) {
@@ -503,7 +552,7 @@ impl Pipeline {
             0.0
         };
         let text = stream.text().to_string();
-        self.keep_conversation(image, cache);
+        self.keep_conversation(owner, image, cache);
         Ok(GenerationStats {
             prompt_tokens: prompt_len,
             reused_tokens,

@@ -51,6 +51,13 @@ pub struct Slot {
     client: String,
 }
 
+impl Slot {
+    /// The client this place is held for.
+    pub fn client(&self) -> &str {
+        &self.client
+    }
+}
+
 impl std::fmt::Debug for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Slot({})", self.client)

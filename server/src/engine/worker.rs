@@ -513,12 +513,13 @@ impl Worker {
                 _slot: slot,
                 ..
             } => {
-                let last = match self.generate(&req, image.as_deref(), &cancel, &events) {
-                    Ok(last) => last,
-                    Err(e) => Some(Event::Error {
-                        message: format!("{e:#}"),
-                    }),
-                };
+                let last =
+                    match self.generate(&req, image.as_deref(), slot.client(), &cancel, &events) {
+                        Ok(last) => last,
+                        Err(e) => Some(Event::Error {
+                            message: format!("{e:#}"),
+                        }),
+                    };
                 // Free the client's place before it hears the end, so that its next request
                 // is never refused as "already answering".
                 drop(slot);
@@ -535,6 +536,7 @@ impl Worker {
         &mut self,
         req: &GenerateRequest,
         image: Option<&[u8]>,
+        client: &str,
         cancel: &AtomicBool,
         events: &mpsc::Sender<Event>,
     ) -> Result<Option<Event>> {
@@ -579,7 +581,7 @@ impl Worker {
                     .blocking_send(Event::Token { text: text.into() })
                     .is_ok()
         };
-        let stats = pipeline.generate(&chat, &mut on_text)?;
+        let stats = pipeline.generate_for(client, &chat, &mut on_text)?;
         Ok(Some(Event::Done {
             stats: to_proto_stats(&stats, &checkpoint),
         }))

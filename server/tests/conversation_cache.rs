@@ -1,0 +1,90 @@
+//! A follow-up question continues from its conversation's KV cache, but only for the client that asked:
+//! another client with the very same image and history starts afresh (and gets the same answer), so a fast first
+//! token never tells one client what another asked.
+
+use std::path::PathBuf;
+
+use cogvlm::pipeline::{ChatRequest, LoadOptions, Pipeline, SamplingParams};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+#[test]
+fn caches_are_continued_only_by_their_client() {
+    let opts = LoadOptions {
+        device: "cpu".into(),
+        dtype: Some("f32".into()),
+        tokenizer: Some(fixtures().join("tokenizer").join("tokenizer.json")),
+        ..Default::default()
+    };
+    let mut pipe = Pipeline::load(
+        &fixtures().join("models").join("cogvlm_tiny_224"),
+        &opts,
+        &mut |_, _| {},
+    )
+    .expect("tiny checkpoint");
+    let image = image::open(fixtures().join("images").join("coffee.png")).expect("fixture image");
+    let first = ChatRequest {
+        image: Some(image),
+        history: Vec::new(),
+        query: "What is on the table?".into(),
+        version: None,
+        sampling: SamplingParams {
+            max_new_tokens: Some(4),
+            ..Default::default()
+        },
+    };
+    let answer = pipe
+        .generate_for("client:a", &first, &mut |_| true)
+        .unwrap();
+    assert_eq!(answer.reused_tokens, 0);
+    let follow_up = ChatRequest {
+        history: vec![(first.query.clone(), answer.text.clone())],
+        query: "And its colour?".into(),
+        ..first.clone()
+    };
+
+    let other = pipe
+        .generate_for("client:b", &follow_up, &mut |_| true)
+        .unwrap();
+    assert_eq!(
+        other.reused_tokens, 0,
+        "client b continued client a's cache"
+    );
+    let own = pipe
+        .generate_for("client:a", &follow_up, &mut |_| true)
+        .unwrap();
+    assert!(
+        own.reused_tokens > 256,
+        "client a's follow-up reused only {} tokens",
+        own.reused_tokens
+    );
+    assert_eq!(own.generated_ids, other.generated_ids);
+    assert_eq!(own.prompt_tokens, other.prompt_tokens);
+
+    // Text only: no image key to tell the conversations apart, the owner alone does.
+    let hello = ChatRequest {
+        image: None,
+        history: Vec::new(),
+        query: "Hello, who are you?".into(),
+        ..first.clone()
+    };
+    let answer = pipe
+        .generate_for("client:a", &hello, &mut |_| true)
+        .unwrap();
+    let follow_up = ChatRequest {
+        history: vec![(hello.query.clone(), answer.text.clone())],
+        query: "Tell me more.".into(),
+        ..hello.clone()
+    };
+    let other = pipe
+        .generate_for("client:b", &follow_up, &mut |_| true)
+        .unwrap();
+    assert_eq!(other.reused_tokens, 0, "client b continued client a's chat");
+    let own = pipe
+        .generate_for("client:a", &follow_up, &mut |_| true)
+        .unwrap();
+    assert!(own.reused_tokens > 5, "reused {}", own.reused_tokens);
+    assert_eq!(own.generated_ids, other.generated_ids);
+}
