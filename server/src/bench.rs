@@ -311,12 +311,19 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
             ..Default::default()
         },
     };
+    // The second turn about the same image, after `answer`: only its new tokens run.
+    let follow_up = |image: image::DynamicImage, n: usize, answer: &str| ChatRequest {
+        history: vec![(query.clone(), answer.to_string())],
+        query: "And what is in the top left corner?".into(),
+        ..req(image, n)
+    };
     // Warm-up (kernel compilation, allocator, the follow-up path), then the measured runs.
     let warm = pipe.generate_with(&req(synthetic_image(600), 2), true, &mut |_| true)?;
-    let mut follow_up = req(synthetic_image(600), 2);
-    follow_up.history = vec![(query.clone(), warm.text.clone())];
-    follow_up.query = "And what is in the top left corner?".into();
-    pipe.generate_with(&follow_up, true, &mut |_| true)?;
+    pipe.generate_with(
+        &follow_up(synthetic_image(600), 2, &warm.text),
+        true,
+        &mut |_| true,
+    )?;
     sample_peak(&device);
     let (mut ttft, mut prefill, mut decode, mut second) = (vec![], vec![], vec![], vec![]);
     let mut last = None;
@@ -330,11 +337,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         )?;
         device.synchronize()?;
         sample_peak(&device);
-        // The follow-up question about the same image: only its new tokens run.
-        let mut next = req(image, 1);
-        next.history = vec![(query.clone(), stats.text.clone())];
-        next.query = "And what is in the top left corner?".into();
-        let follow = pipe.generate_with(&next, true, &mut |_| true)?;
+        let follow = pipe.generate_with(&follow_up(image, 1, &stats.text), true, &mut |_| true)?;
         ttft.push(stats.ttft_ms);
         prefill.push(stats.prefill_ms);
         decode.push(stats.tokens_per_s);

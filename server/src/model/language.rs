@@ -380,11 +380,8 @@ impl LanguageModel {
             .collect::<Result<_>>()?;
         let embed_tokens = m
             .pp("embed_tokens")
+            .set_device(Device::Cpu)
             .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
-        let embed_tokens = match vb.device() {
-            Device::Cpu => embed_tokens,
-            _ => embed_tokens.to_device(&Device::Cpu)?,
-        };
         Ok(Self {
             embed_tokens,
             device: vb.device().clone(),

@@ -226,7 +226,8 @@ fn human_bytes(b: u64) -> String {
 /// Quantized bytes by (rows, columns, format).
 type SharedBlocks = HashMap<(usize, usize, usize), Vec<u8>>;
 
-/// Builds the language model's linear layers in the requested format and records what it did.
+/// Builds the language model's linear layers (and, `with_vision`, the vision tower's) in the requested format
+/// and records what it did.
 pub struct Quantizer {
     mode: Quant,
     /// Quantize [`Role::Vision`] matrices too.
