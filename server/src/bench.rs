@@ -353,6 +353,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let flops = prefill_flops(&cfg, stats.prompt_tokens);
     let prefill_floor_ms = flops / floors.matmul_flop_per_s * 1e3;
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    // The towers' dtypes (f16 under a bf16 model) and how many images overflowed f16 and were encoded again.
+    let (vision_dtype, cross_dtype) = pipe.model().encoder_dtypes();
+    let encoder_dtypes: Vec<&str> = std::iter::once(vision_dtype)
+        .chain(cross_dtype)
+        .map(|d| d.as_str())
+        .collect();
     Ok(serde_json::json!({
         "model": label,
         "kind": summary.kind.to_string(),
@@ -360,6 +366,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         "dtype": format!("{dtype:?}").to_lowercase(),
         "quant": quant.mode.to_string(),
         "quant_vision": args.quant_vision,
+        "encoder_dtypes": encoder_dtypes,
+        "encoder_reruns": pipe.model().encoder_reruns(),
         "quantized_matrices": quant.quantized.len(),
         "float_kept_matrices": quant.kept_float.len(),
         "weight_gib": gib(weight_bytes),

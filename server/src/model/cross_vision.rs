@@ -5,10 +5,11 @@
 //! `inner_attn_ln` before the output projection, SwiGLU MLP with its own LayerNorm. The reference never runs the
 //! last block and applies no final norm; CLS is dropped and `cross_vision.pos_embed` is added.
 
-use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{layer_norm, linear, linear_no_bias, LayerNorm, Linear, VarBuilder};
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::{linear_no_bias, LayerNorm, Linear, VarBuilder};
 
 use super::config::CrossConfig;
+use super::precision::{layer_norm, like, linear};
 use super::vision::{attention, PatchEmbed};
 
 const LN_EPS: f64 = 1e-6;
@@ -111,8 +112,8 @@ impl Attention {
             v_proj: linear_no_bias(w, w, vb.pp("v_proj"))?,
             q_bias: vb.get(w, "q_bias")?,
             v_bias: vb.get(w, "v_bias")?,
-            inner_attn_ln: layer_norm(w, LN_EPS, vb.pp("inner_attn_ln"))?,
-            proj: linear(w, w, vb.pp("proj"))?,
+            inner_attn_ln: candle_nn::layer_norm(w, LN_EPS, vb.pp("inner_attn_ln"))?,
+            proj: candle_nn::linear(w, w, vb.pp("proj"))?,
             heads: cfg.vision.num_heads(),
             head_dim: cfg.vision.vision_cfg.head_width,
         })
@@ -124,14 +125,14 @@ impl Attention {
             t.reshape((b, n, self.heads, self.head_dim))?
                 .transpose(1, 2)
         };
-        let q = split(self.q_proj.forward(x)?.broadcast_add(&self.q_bias)?)?;
-        let k = split(self.k_proj.forward(x)?)?;
-        let v = split(self.v_proj.forward(x)?.broadcast_add(&self.v_bias)?)?;
+        let q = split(linear(&self.q_proj, x)?.broadcast_add(&like(&self.q_bias, x)?)?)?;
+        let k = split(linear(&self.k_proj, x)?)?;
+        let v = split(linear(&self.v_proj, x)?.broadcast_add(&like(&self.v_bias, x)?)?)?;
         let q = rope.apply(&q)?;
         let k = rope.apply(&k)?;
         let ctx = attention(&q, &k, &v, (self.head_dim as f64).powf(-0.5), None)?;
         let ctx = ctx.transpose(1, 2)?.reshape((b, n, w))?;
-        self.proj.forward(&self.inner_attn_ln.forward(&ctx)?)
+        linear(&self.proj, &layer_norm(&self.inner_attn_ln, &ctx)?)
     }
 }
 
@@ -146,16 +147,16 @@ impl SwiGlu {
     fn new(cfg: &CrossConfig, vb: VarBuilder) -> Result<Self> {
         let (w, h) = (cfg.vision.vision_cfg.width, cfg.vision.mlp_hidden());
         Ok(Self {
-            w1: linear(w, h, vb.pp("w1"))?,
-            w2: linear(w, h, vb.pp("w2"))?,
-            ffn_ln: layer_norm(h, LN_EPS, vb.pp("ffn_ln"))?,
-            w3: linear(h, w, vb.pp("w3"))?,
+            w1: candle_nn::linear(w, h, vb.pp("w1"))?,
+            w2: candle_nn::linear(w, h, vb.pp("w2"))?,
+            ffn_ln: candle_nn::layer_norm(h, LN_EPS, vb.pp("ffn_ln"))?,
+            w3: candle_nn::linear(h, w, vb.pp("w3"))?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let hidden = (self.w1.forward(x)?.silu()? * self.w2.forward(x)?)?;
-        self.w3.forward(&self.ffn_ln.forward(&hidden)?)
+        let hidden = (linear(&self.w1, x)?.silu()? * linear(&self.w2, x)?)?;
+        linear(&self.w3, &layer_norm(&self.ffn_ln, &hidden)?)
     }
 }
 
@@ -170,16 +171,16 @@ impl Block {
     fn new(cfg: &CrossConfig, vb: VarBuilder) -> Result<Self> {
         let w = cfg.vision.vision_cfg.width;
         Ok(Self {
-            norm1: layer_norm(w, LN_EPS, vb.pp("norm1"))?,
+            norm1: candle_nn::layer_norm(w, LN_EPS, vb.pp("norm1"))?,
             attn: Attention::new(cfg, vb.pp("attn"))?,
-            norm2: layer_norm(w, LN_EPS, vb.pp("norm2"))?,
+            norm2: candle_nn::layer_norm(w, LN_EPS, vb.pp("norm2"))?,
             mlp: SwiGlu::new(cfg, vb.pp("mlp"))?,
         })
     }
 
     fn forward(&self, x: &Tensor, rope: &Rope2d) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.norm1.forward(x)?, rope)?)?;
-        &x + self.mlp.forward(&self.norm2.forward(&x)?)?
+        let x = (x + self.attn.forward(&layer_norm(&self.norm1, x)?, rope)?)?;
+        &x + self.mlp.forward(&layer_norm(&self.norm2, &x)?)?
     }
 }
 
@@ -212,14 +213,15 @@ impl CrossVisionModel {
         })
     }
 
+    /// Runs in the pixels' dtype, whatever the weights' ([`super::precision`]).
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
         let x = self.patch_embed.forward(pixels)?;
         let (b, n, w) = x.dims3()?;
-        let cls = self.cls.broadcast_as((b, 1, w))?;
-        let mut x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.pos)?;
+        let cls = like(&self.cls, &x)?.broadcast_as((b, 1, w))?;
+        let mut x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&like(&self.pos, &x)?)?;
         for block in &self.blocks {
             x = block.forward(&x, &self.rope)?;
         }
-        x.narrow(1, 1, n)?.broadcast_add(&self.out_pos)
+        x.narrow(1, 1, n)?.broadcast_add(&like(&self.out_pos, &x)?)
     }
 }

@@ -2,17 +2,20 @@
 //! names. Layout after candle-transformers: `config` (serde `config.json`), `vision` (EVA2-CLIP-E + GLU adapter),
 //! `cross_vision` (CogAgent's EVA2-CLIP-L), `language` (visual-expert decoder), `prompt` (templates, ids, position
 //! ids, expert routing), `preprocess` (PIL-exact resize + CLIP normalisation), `weights` (files, checks), `quant`
-//! (int8 / int4 linear layers).
+//! (int8 / int4 linear layers), `precision` (the image encoders' dtype).
 
 pub mod config;
 pub mod cross_vision;
 pub mod kv_cache;
 pub mod language;
+pub mod precision;
 pub mod preprocess;
 pub mod prompt;
 pub mod quant;
 pub mod vision;
 pub mod weights;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -32,6 +35,12 @@ pub struct CogVlm {
     lm: LanguageModel,
     device: Device,
     dtype: DType,
+    /// The towers' weights' and activations' dtypes ([`precision::encoder_dtype`]; the model dtype for a
+    /// quantized tower, whose matmuls take f32 or bf16).
+    vision_dtype: DType,
+    cross_dtype: DType,
+    /// Images that had to be encoded again in the model dtype (see [`precision`]).
+    encoder_reruns: AtomicUsize,
     quant: QuantReport,
 }
 
@@ -82,11 +91,19 @@ impl CogVlm {
 
     /// As [`Self::new_quantized`] with a given quantizer (the benchmark's shared random blocks).
     pub fn with_quantizer(cfg: &Config, vb: VarBuilder, q: Quantizer) -> Result<Self> {
-        let vision = VisionModel::new(cfg, vb.pp("model").pp("vision"), &q)?;
+        let dtype = vb.dtype();
+        let cross_dtype = precision::encoder_dtype(dtype);
+        let vision_dtype = if q.quantizes_vision() {
+            dtype
+        } else {
+            cross_dtype
+        };
+        let vision =
+            VisionModel::new(cfg, vb.pp("model").pp("vision").set_dtype(vision_dtype), &q)?;
         let cross_vision = match cfg.cross() {
             Some(c) => Some(CrossVisionModel::new(
                 &c,
-                vb.pp("model").pp("cross_vision"),
+                vb.pp("model").pp("cross_vision").set_dtype(cross_dtype),
             )?),
             None => None,
         };
@@ -97,7 +114,10 @@ impl CogVlm {
             cross_vision,
             lm,
             device: vb.device().clone(),
-            dtype: vb.dtype(),
+            dtype,
+            vision_dtype,
+            cross_dtype,
+            encoder_reruns: AtomicUsize::new(0),
             quant: q.into_report(),
         })
     }
@@ -129,22 +149,62 @@ impl CogVlm {
         self.dtype
     }
 
-    /// `[1, 3, S, S]` pixels → `[1, n + 2, hidden]` image embeddings (boi, patches, eoi).
+    /// The vision tower's and (CogAgent) the cross encoder's dtypes.
+    pub fn encoder_dtypes(&self) -> (DType, Option<DType>) {
+        let cross = self.cross_vision.as_ref().map(|_| self.cross_dtype);
+        (self.vision_dtype, cross)
+    }
+
+    /// How many encodings overflowed f16 and were run again in the model dtype.
+    pub fn encoder_reruns(&self) -> usize {
+        self.encoder_reruns.load(Ordering::Relaxed)
+    }
+
+    /// `[1, 3, S, S]` pixels → `[1, n + 2, hidden]` image embeddings (boi, patches, eoi), in the model dtype.
     pub fn encode_image(&self, pixels: &Tensor) -> Result<Tensor> {
-        self.vision.forward(&pixels.to_dtype(self.dtype)?)
+        self.encode("vision tower", self.vision_dtype, |dt| {
+            self.vision.forward(&pixels.to_dtype(dt)?)
+        })
     }
 
-    /// The ViT output with CLS, before the adapter (parity probes).
+    /// The ViT output with CLS, before the adapter (parity probes), in the tower's dtype.
     pub fn vit_output(&self, pixels: &Tensor) -> Result<Tensor> {
-        self.vision.vit(&pixels.to_dtype(self.dtype)?)
+        self.vision.vit(&pixels.to_dtype(self.vision_dtype)?)
     }
 
-    /// CogAgent: `[1, 3, 1120, 1120]` pixels → encoder output `[1, 6400, cross_hidden]`.
+    /// CogAgent: `[1, 3, 1120, 1120]` pixels → encoder output `[1, 6400, cross_hidden]`, in the model dtype.
     pub fn encode_cross(&self, pixels: &Tensor) -> Result<Tensor> {
         match &self.cross_vision {
-            Some(cv) => cv.forward(&pixels.to_dtype(self.dtype)?),
+            Some(cv) => self.encode("cross encoder", self.cross_dtype, |dt| {
+                cv.forward(&pixels.to_dtype(dt)?)
+            }),
             None => candle_core::bail!("this checkpoint has no cross-vision encoder"),
         }
+    }
+
+    /// Runs an encoder in `dt`; when that is not the model dtype and the output is not finite (f16 overflowed),
+    /// runs it again in the model dtype. The result is in the model dtype.
+    fn encode(
+        &self,
+        what: &str,
+        dt: DType,
+        run: impl Fn(DType) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let out = run(dt)?;
+        if dt == self.dtype || precision::all_finite(&out)? {
+            return out.to_dtype(self.dtype);
+        }
+        self.encoder_reruns.fetch_add(1, Ordering::Relaxed);
+        eprintln!(
+            "the {what} overflowed {} on this image; encoding it again in {}",
+            dt.as_str(),
+            self.dtype.as_str()
+        );
+        let out = run(self.dtype)?;
+        if !precision::all_finite(&out)? {
+            candle_core::bail!("the {what} produced non-finite values on this image");
+        }
+        Ok(out)
     }
 
     /// An empty cache with room for `reserve` positions (it grows if a conversation needs more).

@@ -1,7 +1,8 @@
 //! Weight quantization of the language model (`--quant 8|4`): candle's ggml block formats through `QMatMul`,
-//! on CPU and CUDA alike. The token embeddings stay in the model's float dtype, and so do the vision towers
-//! unless `--quant-vision` asks for the EVA2-CLIP tower's and its adapter's linear layers in the same format
-//! (they are 4.4 B of CogVLM's 17 B parameters: in bf16 they alone take 8.8 GB, which puts int4 over 10 GB).
+//! on CPU and CUDA alike. The token embeddings stay in the model's float dtype. The vision towers stay float too
+//! (f16 under a bf16 model: `precision`), unless `--quant-vision` asks for the EVA2-CLIP tower's and its
+//! adapter's linear layers in the same format (they are 4.4 B of CogVLM's 17 B parameters: in 16 bits they alone
+//! take 8.8 GB, which puts int4 over 10 GB).
 //!
 //! A matrix is quantized along its inner (input) dimension in blocks, so one whose inner dim is not a multiple of
 //! the block size cannot be; it stays float and its name is reported. Choices per mode:
@@ -267,6 +268,11 @@ impl Quantizer {
         self
     }
 
+    /// Whether the vision tower's matrices will be quantized.
+    pub fn quantizes_vision(&self) -> bool {
+        self.vision && self.mode != Quant::Float
+    }
+
     pub fn into_report(self) -> QuantReport {
         self.report.into_inner()
     }
@@ -375,7 +381,8 @@ pub enum QLinear {
 impl Module for QLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Float(l) => l.forward(x),
+            // The image encoders' fallback runs f16 weights on bf16 activations (a no-op check otherwise).
+            Self::Float(l) => super::precision::linear(l, x),
             // QMatMul takes f32, f16 and bf16 activations and answers in their dtype: candle's CUDA MMVQ/MMQ
             // kernels quantize them to q8_1 whatever their float type, and its CPU path widens bf16 once. So no
             // casts around it: at decode each would be a kernel launch per matmul.

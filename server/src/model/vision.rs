@@ -2,9 +2,10 @@
 //! (`visual.py` of the HF remote code; tensors under `model.vision.`).
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{layer_norm, LayerNorm, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 
 use super::config::{Config, VisionConfig};
+use super::precision::{layer_norm, like};
 use super::quant::{QLinear, Quantizer};
 
 /// Softmax attention over `[B, H, N, d]` tensors, `softmax((q·scale)·kᵀ + mask)·v`, with the matmuls in the
@@ -51,7 +52,8 @@ pub(crate) fn attention(
 }
 
 /// Conv2d with kernel = stride = patch and no padding, written as patchify + matmul (exact, and much faster
-/// than im2col for this shape). `[B, C, S, S]` → `[B, (S/p)², out]`, patches in row-major order.
+/// than im2col for this shape). `[B, C, S, S]` → `[B, (S/p)², out]`, patches in row-major order, in the
+/// pixels' dtype.
 pub(crate) struct PatchEmbed {
     weight: Tensor, // [out, C·p·p]
     bias: Tensor,
@@ -78,10 +80,9 @@ impl PatchEmbed {
             .reshape((b, c, gh, p, gw, p))?
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
-            .reshape((b, gh * gw, c * p * p))?
-            .to_dtype(self.weight.dtype())?;
-        x.broadcast_matmul(&self.weight.t()?)?
-            .broadcast_add(&self.bias)
+            .reshape((b, gh * gw, c * p * p))?;
+        x.broadcast_matmul(&like(&self.weight, &x)?.t()?)?
+            .broadcast_add(&like(&self.bias, &x)?)
     }
 }
 
@@ -142,18 +143,18 @@ impl Layer {
         let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
         Ok(Self {
             attn: Attention::new(cfg, vb.pp("attention"), q)?,
-            ln_in: layer_norm(h, eps, vb.pp("input_layernorm"))?,
+            ln_in: candle_nn::layer_norm(h, eps, vb.pp("input_layernorm"))?,
             mlp: Mlp {
                 fc1: q.vision_linear(h, i, true, vb.pp("mlp").pp("fc1"))?,
                 fc2: q.vision_linear(i, h, true, vb.pp("mlp").pp("fc2"))?,
             },
-            ln_post: layer_norm(h, eps, vb.pp("post_attention_layernorm"))?,
+            ln_post: candle_nn::layer_norm(h, eps, vb.pp("post_attention_layernorm"))?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = (x + self.ln_in.forward(&self.attn.forward(x)?)?)?;
-        &x + self.ln_post.forward(&self.mlp.forward(&x)?)?
+        let x = (x + layer_norm(&self.ln_in, &self.attn.forward(x)?)?)?;
+        &x + layer_norm(&self.ln_post, &self.mlp.forward(&x)?)?
     }
 }
 
@@ -171,7 +172,7 @@ impl Glu {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
             linear_proj: q.vision_linear(in_features, h, false, vb.pp("linear_proj"))?,
-            norm1: layer_norm(h, 1e-5, vb.pp("norm1"))?,
+            norm1: candle_nn::layer_norm(h, 1e-5, vb.pp("norm1"))?,
             gate_proj: q.vision_linear(h, i, false, vb.pp("gate_proj"))?,
             dense_h_to_4h: q.vision_linear(h, i, false, vb.pp("dense_h_to_4h"))?,
             dense_4h_to_h: q.vision_linear(i, h, false, vb.pp("dense_4h_to_h"))?,
@@ -180,7 +181,7 @@ impl Glu {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = self.linear_proj.forward(x)?;
-        let x = self.norm1.forward(&x)?.gelu_erf()?;
+        let x = layer_norm(&self.norm1, &x)?.gelu_erf()?;
         let gated = (self.gate_proj.forward(&x)?.silu()? * self.dense_h_to_4h.forward(&x)?)?;
         self.dense_4h_to_h.forward(&gated)
     }
@@ -233,14 +234,14 @@ impl VisionModel {
     }
 
     /// ViT output before the CLS row is dropped: `[B, n + 1, vision_hidden]` (used by the parity probes).
+    /// Everything runs in the pixels' dtype, whatever the weights' ([`super::precision`]).
     pub fn vit(&self, pixels: &Tensor) -> Result<Tensor> {
         let x = self.patch_embed.forward(pixels)?;
         let b = x.dim(0)?;
-        let cls = self
-            .cls
+        let cls = like(&self.cls, &x)?
             .unsqueeze(0)?
             .broadcast_as((b, 1, self.cls.dim(1)?))?;
-        let mut x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.pos)?;
+        let mut x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&like(&self.pos, &x)?)?;
         for layer in &self.layers {
             x = layer.forward(&x)?;
         }
@@ -252,13 +253,13 @@ impl VisionModel {
         let n = x.dim(1)? - 1;
         let mut x = x.narrow(1, 1, n)?;
         if let Some(p) = &self.extra_pos {
-            x = x.broadcast_add(p)?;
+            x = x.broadcast_add(&like(p, &x)?)?;
         }
         let x = self.glu.forward(&x)?;
         let b = x.dim(0)?;
         let h = x.dim(D::Minus1)?;
-        let boi = self.boi.broadcast_as((b, 1, h))?;
-        let eoi = self.eoi.broadcast_as((b, 1, h))?;
+        let boi = like(&self.boi, &x)?.broadcast_as((b, 1, h))?;
+        let eoi = like(&self.eoi, &x)?.broadcast_as((b, 1, h))?;
         Tensor::cat(&[&boi, &x, &eoi], 1)
     }
 }
