@@ -130,7 +130,7 @@ impl Attention {
         let v = split(linear(&self.v_proj, x)?.broadcast_add(&like(&self.v_bias, x)?)?)?;
         let q = rope.apply(&q)?;
         let k = rope.apply(&k)?;
-        let ctx = attention(&q, &k, &v, (self.head_dim as f64).powf(-0.5), None)?;
+        let ctx = attention(&q, &k, &v, (self.head_dim as f64).powf(-0.5))?;
         let ctx = ctx.transpose(1, 2)?.reshape((b, n, w))?;
         linear(&self.proj, &layer_norm(&self.inner_attn_ln, &ctx)?)
     }

@@ -35,18 +35,39 @@ pub(crate) fn sdpa(
 /// value widens exactly into TF32's 10-bit mantissa and the sums stay f32, so the scores are as exact as in full
 /// f32 (only the softmax weights are rounded, to 2⁻¹¹, finer than the bf16 output) at several times the speed.
 /// An f32 model's attention keeps full f32.
-pub(crate) fn attention(
+///
+/// Queries go in row blocks whose f32 scores fit [`SCORE_BLOCK_BYTES`]: softmax is per row, so the result is
+/// the same, and CogAgent's 1120 px encoder (16 heads × 6401²) no longer holds 2.6 GB of scores and as much
+/// of probabilities at once. The 490 px tower (96 MB of scores) runs in one block.
+pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    attention_in_blocks(q, k, v, scale, SCORE_BLOCK_BYTES)
+}
+
+/// The most f32 scores one block of the towers' attention materialises.
+const SCORE_BLOCK_BYTES: usize = 256 << 20;
+
+fn attention_in_blocks(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     scale: f64,
-    mask: Option<&Tensor>,
+    block_bytes: usize,
 ) -> Result<Tensor> {
     let f32 = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
     let (q32, k32, v32) = (f32(q)?, f32(k)?, f32(v)?);
+    let (b, h, n, _) = q32.dims4()?;
+    let row_bytes = b * h * k32.dim(2)? * DType::F32.size_in_bytes();
+    let rows = (block_bytes / row_bytes.max(1)).clamp(1, n.max(1));
     let before = candle_core::cuda::gemm_reduced_precision_f32();
     candle_core::cuda::set_gemm_reduced_precision_f32(before || q.dtype() != DType::F32);
-    let out = sdpa(&q32, &k32, &v32, scale, mask);
+    let out = (0..n)
+        .step_by(rows)
+        .map(|start| {
+            let block = q32.narrow(2, start, rows.min(n - start))?.contiguous()?;
+            sdpa(&block, &k32, &v32, scale, None)
+        })
+        .collect::<Result<Vec<_>>>()
+        .and_then(|blocks| Tensor::cat(&blocks, 2));
     candle_core::cuda::set_gemm_reduced_precision_f32(before);
     out?.to_dtype(q.dtype())
 }
@@ -112,7 +133,7 @@ impl Attention {
             .reshape((b, n, 3, self.heads, self.head_dim))?
             .permute((2, 0, 3, 1, 4))?;
         let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-        let ctx = attention(&q, &k, &v, (self.head_dim as f64).powf(-0.5), None)?;
+        let ctx = attention(&q, &k, &v, (self.head_dim as f64).powf(-0.5))?;
         let ctx = ctx.transpose(1, 2)?.reshape((b, n, h))?;
         self.dense.forward(&ctx)
     }
@@ -261,5 +282,36 @@ impl VisionModel {
         let boi = like(&self.boi, &x)?.broadcast_as((b, 1, h))?;
         let eoi = like(&self.eoi, &x)?.broadcast_as((b, 1, h))?;
         Tensor::cat(&[&boi, &x, &eoi], 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn attention_in_row_blocks_equals_one_block() -> Result<()> {
+        let dev = Device::Cpu;
+        let (q, k, v) = (
+            Tensor::randn(0f32, 1.0, (2, 3, 10, 8), &dev)?,
+            Tensor::randn(0f32, 1.0, (2, 3, 12, 8), &dev)?,
+            Tensor::randn(0f32, 1.0, (2, 3, 12, 8), &dev)?,
+        );
+        let whole = attention_in_blocks(&q, &k, &v, 0.35, usize::MAX)?;
+        let sdpa_whole = sdpa(&q, &k, &v, 0.35, None)?;
+        // One row of scores is 2 × 3 × 12 f32: blocks of 3 rows, the last one of 1.
+        let row = 2 * 3 * 12 * 4;
+        for bytes in [3 * row, row, 1] {
+            let blocks = attention_in_blocks(&q, &k, &v, 0.35, bytes)?;
+            let d = (&blocks - &whole)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(d < 1e-6, "blocks of {bytes} bytes differ by {d}");
+        }
+        let d = (&whole - &sdpa_whole)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(d < 1e-6);
+        Ok(())
     }
 }
