@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the `cuda` release binary here (no GPU needed) and packs it for a lent GPU machine:
-#   .gpu/cogvlm.xz      stripped, xz-compressed `cogvlm` (~6 MB; a device call carries at most 64 MiB)
+#   .gpu/cogvlm.xz      stripped, xz-compressed `cogvlm` (~9 MB; a device call carries at most 64 MiB)
 #   .gpu/run-on-gpu.sh  (from ../shared/gpu) unpacks it there, finds the CUDA 13 libraries, runs it
 #   .gpu/check.sh       the one prepared run: parity f32/bf16 on the GPU, then every benchmark
 # nvcc must be 13.0 (the GPU driver loads PTX ISA ≤ 9.0); ../shared/gpu/setup-cuda13-toolchain.sh installs it
