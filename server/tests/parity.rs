@@ -1,7 +1,7 @@
 //! The reference-parity suite over the vendored fixtures (`server/fixtures`, produced by THUDM's original HF
 //! code on tiny random-weight models): prompt ids, token types, position ids, expert routing, PIL-exact resize,
 //! vision outputs, per-position logits, hidden states, teacher-forced decode logits and greedy tokens, in f32
-//! with rel-L2 ≤ 1e-4. One test per case so failures name the case.
+//! with rel-L2 ≤ 1e-4 (four cases in bf16 too, in `mod bf16`). One test per case so failures name the case.
 
 use std::path::PathBuf;
 
@@ -11,13 +11,9 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
-/// Runs one case in f32 and fails with every failed check listed.
-fn run(id: &str) {
-    run_in(id, "f32");
-}
-
-/// Runs one case in `dtype` (bf16: within bf16's tolerances, `parity::Runner`).
-fn run_in(id: &str, dtype: &str) {
+/// Runs one case in `dtype` (bf16: within bf16's tolerances, `parity::Runner`) and fails with every failed
+/// check listed.
+fn run(id: &str, dtype: &str) {
     // Models load in a few ms; one runner per test keeps the tests independent and parallel.
     let mut runner = Runner::new(&fixtures(), "cpu", Some(dtype)).expect("fixture runner");
     let case = runner
@@ -59,17 +55,18 @@ fn tokenizer_matches_reference_ids() {
 }
 
 macro_rules! cases {
-    ($($name:ident),* $(,)?) => {
+    ($dtype:literal: $($name:ident),* $(,)?) => {
         $(
             #[test]
             fn $name() {
-                run(stringify!($name));
+                run(stringify!($name), $dtype);
             }
         )*
     };
 }
 
 cases!(
+    "f32":
     vlm490_chat_chelsea,
     vlm490_vqa_astronaut,
     vlm490_base_synth_shapes,
@@ -93,18 +90,10 @@ cases!(
 /// was 2.1–2.2e-2 from f32 and failed; the f16 towers (`model::precision`) bring it to ~3e-3. CogAgent runs its
 /// cross encoder in f16 too.
 mod bf16 {
-    macro_rules! bf16_cases {
-        ($($name:ident),* $(,)?) => {
-            $(
-                #[test]
-                fn $name() {
-                    super::run_in(stringify!($name), "bf16");
-                }
-            )*
-        };
-    }
+    use super::run;
 
-    bf16_cases!(
+    cases!(
+        "bf16":
         vlm224_chat_coffee,
         vlm224_vqa_synth_shapes,
         vlm224_chat_chinese_chelsea,

@@ -33,7 +33,7 @@ pub(crate) fn sdpa(
 ///
 /// When the inputs are half precision, cuBLAS may run these f32 matmuls on TF32 tensor cores: a bf16 or f16
 /// value widens exactly into TF32's 10-bit mantissa and the sums stay f32, so the scores are as exact as in full
-/// f32 (only the softmax weights are rounded, to 2⁻¹¹, finer than the bf16 output) at several times the speed.
+/// f32 (only the softmax weights are rounded, to 2⁻¹¹, as fine as the f16 output) at several times the speed.
 /// An f32 model's attention keeps full f32.
 ///
 /// Queries go in row blocks whose f32 scores fit [`SCORE_BLOCK_BYTES`]: softmax is per row, so the result is
