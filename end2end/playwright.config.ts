@@ -37,7 +37,7 @@ export default defineConfig({
   webServer: process.env.NO_WEBSERVER
     ? undefined
     : {
-        command: `"${bin}" serve --host 127.0.0.1 --port ${port}`,
+        command: `"${bin}" serve --host 127.0.0.1 --port ${port} --models-dir server/fixtures/models`,
         cwd: path.join(__dirname, ".."),
         url: `http://127.0.0.1:${port}`,
         reuseExistingServer: false,

@@ -111,6 +111,20 @@ export class ChatPage {
     return this.page.evaluate(() => (window as any).__answerTexts as string[]);
   }
 
+  /** Collects the text of every `Token` event the page receives on a websocket, in order. */
+  recordTokenFrames(): string[] {
+    const tokens: string[] = [];
+    this.page.on("websocket", (ws) =>
+      ws.on("framereceived", ({ payload }) => {
+        // A server-function frame: a marker byte, then the event as JSON.
+        const frame = payload.toString();
+        const event = JSON.parse(frame.slice(frame.indexOf("{")));
+        if (event?.Token) tokens.push(event.Token.text);
+      }),
+    );
+    return tokens;
+  }
+
   /** Types a question and sends it with Enter. */
   async ask(question: string) {
     await this.prompt().fill(question);

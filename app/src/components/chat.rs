@@ -9,6 +9,8 @@ use crate::state::{conversation_groups, AppState, Turn, TurnStatus};
 use futures::StreamExt;
 use leptos::prelude::*;
 use leptos::server_fn::ServerFnError;
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::Duration;
 
 /// How long Stop waits for the server's `Done` before dropping the connection itself.
@@ -55,6 +57,8 @@ pub fn send(state: AppState, query: String) {
 
     let status = turn.status;
     let answer = turn.answer;
+    let pending = PendingText::default();
+    let shown = pending.clone();
     let run = async move {
         let mut events = match chat(rx.into()).await {
             Ok(events) => events,
@@ -67,16 +71,19 @@ pub fn send(state: AppState, query: String) {
         };
         loop {
             let event = match events.next().await {
+                Some(Ok(Event::Token { text })) => {
+                    pending.push(&text, answer, status);
+                    continue;
+                }
                 Some(Ok(event)) => event,
-                Some(Err(e)) => {
-                    status.set(TurnStatus::Error(format!("connection lost: {e}")));
-                    return;
-                }
-                None => {
-                    status.set(TurnStatus::Error("the server closed the connection".into()));
-                    return;
-                }
+                Some(Err(e)) => Event::Error {
+                    message: format!("connection lost: {e}"),
+                },
+                None => Event::Error {
+                    message: "the server closed the connection".into(),
+                },
             };
+            pending.flush(answer, status);
             if apply(answer, status, event) {
                 return;
             }
@@ -86,13 +93,42 @@ pub fn send(state: AppState, query: String) {
     state.aborter.set_value(Some(abort));
     leptos::task::spawn_local(async move {
         if run.await.is_err() {
-            // Aborted by Stop after the grace period.
+            // Aborted by Stop after the grace period: keep what arrived.
+            shown.flush(answer, status);
             status.set(TurnStatus::Stopped);
         }
         state.sender.set_value(None);
         state.aborter.set_value(None);
         state.busy.set(false);
     });
+}
+
+/// Answer text received but not yet on the page. The answer is re-rendered (markdown, boxes,
+/// scrolling) at most once per animation frame rather than once per token, so a page that
+/// renders slower than the model writes never falls behind the stream: Stop and the end of
+/// the answer show as soon as the server sends them.
+#[derive(Clone, Default)]
+struct PendingText(Rc<RefCell<String>>);
+
+impl PendingText {
+    /// Adds a piece of the answer; the first piece since the last paint schedules the next one.
+    fn push(&self, text: &str, answer: RwSignal<String>, status: RwSignal<TurnStatus>) {
+        let first = self.0.borrow().is_empty();
+        self.0.borrow_mut().push_str(text);
+        if first {
+            let this = self.clone();
+            request_animation_frame(move || this.flush(answer, status));
+        }
+    }
+
+    /// Shows the waiting text now (before an event that changes or ends the turn).
+    fn flush(&self, answer: RwSignal<String>, status: RwSignal<TurnStatus>) {
+        let text = std::mem::take(&mut *self.0.borrow_mut());
+        // A frame that comes after the turn ended has nothing left to show.
+        if !text.is_empty() && status.with_untracked(TurnStatus::is_active) {
+            apply(answer, status, Event::Token { text });
+        }
+    }
 }
 
 /// Applies one server event to a turn's answer and status; true when the turn is over.
