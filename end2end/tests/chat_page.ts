@@ -118,7 +118,9 @@ export class ChatPage {
       ws.on("framereceived", ({ payload }) => {
         // A server-function frame: a marker byte, then the event as JSON.
         const frame = payload.toString();
-        const event = JSON.parse(frame.slice(frame.indexOf("{")));
+        const json = frame.indexOf("{");
+        if (json < 0) return;
+        const event = JSON.parse(frame.slice(json));
         if (event?.Token) tokens.push(event.Token.text);
       }),
     );

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use cogvlm::pipeline::{ChatRequest, LoadOptions, Pipeline, SamplingParams};
+use cogvlm::pipeline::{ChatRequest, GenerationStats, LoadOptions, Pipeline, SamplingParams};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
@@ -35,26 +35,11 @@ fn caches_are_continued_only_by_their_client() {
             ..Default::default()
         },
     };
-    let answer = pipe
-        .generate_for("client:a", &first, &mut |_| true)
-        .unwrap();
-    assert_eq!(answer.reused_tokens, 0);
-    let follow_up = ChatRequest {
-        history: vec![(first.query.clone(), answer.text.clone())],
-        query: "And its colour?".into(),
-        ..first.clone()
-    };
-
-    let other = pipe
-        .generate_for("client:b", &follow_up, &mut |_| true)
-        .unwrap();
+    let (own, other) = follow_up_as_both(&mut pipe, &first, "And its colour?");
     assert_eq!(
         other.reused_tokens, 0,
         "client b continued client a's cache"
     );
-    let own = pipe
-        .generate_for("client:a", &follow_up, &mut |_| true)
-        .unwrap();
     assert!(
         own.reused_tokens > 256,
         "client a's follow-up reused only {} tokens",
@@ -70,21 +55,31 @@ fn caches_are_continued_only_by_their_client() {
         query: "Hello, who are you?".into(),
         ..first.clone()
     };
-    let answer = pipe
-        .generate_for("client:a", &hello, &mut |_| true)
-        .unwrap();
+    let (own, other) = follow_up_as_both(&mut pipe, &hello, "Tell me more.");
+    assert_eq!(other.reused_tokens, 0, "client b continued client a's chat");
+    assert!(own.reused_tokens > 5, "reused {}", own.reused_tokens);
+    assert_eq!(own.generated_ids, other.generated_ids);
+}
+
+/// Client a asks `first` (starting afresh); then the follow-up `next` is asked by client b, then by client a.
+/// Returns (a's follow-up, b's follow-up).
+fn follow_up_as_both(
+    pipe: &mut Pipeline,
+    first: &ChatRequest,
+    next: &str,
+) -> (GenerationStats, GenerationStats) {
+    let answer = pipe.generate_for("client:a", first, &mut |_| true).unwrap();
+    assert_eq!(answer.reused_tokens, 0);
     let follow_up = ChatRequest {
-        history: vec![(hello.query.clone(), answer.text.clone())],
-        query: "Tell me more.".into(),
-        ..hello.clone()
+        history: vec![(first.query.clone(), answer.text.clone())],
+        query: next.into(),
+        ..first.clone()
     };
     let other = pipe
         .generate_for("client:b", &follow_up, &mut |_| true)
         .unwrap();
-    assert_eq!(other.reused_tokens, 0, "client b continued client a's chat");
     let own = pipe
         .generate_for("client:a", &follow_up, &mut |_| true)
         .unwrap();
-    assert!(own.reused_tokens > 5, "reused {}", own.reused_tokens);
-    assert_eq!(own.generated_ids, other.generated_ids);
+    (own, other)
 }
