@@ -87,10 +87,22 @@ pub fn App() -> impl IntoView {
         #[cfg(feature = "hydrate")]
         crate::test_hook::install(state);
     });
+    // The device, or where each part of a split model runs; the full plan (bytes per device) on hover.
     let device = move || {
         state
             .models
-            .with(|m| m.as_ref().map(|m| format!("device: {}", m.device)))
+            .with(|m| {
+                m.as_ref().map(|m| match &m.placement {
+                    Some(p) => format!("devices: {p}"),
+                    None => format!("device: {}", m.device),
+                })
+            })
+            .unwrap_or_default()
+    };
+    let plan = move || {
+        state
+            .models
+            .with(|m| m.as_ref().and_then(|m| m.plan_detail.clone()))
             .unwrap_or_default()
     };
     view! {
@@ -102,7 +114,7 @@ pub fn App() -> impl IntoView {
                     <span class="tagline">"local vision-language chat"</span>
                 </div>
                 <ModelPicker/>
-                <span class="device">{device}</span>
+                <span class="device" title=plan>{device}</span>
             </header>
             <Notice/>
             <main class="layout">

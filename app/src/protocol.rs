@@ -106,6 +106,12 @@ pub struct ModelsState {
     /// The largest image the server accepts, in bytes (the page checks before sending).
     #[serde(default)]
     pub max_upload_bytes: usize,
+    /// Where the loaded model's modules run, one line per device (`cuda:0: layers 0–13 …`), when it is
+    /// spread over more than one device; the full device plan with its memory figures in `plan_detail`.
+    #[serde(default)]
+    pub placement: Option<String>,
+    #[serde(default)]
+    pub plan_detail: Option<String>,
 }
 
 /// Sampling settings. The defaults are those of THUDM's web demo.

@@ -12,16 +12,23 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::model::config::Config;
-use crate::model::quant::{decode_read_bytes, estimated_weight_bytes, Quantizer};
-use crate::model::weights::{expected_tensors, parameter_bytes, RandomBackend};
+use crate::model::memory::{rss_anon_bytes, PeakSampler};
+use crate::model::placement::Placement;
+use crate::model::quant::{decode_read_bytes, Quantizer};
+use crate::model::weights::{expected_tensors, RandomBackend};
 use crate::model::CogVlm;
 use crate::pipeline::{
-    find_tokenizer, load_tokenizer, parse_device, parse_dtype, ChatRequest, CheckpointSummary,
-    LoadOptions, Pipeline, Quant, SamplingParams,
+    find_tokenizer, load_tokenizer, make_plan, parse_device, parse_dtype, ChatRequest,
+    CheckpointSummary, LoadOptions, Pipeline, PlacementRequest, Quant, SamplingParams,
 };
 
 /// Named full-size configurations (the real checkpoints' shapes, spec §1).
 pub fn named_config(name: &str) -> anyhow::Result<Config> {
+    Ok(serde_json::from_value(named_config_json(name)?)?)
+}
+
+/// A named configuration as its `config.json` holds it.
+pub fn named_config_json(name: &str) -> anyhow::Result<serde_json::Value> {
     let (image_size, cogagent) = match name {
         "cogvlm-17b" | "cogvlm-chat" | "cogvlm-base-490" => (490, false),
         "cogvlm-base-224" => (224, false),
@@ -44,7 +51,7 @@ pub fn named_config(name: &str) -> anyhow::Result<Config> {
         json["cross_image_size"] = 1120.into();
         json["architectures"] = serde_json::json!(["CogAgentForCausalLM"]);
     }
-    Ok(serde_json::from_value(json)?)
+    Ok(json)
 }
 
 pub struct BenchArgs {
@@ -59,6 +66,10 @@ pub struct BenchArgs {
     /// Timed runs (each on a new image); medians are reported.
     pub repeat: usize,
     pub tokenizer: Option<PathBuf>,
+    /// `--devices` / `--gpu-layers`.
+    pub placement: PlacementRequest,
+    /// Stop after loading (plan, load time, loading's peak memory).
+    pub load_only: bool,
 }
 
 /// This device's ceilings, measured through candle in the model's dtype.
@@ -186,16 +197,6 @@ fn rss_bytes() -> Option<u64> {
     proc_status_kb("VmRSS:")
 }
 
-fn mem_available_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    line.split_whitespace()
-        .nth(1)?
-        .parse::<u64>()
-        .ok()
-        .map(|kb| kb * 1024)
-}
-
 /// Peak resident memory of this process (VmHWM).
 fn peak_rss_bytes() -> Option<u64> {
     proc_status_kb("VmHWM:")
@@ -225,48 +226,49 @@ fn synthetic_image(size: u32) -> image::DynamicImage {
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
-    let device = parse_device(&args.device)?;
+    let first = args.placement.devices.first().unwrap_or(&args.device);
+    let device = parse_device(first)?;
     let dtype = parse_dtype(args.dtype.as_deref(), &device)?;
-    let floors = measure_floors(&device, dtype).context("cannot measure the device's floors")?;
+    let opts = LoadOptions {
+        device: args.device.clone(),
+        dtype: args.dtype.clone(),
+        tokenizer: args.tokenizer.clone(),
+        quant: args.quant,
+        quant_vision: args.quant_vision,
+        placement: args.placement.clone(),
+    };
+    let floors = if args.load_only {
+        None
+    } else {
+        Some(measure_floors(&device, dtype).context("cannot measure the device's floors")?)
+    };
     device.synchronize()?;
     let used_before = device_used_bytes(&device);
+    let anon_before = rss_anon_bytes();
     let load_start = Instant::now();
+    // Loading's peak of anonymous memory (what it keeps and what it holds on the way, not the mapped files).
+    let sampler = PeakSampler::start();
     let (mut pipe, label) = match (&args.model, &args.config) {
-        (Some(dir), _) => {
-            let opts = LoadOptions {
-                device: args.device.clone(),
-                dtype: args.dtype.clone(),
-                tokenizer: args.tokenizer.clone(),
-                quant: args.quant,
-                quant_vision: args.quant_vision,
-            };
-            (
-                Pipeline::load(dir, &opts, &mut |_, _| {})?,
-                dir.display().to_string(),
-            )
-        }
+        (Some(dir), _) => (
+            Pipeline::load(dir, &opts, &mut |_, _| {})?,
+            dir.display().to_string(),
+        ),
         (None, Some(name)) => {
             let cfg = named_config(name)?;
-            let (params, _) = parameter_bytes(&cfg, dtype);
-            let bytes = estimated_weight_bytes(&cfg, dtype, args.quant, args.quant_vision);
-            if let (Device::Cpu, Some(avail)) = (&device, mem_available_bytes()) {
-                // Weights plus ~10 % for activations and the KV cache.
-                if bytes + bytes / 10 > avail {
-                    bail!(
-                        "{name} has {:.2} B parameters = {:.1} GiB in {dtype:?} (quantization: {}); with 10 % for activations \
-                         and the KV cache that is more than this machine's {:.1} GiB of available memory: run it on a GPU \
-                         (--device cuda) or a larger machine",
-                        params as f64 / 1e9,
-                        bytes as f64 / (1u64 << 30) as f64,
-                        args.quant,
-                        avail as f64 / (1u64 << 30) as f64
-                    );
-                }
-            }
-            let vb = VarBuilder::from_backend(Box::new(RandomBackend), dtype, device.clone());
+            // Refused here, before any weight is made, when it cannot fit.
+            let plan = make_plan(&cfg, dtype, &opts)?;
+            eprint!("{name}: {plan}");
+            let place = Placement::open(&plan, parse_device)?;
+            let vb = VarBuilder::from_backend(
+                Box::new(RandomBackend),
+                dtype,
+                place
+                    .device(plan.layers.first().copied().unwrap_or(0))
+                    .clone(),
+            );
             let quantizer =
                 Quantizer::for_random_weights(args.quant).with_vision(args.quant_vision);
-            let model = CogVlm::with_quantizer(&cfg, vb, quantizer)
+            let model = CogVlm::with_placement(&cfg, vb, quantizer, place)
                 .context("cannot build the random-weight model")?;
             let tok_path = find_tokenizer(&default_tokenizer_anchor(), args.tokenizer.as_deref())?;
             let summary = CheckpointSummary {
@@ -277,7 +279,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
                 default_version: crate::pipeline::default_version(name, &cfg),
             };
             (
-                Pipeline::from_parts(model, load_tokenizer(&tok_path)?, summary),
+                Pipeline::from_parts(model, load_tokenizer(&tok_path)?, summary).with_plan(plan),
                 format!("{name} (random weights)"),
             )
         }
@@ -285,7 +287,31 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     };
     device.synchronize()?;
     let load_s = load_start.elapsed().as_secs_f64();
+    let load_peak_anon = sampler.finish();
     let used_after_load = device_used_bytes(&device);
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let weight_bytes = pipe.model().weight_bytes();
+    let plan = serde_json::to_value(pipe.plan())?;
+    let loading = serde_json::json!({
+        "model": label,
+        "device": format!("{device:?}"),
+        "dtype": format!("{dtype:?}").to_lowercase(),
+        "quant": pipe.model().quant_report().mode.to_string(),
+        "quant_vision": args.quant_vision,
+        "weight_gib": gib(weight_bytes),
+        "weight_bytes": weight_bytes,
+        "load_s": load_s,
+        "load_peak_rss_anon_gib": gib(load_peak_anon),
+        "rss_anon_before_load_gib": anon_before.map(gib),
+        "rss_anon_after_load_gib": rss_anon_bytes().map(gib),
+        "plan": plan,
+    });
+    if args.load_only {
+        return Ok(loading);
+    }
+    let Some(floors) = floors else {
+        bail!("no floors measured")
+    };
     let mut peak_used = used_after_load;
     let mut sample_peak = |device: &Device| {
         if let Some(u) = device_used_bytes(device) {
@@ -295,7 +321,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let summary = pipe.summary().clone();
     let cfg = pipe.model().cfg.clone();
     let quant = pipe.model().quant_report().clone();
-    let weight_bytes = pipe.model().weight_bytes();
     // ~24 text tokens, as in the reference measurements.
     let query =
         "Describe this image in detail, including every object, its colour and where it is."
@@ -352,7 +377,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let decode_floor = floors.copy_bytes_per_s / read_bytes as f64;
     let flops = prefill_flops(&cfg, stats.prompt_tokens);
     let prefill_floor_ms = flops / floors.matmul_flop_per_s * 1e3;
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     // The towers' dtypes (f16 under a bf16 model) and how many images overflowed f16 and were encoded again.
     let (vision_dtype, cross_dtype) = pipe.model().encoder_dtypes();
     let encoder_dtypes: Vec<&str> = std::iter::once(vision_dtype)
@@ -396,11 +420,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         "device_resident_after_load_gib": used_after_load.map(gib),
         "device_peak_gib": peak_used.map(gib),
         "peak_rss_gib": peak_rss_bytes().map(gib),
+        "load_peak_rss_anon_gib": gib(load_peak_anon),
+        "plan": loading["plan"],
+        "transfers": pipe.model().placement().transfers(),
     }))
 }
 
 /// Where the bundled tokenizer lives (for random-weight runs with no model folder).
-fn default_tokenizer_anchor() -> PathBuf {
+pub fn default_tokenizer_anchor() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")
         .join("models")
@@ -410,6 +437,7 @@ fn default_tokenizer_anchor() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::quant::estimated_weight_bytes;
 
     /// The floors' inputs at full size against `../shared/gpu/README.md`: CogVLM decode reads ~13.2 GB of
     /// weights per token in bf16, and a 490 px + 24-token prefill is ≈ 28.8 TFLOP.

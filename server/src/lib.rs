@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod engine;
+pub mod make_checkpoint;
 pub mod model;
 pub mod openai;
 pub mod parity;

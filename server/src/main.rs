@@ -31,6 +31,26 @@ struct DeviceArgs {
     /// With --quant: the EVA2-CLIP vision tower's linear layers in the same format (CogVLM int4 in ~10 GB)
     #[arg(long, requires = "quant")]
     quant_vision: bool,
+    #[command(flatten)]
+    place: PlaceArgs,
+}
+
+/// Where the modules go when the model does not fit one device.
+#[derive(clap::Args, Clone)]
+struct PlaceArgs {
+    /// Split the decoder layers across these devices, e.g. cuda:0,cuda:1 (the vision towers on the first)
+    #[arg(long)]
+    devices: Option<String>,
+    /// N decoder layers (and the towers) on the GPU, the rest on the CPU (or the second of --devices);
+    /// `auto`: as many as fit (the default when the model does not fit the GPU)
+    #[arg(long)]
+    gpu_layers: Option<cogvlm::pipeline::GpuLayers>,
+}
+
+impl PlaceArgs {
+    fn request(&self) -> cogvlm::pipeline::PlacementRequest {
+        cogvlm::pipeline::PlacementRequest::parse(self.devices.as_deref(), self.gpu_layers)
+    }
 }
 
 #[derive(clap::Args, Clone)]
@@ -130,6 +150,8 @@ enum Command {
         /// With --quant: the vision tower quantized too, compared within its own tolerance
         #[arg(long, requires = "quant")]
         quant_vision: bool,
+        #[command(flatten)]
+        place: PlaceArgs,
     },
     /// Time to first token, decode tokens/s and peak memory as one JSON line.
     Bench {
@@ -147,8 +169,31 @@ enum Command {
         repeat: usize,
         #[arg(long)]
         tokenizer: Option<PathBuf>,
+        /// Stop after loading: the plan, load time and loading's peak memory only
+        #[arg(long)]
+        load_only: bool,
         #[command(flatten)]
         dev: DeviceArgs,
+    },
+    /// Write a random-weight checkpoint in the Hugging Face layout (bf16 shards + index), streaming.
+    MakeCheckpoint {
+        /// cogvlm-17b, cogvlm-base-224, cogagent-18b, … or a config.json
+        #[arg(long)]
+        config: String,
+        /// A new (or empty) folder
+        #[arg(long)]
+        out: PathBuf,
+        /// Largest shard in MB (THUDM's are ~5 GB)
+        #[arg(long, default_value_t = 5000)]
+        shard_mb: u64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Keep only this many decoder layers (a smaller file with full-width tensors)
+        #[arg(long)]
+        layers: Option<usize>,
+        /// Keep only this many EVA2-CLIP layers
+        #[arg(long)]
+        vision_layers: Option<usize>,
     },
 }
 
@@ -172,6 +217,7 @@ fn main() {
                 dtype: s.dev.dtype,
                 quant: s.dev.quant,
                 quant_vision: s.dev.quant_vision,
+                placement: s.dev.place.request(),
                 share: s.share,
                 token: s.token,
                 limits: cogvlm::engine::Limits {
@@ -194,7 +240,15 @@ fn main() {
             dtype,
             quant,
             quant_vision,
-        } => parity(fixtures, case, device, dtype, quant, quant_vision),
+            place,
+        } => parity(
+            fixtures,
+            case,
+            device,
+            dtype,
+            (quant, quant_vision),
+            place.request(),
+        ),
         Command::Bench {
             model,
             config,
@@ -202,6 +256,7 @@ fn main() {
             new_tokens,
             repeat,
             tokenizer,
+            load_only,
             dev,
         } => {
             let args = cogvlm::bench::BenchArgs {
@@ -214,8 +269,30 @@ fn main() {
                 new_tokens,
                 repeat,
                 tokenizer,
+                placement: dev.place.request(),
+                load_only,
             };
             cogvlm::bench::run(&args).map(|v| println!("{v}"))
+        }
+        Command::MakeCheckpoint {
+            config,
+            out,
+            shard_mb,
+            seed,
+            layers,
+            vision_layers,
+        } => {
+            let args = cogvlm::make_checkpoint::MakeArgs {
+                config,
+                out,
+                shard_bytes: shard_mb * 1_000_000,
+                seed,
+                layers,
+                vision_layers,
+            };
+            cogvlm::make_checkpoint::run(&args).map(|w| {
+                println!("{}", serde_json::json!(w));
+            })
         }
         Command::Chat {
             model,
@@ -271,6 +348,7 @@ fn main() {
                 tokenizer,
                 quant: dev.quant,
                 quant_vision: dev.quant_vision,
+                placement: dev.place.request(),
             };
             chat(model, image, version, sampling, opts)
         }
@@ -286,15 +364,15 @@ fn parity(
     case: Option<String>,
     device: String,
     dtype: Option<String>,
-    quant: Quant,
-    quant_vision: bool,
+    (quant, quant_vision): (Quant, bool),
+    placement: cogvlm::pipeline::PlacementRequest,
 ) -> anyhow::Result<()> {
-    let (passed, failed) = cogvlm::parity::run_all(
+    let (passed, failed) = cogvlm::parity::run_all_placed(
         &fixtures,
         &device,
         dtype.as_deref(),
-        quant,
-        quant_vision,
+        (quant, quant_vision),
+        placement,
         case.as_deref(),
         &mut |c| println!("{c}"),
     )?;

@@ -168,6 +168,7 @@ pub struct Runner {
     dtype: DType,
     quant: Quant,
     quant_vision: bool,
+    placement: crate::pipeline::PlacementRequest,
     pipelines: HashMap<String, Pipeline>,
 }
 
@@ -188,8 +189,20 @@ impl Runner {
             dtype,
             quant: Quant::Float,
             quant_vision: false,
+            placement: Default::default(),
             pipelines: HashMap::new(),
         })
+    }
+
+    /// Loads the models placed as `req` asks (`--devices`, `--gpu-layers`).
+    pub fn with_placement(mut self, req: crate::pipeline::PlacementRequest) -> Self {
+        self.placement = req;
+        self
+    }
+
+    /// The loaded pipelines, by model folder (placement checks read their transfer counts).
+    pub fn pipelines(&self) -> impl Iterator<Item = (&String, &Pipeline)> {
+        self.pipelines.iter()
     }
 
     /// Loads the models with a quantized language model (and vision tower, when `vision`); its checks use
@@ -227,6 +240,7 @@ impl Runner {
                 tokenizer: tok.is_file().then_some(tok),
                 quant: self.quant,
                 quant_vision: self.quant_vision,
+                placement: self.placement.clone(),
             };
             let p = Pipeline::load(&dir, &opts, &mut |_, _| {})?;
             self.pipelines.insert(model_dir.to_string(), p);
@@ -540,7 +554,11 @@ impl Runner {
             let idx = rows_idx.to_dtype(DType::U32)?.to_device(&device)?;
             let ours: Vec<Tensor> = hidden
                 .iter()
-                .map(|h| h.squeeze(0)?.index_select(&idx, 0)?.to_device(&Device::Cpu))
+                .map(|h| {
+                    h.squeeze(0)?
+                        .index_select(&idx.to_device(h.device())?, 0)?
+                        .to_device(&Device::Cpu)
+                })
                 .collect::<candle_core::Result<_>>()?;
             let ours = Tensor::stack(&ours, 0)?;
             rec.close("hidden_rows", rel_l2(&ours, rows), tol);
@@ -657,7 +675,31 @@ pub fn run_all(
     filter: Option<&str>,
     sink: &mut dyn FnMut(&Check),
 ) -> anyhow::Result<(usize, usize)> {
-    let mut runner = Runner::new(dir, device, dtype)?.with_quant(quant, quant_vision);
+    let place = Default::default();
+    run_all_placed(
+        dir,
+        device,
+        dtype,
+        (quant, quant_vision),
+        place,
+        filter,
+        sink,
+    )
+}
+
+/// As [`run_all`] with the models placed as `placement` asks.
+pub fn run_all_placed(
+    dir: &Path,
+    device: &str,
+    dtype: Option<&str>,
+    (quant, quant_vision): (Quant, bool),
+    placement: crate::pipeline::PlacementRequest,
+    filter: Option<&str>,
+    sink: &mut dyn FnMut(&Check),
+) -> anyhow::Result<(usize, usize)> {
+    let mut runner = Runner::new(dir, device, dtype)?
+        .with_quant(quant, quant_vision)
+        .with_placement(placement);
     let mut all = runner.tokenizer_checks(sink)?;
     for case in runner.cases()? {
         let id = case.get("id").and_then(|v| v.as_str()).unwrap_or("");

@@ -12,6 +12,9 @@ use candle_nn::VarBuilder;
 use tokenizers::Tokenizer;
 
 use crate::model::config::Config;
+use crate::model::memory;
+use crate::model::placement::{self, DeviceInfo, Placement, Plan, Sizes};
+pub use crate::model::placement::{GpuLayers, PlacementRequest};
 use crate::model::preprocess;
 use crate::model::prompt::{prompt_text, PromptInput};
 pub use crate::model::prompt::{ModelKind, PromptVersion};
@@ -93,6 +96,8 @@ pub struct LoadOptions {
     pub quant: Quant,
     /// With `quant`, the vision tower's and adapter's linear layers in the same format.
     pub quant_vision: bool,
+    /// `--devices` / `--gpu-layers`: where the modules go (default: all on `device`, offloaded when too big).
+    pub placement: PlacementRequest,
 }
 
 pub fn parse_device(s: &str) -> anyhow::Result<Device> {
@@ -112,6 +117,38 @@ pub fn parse_device(s: &str) -> anyhow::Result<Device> {
         }
         other => bail!("unknown device {other:?} (expected cpu, cuda or cuda:N)"),
     }
+}
+
+/// The device plan for `cfg` under `opts`: the devices named by `--devices` (else `--device`) with their free
+/// memory and the host's, the KV cache sized for the config's context.
+pub fn make_plan(cfg: &Config, dtype: DType, opts: &LoadOptions) -> anyhow::Result<Plan> {
+    let names: Vec<String> = if opts.placement.devices.is_empty() {
+        vec![opts.device.clone()]
+    } else {
+        opts.placement.devices.clone()
+    };
+    let mut devices = Vec::new();
+    for n in &names {
+        let dev = parse_device(n)?;
+        let name = match &dev {
+            Device::Cpu => "cpu".to_string(),
+            _ => format!("cuda:{}", n.strip_prefix("cuda:").unwrap_or("0")),
+        };
+        let free = memory::free_bytes(&dev).unwrap_or(u64::MAX / 4);
+        devices.push(DeviceInfo { name, free });
+    }
+    let cpu = DeviceInfo {
+        name: "cpu".into(),
+        free: memory::mem_available_bytes().unwrap_or(u64::MAX / 4),
+    };
+    let sizes = Sizes::new(
+        cfg,
+        dtype,
+        opts.quant,
+        opts.quant_vision,
+        cfg.max_position_embeddings,
+    );
+    Ok(placement::plan(&sizes, &opts.placement, &devices, &cpu)?)
 }
 
 pub fn parse_dtype(s: Option<&str>, device: &Device) -> anyhow::Result<DType> {
@@ -223,6 +260,7 @@ pub struct Pipeline {
     summary: CheckpointSummary,
     image_cache: Option<ImageCache>,
     conversations: Vec<Conversation>,
+    plan: Option<Plan>,
 }
 
 /// The caches' owner for a client id; `0` for the single user of the terminal, bench and parity runs.
@@ -268,21 +306,34 @@ impl Pipeline {
         let cfg = Config::from_file(&dir.join("config.json"))?;
         let summary = summarize(dir, &cfg);
         let tokenizer = load_tokenizer(&find_tokenizer(dir, opts.tokenizer.as_deref())?)?;
-        let device = parse_device(&opts.device)?;
-        let dtype = parse_dtype(opts.dtype.as_deref(), &device)?;
+        let first = opts.placement.devices.first().unwrap_or(&opts.device);
+        let dtype = parse_dtype(opts.dtype.as_deref(), &parse_device(first)?)?;
         let ck = Checkpoint::open(dir, &cfg)?;
-        let vb =
-            VarBuilder::from_backend(Box::new(ProgressBackend::new(ck, progress)), dtype, device);
+        // Decided, printed and (when nothing fits) refused before any weight is read.
+        let plan = make_plan(&cfg, dtype, opts)?;
+        eprint!("{}: {plan}", summary.name);
+        let place = Placement::open(&plan, parse_device)?;
+        let vb = VarBuilder::from_backend(
+            Box::new(ProgressBackend::new(ck, progress)),
+            dtype,
+            place
+                .device(plan.layers.first().copied().unwrap_or(0))
+                .clone(),
+        );
         let quantizer = Quantizer::new(opts.quant).with_vision(opts.quant_vision);
-        let model = CogVlm::with_quantizer(&cfg, vb, quantizer)
+        let model = CogVlm::with_placement(&cfg, vb, quantizer, place)
             .with_context(|| format!("cannot build the model from {}", dir.display()))?;
-        Ok(Self {
-            model,
-            tokenizer,
-            summary,
-            image_cache: None,
-            conversations: Vec::new(),
-        })
+        Ok(Self::from_parts(model, tokenizer, summary).with_plan(plan))
+    }
+
+    /// Records the device plan the model was built with (shown on the page and in the bench's JSON).
+    pub fn with_plan(mut self, plan: Plan) -> Self {
+        self.plan = Some(plan);
+        self
+    }
+
+    pub fn plan(&self) -> Option<&Plan> {
+        self.plan.as_ref()
     }
 
     pub fn from_parts(model: CogVlm, tokenizer: Tokenizer, summary: CheckpointSummary) -> Self {
@@ -292,6 +343,7 @@ impl Pipeline {
             summary,
             image_cache: None,
             conversations: Vec::new(),
+            plan: None,
         }
     }
 

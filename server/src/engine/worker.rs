@@ -62,6 +62,8 @@ struct Shared {
     stopped: bool,
     /// Test hook: the next job panics inside the worker.
     panic_next: bool,
+    /// The loaded model's device plan: a one-line summary when split, and the full plan.
+    plan: (Option<String>, Option<String>),
 }
 
 /// A queued or running generation, as returned to the caller.
@@ -280,11 +282,17 @@ impl EngineHandle {
 
     /// The checkpoint list and what is loaded.
     pub fn models(&self) -> ModelsState {
-        let shared = self
-            .shared
-            .lock()
-            .map(|s| (s.current.clone(), s.loading.clone(), s.load_error.clone()));
-        let (current, loading, load_error) = shared.unwrap_or_default();
+        let shared = self.shared.lock().map(|s| {
+            let plan = s.plan.clone();
+            (
+                s.current.clone(),
+                s.loading.clone(),
+                s.load_error.clone(),
+                plan,
+            )
+        });
+        let (current, loading, load_error, plan) = shared.unwrap_or_default();
+        let (placement, plan_detail) = plan;
         ModelsState {
             checkpoints: self.registry.entries.iter().map(Entry::info).collect(),
             current,
@@ -294,6 +302,8 @@ impl EngineHandle {
             skipped: self.registry.skipped.clone(),
             device: self.device.clone(),
             max_upload_bytes: self.limits.max_upload_bytes,
+            placement,
+            plan_detail,
         }
     }
 }
@@ -629,11 +639,15 @@ impl Worker {
                     eprintln!("{name}: {quant}");
                 }
                 // Replace only now: a failed load keeps the old checkpoint.
+                let plan = pipeline
+                    .plan()
+                    .map(|p| (p.is_split().then(|| p.short()), p.to_string()));
                 self.pipeline = Some(pipeline);
                 self.current = Some(entry.clone());
                 self.set_shared(|s| {
                     s.current = Some(name.into());
                     s.loading = None;
+                    s.plan = plan.map_or((None, None), |(a, b)| (a, Some(b)));
                 });
                 eprintln!(
                     "checkpoint {name} loaded in {:.1} s",

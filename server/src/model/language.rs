@@ -13,6 +13,7 @@ use candle_nn::VarBuilder;
 
 use super::config::{Config, CrossConfig};
 use super::kv_cache::KvBuffer;
+use super::placement::Placement;
 use super::quant::{QLinear, Quantizer, Role};
 use super::vision::sdpa;
 
@@ -364,27 +365,39 @@ pub struct LanguageModel {
     /// them (8 KB per decode step, where the ids would have been uploaded anyway), and the table's 262 MB of
     /// device memory stay free.
     embed_tokens: Tensor,
+    /// The first layer's device.
     device: Device,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: QLinear,
-    rotary: Rotary,
+    /// The RoPE tables of each device slot that runs layers.
+    rotary: Vec<Option<Rotary>>,
+    place: Placement,
 }
 
 impl LanguageModel {
     /// `vb` is the root builder (the LM lives under `model.` but `lm_head` is at the top).
-    pub fn new(cfg: &Config, vb: VarBuilder, q: &Quantizer) -> Result<Self> {
-        let m = vb.pp("model");
+    /// Each layer (and the head) is built on the device `place` gives it.
+    pub fn new(cfg: &Config, vb: VarBuilder, q: &Quantizer, place: &Placement) -> Result<Self> {
+        let on = |slot: usize| vb.clone().set_device(place.device(slot).clone());
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::new(cfg, m.pp("layers").pp(i), q))
+            .map(|i| DecoderLayer::new(cfg, on(place.layers[i]).pp("model.layers").pp(i), q))
             .collect::<Result<_>>()?;
+        let rotary = (0..place.slots.len())
+            .map(|s| match place.layers.contains(&s) {
+                true => Rotary::new(cfg, &on(s).pp("model"), place.device(s)).map(Some),
+                false => Ok(None),
+            })
+            .collect::<Result<_>>()?;
+        let vb = on(place.head);
+        let m = vb.pp("model");
         let embed_tokens = m
             .pp("embed_tokens")
             .set_device(Device::Cpu)
             .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
         Ok(Self {
             embed_tokens,
-            device: vb.device().clone(),
+            device: place.layer_device(0).clone(),
             layers,
             norm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?,
             lm_head: q.linear(
@@ -393,7 +406,8 @@ impl LanguageModel {
                 Role::LmHead,
                 vb.pp("lm_head"),
             )?,
-            rotary: Rotary::new(cfg, &m, vb.device())?,
+            rotary,
+            place: place.clone(),
         })
     }
 
@@ -422,9 +436,18 @@ impl LanguageModel {
 
     /// Computes every layer's cross K/V from the encoder output (CogAgent prefill).
     pub fn set_cross(&self, cache: &mut [LayerCache], enc: &Tensor) -> Result<()> {
-        for (layer, c) in self.layers.iter().zip(cache.iter_mut()) {
+        // The encoder output, moved once to each slot that runs layers.
+        let mut moved: Vec<Option<Tensor>> = vec![None; self.place.slots.len()];
+        for (i, (layer, c)) in self.layers.iter().zip(cache.iter_mut()).enumerate() {
             if let Some((_, cross)) = &layer.cross {
-                c.cross = Some(cross.encoder_kv(enc)?);
+                let s = self.place.layers[i];
+                let enc = match &moved[s] {
+                    Some(e) => e.clone(),
+                    None if s == self.place.cross => enc.clone(),
+                    None => self.place.transfer(enc, s)?,
+                };
+                c.cross = Some(cross.encoder_kv(&enc)?);
+                moved[s] = Some(enc);
             }
         }
         Ok(())
@@ -450,32 +473,68 @@ impl LanguageModel {
         cache: &mut [LayerCache],
         mut hidden: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor> {
-        let (cos, sin) = self.rotary.cos_sin(positions, embeds.dtype())?;
         let l = embeds.dim(1)?;
         let past = cache.first().map_or(0, |c| c.kv.len());
-        let mask = if l > 1 {
-            Some(causal_mask(l, past, embeds.device())?)
-        } else {
-            None
-        };
-        let chunk = Chunk {
-            span,
-            cos,
-            sin,
-            mask,
-        };
+        // The RoPE rows and mask, made on each slot the first time one of its layers runs.
+        let mut chunks: Vec<Option<Chunk>> = (0..self.place.slots.len()).map(|_| None).collect();
         let mut h = embeds.clone();
-        for (layer, c) in self.layers.iter().zip(cache.iter_mut()) {
+        let mut at = self
+            .place
+            .layers
+            .first()
+            .copied()
+            .unwrap_or(self.place.head);
+        for (i, (layer, c)) in self.layers.iter().zip(cache.iter_mut()).enumerate() {
             if let Some(hs) = hidden.as_mut() {
                 hs.push(h.clone());
             }
-            h = layer.forward(&h, &chunk, c)?;
+            let s = self.place.layers[i];
+            if s != at {
+                h = self.place.transfer(&h, s)?;
+                at = s;
+            }
+            if chunks[s].is_none() {
+                chunks[s] = Some(self.chunk(s, span, positions, l, past, embeds.dtype())?);
+            }
+            if let Some(chunk) = &chunks[s] {
+                h = layer.forward(&h, chunk, c)?;
+            }
+        }
+        if self.place.head != at {
+            h = self.place.transfer(&h, self.place.head)?;
         }
         let out = self.norm.forward(&h)?;
         if let Some(hs) = hidden.as_mut() {
             hs.push(out.clone());
         }
         Ok(out)
+    }
+
+    /// What every layer on `slot` needs about this chunk.
+    fn chunk<'a>(
+        &self,
+        slot: usize,
+        span: &'a Option<Range<usize>>,
+        positions: &[u32],
+        l: usize,
+        past: usize,
+        dtype: DType,
+    ) -> Result<Chunk<'a>> {
+        let Some(rotary) = &self.rotary[slot] else {
+            candle_core::bail!("no RoPE tables on device slot {slot}");
+        };
+        let (cos, sin) = rotary.cos_sin(positions, dtype)?;
+        let mask = if l > 1 {
+            Some(causal_mask(l, past, self.place.device(slot))?)
+        } else {
+            None
+        };
+        Ok(Chunk {
+            span,
+            cos,
+            sin,
+            mask,
+        })
     }
 
     /// Logits in f32 (as the reference casts them).

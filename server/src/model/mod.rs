@@ -2,12 +2,15 @@
 //! names. Layout after candle-transformers: `config` (serde `config.json`), `vision` (EVA2-CLIP-E + GLU adapter),
 //! `cross_vision` (CogAgent's EVA2-CLIP-L), `language` (visual-expert decoder), `prompt` (templates, ids, position
 //! ids, expert routing), `preprocess` (PIL-exact resize + CLIP normalisation), `weights` (files, checks), `quant`
-//! (int8 / int4 linear layers), `precision` (the image encoders' dtype).
+//! (int8 / int4 linear layers), `precision` (the image encoders' dtype), `placement` (which module on which
+//! device), `memory` (free and resident memory).
 
 pub mod config;
 pub mod cross_vision;
 pub mod kv_cache;
 pub mod language;
+pub mod memory;
+pub mod placement;
 pub mod precision;
 pub mod preprocess;
 pub mod prompt;
@@ -23,6 +26,7 @@ use candle_nn::VarBuilder;
 use config::Config;
 use cross_vision::CrossVisionModel;
 use language::{LanguageModel, LayerCache};
+use placement::Placement;
 use prompt::{ModelKind, PromptInput};
 use quant::{Quant, QuantReport, Quantizer};
 use vision::VisionModel;
@@ -33,7 +37,9 @@ pub struct CogVlm {
     vision: VisionModel,
     cross_vision: Option<CrossVisionModel>,
     lm: LanguageModel,
+    /// The vision tower's device: where images are prepared.
     device: Device,
+    place: Placement,
     dtype: DType,
     /// The towers' weights' and activations' dtypes ([`precision::encoder_dtype`]; the model dtype for a
     /// quantized tower, whose matmuls take f32 or bf16).
@@ -91,6 +97,17 @@ impl CogVlm {
 
     /// As [`Self::new_quantized`] with a given quantizer (the benchmark's shared random blocks).
     pub fn with_quantizer(cfg: &Config, vb: VarBuilder, q: Quantizer) -> Result<Self> {
+        let place = Placement::single(vb.device().clone(), cfg.num_hidden_layers);
+        Self::with_placement(cfg, vb, q, place)
+    }
+
+    /// As [`Self::with_quantizer`] with each module on the device `place` gives it.
+    pub fn with_placement(
+        cfg: &Config,
+        vb: VarBuilder,
+        q: Quantizer,
+        place: Placement,
+    ) -> Result<Self> {
         let dtype = vb.dtype();
         let cross_dtype = precision::encoder_dtype(dtype);
         let vision_dtype = if q.quantizes_vision() {
@@ -98,22 +115,33 @@ impl CogVlm {
         } else {
             cross_dtype
         };
-        let vision =
-            VisionModel::new(cfg, vb.pp("model").pp("vision").set_dtype(vision_dtype), &q)?;
+        let on = |slot: usize| vb.clone().set_device(place.device(slot).clone());
+        let vision = VisionModel::new(
+            cfg,
+            on(place.vision)
+                .pp("model")
+                .pp("vision")
+                .set_dtype(vision_dtype),
+            &q,
+        )?;
         let cross_vision = match cfg.cross() {
             Some(c) => Some(CrossVisionModel::new(
                 &c,
-                vb.pp("model").pp("cross_vision").set_dtype(cross_dtype),
+                on(place.cross)
+                    .pp("model")
+                    .pp("cross_vision")
+                    .set_dtype(cross_dtype),
             )?),
             None => None,
         };
-        let lm = LanguageModel::new(cfg, vb.clone(), &q)?;
+        let lm = LanguageModel::new(cfg, vb.clone(), &q, &place)?;
         Ok(Self {
             cfg: cfg.clone(),
             vision,
             cross_vision,
             lm,
-            device: vb.device().clone(),
+            device: place.device(place.vision).clone(),
+            place,
             dtype,
             vision_dtype,
             cross_dtype,
@@ -141,8 +169,14 @@ impl CogVlm {
         }
     }
 
+    /// Where pixel tensors go (the vision tower's device).
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The devices each module runs on.
+    pub fn placement(&self) -> &Placement {
+        &self.place
     }
 
     pub fn dtype(&self) -> DType {
@@ -175,9 +209,12 @@ impl CogVlm {
     /// CogAgent: `[1, 3, 1120, 1120]` pixels → encoder output `[1, 6400, cross_hidden]`, in the model dtype.
     pub fn encode_cross(&self, pixels: &Tensor) -> Result<Tensor> {
         match &self.cross_vision {
-            Some(cv) => self.encode("cross encoder", self.cross_dtype, |dt| {
-                cv.forward(&pixels.to_dtype(dt)?)
-            }),
+            Some(cv) => {
+                let pixels = pixels.to_device(self.place.device(self.place.cross))?;
+                self.encode("cross encoder", self.cross_dtype, |dt| {
+                    cv.forward(&pixels.to_dtype(dt)?)
+                })
+            }
             None => candle_core::bail!("this checkpoint has no cross-vision encoder"),
         }
     }
@@ -272,7 +309,11 @@ impl CogVlm {
                 let (a, b) = (span.start - start, span.end - start);
                 let before = embeds.narrow(1, 0, a)?;
                 let after = embeds.narrow(1, b, l - b)?;
-                embeds = Tensor::cat(&[&before, &img.to_dtype(self.dtype)?, &after], 1)?;
+                let mut img = img.to_dtype(self.dtype)?;
+                if self.place.vision != self.place.layers[0] {
+                    img = self.place.transfer(&img, self.place.layers[0])?;
+                }
+                embeds = Tensor::cat(&[&before, &img, &after], 1)?;
             }
             (Some(_), None) => {
                 candle_core::bail!("the prompt has image slots but no image was encoded")

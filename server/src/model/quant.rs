@@ -192,20 +192,23 @@ fn estimated_bytes(
     expected_tensors(cfg)
         .iter()
         .filter(|(name, _)| keep(name))
-        .map(|(name, shape)| {
-            let n = shape.iter().product::<usize>();
-            let role = match name.as_str() {
-                "lm_head.weight" => Some(Role::LmHead),
-                _ if name.starts_with("model.layers.") && shape.len() == 2 => Some(Role::Layer),
-                _ if vision && is_vision_linear(name) && shape.len() == 2 => Some(Role::Vision),
-                _ => None,
-            };
-            match role.and_then(|r| quant.format(r, shape[1])) {
-                Some(d) => n / d.block_size() * d.type_size(),
-                None => n * dtype.size_in_bytes(),
-            }
-        })
-        .sum::<usize>() as u64
+        .map(|(name, shape)| tensor_bytes(name, shape, dtype, quant, vision))
+        .sum()
+}
+
+/// Bytes of one checkpoint tensor as held after loading with `quant` (`vision`: the tower quantized too).
+pub fn tensor_bytes(name: &str, shape: &[usize], dtype: DType, quant: Quant, vision: bool) -> u64 {
+    let n = shape.iter().product::<usize>();
+    let role = match name {
+        "lm_head.weight" => Some(Role::LmHead),
+        _ if name.starts_with("model.layers.") && shape.len() == 2 => Some(Role::Layer),
+        _ if vision && is_vision_linear(name) && shape.len() == 2 => Some(Role::Vision),
+        _ => None,
+    };
+    (match role.and_then(|r| quant.format(r, shape[1])) {
+        Some(d) => n / d.block_size() * d.type_size(),
+        None => n * dtype.size_in_bytes(),
+    }) as u64
 }
 
 /// The EVA2-CLIP tower's and the GLU adapter's linear layers (not the patch, position or CLS embeddings, nor

@@ -327,28 +327,25 @@ impl SimpleBackend for ProgressBackend<'_> {
     }
 }
 
-/// Random weights made directly on the target device, for speed runs at full size without a 35 GB file.
-/// Matrices ~ N(0, 1/fan_in), norm weights 1, biases 0: the same compute as real weights, finite activations.
-pub struct RandomBackend;
+/// How a random weight is drawn: matrices ~ N(0, 1/fan_in), embeddings and special tokens N(0, 0.25), norm
+/// weights 1, biases 0: the same compute as real weights, finite activations.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RandomInit {
+    Zeros,
+    Ones,
+    Normal { std: f32 },
+}
 
-impl SimpleBackend for RandomBackend {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let dims = s.dims().to_vec();
+impl RandomInit {
+    pub fn for_tensor(name: &str, dims: &[usize]) -> Self {
         let leaf = name.rsplit('.').next().unwrap_or(name);
         let is_norm =
             name.contains("norm") || name.contains("_ln") || name.ends_with("layernorm.weight");
         if dims.len() == 1 && (leaf == "bias" || leaf.ends_with("_bias")) {
-            return Tensor::zeros(s, dtype, dev);
+            return Self::Zeros;
         }
         if dims.len() == 1 && is_norm {
-            return Tensor::ones(s, dtype, dev);
+            return Self::Ones;
         }
         let fan_in: usize = if dims.len() >= 2 {
             dims[1..].iter().product()
@@ -365,7 +362,28 @@ impl SimpleBackend for RandomBackend {
         } else {
             (1.0 / fan_in as f64).sqrt()
         };
-        Tensor::randn(0f32, std as f32, s, dev)?.to_dtype(dtype)
+        Self::Normal { std: std as f32 }
+    }
+}
+
+/// Random weights made directly on the target device, for speed runs at full size without a 35 GB file
+/// ([`RandomInit`]). Each tensor is drawn in f32 and cast at once, so loading holds one f32 tensor at a time.
+pub struct RandomBackend;
+
+impl SimpleBackend for RandomBackend {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        match RandomInit::for_tensor(name, s.dims()) {
+            RandomInit::Zeros => Tensor::zeros(s, dtype, dev),
+            RandomInit::Ones => Tensor::ones(s, dtype, dev),
+            RandomInit::Normal { std } => Tensor::randn(0f32, std, s, dev)?.to_dtype(dtype),
+        }
     }
 
     fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {

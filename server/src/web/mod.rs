@@ -38,6 +38,8 @@ pub struct ServeArgs {
     pub quant: crate::pipeline::Quant,
     /// With `quant`: the vision tower's linear layers too.
     pub quant_vision: bool,
+    /// `--devices` / `--gpu-layers`.
+    pub placement: crate::pipeline::PlacementRequest,
     /// Bind every interface and require an access token (`token`, or a generated one).
     pub share: bool,
     /// The access token; `None` with `share` (or a non-loopback host): a random one.
@@ -58,6 +60,7 @@ impl Default for ServeArgs {
             dtype: None,
             quant: Default::default(),
             quant_vision: false,
+            placement: Default::default(),
             share: false,
             token: None,
             limits: Limits::default(),
@@ -243,6 +246,7 @@ async fn run(args: ServeArgs) -> Result<()> {
                 tokenizer: None,
                 quant: args.quant,
                 quant_vision: args.quant_vision,
+                placement: args.placement.clone(),
             },
             limits: args.limits.clone(),
             fairness: args.fairness.clone(),
