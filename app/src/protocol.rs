@@ -106,8 +106,9 @@ pub struct ModelsState {
     /// The largest image the server accepts, in bytes (the page checks before sending).
     #[serde(default)]
     pub max_upload_bytes: usize,
-    /// Where the loaded model's modules run, one line per device (`cuda:0: layers 0–13 …`), when it is
-    /// spread over more than one device; the full device plan with its memory figures in `plan_detail`.
+    /// Where the loaded model's modules run, when it is spread over more than one device, in one line
+    /// (`cuda:0: vision tower + adapter, layers 0–15 · cpu: …`); the full device plan with its memory figures
+    /// in `plan_detail`.
     #[serde(default)]
     pub placement: Option<String>,
     #[serde(default)]

@@ -673,25 +673,6 @@ impl fmt::Display for Plan {
 }
 
 impl Plan {
-    /// Everything on `device` (tests and callers that place nothing).
-    pub fn single(name: &str, cfg: &Config) -> Self {
-        Plan {
-            devices: vec![DevicePlan {
-                name: name.into(),
-                modules: Vec::new(),
-                weight_bytes: 0,
-                reserve_bytes: 0,
-                free_bytes: 0,
-            }],
-            vision: 0,
-            cross: cfg.cross().map(|_| 0),
-            embed: 0,
-            layers: vec![0; cfg.num_hidden_layers],
-            head: 0,
-            reason: format!("everything on {name}"),
-        }
-    }
-
     /// One line for the page: each device that runs something with what it holds
     /// (`cuda:0: vision tower + adapter, layers 0–13 · cpu: token embedding, layers 14–31, final norm + lm_head`).
     pub fn short(&self) -> String {
