@@ -370,9 +370,19 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     for (round, &c) in args.concurrency.iter().enumerate() {
         // A new image per request: no request continues another's cache.
         let requests = (0..c)
-            .map(|i| req(synthetic_image(520 + 4 * (round * 64 + i) as u32), args.new_tokens.max(2)))
+            .map(|i| {
+                req(
+                    synthetic_image(520 + 4 * (round * 64 + i) as u32),
+                    args.new_tokens.max(2),
+                )
+            })
             .collect();
-        let level = crate::bench_concurrency::run_level(&mut pipe, requests, max_batch, args.new_tokens.max(2))?;
+        let level = crate::bench_concurrency::run_level(
+            &mut pipe,
+            requests,
+            max_batch,
+            args.new_tokens.max(2),
+        )?;
         sample_peak(&device);
         levels.push(level);
     }

@@ -89,10 +89,20 @@ fn questions(cogagent: bool) -> Vec<GenerateRequest> {
     vec![
         with("coffee.png", "Describe the picture in detail.", 40, None),
         seeded,
-        with("chelsea.png", "What animal is this?", 34, Some(PromptVersion::ChatOld)),
+        with(
+            "chelsea.png",
+            "What animal is this?",
+            34,
+            Some(PromptVersion::ChatOld),
+        ),
         followup,
         text_or_image("Write a haiku about rain.", 22, Some(PromptVersion::Base)),
-        with("coffee.png", "What is in the cup?", 18, Some(PromptVersion::Vqa)),
+        with(
+            "coffee.png",
+            "What is in the cup?",
+            18,
+            Some(PromptVersion::Vqa),
+        ),
         text_or_image("Hello!", 14, None),
         with("chelsea.png", "Where is it?", 11, Some(PromptVersion::Chat)),
     ]
@@ -199,7 +209,10 @@ async fn one_client_does_not_starve_another() {
     // Once two of them run (and fourteen wait), the other client asks once.
     let deadline = Instant::now() + Duration::from_secs(60);
     while started.lock().unwrap().len() < 2 {
-        assert!(Instant::now() < deadline, "the first requests did not start");
+        assert!(
+            Instant::now() < deadline,
+            "the first requests did not start"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let single = engine.generate(greedy(None, "Hi.", 4), "single");

@@ -30,7 +30,11 @@ fn png(i: usize) -> String {
 }
 
 fn body(i: usize) -> String {
-    let question = ["Describe the picture.", "What colour is it?", "What is this?"][i % 3];
+    let question = [
+        "Describe the picture.",
+        "What colour is it?",
+        "What is this?",
+    ][i % 3];
     json!({
         "model": openai_support::MODEL, "temperature": 0, "max_tokens": 8,
         "messages": [{"role": "user", "content": [
@@ -78,7 +82,11 @@ async fn thirty_two_requests_from_one_address_get_their_solo_answers() {
     for (i, t) in tasks.into_iter().enumerate() {
         let (status, v) = t.await.unwrap();
         assert_eq!(status, 200, "request {i} from the same address: {v}");
-        assert_eq!(answer(&v), alone[i], "request {i}: another answer than alone");
+        assert_eq!(
+            answer(&v),
+            alone[i],
+            "request {i}: another answer than alone"
+        );
     }
     println!(
         "{N} concurrent requests from 127.0.0.1: all 200 with their solo answers in {:.1} s",
@@ -101,7 +109,9 @@ fn thudm_models_dir() -> PathBuf {
 }
 
 fn jpeg_data_url() -> String {
-    let img = image::open(common::image_path("chelsea.png")).unwrap().to_rgb8();
+    let img = image::open(common::image_path("chelsea.png"))
+        .unwrap()
+        .to_rgb8();
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
     let b64 = base64::engine::general_purpose::STANDARD.encode(out.into_inner());

@@ -147,7 +147,9 @@ async fn a_full_queue_answers_busy_and_a_client_queues_up_to_its_cap() {
     }
     // Its third is past its cap of two.
     let over = ask(server.addr, "one", &greedy(None, "hi", 2)).await;
-    let error = over.error.expect("a third request of the same client is refused");
+    let error = over
+        .error
+        .expect("a third request of the same client is refused");
     assert!(error.contains("too many requests at once"), "{error}");
 
     let mut second = connect(server.addr, "/api/chat", "two", &[]).await.unwrap();

@@ -180,7 +180,10 @@ mod tests {
         });
         let slots: Vec<_> = (0..3).map(|_| a.admit("a").unwrap()).collect();
         let err = a.admit("a").unwrap_err();
-        assert!(err.contains("already have 3") && err.contains("limit is 3"), "{err}");
+        assert!(
+            err.contains("already have 3") && err.contains("limit is 3"),
+            "{err}"
+        );
         let _other = a.admit("b").unwrap();
         drop(slots);
         assert!(a.admit("a").is_ok());

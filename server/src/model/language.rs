@@ -635,6 +635,38 @@ impl LanguageModel {
 mod tests {
     use super::*;
 
+    /// A row of a padded decode matmul is bit for bit the same whatever rows it is batched with (the shapes of
+    /// the tiny checkpoints: hidden 24, qkv 72, MLP 128, vocabulary 32000). Unpadded, a lone row takes another
+    /// kernel; the test prints how many of its values then differ.
+    #[test]
+    fn padded_rows_do_not_depend_on_the_batch() -> Result<()> {
+        let dev = Device::Cpu;
+        for (n, k) in [(24, 24), (72, 24), (128, 24), (24, 64), (32000, 24)] {
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
+            let lin = candle_nn::Linear::new(w, None);
+            let x = Tensor::randn(0f32, 1.0, (1, 8, k), &dev)?;
+            let row = |rows: &Rows, i: usize| -> Result<Vec<f32>> {
+                rows.forward(&lin, &x.narrow(1, i, 1)?)?
+                    .flatten_all()?
+                    .to_vec1()
+            };
+            let padded = Rows::new(24);
+            let all = padded.forward(&lin, &x)?;
+            let mut unpadded_diff = 0;
+            for i in 0..8 {
+                let in_batch = all.narrow(1, i, 1)?.flatten_all()?.to_vec1::<f32>()?;
+                assert_eq!(row(&padded, i)?, in_batch, "{n}×{k}, row {i}");
+                let lone = row(&Rows { min: 1 }, i)?;
+                unpadded_diff += lone.iter().zip(&in_batch).filter(|(a, b)| a != b).count();
+            }
+            println!(
+                "{n}×{k}: unpadded, {unpadded_diff} of {} values differ",
+                8 * n
+            );
+        }
+        Ok(())
+    }
+
     /// The single-kernel norm (what runs on CUDA, where candle's kernel computes bf16 in f32) and the widened one
     /// (what runs on the CPU) agree to bf16 precision; in f32 they are the same call.
     #[test]

@@ -36,9 +36,7 @@ pub fn resolve<'a>(requested: &str, checkpoints: &'a [String]) -> Option<&'a str
         .iter()
         .find(|c| {
             c.eq_ignore_ascii_case(requested)
-                || aliases(c)
-                    .iter()
-                    .any(|a| a.eq_ignore_ascii_case(requested))
+                || aliases(c).iter().any(|a| a.eq_ignore_ascii_case(requested))
         })
         .map(String::as_str)
 }
@@ -49,9 +47,14 @@ mod tests {
 
     #[test]
     fn thudm_names_map_to_their_folders() {
-        let dirs: Vec<String> = ["cogvlm-chat-hf", "cogagent-chat-hf", "cogvlm-base-490-hf", "mine"]
-            .map(String::from)
-            .to_vec();
+        let dirs: Vec<String> = [
+            "cogvlm-chat-hf",
+            "cogagent-chat-hf",
+            "cogvlm-base-490-hf",
+            "mine",
+        ]
+        .map(String::from)
+        .to_vec();
         for (name, want) in [
             ("cogvlm-chat-17b", Some("cogvlm-chat-hf")),
             ("THUDM/cogvlm-chat-hf", Some("cogvlm-chat-hf")),
