@@ -152,10 +152,9 @@ impl Worker {
         });
         // Cancelled, or the client is gone.
         for a in self.batch.active.iter_mut() {
-            if !a.out.flush() || a.cancel.load(Ordering::SeqCst) {
-                if !a.seq.is_finished() {
-                    a.seq.cancel();
-                }
+            let gone = !a.out.flush() || a.cancel.load(Ordering::SeqCst);
+            if gone && !a.seq.is_finished() {
+                a.seq.cancel();
             }
         }
         moved |= self.retire_finished();
