@@ -67,17 +67,16 @@ fn is_hashed(path: &str) -> bool {
         && hash.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Middleware: `Cache-Control` for static files (the responses with a `Last-Modified`, which
-/// only `ServeDir` sets): immutable for hashed bundle names, revalidated for the rest.
+/// Middleware: `Cache-Control` for static files (the responses with a `Last-Modified` and the
+/// 304s, which only `ServeDir` makes): immutable for hashed bundle names, revalidated for the rest.
 pub async fn cache_control(req: Request, next: Next) -> Response {
     let hashed = req.uri().path().starts_with("/pkg/") && is_hashed(req.uri().path());
     let mut response = next.run(req).await;
-    let ok = matches!(response.status(), StatusCode::OK | StatusCode::NOT_MODIFIED);
+    let status = response.status();
     let headers = response.headers_mut();
-    if ok
-        && headers.contains_key(header::LAST_MODIFIED)
-        && !headers.contains_key(header::CACHE_CONTROL)
-    {
+    let static_file = status == StatusCode::NOT_MODIFIED
+        || (status == StatusCode::OK && headers.contains_key(header::LAST_MODIFIED));
+    if static_file && !headers.contains_key(header::CACHE_CONTROL) {
         let value = if hashed { IMMUTABLE } else { REVALIDATE };
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(value));
     }
