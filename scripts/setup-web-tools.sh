@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the web build and its browser tests need and a fresh machine lacks: the wasm32 target, the
-# wasm-bindgen CLI at exactly the Cargo.lock version, Debian's Chromium (only with --browser) and the
-# end2end npm packages. Nothing is downloaded at build or run time after this.
+# wasm-bindgen CLI at exactly the Cargo.lock version, wasm-opt (npm binaryen, into scripts/web-tools),
+# Debian's Chromium (only with --browser) and the end2end npm packages. Nothing is downloaded at build or
+# run time after this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,15 @@ WB_VERSION=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, ""); prin
 if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$WB_VERSION" ]; then
   # Not --locked: its lock pins a webpki-roots that this registry lacks.
   cargo install wasm-bindgen-cli --version "$WB_VERSION" --no-default-features --bin wasm-bindgen --force
+fi
+# wasm-opt shrinks the release bundle; without it the build goes on with a larger bundle.
+if [ ! -x scripts/web-tools/node_modules/.bin/wasm-opt ]; then
+  if command -v npm >/dev/null; then
+    (cd scripts/web-tools && npm ci --no-audit --no-fund) ||
+      echo "note: installing npm binaryen (wasm-opt) failed: the browser bundle will not be size-optimised" >&2
+  else
+    echo "note: npm not found, so no wasm-opt (npm binaryen): the browser bundle will not be size-optimised" >&2
+  fi
 fi
 if [ "${1:-}" = "--browser" ]; then
   if [ ! -x /usr/bin/chromium ]; then

@@ -2,12 +2,37 @@
 
 use crate::components::chat::ChatPanel;
 use crate::components::image_panel::ImagePanel;
-use crate::components::settings::{current_info, refresh_models, ModelPicker, SettingsPanel};
+use crate::components::settings::{
+    current_info, refresh_models, take_models, ModelPicker, SettingsPanel,
+};
+use crate::protocol::ModelsState;
 use crate::state::AppState;
 use leptos::prelude::*;
 
-/// Name of the browser bundle: `/pkg/cogvlm.js`, `/pkg/cogvlm_bg.wasm`, `/pkg/cogvlm.css`.
+/// Name of the browser bundle: `/pkg/cogvlm.<hash>.js`, `.wasm` and `.css` as `build.sh` names
+/// them (`/pkg/cogvlm.js`, `/pkg/cogvlm_bg.wasm`, `/pkg/cogvlm.css` for a bundle without hashes).
 pub const OUTPUT_NAME: &str = "cogvlm";
+
+/// The stylesheet's address: with its content hash when the server found the bundle's hash
+/// file (`css: <hash>`; Leptos links the script and the wasm from the same file).
+fn stylesheet_href(options: &LeptosOptions) -> String {
+    let pkg = &options.site_pkg_dir;
+    let hash = options
+        .hash_files
+        .then(|| std::fs::read_to_string(&*options.hash_file).ok())
+        .flatten()
+        .and_then(|text| {
+            text.lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.trim() == "css")
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .filter(|h| !h.is_empty());
+    match hash {
+        Some(h) => format!("/{pkg}/{OUTPUT_NAME}.{h}.css"),
+        None => format!("/{pkg}/{OUTPUT_NAME}.css"),
+    }
+}
 
 /// The HTML document around [`App`].
 pub fn shell(options: LeptosOptions) -> impl IntoView {
@@ -20,7 +45,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <meta name="color-scheme" content="light dark"/>
                 <title>"CogVLM — local vision chat"</title>
                 <link rel="icon" type="image/svg+xml" href="/favicon.svg"/>
-                <link rel="stylesheet" href=format!("/pkg/{OUTPUT_NAME}.css")/>
+                <link rel="stylesheet" href=stylesheet_href(&options)/>
                 <HydrationScripts options/>
             </head>
             <body>
@@ -75,15 +100,37 @@ fn Notice() -> impl IntoView {
     }
 }
 
+/// The backend's checkpoint list, when rendering on the server.
+fn server_models() -> Option<ModelsState> {
+    #[cfg(feature = "ssr")]
+    {
+        use_context::<crate::backend::BackendContext>().map(|b| b.0.models())
+    }
+    #[cfg(not(feature = "ssr"))]
+    {
+        None
+    }
+}
+
 #[component]
 pub fn App() -> impl IntoView {
     let state = AppState::new();
     provide_context(state);
+    // The checkpoint list as the server rendered it, taken over as is by the hydrating page: the
+    // header and the notices are on the page before the bundle arrives and do not move after.
+    let rendered = SharedValue::new(server_models).into_inner();
+    let settled = rendered.as_ref().is_some_and(|m| m.loading.is_none());
+    if let Some(models) = rendered {
+        take_models(state, models);
+    }
     let hydrated = RwSignal::new(false);
-    // Effects run only in the browser: this marks hydration and loads the model list.
+    // Effects run only in the browser: this marks hydration and, unless the server rendered a
+    // settled list, loads the model list (and follows a load in progress).
     Effect::new(move |_| {
         hydrated.set(true);
-        refresh_models(state);
+        if !settled {
+            refresh_models(state);
+        }
         #[cfg(feature = "hydrate")]
         crate::test_hook::install(state);
     });

@@ -97,8 +97,11 @@ fn payloads(buf: &mut String) -> Vec<String> {
 async fn chunks_arrive_while_the_answer_is_being_generated() {
     let (release, gate) = oneshot::channel();
     let addr = serve(Arc::new(Gated::new(gate))).await;
+    // As a browser would ask: the server compresses other responses, never an event stream
+    // (a compressor would hold the pieces back).
     let response = reqwest::Client::new()
         .post(format!("http://{addr}/v1/chat/completions"))
+        .header("accept-encoding", "br, gzip")
         .json(&json!({"model": "gated", "stream": true,
                       "messages": [{"role": "user", "content": "q"}]}))
         .send()
@@ -109,6 +112,7 @@ async fn chunks_arrive_while_the_answer_is_being_generated() {
         .to_str()
         .unwrap()
         .starts_with("text/event-stream"));
+    assert!(response.headers().get("content-encoding").is_none());
     let mut body = response.bytes_stream();
     let mut buf = String::new();
     let mut data = Vec::new();

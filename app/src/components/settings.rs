@@ -12,9 +12,6 @@ pub fn refresh_models(state: AppState) {
     leptos::task::spawn_local(async move {
         match list_models().await {
             Ok(models) => {
-                if let Some(ck) = current_info(&models) {
-                    state.settings.version.set(ck.default_version);
-                }
                 if let Some(name) = &models.loading {
                     state.loading.set(Some(Loading {
                         name: name.clone(),
@@ -32,8 +29,7 @@ pub fn refresh_models(state: AppState) {
                 {
                     state.loading.set(None);
                 }
-                state.load_error.set(models.load_error.clone());
-                state.models.set(Some(models));
+                take_models(state, models);
                 state.models_error.set(None);
             }
             Err(e) => state
@@ -41,6 +37,15 @@ pub fn refresh_models(state: AppState) {
                 .set(Some(format!("could not list the models: {e}"))),
         }
     });
+}
+
+/// Shows `models`: the list, the load error, and the loaded checkpoint's default prompt version.
+pub fn take_models(state: AppState, models: ModelsState) {
+    if let Some(ck) = current_info(&models) {
+        state.settings.version.set(ck.default_version);
+    }
+    state.load_error.set(models.load_error.clone());
+    state.models.set(Some(models));
 }
 
 pub fn current_info(models: &ModelsState) -> Option<&CheckpointInfo> {
@@ -126,13 +131,15 @@ pub fn ModelPicker() -> impl IntoView {
     let state = expect_context::<AppState>();
     let options = move || {
         state.models.with(|m| {
+            let current = m.as_ref().and_then(|m| m.current.clone());
             m.as_ref()
                 .map(|m| m.checkpoints.clone())
                 .unwrap_or_default()
                 .into_iter()
                 .map(|c| {
                     let label = checkpoint_label(&c);
-                    view! { <option value=c.name.clone()>{label}</option> }
+                    let selected = current.as_ref() == Some(&c.name);
+                    view! { <option value=c.name.clone() selected=selected>{label}</option> }
                 })
                 .collect_view()
         })
@@ -199,6 +206,8 @@ fn Slider(
                 min=min
                 max=max
                 step=step
+                // The attribute places the thumb on the server-rendered page.
+                value=move || value.get().to_string()
                 prop:value=move || value.get().to_string()
                 on:input=move |ev| {
                     if let Ok(v) = event_target_value(&ev).parse::<f64>() {
@@ -251,7 +260,8 @@ pub fn SettingsPanel() -> impl IntoView {
                                     v.describe().to_string()
                                 }
                             };
-                            view! { <option value=v.as_str()>{text}</option> }
+                            // `selected` for the server-rendered page; the select's `prop:value` after.
+                            view! { <option value=v.as_str() selected=move || s.version.get() == v>{text}</option> }
                         })
                         .collect_view()}
                 </select>

@@ -4,6 +4,7 @@
 //! `cogvlm serve` (wired in `main.rs`) calls [`serve`]; [`access`] guards every route.
 
 pub mod access;
+pub mod assets;
 pub mod socket;
 
 use crate::engine::{bundled_models_dir, EngineHandle, EngineOptions, Fairness, Limits, Registry};
@@ -13,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use app::backend::{Backend, BackendContext, CancelHandle, Generation};
 use app::protocol::{Event, GenerateRequest, ModelsState};
 use app::{shell, App, OUTPUT_NAME};
+use axum::handler::Handler;
 use axum::Router;
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
@@ -95,19 +97,24 @@ impl Backend for EngineHandle {
     }
 }
 
-/// Where the built site (`pkg/cogvlm.js`, `pkg/cogvlm_bg.wasm`, `pkg/cogvlm.css`, public files)
-/// is: `$COGVLM_SITE_ROOT`, else `target/site` of this source tree (where `build.sh` puts
-/// it), else `./target/site`, else `site` next to or above the binary.
+/// Where the built site (`pkg/cogvlm.<hash>.{js,wasm,css}` listed in `pkg/hash.txt`, or
+/// unhashed `pkg/cogvlm.js`…, and the public files) is: `$COGVLM_SITE_ROOT`, else `target/site`
+/// of this source tree (where `build.sh` puts it), else `./target/site`, else `site` next to or
+/// above the binary.
 pub fn find_site_root() -> Result<PathBuf> {
-    let has_bundle = |dir: &Path| dir.join("pkg").join(format!("{OUTPUT_NAME}.js")).is_file();
+    let has_bundle = |dir: &Path| {
+        let pkg = dir.join("pkg");
+        pkg.join(assets::HASH_FILE).is_file() || pkg.join(format!("{OUTPUT_NAME}.js")).is_file()
+    };
     if let Some(dir) = std::env::var_os("COGVLM_SITE_ROOT") {
         let dir = PathBuf::from(dir);
         if has_bundle(&dir) {
             return Ok(dir);
         }
         bail!(
-            "COGVLM_SITE_ROOT={} has no pkg/{OUTPUT_NAME}.js",
-            dir.display()
+            "COGVLM_SITE_ROOT={} has no pkg/{} nor pkg/{OUTPUT_NAME}.js",
+            dir.display(),
+            assets::HASH_FILE
         );
     }
     let mut candidates = vec![
@@ -127,8 +134,9 @@ pub fn find_site_root() -> Result<PathBuf> {
         }
     }
     bail!(
-        "the browser bundle is not built (looked for pkg/{OUTPUT_NAME}.js in {}): run ./build.sh \
+        "the browser bundle is not built (looked for pkg/{} in {}): run ./build.sh \
          in the repository first, or set COGVLM_SITE_ROOT",
+        assets::HASH_FILE,
         candidates
             .iter()
             .map(|p| p.display().to_string())
@@ -138,17 +146,30 @@ pub fn find_site_root() -> Result<PathBuf> {
 }
 
 /// Builds the router: pages, server functions (the websocket ones too), the OpenAI-compatible
-/// API (`/v1`) and static files.
+/// API (`/v1`) and static files, compressed and with caching headers ([`assets`]).
 pub fn router(backend: Arc<dyn Backend>, site_root: &Path, addr: SocketAddr) -> Router {
+    // With hashed bundle names the page links them. Leptos reads the hash file on each render
+    // (a rebuild while serving is picked up) from the binary's folder joined with this path,
+    // which an absolute path replaces.
+    let hash_file = assets::hash_file(site_root);
     let options = LeptosOptions::builder()
         .output_name(OUTPUT_NAME)
         .site_root(site_root.to_string_lossy().into_owned())
         .site_pkg_dir("pkg")
         .site_addr(addr)
+        .hash_files(hash_file.is_some())
+        .hash_file(
+            hash_file
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|| assets::HASH_FILE.into())
+                .into(),
+        )
         .build();
     let openai = crate::openai::router(backend.clone());
     let backend = BackendContext(backend);
     let routes = generate_route_list(App);
+    let not_found =
+        Handler::with_state(leptos_axum::file_and_error_handler(shell), options.clone());
     Router::new()
         .leptos_routes_with_context(
             &options,
@@ -160,8 +181,10 @@ pub fn router(backend: Arc<dyn Backend>, site_root: &Path, addr: SocketAddr) -> 
             },
         )
         .merge(openai)
-        .fallback(leptos_axum::file_and_error_handler(shell))
+        .fallback_service(assets::static_files(site_root, not_found))
         .with_state(options)
+        .layer(axum::middleware::from_fn(assets::cache_control))
+        .layer(assets::compression())
 }
 
 /// The whole app: [`router`] behind the [`access`] guard (token, websocket origin, client id),
