@@ -86,7 +86,7 @@ impl Rope2d {
         let dtype = x.dtype();
         let patches = x.narrow(2, 1, n)?.to_dtype(DType::F32)?.contiguous()?;
         let rotated =
-            candle_nn::rotary_emb::rope_i(&patches, &self.cos, &self.sin)?.to_dtype(dtype)?;
+            super::ops::rope_i(&patches, &self.cos, &self.sin)?.to_dtype(dtype)?;
         Tensor::cat(&[&cls, &rotated], 2)
     }
 }
