@@ -85,7 +85,12 @@ impl Recorder<'_> {
         }
     }
 
-    pub(crate) fn equal<T: PartialEq + std::fmt::Debug>(&mut self, name: &str, ours: &[T], reference: &[T]) {
+    pub(crate) fn equal<T: PartialEq + std::fmt::Debug>(
+        &mut self,
+        name: &str,
+        ours: &[T],
+        reference: &[T],
+    ) {
         if ours == reference {
             self.check(name, true, format!("{} values identical", ours.len()));
         } else {

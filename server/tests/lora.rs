@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use cogvlm::model::config::Config;
-use cogvlm::model::lora::{target_linears, Adapter, LoraConfig, LoraMode, CONFIG_FILE, WEIGHTS_FILE};
+use cogvlm::model::lora::{
+    target_linears, Adapter, LoraConfig, LoraMode, CONFIG_FILE, WEIGHTS_FILE,
+};
 use cogvlm::model::prompt::PromptInput;
 use cogvlm::model::quant::{Quant, Quantizer};
 use cogvlm::model::CogVlm;
@@ -116,7 +118,10 @@ fn save_load_round_trip_is_exact() {
         }
         .save(&fresh_dir)
         .unwrap();
-        assert_eq!(json(&src.join(CONFIG_FILE)), json(&fresh_dir.join(CONFIG_FILE)));
+        assert_eq!(
+            json(&src.join(CONFIG_FILE)),
+            json(&fresh_dir.join(CONFIG_FILE))
+        );
         let _ = std::fs::remove_dir_all(&out);
         let _ = std::fs::remove_dir_all(&fresh_dir);
     }
@@ -129,11 +134,15 @@ fn adapters_that_do_not_fit_are_clear_errors() {
     // A module the checkpoint lacks.
     let mut missing = a.clone();
     let pair = missing.modules.values().next().unwrap().clone();
-    missing
-        .modules
-        .insert("model.layers.7.self_attn.language_expert_query_key_value".into(), pair);
+    missing.modules.insert(
+        "model.layers.7.self_attn.language_expert_query_key_value".into(),
+        pair,
+    );
     let e = missing.check_against(&cfg).unwrap_err().to_string();
-    assert!(e.contains("model.layers.7") && e.contains("no such module"), "{e}");
+    assert!(
+        e.contains("model.layers.7") && e.contains("no such module"),
+        "{e}"
+    );
     // A pair whose shapes do not fit.
     let mut wrong = a.clone();
     let m = "model.layers.0.self_attn.language_expert_query_key_value";
@@ -172,7 +181,12 @@ fn build(model: &str, adapter: Option<(&Adapter, LoraMode)>, quant: Quant) -> Co
 fn logits(m: &CogVlm, pixels: &Tensor) -> Tensor {
     let cfg = &m.cfg;
     let image = m.encode_image(pixels).unwrap();
-    let prompt = PromptInput::new(1, 0, Some(cfg.image_tokens()), &[894, 29901, 1724, 673, 29901]);
+    let prompt = PromptInput::new(
+        1,
+        0,
+        Some(cfg.image_tokens()),
+        &[894, 29901, 1724, 673, 29901],
+    );
     let mut cache = m.new_cache(prompt.input_ids.len());
     m.prefill(&prompt, Some(&image), None, &mut cache, true, None)
         .unwrap()
@@ -180,8 +194,21 @@ fn logits(m: &CogVlm, pixels: &Tensor) -> Tensor {
 }
 
 fn rel_l2(a: &Tensor, b: &Tensor) -> f32 {
-    let num = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-    let den = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    let num = (a - b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let den = b
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     (num / den).sqrt()
 }
 
@@ -199,5 +226,8 @@ fn merged_and_separate_adapters_agree() {
     let base = run(&build(model, None, Quant::Float));
     let d = rel_l2(&merged, &separate);
     assert!(d < 1e-5, "merged vs separate: rel-L2 {d}");
-    assert!(rel_l2(&base, &separate) > 1e-4, "the adapter changes nothing");
+    assert!(
+        rel_l2(&base, &separate) > 1e-4,
+        "the adapter changes nothing"
+    );
 }

@@ -183,7 +183,8 @@ pub fn target_linears(cfg: &Config, targets: &[String]) -> Vec<(String, [usize; 
             let &[out, inp] = shape.as_slice() else {
                 return None;
             };
-            let embedding = module.ends_with("embed_tokens") || module.ends_with("position_embedding");
+            let embedding =
+                module.ends_with("embed_tokens") || module.ends_with("position_embedding");
             (matches_target(module, targets) && !embedding && !is_reference_no_op(module))
                 .then(|| (module.to_string(), [out, inp]))
         })
@@ -297,8 +298,12 @@ impl Adapter {
                 matches_target(&m, &targets),
                 "{m} has LoRA weights but matches none of target_modules {targets:?}"
             );
-            let (ar, _) = a.dims2().with_context(|| format!("{m}.lora_A is not 2-D"))?;
-            let (_, br) = b.dims2().with_context(|| format!("{m}.lora_B is not 2-D"))?;
+            let (ar, _) = a
+                .dims2()
+                .with_context(|| format!("{m}.lora_A is not 2-D"))?;
+            let (_, br) = b
+                .dims2()
+                .with_context(|| format!("{m}.lora_B is not 2-D"))?;
             ensure!(
                 ar == r && br == r,
                 "{m}: lora_A is {:?} and lora_B is {:?}, but r = {r}",
@@ -314,8 +319,7 @@ impl Adapter {
     /// Writes `adapter_config.json` (sorted keys, two-space indent, as PEFT does) and
     /// `adapter_model.safetensors` (PEFT's saved key names, f32, `format: pt` metadata).
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let value = serde_json::to_value(&self.config)?;
         let sorted: BTreeMap<String, Value> = match value {
             Value::Object(m) => m.into_iter().collect(),
@@ -338,8 +342,11 @@ impl Adapter {
         let views = data
             .iter()
             .map(|(k, bytes, shape)| {
-                let view =
-                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)?;
+                let view = safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::F32,
+                    shape.clone(),
+                    bytes,
+                )?;
                 Ok((k.clone(), view))
             })
             .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;

@@ -89,7 +89,10 @@ fn rope_thd_with(x: &Tensor, cos: &Tensor, sin: &Tensor, differentiable: bool) -
     let (cos, sin) = (full(cos)?, full(sin)?);
     let half = d / 2;
     let rotated = Tensor::cat(
-        &[&x.narrow(D::Minus1, half, half)?.neg()?, &x.narrow(D::Minus1, 0, half)?],
+        &[
+            &x.narrow(D::Minus1, half, half)?.neg()?,
+            &x.narrow(D::Minus1, 0, half)?,
+        ],
         D::Minus1,
     )?;
     x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
@@ -192,8 +195,14 @@ mod tests {
         ];
         for (i, out) in outs.iter().enumerate() {
             let grads = out.sqr()?.sum_all()?.backward()?;
-            assert!(grads.get(x.as_tensor()).is_some(), "norm {i}: no input grad");
-            assert!(grads.get(w.as_tensor()).is_some(), "norm {i}: no weight grad");
+            assert!(
+                grads.get(x.as_tensor()).is_some(),
+                "norm {i}: no input grad"
+            );
+            assert!(
+                grads.get(w.as_tensor()).is_some(),
+                "norm {i}: no weight grad"
+            );
         }
         for out in [
             rope_thd(x4.as_tensor(), &cos, &sin)?,

@@ -510,7 +510,13 @@ impl LoraDelta {
                 scaling,
             });
         }
-        let a = Tensor::cat(&present.iter().map(|p| cast(&p.a)).collect::<Result<Vec<_>>>()?, 0)?;
+        let a = Tensor::cat(
+            &present
+                .iter()
+                .map(|p| cast(&p.a))
+                .collect::<Result<Vec<_>>>()?,
+            0,
+        )?;
         let ranks: Vec<usize> = present.iter().map(|p| p.a.dim(0)).collect::<Result<_>>()?;
         let dev = a.device().clone();
         let mut rows = Vec::with_capacity(outs.len());

@@ -116,7 +116,10 @@ mod tests {
         let prompt = PromptInput::new(1, 0, Some(4), &[10, 11, 12]);
         let ex = LabeledInput::new(prompt, &[20, 21], 2);
         assert_eq!(ex.prompt_len, 8);
-        assert_eq!(ex.input.input_ids, vec![1, 0, 0, 0, 0, 10, 11, 12, 20, 21, 2]);
+        assert_eq!(
+            ex.input.input_ids,
+            vec![1, 0, 0, 0, 0, 10, 11, 12, 20, 21, 2]
+        );
         assert_eq!(
             ex.labels,
             vec![-100, -100, -100, -100, -100, -100, -100, -100, 20, 21, 2]
@@ -129,7 +132,11 @@ mod tests {
         assert_eq!(ex.loss_targets(), vec![20, 21, 2]);
         // Every label of a prompt position is ignored, and every row in the loss predicts an answer token.
         for &t in &ex.loss_positions() {
-            assert!(t + 1 >= ex.prompt_len, "prompt position {} in the loss", t + 1);
+            assert!(
+                t + 1 >= ex.prompt_len,
+                "prompt position {} in the loss",
+                t + 1
+            );
         }
         assert!(ex.labels[..ex.prompt_len].iter().all(|&l| l == IGNORE));
     }

@@ -202,7 +202,12 @@ impl TrainingRunner {
         );
         let as_i64 = |v: &[u32]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
         let l = example.input.input_ids.len();
-        let types: Vec<i64> = example.input.token_types.iter().map(|&t| t as i64).collect();
+        let types: Vec<i64> = example
+            .input
+            .token_types
+            .iter()
+            .map(|&t| t as i64)
+            .collect();
         let expert: Vec<i64> = vision_expert_mask(&example.input.token_types)
             .iter()
             .map(|&m| m as i64)
@@ -303,7 +308,14 @@ impl TrainingRunner {
         }
 
         if data.contains_key("base_loss") {
-            self.full_step(&model_dir, &pixels, cross_pixels.as_ref(), &example, &data, rec)?;
+            self.full_step(
+                &model_dir,
+                &pixels,
+                cross_pixels.as_ref(),
+                &example,
+                &data,
+                rec,
+            )?;
         }
         Ok(())
     }
@@ -318,16 +330,18 @@ impl TrainingRunner {
         data: &HashMap<String, Tensor>,
         rec: &mut Recorder,
     ) -> anyhow::Result<()> {
+        let started = Instant::now();
         let full = load_model(model_dir, &self.device, true, None)?;
         let (_, step) = run_step(&full, pixels, cross_pixels, example)?;
         let grads = step.loss.backward()?;
+        let took = started.elapsed().as_secs_f64();
         let loss = scalar(&step.loss)?;
         let want = scalar(get(data, "base_loss")?)?;
         rec.check(
             "base_loss",
             (loss - want).abs() <= tolerance::LOSS,
             format!(
-                "{loss:.7} vs {want:.7}, |Δ| {:.2e} (≤ {:.1e})",
+                "{loss:.7} vs {want:.7}, |Δ| {:.2e} (≤ {:.1e}; load + forward + backward {took:.2} s)",
                 (loss - want).abs(),
                 tolerance::LOSS
             ),
@@ -466,7 +480,12 @@ fn run_step(
 fn logsumexp_and_nll(logits: &Tensor, targets: &[u32]) -> anyhow::Result<(Tensor, Tensor)> {
     let x = logits.to_dtype(DType::F64)?.detach();
     let max = x.max_keepdim(D::Minus1)?;
-    let lse = (x.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &max)?;
+    let lse = (x
+        .broadcast_sub(&max)?
+        .exp()?
+        .sum_keepdim(D::Minus1)?
+        .log()?
+        + &max)?;
     let idx = Tensor::new(targets, x.device())?.unsqueeze(1)?;
     let target = x.gather(&idx, 1)?;
     let nll = (&lse - target)?.squeeze(1)?;
