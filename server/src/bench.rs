@@ -59,6 +59,10 @@ pub struct BenchArgs {
     /// Timed runs (each on a new image); medians are reported.
     pub repeat: usize,
     pub tokenizer: Option<PathBuf>,
+    /// `--concurrency 1,4,8,16`: also run that many requests at once, decoded together.
+    pub concurrency: Vec<usize>,
+    /// Sequences decoded together at most (default: the server's for the device).
+    pub max_batch: Option<usize>,
 }
 
 /// This device's ceilings, measured through candle in the model's dtype.
@@ -359,6 +363,34 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         .chain(cross_dtype)
         .map(|d| d.as_str())
         .collect();
+    let mut levels = Vec::new();
+    let max_batch = args
+        .max_batch
+        .unwrap_or_else(|| crate::engine::default_max_batch(&args.device));
+    for (round, &c) in args.concurrency.iter().enumerate() {
+        // A new image per request: no request continues another's cache.
+        let requests = (0..c)
+            .map(|i| {
+                req(
+                    synthetic_image(520 + 4 * (round * 64 + i) as u32),
+                    args.new_tokens.max(2),
+                )
+            })
+            .collect();
+        let level = crate::bench_concurrency::run_level(
+            &mut pipe,
+            requests,
+            max_batch,
+            args.new_tokens.max(2),
+        )?;
+        sample_peak(&device);
+        levels.push(level);
+    }
+    let at = |c: usize| levels.iter().find(|l| l.concurrency == c);
+    let speedup_8 = match (at(1), at(8)) {
+        (Some(one), Some(eight)) => Some(eight.aggregate_decode_tok_s / one.aggregate_decode_tok_s),
+        _ => None,
+    };
     Ok(serde_json::json!({
         "model": label,
         "kind": summary.kind.to_string(),
@@ -396,6 +428,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         "device_resident_after_load_gib": used_after_load.map(gib),
         "device_peak_gib": peak_used.map(gib),
         "peak_rss_gib": peak_rss_bytes().map(gib),
+        "max_batch": max_batch,
+        "concurrency": levels,
+        "aggregate_decode_8_over_1": speedup_8,
     }))
 }
 

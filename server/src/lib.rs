@@ -2,6 +2,7 @@
 //! pipeline (`pipeline`) that the worker, the web app and the CLI share.
 
 pub mod bench;
+pub mod bench_concurrency;
 pub mod engine;
 pub mod model;
 pub mod openai;

@@ -58,12 +58,19 @@ struct ServeCmd {
     /// Requests waiting or running, all clients together; more get "busy, try again".
     #[arg(long, default_value_t = 128)]
     max_queue: usize,
-    /// Requests per minute per client (browser or API caller), sustained.
-    #[arg(long, default_value_t = 60)]
-    rate_per_minute: u32,
-    /// Requests per client in a burst.
-    #[arg(long, default_value_t = 20)]
-    rate_burst: u32,
+    /// Requests waiting or running per client (browser or API address); more get 429.
+    #[arg(long, default_value_t = 64)]
+    max_per_client: usize,
+    /// Requests per minute per client, sustained [default: 60, on only with --share, another
+    /// --host than loopback, or when set]
+    #[arg(long)]
+    rate_per_minute: Option<u32>,
+    /// Requests per client in a burst [default: 20, on as --rate-per-minute]
+    #[arg(long)]
+    rate_burst: Option<u32>,
+    /// Answers generated together (continuous batching) [default: 8 on CPU, 16 on CUDA; at most 64]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
+    max_batch: Option<u64>,
     #[command(flatten)]
     dev: DeviceArgs,
     #[command(flatten)]
@@ -156,6 +163,12 @@ enum Command {
         repeat: usize,
         #[arg(long)]
         tokenizer: Option<PathBuf>,
+        /// Also run N requests at once, decoded together, for each N (e.g. 1,4,8,16)
+        #[arg(long, value_delimiter = ',')]
+        concurrency: Vec<usize>,
+        /// With --concurrency: sequences decoded together at most [default: as `serve`]
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
+        max_batch: Option<u64>,
         #[command(flatten)]
         dev: DeviceArgs,
     },
@@ -190,9 +203,12 @@ fn main() {
                 },
                 fairness: cogvlm::engine::Fairness {
                     max_queue: s.max_queue,
-                    per_minute: s.rate_per_minute,
-                    burst: s.rate_burst,
+                    per_client: s.max_per_client,
+                    rate_limit: s.rate_per_minute.is_some() || s.rate_burst.is_some(),
+                    per_minute: s.rate_per_minute.unwrap_or(60),
+                    burst: s.rate_burst.unwrap_or(20),
                 },
+                max_batch: s.max_batch.map(|n| n as usize),
                 remote,
             })
         }),
@@ -212,6 +228,8 @@ fn main() {
             new_tokens,
             repeat,
             tokenizer,
+            concurrency,
+            max_batch,
             dev,
         } => {
             let args = cogvlm::bench::BenchArgs {
@@ -224,6 +242,8 @@ fn main() {
                 new_tokens,
                 repeat,
                 tokenizer,
+                concurrency,
+                max_batch: max_batch.map(|n| n as usize),
             };
             cogvlm::bench::run(&args).map(|v| println!("{v}"))
         }

@@ -4,6 +4,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -219,7 +220,7 @@ const KEPT_CONVERSATIONS: usize = 2;
 
 pub struct Pipeline {
     model: CogVlm,
-    tokenizer: Tokenizer,
+    tokenizer: Arc<Tokenizer>,
     summary: CheckpointSummary,
     image_cache: Option<ImageCache>,
     conversations: Vec<Conversation>,
@@ -278,7 +279,7 @@ impl Pipeline {
             .with_context(|| format!("cannot build the model from {}", dir.display()))?;
         Ok(Self {
             model,
-            tokenizer,
+            tokenizer: Arc::new(tokenizer),
             summary,
             image_cache: None,
             conversations: Vec::new(),
@@ -288,7 +289,7 @@ impl Pipeline {
     pub fn from_parts(model: CogVlm, tokenizer: Tokenizer, summary: CheckpointSummary) -> Self {
         Self {
             model,
-            tokenizer,
+            tokenizer: Arc::new(tokenizer),
             summary,
             image_cache: None,
             conversations: Vec::new(),
@@ -462,6 +463,31 @@ impl Pipeline {
         ignore_eos: bool,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> anyhow::Result<GenerationStats> {
+        let mut seq = self.begin(owner, req, ignore_eos)?;
+        while !seq.is_finished() {
+            if let Some(piece) = seq.sample()? {
+                // An empty piece (a character still incomplete) lets the caller cancel anyway.
+                if !on_text(&piece) {
+                    seq.cancel();
+                }
+            }
+            self.step(&mut [&mut seq])?;
+        }
+        if let Some(rest) = seq.rest() {
+            on_text(&rest);
+        }
+        Ok(self.finish(seq))
+    }
+
+    /// Starts a turn for the caches' `owner` ([`owner_key`]; see [`Self::begin_for`]): builds the prompt,
+    /// continues the owner's conversation cache or encodes the image, and runs the prefill. The sequence then
+    /// alternates [`Sequence::sample`] and [`Self::step`] until it is finished, and ends with [`Self::finish`].
+    fn begin(
+        &mut self,
+        owner: u64,
+        req: &ChatRequest,
+        ignore_eos: bool,
+    ) -> anyhow::Result<Sequence> {
         req.sampling.validate()?;
         let start = Instant::now();
         let input = self.prompt_input(req)?;
@@ -507,63 +533,86 @@ impl Pipeline {
             false,
             None,
         )?;
-        let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
-        let eos = self.model.cfg.eos_token_id;
-        let mut sampler = Sampler::new(req.sampling.clone());
-        let mut all_ids = input.input_ids.clone();
-        let mut generated = Vec::new();
-        let mut stream = TextStream::new(&self.tokenizer);
-        let mut logits = prefill.logits;
-        let mut ttft_ms = 0.0;
-        let mut first_token_at = Instant::now();
-        let mut stop = StopReason::Length;
-        while generated.len() < budget {
-            let token = sampler.sample_tensor(&logits, &all_ids)?;
-            if generated.is_empty() {
-                ttft_ms = start.elapsed().as_secs_f64() * 1e3;
-                first_token_at = Instant::now();
+        Ok(Sequence {
+            owner,
+            image,
+            cache,
+            sampler: Sampler::new(req.sampling.clone()),
+            all_ids: input.input_ids,
+            generated: Vec::new(),
+            stream: TextStream::new(self.tokenizer.clone()),
+            logits: Some(prefill.logits),
+            next: None,
+            budget,
+            eos: self.model.cfg.eos_token_id,
+            ignore_eos,
+            start,
+            prefill_ms: start.elapsed().as_secs_f64() * 1e3,
+            ttft_ms: 0.0,
+            first_token_at: Instant::now(),
+            stop: None,
+            prompt_len,
+            reused_tokens,
+        })
+    }
+
+    /// [`Self::begin`] for one of several clients (the server's): it continues only its own conversations and
+    /// image encodings, never another client's.
+    pub fn begin_for(&mut self, client: &str, req: &ChatRequest) -> anyhow::Result<Sequence> {
+        self.begin(owner_key(client), req, false)
+    }
+
+    /// [`Self::begin`] for the benchmark: the terminal's owner, EOS ignored (every stream runs to its length).
+    pub fn begin_bench(&mut self, req: &ChatRequest) -> anyhow::Result<Sequence> {
+        self.begin(0, req, true)
+    }
+
+    /// Runs the token each sequence has just sampled through the model, all of them in one batched decode step
+    /// ([`CogVlm::step_batch`]), and hands each its next logits. Finished sequences are skipped.
+    pub fn step(&self, seqs: &mut [&mut Sequence]) -> anyhow::Result<()> {
+        let mut tokens = Vec::with_capacity(seqs.len());
+        let mut caches = Vec::with_capacity(seqs.len());
+        let mut rows = Vec::with_capacity(seqs.len());
+        for seq in seqs.iter_mut() {
+            if let (Some(token), None) = (seq.next.take(), seq.stop) {
+                tokens.push(token);
+                caches.push(&mut seq.cache);
+                rows.push(&mut seq.logits);
             }
-            if token == eos && !ignore_eos {
-                stop = StopReason::Eos;
-                break;
-            }
-            generated.push(token);
-            all_ids.push(token);
-            // An empty piece (a character still incomplete) lets the caller cancel anyway.
-            let piece = stream.push(token)?.unwrap_or_default();
-            if !on_text(&piece) {
-                stop = StopReason::Cancelled;
-                break;
-            }
-            if generated.len() >= budget {
-                break;
-            }
-            logits = self.model.step(token, &mut cache)?;
         }
-        if stop != StopReason::Cancelled {
-            if let Some(rest) = stream.finish() {
-                on_text(&rest);
-            }
+        if tokens.is_empty() {
+            return Ok(());
         }
-        let decode_s = first_token_at.elapsed().as_secs_f64();
-        let tokens_per_s = if generated.len() > 1 && decode_s > 0.0 {
-            (generated.len() - 1) as f64 / decode_s
+        let logits = self.model.step_batch(&tokens, &mut caches)?;
+        for (i, slot) in rows.into_iter().enumerate() {
+            *slot = Some(logits.get(i)?);
+        }
+        Ok(())
+    }
+
+    /// Ends a turn: keeps its cache for the owner's next question and returns the stats.
+    pub fn finish(&mut self, mut seq: Sequence) -> GenerationStats {
+        let decode_s = seq.first_token_at.elapsed().as_secs_f64();
+        let n = seq.generated.len();
+        let tokens_per_s = if n > 1 && decode_s > 0.0 {
+            (n - 1) as f64 / decode_s
         } else {
             0.0
         };
-        let text = stream.text().to_string();
-        self.keep_conversation(owner, image, cache);
-        Ok(GenerationStats {
-            prompt_tokens: prompt_len,
-            reused_tokens,
-            generated_tokens: generated.len(),
-            prefill_ms,
-            ttft_ms,
+        let text = seq.stream.text().to_string();
+        self.keep_conversation(seq.owner, seq.image, seq.cache);
+        seq.logits = None;
+        GenerationStats {
+            prompt_tokens: seq.prompt_len,
+            reused_tokens: seq.reused_tokens,
+            generated_tokens: n,
+            prefill_ms: seq.prefill_ms,
+            ttft_ms: seq.ttft_ms,
             tokens_per_s,
-            stop,
+            stop: seq.stop.unwrap_or(StopReason::Length),
             text,
-            generated_ids: generated,
-        })
+            generated_ids: seq.generated,
+        }
     }
 
     /// Drops the cached image encoding and conversations (after a failure that may have left them half-made).
@@ -575,5 +624,96 @@ impl Pipeline {
     /// Fresh cache sized for a prompt plus `extra` tokens (parity, bench).
     pub fn new_cache(&self, len: usize) -> Cache {
         self.model.new_cache(len)
+    }
+}
+
+/// One turn being generated, between decode steps: its cache, sampler and text so far. Made by
+/// [`Pipeline::begin_for`]; several of them decode together through [`Pipeline::step`].
+pub struct Sequence {
+    owner: u64,
+    image: Option<u64>,
+    cache: Cache,
+    sampler: Sampler,
+    /// Prompt and generated ids (the repetition penalty's history).
+    all_ids: Vec<u32>,
+    generated: Vec<u32>,
+    stream: TextStream,
+    /// The logits the next token is chosen from (after the prefill or a decode step).
+    logits: Option<Tensor>,
+    /// The token just chosen, waiting for its decode step.
+    next: Option<u32>,
+    budget: usize,
+    eos: u32,
+    ignore_eos: bool,
+    start: Instant,
+    prefill_ms: f64,
+    ttft_ms: f64,
+    first_token_at: Instant,
+    stop: Option<StopReason>,
+    prompt_len: usize,
+    reused_tokens: usize,
+}
+
+impl Sequence {
+    /// Chooses the next token from the pending logits. Returns the newly complete text (empty when the token
+    /// completes no character), or `None` when the sequence has ended (EOS here, or earlier).
+    pub fn sample(&mut self) -> anyhow::Result<Option<String>> {
+        if self.stop.is_some() {
+            return Ok(None);
+        }
+        let Some(logits) = self.logits.take() else {
+            bail!("internal error: a sequence was sampled twice without a decode step");
+        };
+        let token = self.sampler.sample_tensor(&logits, &self.all_ids)?;
+        if self.generated.is_empty() {
+            self.ttft_ms = self.start.elapsed().as_secs_f64() * 1e3;
+            self.first_token_at = Instant::now();
+        }
+        if token == self.eos && !self.ignore_eos {
+            self.stop = Some(StopReason::Eos);
+            return Ok(None);
+        }
+        self.generated.push(token);
+        self.all_ids.push(token);
+        let piece = self.stream.push(token)?.unwrap_or_default();
+        if self.generated.len() >= self.budget {
+            self.stop = Some(StopReason::Length);
+        } else {
+            self.next = Some(token);
+        }
+        Ok(Some(piece))
+    }
+
+    /// Stops here: no further token is produced.
+    pub fn cancel(&mut self) {
+        self.stop = Some(StopReason::Cancelled);
+        self.next = None;
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.stop.is_some()
+    }
+
+    /// It has logits to choose its next token from ([`Self::sample`]).
+    pub fn is_ready(&self) -> bool {
+        self.stop.is_none() && self.logits.is_some()
+    }
+
+    /// It has chosen a token that waits for its decode step ([`Pipeline::step`]).
+    pub fn has_token(&self) -> bool {
+        self.stop.is_none() && self.next.is_some()
+    }
+
+    /// Tokens generated so far.
+    pub fn generated(&self) -> usize {
+        self.generated.len()
+    }
+
+    /// Text held back while incomplete, released at the end (nothing after a cancel).
+    pub fn rest(&mut self) -> Option<String> {
+        if self.stop == Some(StopReason::Cancelled) {
+            return None;
+        }
+        self.stream.finish()
     }
 }

@@ -2,17 +2,18 @@
 //! while the text ends in an incomplete UTF-8 sequence (U+FFFD), as the reference's streaming CLI does.
 //! `finish` flushes whatever is left, so a closing `]]` is never lost.
 
+use std::sync::Arc;
 use tokenizers::Tokenizer;
 
-pub struct TextStream<'a> {
-    tokenizer: &'a Tokenizer,
+pub struct TextStream {
+    tokenizer: Arc<Tokenizer>,
     ids: Vec<u32>,
     emitted: usize,
     text: String,
 }
 
-impl<'a> TextStream<'a> {
-    pub fn new(tokenizer: &'a Tokenizer) -> Self {
+impl TextStream {
+    pub fn new(tokenizer: Arc<Tokenizer>) -> Self {
         Self {
             tokenizer,
             ids: Vec::new(),

@@ -1,6 +1,6 @@
 //! Faults and fairness: a client that leaves frees the worker at once, a panic in the worker
 //! is reported and the worker goes on, a failed load keeps the model, a full queue says busy,
-//! one request at a time per client, a request rate per client, shutdown ends everything.
+//! a client's requests queue up to its cap, a request rate per client, shutdown ends everything.
 
 mod common;
 
@@ -123,12 +123,14 @@ fn bundled_models_dir_path() -> std::path::PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_full_queue_answers_busy_and_one_client_runs_one_request() {
+async fn a_full_queue_answers_busy_and_a_client_queues_up_to_its_cap() {
     let options = EngineOptions {
         fairness: Fairness {
-            max_queue: 2,
+            max_queue: 3,
+            per_client: 2,
             ..Fairness::default()
         },
+        max_batch: Some(1),
         ..EngineOptions::default()
     };
     let server = start(options, Access::default()).await;
@@ -136,31 +138,41 @@ async fn a_full_queue_answers_busy_and_one_client_runs_one_request() {
     send_generate(&mut first, &long_question()).await;
     until_first_token(&mut first).await;
 
-    let again = ask(server.addr, "one", &greedy(None, "hi", 2)).await;
-    let error = again
+    // The same client's second request waits behind its first instead of being refused.
+    let mut again = connect(server.addr, "/api/chat", "one", &[]).await.unwrap();
+    send_generate(&mut again, &greedy(None, "hi", 2)).await;
+    match next_event(&mut again).await {
+        Some(Ok(Event::Queued { position, .. })) => assert_eq!(position, 1),
+        other => panic!("expected a queue position, got {other:?}"),
+    }
+    // Its third is past its cap of two.
+    let over = ask(server.addr, "one", &greedy(None, "hi", 2)).await;
+    let error = over
         .error
-        .expect("a second request of the same client is refused");
-    assert!(error.contains("already"), "{error}");
+        .expect("a third request of the same client is refused");
+    assert!(error.contains("too many requests at once"), "{error}");
 
     let mut second = connect(server.addr, "/api/chat", "two", &[]).await.unwrap();
     send_generate(&mut second, &greedy(None, "hi", 2)).await;
     match next_event(&mut second).await {
-        Some(Ok(Event::Queued { position, .. })) => assert_eq!(position, 1),
+        Some(Ok(Event::Queued { position, .. })) => assert_eq!(position, 2),
         other => panic!("expected a queue position, got {other:?}"),
     }
     let started = Instant::now();
     let third = ask(server.addr, "three", &greedy(None, "hi", 2)).await;
-    let busy = third.error.expect("the third request finds the queue full");
+    let busy = third.error.expect("the third client finds the queue full");
     assert!(busy.contains("busy"), "{busy}");
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "busy must not hang"
     );
-    println!("same client: {error:?}; full queue: {busy:?}");
+    println!("over the client's cap: {error:?}; full queue: {busy:?}");
 
-    drop(first); // frees the worker; the waiting request runs
-    let answer = read_answer(&mut second).await;
-    assert!(answer.stats.is_some(), "{:?}", answer.error);
+    drop(first); // frees the worker; the waiting requests run
+    for waiting in [&mut again, &mut second] {
+        let answer = read_answer(waiting).await;
+        assert!(answer.stats.is_some(), "{:?}", answer.error);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -168,8 +180,10 @@ async fn each_client_has_a_request_rate() {
     let options = EngineOptions {
         fairness: Fairness {
             max_queue: 16,
+            rate_limit: true,
             per_minute: 1,
             burst: 3,
+            ..Fairness::default()
         },
         ..EngineOptions::default()
     };
@@ -191,7 +205,12 @@ async fn each_client_has_a_request_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_cancels_the_running_answer_and_refuses_waiting_ones() {
-    let server = start(EngineOptions::default(), Access::default()).await;
+    // One answer at a time, so that the second one waits.
+    let options = EngineOptions {
+        max_batch: Some(1),
+        ..EngineOptions::default()
+    };
+    let server = start(options, Access::default()).await;
     let mut running = connect(server.addr, "/api/chat", "r", &[]).await.unwrap();
     send_generate(&mut running, &long_question()).await;
     until_first_token(&mut running).await;

@@ -20,7 +20,7 @@ fn multibyte_characters_are_never_split_and_the_end_is_flushed() {
         .filter(|&&i| tok.id_to_token(i).is_some_and(|t| t.starts_with("<0x")))
         .count();
     assert!(bytes >= 2, "expected byte-fallback tokens in {ids:?}");
-    let mut stream = TextStream::new(&tok);
+    let mut stream = TextStream::new(std::sync::Arc::new(tok.clone()));
     let mut pieces = Vec::new();
     for id in ids {
         if let Some(p) = stream.push(id).unwrap() {

@@ -1,6 +1,7 @@
-//! Who gets into the queue: a bounded queue, one request at a time per client, and a request
-//! rate per client (a token bucket). A refused request gets a message saying why and when to
-//! try again, at once, instead of hanging.
+//! Who gets into the queue: a bounded queue, a bounded number of waiting or running requests per
+//! client, and (on shared servers) a request rate per client (a token bucket). A refused request
+//! gets a message saying why and when to try again, at once, instead of hanging. The order in which
+//! queued requests start is the worker's (round-robin between clients).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,11 @@ use std::time::Instant;
 pub struct Fairness {
     /// Requests waiting or running, all clients together.
     pub max_queue: usize,
+    /// Requests waiting or running of one client (browser or API address).
+    pub per_client: usize,
+    /// Whether `per_minute` and `burst` apply: on for a shared server (`--share`, another host than
+    /// loopback) or when set explicitly; a script on localhost is not rate-limited.
+    pub rate_limit: bool,
     /// Requests a client may start per minute (sustained).
     pub per_minute: u32,
     /// Requests a client may start in a burst.
@@ -21,6 +27,8 @@ impl Default for Fairness {
     fn default() -> Self {
         Self {
             max_queue: 128,
+            per_client: 64,
+            rate_limit: false,
             per_minute: 60,
             burst: 20,
         }
@@ -109,12 +117,20 @@ impl Admission {
                 tokens: f64::from(rules.burst),
                 refilled: now,
             });
-        if c.active > 0 {
-            return Err(
-                "you already have a question being answered or waiting: stop it or wait for \
-                 its answer before asking another"
-                    .into(),
-            );
+        if c.active >= rules.per_client {
+            return Err(format!(
+                "too many requests at once: you already have {} questions being answered or \
+                 waiting (the limit is {}); wait for an answer before asking more",
+                c.active, rules.per_client
+            ));
+        }
+        if !rules.rate_limit {
+            c.active += 1;
+            state.pending += 1;
+            return Ok(Slot {
+                admission: self.clone(),
+                client: client.to_string(),
+            });
         }
         let rate = f64::from(rules.per_minute) / 60.0;
         c.tokens = (c.tokens + now.duration_since(c.refilled).as_secs_f64() * rate)
@@ -157,13 +173,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_active_request_per_client() {
-        let a = Admission::new(Fairness::default());
-        let slot = a.admit("a").unwrap();
-        assert!(a.admit("a").unwrap_err().contains("already"));
+    fn a_client_queues_up_to_its_cap() {
+        let a = Admission::new(Fairness {
+            per_client: 3,
+            ..Fairness::default()
+        });
+        let slots: Vec<_> = (0..3).map(|_| a.admit("a").unwrap()).collect();
+        let err = a.admit("a").unwrap_err();
+        assert!(
+            err.contains("already have 3") && err.contains("limit is 3"),
+            "{err}"
+        );
         let _other = a.admit("b").unwrap();
-        drop(slot);
+        drop(slots);
         assert!(a.admit("a").is_ok());
+    }
+
+    #[test]
+    fn no_rate_limit_unless_asked() {
+        let a = Admission::new(Fairness {
+            per_minute: 1,
+            burst: 1,
+            ..Fairness::default()
+        });
+        for _ in 0..30 {
+            drop(a.admit("x").unwrap());
+        }
     }
 
     #[test]
@@ -182,8 +217,10 @@ mod tests {
     fn rate_limit_per_client() {
         let a = Admission::new(Fairness {
             max_queue: 100,
+            rate_limit: true,
             per_minute: 1,
             burst: 3,
+            ..Fairness::default()
         });
         for _ in 0..3 {
             drop(a.admit("x").unwrap());

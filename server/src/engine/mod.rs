@@ -1,11 +1,13 @@
 //! The model engine: a worker thread that owns the loaded checkpoint, and the registry of
 //! checkpoints it can load. Knows requests (app's protocol types), not HTTP.
 pub mod admission;
+mod batch;
 pub mod limits;
+mod queue;
 pub mod registry;
 pub mod worker;
 
 pub use admission::Fairness;
 pub use limits::Limits;
 pub use registry::{bundled_models_dir, Entry, Registry};
-pub use worker::{Canceller, Command, EngineHandle, EngineOptions, Ticket};
+pub use worker::{default_max_batch, Canceller, Command, EngineHandle, EngineOptions, Ticket};

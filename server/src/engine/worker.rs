@@ -1,31 +1,31 @@
-//! The worker thread: it owns the loaded [`Pipeline`] and runs one job at a time, in order.
+//! The worker thread: it owns the loaded [`Pipeline`] and generates up to `max_batch` answers
+//! together (continuous batching, [`super::batch`]).
 //!
 //! Typed commands come in through one channel ([`Command`]); each request carries its own
 //! response channel of protocol [`Event`]s. The worker reports the queue position of waiting
 //! requests, streams text pieces, and ends every request with `Done` or `Error`. A request is
-//! cancelled by its flag ([`EngineHandle::cancel`]), by a `Cancel` command while queued, or when
-//! its response channel is closed (the next send fails: the client is gone).
+//! cancelled by its flag ([`Canceller::cancel`]), by a `Cancel` command while queued, or when
+//! its response channel is closed (the client is gone).
 //!
 //! Requests are checked ([`limits`](super::limits)) and admitted ([`admission`](super::admission))
-//! before they are queued. A panic inside a job is caught: that request gets an error and the
-//! worker goes on with the next one.
+//! before they are queued; waiting requests start round-robin between clients ([`super::queue`]).
+//! A panic inside a job is caught: the requests it touched get an error and the worker goes on.
 
 use super::admission::{Admission, Fairness, Slot};
+use super::batch::Batch;
 use super::limits::{check_request, decode_image, Limits};
+use super::queue::Queue;
 use super::registry::{from_proto_version, Entry, Registry};
 use crate::{ChatRequest, GenerationStats, LoadOptions, Pipeline, SamplingParams, StopReason};
 use anyhow::{anyhow, Result};
 use app::protocol::{self as proto, Event, GenerateRequest, ModelsState};
-use std::collections::VecDeque;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// Capacity of a request's event channel; a slow client slows the worker down (back-pressure)
-/// instead of buffering without bound.
-const EVENT_BUFFER: usize = 256;
+/// Capacity of a request's event channel; a slow client pauses its own answer (it sits out decode
+/// steps until it reads) instead of the worker buffering without bound.
+pub(crate) const EVENT_BUFFER: usize = 256;
 
 /// What the worker is asked to do.
 pub enum Command {
@@ -52,16 +52,18 @@ pub enum Command {
 
 /// What the handle can read without asking the worker.
 #[derive(Debug, Default)]
-struct Shared {
-    current: Option<String>,
-    loading: Option<String>,
-    load_error: Option<String>,
-    /// A job is running.
-    busy: bool,
+pub(crate) struct Shared {
+    pub(crate) current: Option<String>,
+    pub(crate) loading: Option<String>,
+    pub(crate) load_error: Option<String>,
+    /// A generation or a load is running.
+    pub(crate) busy: bool,
     /// The worker has ended (after `Shutdown`).
-    stopped: bool,
+    pub(crate) stopped: bool,
     /// Test hook: the next job panics inside the worker.
-    panic_next: bool,
+    pub(crate) panic_next: bool,
+    /// The most sequences one decode step has run.
+    pub(crate) largest_batch: usize,
 }
 
 /// A queued or running generation, as returned to the caller.
@@ -100,6 +102,7 @@ pub struct EngineHandle {
     device: String,
     limits: Arc<Limits>,
     admission: Arc<Admission>,
+    max_batch: usize,
 }
 
 /// How the engine is run: where the model goes, and what it accepts.
@@ -108,6 +111,19 @@ pub struct EngineOptions {
     pub load: LoadOptions,
     pub limits: Limits,
     pub fairness: Fairness,
+    /// Generations decoded together; `None`: [`default_max_batch`] for the device.
+    pub max_batch: Option<usize>,
+}
+
+/// Generations decoded together by default: 8 on the CPU (decode there is bound by per-operation
+/// overhead and memory reads, which a batch shares); 16 on a GPU (each sequence keeps its own
+/// decoding cache, ~1 GB at full size for a 2048-position chat in bf16).
+pub fn default_max_batch(device: &str) -> usize {
+    if device.starts_with("cuda") {
+        16
+    } else {
+        8
+    }
 }
 
 impl EngineHandle {
@@ -135,6 +151,10 @@ impl EngineHandle {
         let registry = Arc::new(registry);
         let limits = Arc::new(options.limits);
         let opts = options.load;
+        let max_batch = options
+            .max_batch
+            .unwrap_or_else(|| default_max_batch(&opts.device))
+            .clamp(1, crate::model::language::Rows::MAX);
         let handle = EngineHandle {
             commands,
             shared: shared.clone(),
@@ -143,6 +163,7 @@ impl EngineHandle {
             device: opts.device.clone(),
             limits: limits.clone(),
             admission: Admission::new(options.fairness),
+            max_batch,
         };
         std::thread::Builder::new()
             .name("cogvlm-worker".into())
@@ -150,6 +171,7 @@ impl EngineHandle {
                 let worker = Worker {
                     rx,
                     queue: Queue::default(),
+                    batch: Batch::new(max_batch),
                     pipeline: None,
                     current: None,
                     registry,
@@ -253,7 +275,17 @@ impl EngineHandle {
         self.admission.pending()
     }
 
-    /// True while the worker runs a job (a generation or a load).
+    /// Generations decoded together.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// The most sequences one decode step has run so far (tests, bench).
+    pub fn largest_batch(&self) -> usize {
+        self.shared.lock().map(|s| s.largest_batch).unwrap_or(0)
+    }
+
+    /// True while the worker runs a generation or a load.
     pub fn is_busy(&self) -> bool {
         self.shared.lock().map(|s| s.busy).unwrap_or(false)
     }
@@ -298,133 +330,13 @@ impl EngineHandle {
     }
 }
 
-enum Job {
-    Generate {
-        id: u64,
-        req: Box<GenerateRequest>,
-        image: Option<Vec<u8>>,
-        _slot: Slot,
-        cancel: Arc<AtomicBool>,
-        events: mpsc::Sender<Event>,
-    },
-    Load {
-        name: String,
-        events: mpsc::Sender<Event>,
-    },
-}
-
-impl Job {
-    fn events(&self) -> &mpsc::Sender<Event> {
-        match self {
-            Job::Generate { events, .. } | Job::Load { events, .. } => events,
-        }
-    }
-}
-
-/// The queue of waiting jobs; separate from the pipeline so that the token callback can
-/// take new commands while the pipeline runs.
-#[derive(Default)]
-struct Queue {
-    jobs: VecDeque<Job>,
-    /// Average wall time of a generation (for the waiting clients' ETA).
-    avg_job_ms: Option<f64>,
-    /// `Shutdown` was received.
-    shutting_down: bool,
-}
-
-impl Queue {
-    fn eta(&self, position: usize) -> Option<u64> {
-        self.avg_job_ms.map(|ms| (ms * position as f64) as u64)
-    }
-
-    fn record_job_time(&mut self, ms: f64) {
-        self.avg_job_ms = Some(match self.avg_job_ms {
-            Some(avg) => 0.7 * avg + 0.3 * ms,
-            None => ms,
-        });
-    }
-
-    /// Takes one command. `running`: a job is in progress (it counts as one ahead).
-    fn accept(&mut self, cmd: Command, running: bool) {
-        match cmd {
-            Command::Generate {
-                id,
-                req,
-                image,
-                slot,
-                cancel,
-                events,
-            } => {
-                if self.shutting_down {
-                    let _ = events.try_send(shutting_down());
-                    return;
-                }
-                let position = self.jobs.len() + usize::from(running);
-                let eta_ms = self.eta(position);
-                if events.try_send(Event::Queued { position, eta_ms }).is_ok() {
-                    self.jobs.push_back(Job::Generate {
-                        id,
-                        req,
-                        image,
-                        _slot: slot,
-                        cancel,
-                        events,
-                    });
-                }
-            }
-            Command::Load { name, events } => self.jobs.push_back(Job::Load { name, events }),
-            Command::Shutdown => {
-                self.shutting_down = true;
-                for job in self.jobs.drain(..) {
-                    let _ = job.events().try_send(shutting_down());
-                }
-            }
-            Command::Cancel { id } => {
-                let before = self.jobs.len();
-                self.jobs.retain(|job| match job {
-                    Job::Generate {
-                        id: job_id, events, ..
-                    } if *job_id == id => {
-                        let _ = events.try_send(cancelled_done(""));
-                        false
-                    }
-                    _ => true,
-                });
-                if self.jobs.len() != before {
-                    self.announce(running);
-                }
-            }
-        }
-    }
-
-    /// Tells every waiting request its position; drops the ones whose client is gone.
-    fn announce(&mut self, running: bool) {
-        let mut position = usize::from(running);
-        self.jobs.retain(|job| match job {
-            Job::Generate { events, .. } => {
-                let eta_ms = self.avg_job_ms.map(|ms| (ms * position as f64) as u64);
-                let keep = !events.is_closed()
-                    && events.try_send(Event::Queued { position, eta_ms }).is_ok();
-                if keep {
-                    position += 1;
-                }
-                keep
-            }
-            Job::Load { .. } => {
-                position += 1;
-                true
-            }
-        });
-    }
-}
-
-fn shutting_down() -> Event {
+pub(crate) fn shutting_down() -> Event {
     Event::Error {
         message: "the server is shutting down".into(),
     }
 }
 
-fn cancelled_done(checkpoint: &str) -> Event {
+pub(crate) fn cancelled_done(checkpoint: &str) -> Event {
     Event::Done {
         stats: proto::Stats {
             checkpoint: checkpoint.into(),
@@ -439,155 +351,21 @@ fn cancelled_done(checkpoint: &str) -> Event {
     }
 }
 
-struct Worker {
-    rx: std_mpsc::Receiver<Command>,
-    queue: Queue,
-    pipeline: Option<Pipeline>,
-    current: Option<Entry>,
-    registry: Arc<Registry>,
-    opts: LoadOptions,
-    limits: Arc<Limits>,
-    shared: Arc<Mutex<Shared>>,
+/// The worker thread's state.
+pub(crate) struct Worker {
+    pub(crate) rx: std_mpsc::Receiver<Command>,
+    pub(crate) queue: Queue,
+    pub(crate) batch: Batch,
+    pub(crate) pipeline: Option<Pipeline>,
+    pub(crate) current: Option<Entry>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) opts: LoadOptions,
+    pub(crate) limits: Arc<Limits>,
+    pub(crate) shared: Arc<Mutex<Shared>>,
 }
 
 impl Worker {
-    fn run(mut self) {
-        loop {
-            if self.queue.shutting_down {
-                return;
-            }
-            if self.queue.jobs.is_empty() {
-                match self.rx.recv() {
-                    Ok(cmd) => self.queue.accept(cmd, false),
-                    Err(_) => return, // every handle is gone
-                }
-            }
-            while let Ok(cmd) = self.rx.try_recv() {
-                self.queue.accept(cmd, false);
-            }
-            let Some(job) = self.queue.jobs.pop_front() else {
-                continue;
-            };
-            self.queue.announce(true);
-            let reply = job.events().clone();
-            self.set_shared(|s| s.busy = true);
-            let started = Instant::now();
-            let is_generation = matches!(job, Job::Generate { .. });
-            // A bug in one request must not take the server down: report it, drop what the
-            // job may have left half-done, and go on.
-            let outcome = catch_unwind(AssertUnwindSafe(|| self.run_job(job)));
-            if let Err(panic) = outcome {
-                let what = panic_message(panic.as_ref());
-                eprintln!("the model worker recovered from a panic: {what}");
-                if let Some(p) = self.pipeline.as_mut() {
-                    p.forget_image();
-                }
-                let _ = reply.blocking_send(Event::Error {
-                    message: format!(
-                        "internal error in the model worker ({what}); it recovered: please try again"
-                    ),
-                });
-            } else if is_generation {
-                self.queue
-                    .record_job_time(started.elapsed().as_secs_f64() * 1e3);
-            }
-            self.set_shared(|s| s.busy = false);
-        }
-    }
-
-    fn run_job(&mut self, job: Job) {
-        let panic_now = self
-            .shared
-            .lock()
-            .map(|mut s| std::mem::take(&mut s.panic_next))
-            .unwrap_or(false);
-        if panic_now {
-            panic!("test-only injected panic");
-        }
-        match job {
-            Job::Generate {
-                req,
-                image,
-                cancel,
-                events,
-                _slot: slot,
-                ..
-            } => {
-                let last =
-                    match self.generate(&req, image.as_deref(), slot.client(), &cancel, &events) {
-                        Ok(last) => last,
-                        Err(e) => Some(Event::Error {
-                            message: format!("{e:#}"),
-                        }),
-                    };
-                // Free the client's place before it hears the end, so that its next request
-                // is never refused as "already answering".
-                drop(slot);
-                if let Some(event) = last {
-                    let _ = events.blocking_send(event);
-                }
-            }
-            Job::Load { name, events } => self.load(&name, &events),
-        }
-    }
-
-    /// Runs one generation; returns the final event (`Done`), for the caller to send.
-    fn generate(
-        &mut self,
-        req: &GenerateRequest,
-        image: Option<&[u8]>,
-        client: &str,
-        cancel: &AtomicBool,
-        events: &mpsc::Sender<Event>,
-    ) -> Result<Option<Event>> {
-        let checkpoint = self
-            .current
-            .as_ref()
-            .map(|e| e.name().to_string())
-            .unwrap_or_default();
-        if cancel.load(Ordering::SeqCst) || events.is_closed() {
-            return Ok(Some(cancelled_done(&checkpoint)));
-        }
-        let Some(pipeline) = self.pipeline.as_mut() else {
-            let loading = self.shared.lock().ok().and_then(|s| s.load_error.clone());
-            return Err(anyhow!(
-                "no model is loaded{}",
-                loading
-                    .map(|e| format!(" (the last load failed: {e})"))
-                    .unwrap_or_default()
-            ));
-        };
-        if events
-            .blocking_send(Event::Started {
-                checkpoint: checkpoint.clone(),
-            })
-            .is_err()
-        {
-            return Ok(None); // the client is gone
-        }
-        let chat = to_chat_request(req, image, &self.limits)?;
-        let rx = &self.rx;
-        let queue = &mut self.queue;
-        let mut on_text = |text: &str| -> bool {
-            // Keep the queue current while generating (positions, cancels of waiting jobs).
-            while let Ok(cmd) = rx.try_recv() {
-                queue.accept(cmd, true);
-            }
-            if cancel.load(Ordering::SeqCst) || queue.shutting_down || events.is_closed() {
-                return false;
-            }
-            text.is_empty()
-                || events
-                    .blocking_send(Event::Token { text: text.into() })
-                    .is_ok()
-        };
-        let stats = pipeline.generate_for(client, &chat, &mut on_text)?;
-        Ok(Some(Event::Done {
-            stats: to_proto_stats(&stats, &checkpoint),
-        }))
-    }
-
-    fn load(&mut self, name: &str, events: &mpsc::Sender<Event>) {
+    pub(crate) fn load(&mut self, name: &str, events: &mpsc::Sender<Event>) {
         let Some(entry) = self.registry.find(name).cloned() else {
             let _ = events.blocking_send(Event::Error {
                 message: format!(
@@ -607,16 +385,16 @@ impl Worker {
             s.loading = Some(name.into());
             s.load_error = None;
         });
-        let started = Instant::now();
-        let mut last_sent = Instant::now() - Duration::from_secs(1);
+        let started = std::time::Instant::now();
+        let mut last_sent = std::time::Instant::now() - std::time::Duration::from_secs(1);
         let mut last_pct = u64::MAX;
         let mut progress = |done: u64, total: u64| {
             let pct = (done * 100).checked_div(total).unwrap_or(0);
             if pct != last_pct
-                && (last_sent.elapsed() >= Duration::from_millis(100) || done >= total)
+                && (last_sent.elapsed() >= std::time::Duration::from_millis(100) || done >= total)
             {
                 last_pct = pct;
-                last_sent = Instant::now();
+                last_sent = std::time::Instant::now();
                 // Never block a load on a slow or closed listener.
                 let _ = events.try_send(Event::LoadProgress { done, total });
             }
@@ -654,14 +432,14 @@ impl Worker {
         }
     }
 
-    fn set_shared(&self, f: impl FnOnce(&mut Shared)) {
+    pub(crate) fn set_shared(&self, f: impl FnOnce(&mut Shared)) {
         if let Ok(mut s) = self.shared.lock() {
             f(&mut s);
         }
     }
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
@@ -698,7 +476,7 @@ pub fn to_chat_request(
     })
 }
 
-fn to_proto_stats(s: &GenerationStats, checkpoint: &str) -> proto::Stats {
+pub(crate) fn to_proto_stats(s: &GenerationStats, checkpoint: &str) -> proto::Stats {
     proto::Stats {
         checkpoint: checkpoint.into(),
         prompt_tokens: s.prompt_tokens,

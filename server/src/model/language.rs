@@ -99,6 +99,12 @@ struct Mlp {
     intermediate: usize,
 }
 
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Mlp::forward(self, x)
+    }
+}
+
 impl Mlp {
     fn new(cfg: &Config, vb: VarBuilder, q: &Quantizer) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
@@ -225,6 +231,74 @@ impl SelfAttention {
         let ctx = ctx.transpose(1, 2)?.reshape((b, l, h))?;
         self.dense.apply(&ctx, span, |w, x| w.forward(x))
     }
+
+    /// One decode token for each of `B` sequences, `x` = `[1, B, H]` (text tokens: the language expert). The
+    /// projections run as one `[B, H]` matmul ([`Rows`]); attention runs per sequence over its own cache,
+    /// exactly the kernels and shapes a lone sequence gets, so each row's result does not depend on its
+    /// neighbours. (One padded kernel over every cache would change the reduction length of the softmax and the
+    /// `P·V` matmul with the others' lengths, and so the rounding.)
+    fn forward_rows(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        kvs: &mut [&mut KvBuffer],
+        rows: &Rows,
+    ) -> Result<Tensor> {
+        let (_, b, h) = x.dims3()?;
+        let (heads, d) = (self.heads, self.head_dim);
+        let qkv = rows.forward(&self.qkv.language, x)?;
+        let qk = qkv
+            .narrow(D::Minus1, 0, 2 * h)?
+            .reshape((1, b, 2 * heads, d))?;
+        let qk = candle_nn::rotary_emb::rope_thd(&qk, cos, sin)?;
+        let v_all = qkv.narrow(D::Minus1, 2 * h, h)?.reshape((1, b, heads, d))?;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let by_head = |t: Tensor| t.transpose(1, 2)?.contiguous();
+        let mut ctxs = Vec::with_capacity(b);
+        for (i, kv) in kvs.iter_mut().enumerate() {
+            let qk_i = qk.narrow(1, i, 1)?;
+            let q = by_head(qk_i.narrow(2, 0, heads)?)?;
+            let k = by_head(qk_i.narrow(2, heads, heads)?)?;
+            let v = by_head(v_all.narrow(1, i, 1)?)?;
+            let (k, v) = kv.append(&k, &v)?;
+            let ctx = sdpa(&q, &k, &v, scale, None)?;
+            ctxs.push(ctx.transpose(1, 2)?.reshape((1, 1, h))?);
+        }
+        let ctx = Tensor::cat(&ctxs, 1)?;
+        rows.forward(&self.dense.language, &ctx)
+    }
+}
+
+/// The row count every batched decode matmul runs with. candle's CPU matmul (the `gemm` crate) picks its kernel
+/// by shape: one row goes to a matrix-vector kernel and an `m × n ≤ 256` product to a dot-product kernel, and each
+/// sums a row's products in another order than the blocked kernel that larger products take. Padding the rows
+/// with zeros up to this count sends every decode matmul, for one sequence or many, to the blocked kernel, whose
+/// sum for a row does not depend on the other rows: a sequence's tokens are then the same alone or in a batch.
+/// (The blocked kernel's depth blocking depends on `k` alone while `m ≤ 64`, hence the batch cap.)
+pub struct Rows {
+    min: usize,
+}
+
+impl Rows {
+    /// Largest batch whose rows keep the same kernel parameters (see above).
+    pub const MAX: usize = 64;
+
+    fn new(narrowest_output: usize) -> Self {
+        Self {
+            min: (256 / narrowest_output.max(1) + 1).max(2),
+        }
+    }
+
+    /// `lin` over `x` = `[1, B, in]`, with `B` padded to the minimum row count.
+    fn forward<M: Module>(&self, lin: &M, x: &Tensor) -> Result<Tensor> {
+        let (_, b, k) = x.dims3()?;
+        if b >= self.min {
+            return lin.forward(x);
+        }
+        let pad = Tensor::zeros((1, self.min - b, k), x.dtype(), x.device())?;
+        lin.forward(&Tensor::cat(&[x, &pad], 1)?)?.narrow(1, 0, b)
+    }
 }
 
 /// Additive causal mask `[L, past + L]` (f32) for a chunk of `L` new tokens after `past` cached ones, made on
@@ -294,6 +368,20 @@ impl CrossAttention {
         self.dense
             .forward(&ctx.transpose(1, 2)?.reshape((b, l, self.compute))?)
     }
+
+    /// One decode token for each of `B` sequences over each one's own encoder keys/values (as
+    /// [`SelfAttention::forward_rows`]).
+    fn forward_rows(&self, x: &Tensor, kvs: &[&(Tensor, Tensor)], rows: &Rows) -> Result<Tensor> {
+        let q = rows.forward(&self.query, x)?;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let mut ctxs = Vec::with_capacity(kvs.len());
+        for (i, kv) in kvs.iter().enumerate() {
+            let q = self.heads_view(&q.narrow(1, i, 1)?)?;
+            let ctx = sdpa(&q, &kv.0, &kv.1, scale, None)?;
+            ctxs.push(ctx.transpose(1, 2)?.reshape((1, 1, self.compute))?);
+        }
+        rows.forward(&self.dense, &Tensor::cat(&ctxs, 1)?)
+    }
 }
 
 /// Per-layer decoding state: self-attention K/V (post-RoPE) and, for CogAgent, the encoder's K/V.
@@ -356,6 +444,36 @@ impl DecoderLayer {
         let m = self.mlp.apply(&x, span, |w, x| w.forward(x))?;
         &h + m
     }
+
+    /// One decode token per sequence: `h` = `[1, B, H]`, `caches[i]` = sequence `i`'s cache of this layer.
+    fn forward_rows(
+        &self,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        caches: &mut [&mut LayerCache],
+        rows: &Rows,
+    ) -> Result<Tensor> {
+        let x = self.input_layernorm.forward(h)?;
+        let mut kvs: Vec<&mut KvBuffer> = caches.iter_mut().map(|c| &mut c.kv).collect();
+        let a = self.self_attn.forward_rows(&x, cos, sin, &mut kvs, rows)?;
+        let mut h = (h + a)?;
+        if let Some((norm, cross)) = &self.cross {
+            let kvs = caches
+                .iter()
+                .map(|c| {
+                    c.cross.as_ref().ok_or_else(|| {
+                        candle_core::Error::Msg(
+                            "CogAgent needs an image: no cross-encoder keys in the cache".into(),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            h = (&h + cross.forward_rows(&norm.forward(&h)?, &kvs, rows)?)?;
+        }
+        let x = self.post_attention_layernorm.forward(&h)?;
+        &h + rows.forward(&self.mlp.language, &x)?
+    }
 }
 
 /// Everything under `model.` except the vision towers, plus `lm_head`. The token embeddings stay float (a row
@@ -370,6 +488,7 @@ pub struct LanguageModel {
     norm: RmsNorm,
     lm_head: QLinear,
     rotary: Rotary,
+    rows: Rows,
 }
 
 impl LanguageModel {
@@ -395,6 +514,12 @@ impl LanguageModel {
                 vb.pp("lm_head"),
             )?,
             rotary: Rotary::new(cfg, &m, vb.device())?,
+            // The narrowest output of a decode matmul: the hidden size (dense, down_proj) or CogAgent's
+            // cross-attention width.
+            rows: Rows::new(
+                cfg.cross()
+                    .map_or(cfg.hidden_size, |c| c.compute.min(cfg.hidden_size)),
+            ),
         })
     }
 
@@ -494,11 +619,65 @@ impl LanguageModel {
     pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
         self.lm_head.forward(h)?.to_dtype(DType::F32)
     }
+
+    /// One decode step for `B` sequences: `embeds` = `[1, B, H]` (one text token each), `positions[i]` and
+    /// `caches[i]` sequence `i`'s. Returns f32 logits `[B, V]`; row `i` is what sequence `i` gets alone.
+    pub fn decode_rows(
+        &self,
+        embeds: &Tensor,
+        positions: &[u32],
+        caches: &mut [&mut [LayerCache]],
+    ) -> Result<Tensor> {
+        let (cos, sin) = self.rotary.cos_sin(positions, embeds.dtype())?;
+        let mut h = embeds.clone();
+        for (j, layer) in self.layers.iter().enumerate() {
+            let mut layer_caches: Vec<&mut LayerCache> =
+                caches.iter_mut().map(|c| &mut c[j]).collect();
+            h = layer.forward_rows(&h, &cos, &sin, &mut layer_caches, &self.rows)?;
+        }
+        let h = self.norm.forward(&h)?;
+        self.rows
+            .forward(&self.lm_head, &h)?
+            .squeeze(0)?
+            .to_dtype(DType::F32)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A row of a padded decode matmul is bit for bit the same whatever rows it is batched with (the shapes of
+    /// the tiny checkpoints: hidden 24, qkv 72, MLP 128, vocabulary 32000). Unpadded, a lone row takes another
+    /// kernel; the test prints how many of its values then differ.
+    #[test]
+    fn padded_rows_do_not_depend_on_the_batch() -> Result<()> {
+        let dev = Device::Cpu;
+        for (n, k) in [(24, 24), (72, 24), (128, 24), (24, 64), (32000, 24)] {
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
+            let lin = candle_nn::Linear::new(w, None);
+            let x = Tensor::randn(0f32, 1.0, (1, 8, k), &dev)?;
+            let row = |rows: &Rows, i: usize| -> Result<Vec<f32>> {
+                rows.forward(&lin, &x.narrow(1, i, 1)?)?
+                    .flatten_all()?
+                    .to_vec1()
+            };
+            let padded = Rows::new(24);
+            let all = padded.forward(&lin, &x)?;
+            let mut unpadded_diff = 0;
+            for i in 0..8 {
+                let in_batch = all.narrow(1, i, 1)?.flatten_all()?.to_vec1::<f32>()?;
+                assert_eq!(row(&padded, i)?, in_batch, "{n}×{k}, row {i}");
+                let lone = row(&Rows { min: 1 }, i)?;
+                unpadded_diff += lone.iter().zip(&in_batch).filter(|(a, b)| a != b).count();
+            }
+            println!(
+                "{n}×{k}: unpadded, {unpadded_diff} of {} values differ",
+                8 * n
+            );
+        }
+        Ok(())
+    }
 
     /// The single-kernel norm (what runs on CUDA, where candle's kernel computes bf16 in f32) and the widened one
     /// (what runs on the CPU) agree to bf16 precision; in f32 they are the same call.

@@ -348,18 +348,35 @@ impl CogVlm {
         h.squeeze(0)
     }
 
-    /// One decode step: a language token at the next position. Returns f32 logits `[V]`.
+    /// One decode step: a language token at the next position. Returns f32 logits `[V]`. The same computation as
+    /// a row of [`Self::step_batch`], so a sequence decodes to the same tokens alone or in a batch.
     pub fn step(&self, token: u32, cache: &mut Cache) -> Result<Tensor> {
-        if cache.is_empty() {
+        self.step_batch(&[token], &mut [cache])?.squeeze(0)
+    }
+
+    /// One decode step for several sequences at once: `tokens[i]` continues `caches[i]`. The linear layers and
+    /// `lm_head` run once over all the tokens; attention runs per sequence over its own cache. Returns f32
+    /// logits `[B, V]`.
+    pub fn step_batch(&self, tokens: &[u32], caches: &mut [&mut Cache]) -> Result<Tensor> {
+        if tokens.len() != caches.len() || tokens.is_empty() {
+            candle_core::bail!(
+                "a batched decode step needs one token per cache ({} tokens, {} caches)",
+                tokens.len(),
+                caches.len()
+            );
+        }
+        if caches.iter().any(|c| c.is_empty()) {
             candle_core::bail!("a decode step needs a prefilled cache");
         }
-        let position = cache.last_position() + 1;
-        let embeds = self.lm.embed(&[token])?;
-        let h = self
-            .lm
-            .forward_embeds(&embeds, &None, &[position], &mut cache.layers, None)?;
-        cache.tokens.push(token);
-        cache.positions.push(position);
-        self.lm.logits(&h.squeeze(0)?)?.squeeze(0)
+        let positions: Vec<u32> = caches.iter().map(|c| c.last_position() + 1).collect();
+        let embeds = self.lm.embed(tokens)?;
+        let mut layers: Vec<&mut [LayerCache]> =
+            caches.iter_mut().map(|c| c.layers.as_mut_slice()).collect();
+        let logits = self.lm.decode_rows(&embeds, &positions, &mut layers)?;
+        for ((cache, &token), &position) in caches.iter_mut().zip(tokens).zip(&positions) {
+            cache.tokens.push(token);
+            cache.positions.push(position);
+        }
+        Ok(logits)
     }
 }

@@ -1,5 +1,6 @@
 //! `GET /v1/models` and `POST /v1/chat/completions` (JSON or server-sent events).
 
+use super::aliases;
 use super::error::ApiError;
 use super::request::ChatCompletionRequest;
 use super::run::{Out, Run};
@@ -19,17 +20,17 @@ pub type SharedBackend = Arc<dyn Backend>;
 
 pub async fn list_models(State(backend): State<SharedBackend>) -> Json<Value> {
     let state = backend.models();
-    let data: Vec<Value> = state
-        .checkpoints
-        .iter()
-        .map(|c| {
-            json!({
-                "id": c.name, "object": "model", "created": 0, "owned_by": "cogvlm-rs",
-                "kind": c.kind.label(), "image_size": c.image_size,
+    let mut data = Vec::new();
+    for c in &state.checkpoints {
+        // The checkpoint, then THUDM's names for it (`root` says which checkpoint answers).
+        for id in std::iter::once(c.name.clone()).chain(aliases::aliases(&c.name)) {
+            data.push(json!({
+                "id": id, "object": "model", "created": 0, "owned_by": "cogvlm-rs",
+                "root": c.name, "kind": c.kind.label(), "image_size": c.image_size,
                 "loaded": state.current.as_deref() == Some(c.name.as_str()),
-            })
-        })
-        .collect();
+            }));
+        }
+    }
     Json(json!({"object": "list", "data": data}))
 }
 
@@ -108,14 +109,15 @@ async fn complete(
     }
 }
 
-/// `model` must name a scanned checkpoint; another one than the loaded one is loaded first
-/// (queued like a switch from the page, so it affects the page too).
-async fn ensure_model(backend: &dyn Backend, name: &str) -> Result<(), ApiError> {
+/// `model` must name a scanned checkpoint (or be one of THUDM's names for it, [`aliases`]);
+/// another one than the loaded one is loaded first (queued like a switch from the page, so it
+/// affects the page too).
+async fn ensure_model(backend: &dyn Backend, requested: &str) -> Result<(), ApiError> {
     let state = backend.models();
-    if !state.checkpoints.iter().any(|c| c.name == name) {
-        let known: Vec<String> = state.checkpoints.into_iter().map(|c| c.name).collect();
-        return Err(ApiError::model_not_found(name, &known));
-    }
+    let known: Vec<String> = state.checkpoints.into_iter().map(|c| c.name).collect();
+    let Some(name) = aliases::resolve(requested, &known) else {
+        return Err(ApiError::model_not_found(requested, &known));
+    };
     if state.current.as_deref() == Some(name) {
         return Ok(());
     }

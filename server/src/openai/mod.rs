@@ -5,6 +5,7 @@
 //! README's "OpenAI-compatible API" section documents the mapping (system message, images,
 //! sampling defaults, errors).
 
+pub mod aliases;
 mod error;
 mod handlers;
 pub mod request;

@@ -43,7 +43,11 @@ pub struct ServeArgs {
     /// The access token; `None` with `share` (or a non-loopback host): a random one.
     pub token: Option<String>,
     pub limits: Limits,
+    /// The queue's rules; the rate limit is turned on for a shared server (`share`, or a host
+    /// other than loopback) whatever `fairness.rate_limit` says.
     pub fairness: Fairness,
+    /// Answers generated together; `None`: the device's default.
+    pub max_batch: Option<usize>,
     /// `--backend openai`: answer from this remote server instead of a local worker.
     pub remote: Option<crate::remote::RemoteConfig>,
 }
@@ -62,6 +66,7 @@ impl Default for ServeArgs {
             token: None,
             limits: Limits::default(),
             fairness: Fairness::default(),
+            max_batch: None,
             remote: None,
         }
     }
@@ -245,12 +250,21 @@ async fn run(args: ServeArgs) -> Result<()> {
                 quant_vision: args.quant_vision,
             },
             limits: args.limits.clone(),
-            fairness: args.fairness.clone(),
+            fairness: Fairness {
+                rate_limit: args.fairness.rate_limit || is_shared(&args),
+                ..args.fairness.clone()
+            },
+            max_batch: args.max_batch,
         },
         initial.as_deref(),
     )?;
     let source = models_dir.display().to_string();
     listen(&args, Arc::new(engine.clone()), &source, Some(engine)).await
+}
+
+/// Whether other machines can reach the server (`--share`, or a host other than loopback).
+fn is_shared(args: &ServeArgs) -> bool {
+    args.share || !matches!(args.host.parse::<IpAddr>(), Ok(ip) if ip.is_loopback())
 }
 
 /// Serves `backend` (the local worker or a remote server) until Ctrl+C; `engine`, when local,

@@ -1,0 +1,398 @@
+//! Continuous batching: the worker's loop over the generations running together.
+//!
+//! Each turn of the loop takes new commands, starts at most one waiting request (its image encoding
+//! and prefill run between two decode steps, so the running answers keep flowing), lets every
+//! running sequence choose its next token with its own sampler, and runs all the chosen tokens
+//! through the model in one batched decode step ([`Pipeline::step`]). A sequence that finishes, fails
+//! or is cancelled leaves the batch at once, its cache kept for its client's next question.
+//!
+//! Events go out without blocking the loop: a client that does not read fills its channel, and
+//! then its sequence sits out the decode steps until it reads again; the others go on.
+
+use super::admission::Slot;
+use super::queue::Waiting;
+use super::worker::{
+    cancelled_done, panic_message, to_chat_request, to_proto_stats, Command, Worker,
+};
+use crate::pipeline::Sequence;
+use app::protocol::Event;
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::{self, error::TrySendError};
+
+/// Events on their way to one client.
+pub(crate) struct Outbox {
+    events: mpsc::Sender<Event>,
+    pending: VecDeque<Event>,
+}
+
+impl Outbox {
+    fn new(events: mpsc::Sender<Event>) -> Self {
+        Self {
+            events,
+            pending: VecDeque::new(),
+        }
+    }
+
+    fn push(&mut self, event: Event) {
+        self.pending.push_back(event);
+    }
+
+    /// Sends what the channel takes now; `false` when the client is gone.
+    fn flush(&mut self) -> bool {
+        while let Some(event) = self.pending.pop_front() {
+            match self.events.try_send(event) {
+                Ok(()) => {}
+                Err(TrySendError::Full(event)) => {
+                    self.pending.push_front(event);
+                    return true;
+                }
+                Err(TrySendError::Closed(_)) => return false,
+            }
+        }
+        !self.events.is_closed()
+    }
+
+    /// The client has not taken everything yet.
+    fn is_blocked(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// At shutdown: waits until the client took everything (or is gone).
+    fn flush_blocking(&mut self) {
+        while let Some(event) = self.pending.pop_front() {
+            if self.events.blocking_send(event).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A running generation.
+struct Active {
+    seq: Sequence,
+    /// Its place in the queue, freed before its client hears the end.
+    slot: Slot,
+    cancel: Arc<AtomicBool>,
+    out: Outbox,
+    checkpoint: String,
+    started: Instant,
+}
+
+/// The generations running together, and the final events still on their way.
+pub(crate) struct Batch {
+    max: usize,
+    active: Vec<Active>,
+    draining: Vec<Outbox>,
+}
+
+impl Batch {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max: max.max(1),
+            active: Vec::new(),
+            draining: Vec::new(),
+        }
+    }
+}
+
+impl Worker {
+    pub(crate) fn run(mut self) {
+        loop {
+            let idle = self.batch.active.is_empty() && self.batch.draining.is_empty();
+            if idle && self.queue.is_empty() {
+                match self.rx.recv() {
+                    Ok(cmd) => self.take(cmd),
+                    Err(_) => return, // every handle is gone
+                }
+            }
+            while let Ok(cmd) = self.rx.try_recv() {
+                self.take(cmd);
+            }
+            if self.queue.shutting_down {
+                self.stop_all();
+                return;
+            }
+            if !self.tick() {
+                // Every running answer waits for its client to read: wait for them, or a command.
+                match self.rx.recv_timeout(Duration::from_millis(2)) {
+                    Ok(cmd) => self.take(cmd),
+                    Err(RecvTimeoutError::Disconnected) if self.batch.active.is_empty() => return,
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+
+    fn take(&mut self, cmd: Command) {
+        let announce = matches!(cmd, Command::Generate { .. } | Command::Cancel { .. });
+        self.queue.accept(cmd);
+        if announce {
+            self.announce();
+        }
+    }
+
+    fn announce(&mut self) {
+        let free = self.batch.max.saturating_sub(self.batch.active.len());
+        self.queue.announce(free, self.batch.max);
+    }
+
+    /// One turn of the loop; `false` when nothing could move.
+    fn tick(&mut self) -> bool {
+        let mut moved = false;
+        self.batch.draining.retain_mut(|out| {
+            let before = out.pending.len();
+            let keep = out.flush() && out.is_blocked();
+            moved |= out.pending.len() != before;
+            keep
+        });
+        // Cancelled, or the client is gone.
+        for a in self.batch.active.iter_mut() {
+            let gone = !a.out.flush() || a.cancel.load(Ordering::SeqCst);
+            if gone && !a.seq.is_finished() {
+                a.seq.cancel();
+            }
+        }
+        moved |= self.retire_finished();
+        if self.batch.active.len() < self.batch.max {
+            if let Some(job) = self.queue.next_job() {
+                self.start(job);
+                self.announce();
+                moved = true;
+            } else if self.batch.active.is_empty() {
+                if let Some(load) = self.queue.next_load() {
+                    self.set_shared(|s| s.busy = true);
+                    self.load(&load.name, &load.events);
+                    self.announce();
+                    moved = true;
+                }
+            }
+        }
+        // Each sequence chooses its next token, with its own settings and random stream.
+        let mut failed = Vec::new();
+        for (i, a) in self.batch.active.iter_mut().enumerate() {
+            if a.out.is_blocked() || !a.seq.is_ready() {
+                continue;
+            }
+            moved = true;
+            match a.seq.sample() {
+                Ok(Some(piece)) if !piece.is_empty() => {
+                    a.out.push(Event::Token { text: piece });
+                    a.out.flush();
+                }
+                Ok(_) => {}
+                Err(e) => failed.push((i, format!("{e:#}"))),
+            }
+        }
+        self.fail(failed);
+        moved |= self.retire_finished();
+        moved |= self.decode_step();
+        let busy = !self.batch.active.is_empty();
+        self.set_shared(|s| s.busy = busy);
+        moved
+    }
+
+    /// Runs the tokens just chosen through the model, as one batch.
+    fn decode_step(&mut self) -> bool {
+        let Some(pipeline) = self.pipeline.as_mut() else {
+            return false;
+        };
+        let stepped: Vec<usize> = (0..self.batch.active.len())
+            .filter(|&i| self.batch.active[i].seq.has_token())
+            .collect();
+        if stepped.is_empty() {
+            return false;
+        }
+        let mut seqs: Vec<&mut Sequence> = self
+            .batch
+            .active
+            .iter_mut()
+            .map(|a| &mut a.seq)
+            .filter(|s| s.has_token())
+            .collect();
+        let outcome = catch_unwind(AssertUnwindSafe(|| pipeline.step(&mut seqs)));
+        let message = match outcome {
+            Ok(Ok(())) => {
+                if let Ok(mut s) = self.shared.lock() {
+                    s.largest_batch = s.largest_batch.max(stepped.len());
+                }
+                return true;
+            }
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(panic) => {
+                let what = panic_message(panic.as_ref());
+                eprintln!("the model worker recovered from a panic: {what}");
+                pipeline.forget_image();
+                recovered(&what)
+            }
+        };
+        // A failed step leaves the caches in it half-written: its sequences end.
+        self.fail(stepped.into_iter().map(|i| (i, message.clone())).collect());
+        true
+    }
+
+    /// Starts a waiting request: its image encoding and prefill, then it joins the batch.
+    fn start(&mut self, job: Waiting) {
+        let Waiting {
+            req,
+            image,
+            slot,
+            cancel,
+            events,
+            ..
+        } = job;
+        let checkpoint = self
+            .current
+            .as_ref()
+            .map(|e| e.name().to_string())
+            .unwrap_or_default();
+        let mut out = Outbox::new(events);
+        if cancel.load(Ordering::SeqCst) || out.events.is_closed() {
+            drop(slot);
+            out.push(cancelled_done(&checkpoint));
+            self.drain(out);
+            return;
+        }
+        let panic_now = self
+            .shared
+            .lock()
+            .map(|mut s| std::mem::take(&mut s.panic_next))
+            .unwrap_or(false);
+        if self.pipeline.is_none() {
+            let loading = self.shared.lock().ok().and_then(|s| s.load_error.clone());
+            drop(slot);
+            out.push(Event::Error {
+                message: format!(
+                    "no model is loaded{}",
+                    loading
+                        .map(|e| format!(" (the last load failed: {e})"))
+                        .unwrap_or_default()
+                ),
+            });
+            self.drain(out);
+            return;
+        }
+        out.push(Event::Started {
+            checkpoint: checkpoint.clone(),
+        });
+        out.flush();
+        self.set_shared(|s| s.busy = true);
+        let limits = self.limits.clone();
+        let client = slot.client().to_string();
+        // A bug in one request must not take the server down: report it, drop what the job may have
+        // left half-done, and go on.
+        let Some(pipeline) = self.pipeline.as_mut() else {
+            return;
+        };
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            if panic_now {
+                panic!("test-only injected panic");
+            }
+            let chat = to_chat_request(&req, image.as_deref(), &limits)?;
+            pipeline.begin_for(&client, &chat)
+        }));
+        let message = match outcome {
+            Ok(Ok(seq)) => {
+                out.flush();
+                self.batch.active.push(Active {
+                    seq,
+                    slot,
+                    cancel,
+                    out,
+                    checkpoint,
+                    started: Instant::now(),
+                });
+                return;
+            }
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(panic) => {
+                let what = panic_message(panic.as_ref());
+                eprintln!("the model worker recovered from a panic: {what}");
+                pipeline.forget_image();
+                recovered(&what)
+            }
+        };
+        drop(slot);
+        out.push(Event::Error { message });
+        self.drain(out);
+    }
+
+    /// Ends the sequences at `failed` (indices into the batch) with their error.
+    fn fail(&mut self, mut failed: Vec<(usize, String)>) {
+        failed.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+        for (i, message) in failed {
+            let a = self.batch.active.remove(i);
+            let mut out = a.out;
+            drop(a.seq);
+            drop(a.slot);
+            out.push(Event::Error { message });
+            self.drain(out);
+        }
+    }
+
+    /// Removes the finished sequences from the batch: their cache is kept for their client's next
+    /// question, their place freed, then `Done` sent.
+    fn retire_finished(&mut self) -> bool {
+        let mut moved = false;
+        let mut i = 0;
+        while i < self.batch.active.len() {
+            if !self.batch.active[i].seq.is_finished() {
+                i += 1;
+                continue;
+            }
+            moved = true;
+            let a = self.batch.active.remove(i);
+            let Active {
+                mut seq,
+                slot,
+                mut out,
+                checkpoint,
+                started,
+                ..
+            } = a;
+            if let Some(rest) = seq.rest().filter(|r| !r.is_empty()) {
+                out.push(Event::Token { text: rest });
+            }
+            if let Some(p) = self.pipeline.as_mut() {
+                let stats = p.finish(seq);
+                out.push(Event::Done {
+                    stats: to_proto_stats(&stats, &checkpoint),
+                });
+            }
+            self.queue
+                .record_job_time(started.elapsed().as_secs_f64() * 1e3);
+            // Free the client's place before it hears the end, so that its next request is
+            // never refused for a place that is about to be free.
+            drop(slot);
+            self.drain(out);
+        }
+        moved
+    }
+
+    fn drain(&mut self, mut out: Outbox) {
+        if out.flush() && out.is_blocked() {
+            self.batch.draining.push(out);
+        }
+    }
+
+    /// Ctrl-C: the running answers end as cancelled, the waiting ones were told the server stops.
+    fn stop_all(&mut self) {
+        for a in self.batch.active.iter_mut() {
+            a.seq.cancel();
+        }
+        self.retire_finished();
+        for out in self.batch.draining.iter_mut() {
+            out.flush_blocking();
+        }
+        self.batch.draining.clear();
+        self.set_shared(|s| s.busy = false);
+    }
+}
+
+fn recovered(what: &str) -> String {
+    format!("internal error in the model worker ({what}); it recovered: please try again")
+}

@@ -1,0 +1,233 @@
+//! Continuous batching: a request's text is the same whether it ran alone or decoded together with
+//! seven others (different lengths, images, prompt versions, stop points, a seeded sampler), on
+//! the CogVLM and CogAgent tiny checkpoints; stopping one stream leaves the others' text unchanged;
+//! and a client with many queued requests does not hold back another client's single one.
+
+mod common;
+
+use app::protocol::{Event, GenerateRequest, PromptVersion, StopReason};
+use cogvlm::engine::{bundled_models_dir, EngineHandle, EngineOptions, Registry, Ticket};
+use common::{greedy, image};
+use std::time::{Duration, Instant};
+
+fn engine(checkpoint: &str, max_batch: usize) -> EngineHandle {
+    let registry = Registry::scan(&bundled_models_dir()).unwrap();
+    let options = EngineOptions {
+        max_batch: Some(max_batch),
+        ..EngineOptions::default()
+    };
+    let engine = EngineHandle::start_with(registry, options, Some(checkpoint)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while engine.models().current.as_deref() != Some(checkpoint) {
+        assert!(Instant::now() < deadline, "{checkpoint} did not load");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    engine
+}
+
+/// What a request got: its text pieces, and how it ended.
+#[derive(Debug, Default, Clone)]
+struct Outcome {
+    text: String,
+    tokens: usize,
+    stop: Option<StopReason>,
+    error: Option<String>,
+}
+
+/// Reads a ticket to its end; with `cancel_after`, stops it after that many text pieces.
+async fn finish(mut ticket: Ticket, cancel_after: Option<usize>) -> Outcome {
+    let mut out = Outcome::default();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(300), ticket.events.recv())
+        .await
+        .expect("an event within 300 s")
+    {
+        match event {
+            Event::Token { text } => {
+                out.text.push_str(&text);
+                out.tokens += 1;
+                if cancel_after == Some(out.tokens) {
+                    ticket.canceller.cancel();
+                }
+            }
+            Event::Done { stats } => {
+                out.stop = Some(stats.stop);
+                break;
+            }
+            Event::Error { message } => {
+                out.error = Some(message);
+                break;
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Eight requests of different shapes, longest first (so that all eight are in the batch at once).
+fn questions(cogagent: bool) -> Vec<GenerateRequest> {
+    let with = |img: &str, q: &str, n: usize, v: Option<PromptVersion>| {
+        let mut r = greedy(Some(image(img)), q, n);
+        r.version = v;
+        r
+    };
+    let mut seeded = with("coffee.png", "Tell a story about it.", 30, None);
+    seeded.sampling.temperature = 0.9;
+    seeded.sampling.top_k = 20;
+    seeded.sampling.top_p = 0.9;
+    seeded.sampling.seed = Some(1234);
+    let mut followup = with("chelsea.png", "And the colour?", 26, None);
+    followup.history = vec![("What animal is this?".into(), "A cat on a sofa.".into())];
+    let text_or_image = |q: &str, n: usize, v| {
+        if cogagent {
+            with("chelsea.png", q, n, v)
+        } else {
+            let mut r = greedy(None, q, n);
+            r.version = v;
+            r
+        }
+    };
+    vec![
+        with("coffee.png", "Describe the picture in detail.", 40, None),
+        seeded,
+        with(
+            "chelsea.png",
+            "What animal is this?",
+            34,
+            Some(PromptVersion::ChatOld),
+        ),
+        followup,
+        text_or_image("Write a haiku about rain.", 22, Some(PromptVersion::Base)),
+        with(
+            "coffee.png",
+            "What is in the cup?",
+            18,
+            Some(PromptVersion::Vqa),
+        ),
+        text_or_image("Hello!", 14, None),
+        with("chelsea.png", "Where is it?", 11, Some(PromptVersion::Chat)),
+    ]
+}
+
+async fn alone_then_together(checkpoint: &str, cogagent: bool) {
+    let engine = engine(checkpoint, 8);
+    let questions = questions(cogagent);
+    let mut alone = Vec::new();
+    for (i, q) in questions.iter().enumerate() {
+        let out = finish(engine.generate(q.clone(), &format!("alone{i}")), None).await;
+        assert!(out.error.is_none(), "{checkpoint} #{i}: {:?}", out.error);
+        assert!(
+            out.tokens >= 9,
+            "{checkpoint} #{i}: {} pieces alone: too short to overlap the others ({:?})",
+            out.tokens,
+            out.text
+        );
+        alone.push(out);
+    }
+    assert_eq!(engine.largest_batch(), 1, "alone means one sequence a step");
+
+    // Together, each as another client (no cache of the solo runs is reused); #6 is stopped
+    // after three pieces.
+    const STOPPED: usize = 6;
+    let tasks: Vec<_> = questions
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let ticket = engine.generate(q.clone(), &format!("batch{i}"));
+            tokio::spawn(finish(ticket, (i == STOPPED).then_some(3)))
+        })
+        .collect();
+    let mut together = Vec::new();
+    for t in tasks {
+        together.push(t.await.unwrap());
+    }
+    assert_eq!(
+        engine.largest_batch(),
+        8,
+        "{checkpoint}: the eight requests never decoded together"
+    );
+    for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+        assert!(b.error.is_none(), "{checkpoint} #{i}: {:?}", b.error);
+        if i == STOPPED {
+            assert_eq!(b.stop, Some(StopReason::Cancelled), "{checkpoint} #{i}");
+            assert!(
+                a.text.starts_with(&b.text),
+                "{checkpoint} #{i}: the stopped stream's text {:?} is not a prefix of {:?}",
+                b.text,
+                a.text
+            );
+            continue;
+        }
+        assert_eq!(
+            b.text, a.text,
+            "{checkpoint} #{i}: the text in a batch of eight differs from the text alone"
+        );
+        assert_eq!(b.stop, a.stop, "{checkpoint} #{i}");
+    }
+    println!(
+        "{checkpoint}: 8 requests, the same text alone and in a batch of 8 ({} stopped after 3 pieces)",
+        STOPPED
+    );
+    engine.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cogvlm_text_is_the_same_alone_and_in_a_batch() {
+    alone_then_together("cogvlm_tiny_224", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cogagent_text_is_the_same_alone_and_in_a_batch() {
+    alone_then_together("cogagent_tiny", true).await;
+}
+
+/// A client that queued sixteen requests delays another client's single request by at most one
+/// place in the batch: with two places, the single request starts at most third.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_client_does_not_starve_another() {
+    let engine = engine("cogvlm_tiny_224", 2);
+    let started = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let watch = |mut ticket: Ticket, who: String| {
+        let started = started.clone();
+        tokio::spawn(async move {
+            while let Some(event) = ticket.events.recv().await {
+                match event {
+                    Event::Started { .. } => started.lock().unwrap().push(who.clone()),
+                    Event::Done { .. } => return true,
+                    Event::Error { message } => panic!("{who}: {message}"),
+                    _ => {}
+                }
+            }
+            false
+        })
+    };
+    let busy = greedy(None, "Count to one hundred.", 40);
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let ticket = engine.generate(busy.clone(), "many");
+        tasks.push(watch(ticket, format!("many{i}")));
+    }
+    // Once two of them run (and fourteen wait), the other client asks once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while started.lock().unwrap().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the first requests did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let single = engine.generate(greedy(None, "Hi.", 4), "single");
+    tasks.push(watch(single, "single".into()));
+    for t in tasks {
+        assert!(t.await.unwrap(), "every request completes");
+    }
+    let order = started.lock().unwrap().clone();
+    let at = order.iter().position(|w| w == "single").unwrap();
+    println!("start order: {order:?}");
+    assert!(
+        at <= 3,
+        "the single request started {}th, after {at} of the other client's: {order:?}",
+        at + 1
+    );
+    assert_eq!(engine.pending(), 0, "every queue place was freed");
+    engine.shutdown();
+}
