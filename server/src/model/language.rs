@@ -251,7 +251,7 @@ impl SelfAttention {
         let qk = qkv
             .narrow(D::Minus1, 0, 2 * h)?
             .reshape((1, b, 2 * heads, d))?;
-        let qk = candle_nn::rotary_emb::rope_thd(&qk, cos, sin)?;
+        let qk = ops::rope_thd(&qk, cos, sin)?;
         let v_all = qkv.narrow(D::Minus1, 2 * h, h)?.reshape((1, b, heads, d))?;
         let scale = (self.head_dim as f64).powf(-0.5);
         let by_head = |t: Tensor| t.transpose(1, 2)?.contiguous();
