@@ -13,6 +13,7 @@ pub mod remote;
 pub mod sampling;
 pub mod terminal;
 pub mod text_stream;
+pub mod train;
 pub mod web;
 
 pub use pipeline::{

@@ -160,6 +160,15 @@ enum Command {
         #[command(flatten)]
         place: PlaceArgs,
     },
+    /// Check one training step per example of a training fixture directory (loss, logits, LoRA and full
+    /// fine-tuning gradients against PyTorch + PEFT), f32 on the CPU; one line per check, `N passed, M failed`.
+    TrainParity {
+        #[arg(long)]
+        fixtures: PathBuf,
+        /// Only examples whose id contains this.
+        #[arg(long)]
+        example: Option<String>,
+    },
     /// Time to first token, decode tokens/s and peak memory as one JSON line.
     Bench {
         #[arg(long, conflicts_with = "config")]
@@ -265,6 +274,7 @@ fn main() {
             (quant, quant_vision),
             place.request(),
         ),
+        Command::TrainParity { fixtures, example } => train_parity(fixtures, example),
         Command::Bench {
             model,
             config,
@@ -396,6 +406,16 @@ fn parity(
         case.as_deref(),
         &mut |c| println!("{c}"),
     )?;
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn train_parity(fixtures: PathBuf, example: Option<String>) -> anyhow::Result<()> {
+    let (passed, failed) =
+        cogvlm::train::parity::run_all(&fixtures, example.as_deref(), &mut |c| println!("{c}"))?;
     println!("{passed} passed, {failed} failed");
     if failed > 0 {
         std::process::exit(1);

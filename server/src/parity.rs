@@ -60,14 +60,14 @@ pub fn rel_l2(a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
     Ok(if den == 0.0 { num } else { num / den })
 }
 
-struct Recorder<'a> {
-    case: String,
-    out: Vec<Check>,
-    sink: &'a mut dyn FnMut(&Check),
+pub(crate) struct Recorder<'a> {
+    pub(crate) case: String,
+    pub(crate) out: Vec<Check>,
+    pub(crate) sink: &'a mut dyn FnMut(&Check),
 }
 
 impl Recorder<'_> {
-    fn check(&mut self, name: &str, ok: bool, detail: impl Into<String>) {
+    pub(crate) fn check(&mut self, name: &str, ok: bool, detail: impl Into<String>) {
         let c = Check {
             case: self.case.clone(),
             name: name.to_string(),
@@ -78,14 +78,19 @@ impl Recorder<'_> {
         self.out.push(c);
     }
 
-    fn close(&mut self, name: &str, value: anyhow::Result<f64>, tol: f64) {
+    pub(crate) fn close(&mut self, name: &str, value: anyhow::Result<f64>, tol: f64) {
         match value {
             Ok(v) => self.check(name, v <= tol, format!("rel-L2 {v:.2e} (≤ {tol:.1e})")),
             Err(e) => self.check(name, false, format!("error: {e:#}")),
         }
     }
 
-    fn equal<T: PartialEq + std::fmt::Debug>(&mut self, name: &str, ours: &[T], reference: &[T]) {
+    pub(crate) fn equal<T: PartialEq + std::fmt::Debug>(
+        &mut self,
+        name: &str,
+        ours: &[T],
+        reference: &[T],
+    ) {
         if ours == reference {
             self.check(name, true, format!("{} values identical", ours.len()));
         } else {
@@ -106,13 +111,13 @@ impl Recorder<'_> {
     }
 }
 
-fn str_field<'a>(v: &'a Value, key: &str) -> anyhow::Result<&'a str> {
+pub(crate) fn str_field<'a>(v: &'a Value, key: &str) -> anyhow::Result<&'a str> {
     v.get(key)
         .and_then(|x| x.as_str())
         .with_context(|| format!("case field {key:?} missing"))
 }
 
-fn ids_field(v: &Value, key: &str) -> anyhow::Result<Vec<u32>> {
+pub(crate) fn ids_field(v: &Value, key: &str) -> anyhow::Result<Vec<u32>> {
     v.get(key)
         .and_then(|x| x.as_array())
         .with_context(|| format!("case field {key:?} missing"))?
@@ -121,7 +126,7 @@ fn ids_field(v: &Value, key: &str) -> anyhow::Result<Vec<u32>> {
         .collect()
 }
 
-fn history_field(v: &Value) -> Vec<(String, String)> {
+pub(crate) fn history_field(v: &Value) -> Vec<(String, String)> {
     v.get("history")
         .and_then(|h| h.as_array())
         .map(|turns| {
@@ -139,17 +144,17 @@ fn history_field(v: &Value) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-fn load_st(path: &Path) -> anyhow::Result<HashMap<String, Tensor>> {
+pub(crate) fn load_st(path: &Path) -> anyhow::Result<HashMap<String, Tensor>> {
     candle_core::safetensors::load(path, &Device::Cpu)
         .with_context(|| format!("cannot read {}", path.display()))
 }
 
-fn get<'a>(m: &'a HashMap<String, Tensor>, k: &str) -> anyhow::Result<&'a Tensor> {
+pub(crate) fn get<'a>(m: &'a HashMap<String, Tensor>, k: &str) -> anyhow::Result<&'a Tensor> {
     m.get(k)
         .with_context(|| format!("fixture tensor {k:?} missing"))
 }
 
-fn u32s(t: &Tensor) -> anyhow::Result<Vec<u32>> {
+pub(crate) fn u32s(t: &Tensor) -> anyhow::Result<Vec<u32>> {
     Ok(t.to_dtype(DType::I64)?
         .to_vec1::<i64>()?
         .into_iter()
@@ -157,7 +162,7 @@ fn u32s(t: &Tensor) -> anyhow::Result<Vec<u32>> {
         .collect())
 }
 
-fn open_image(path: &Path) -> anyhow::Result<image::DynamicImage> {
+pub(crate) fn open_image(path: &Path) -> anyhow::Result<image::DynamicImage> {
     image::open(path).with_context(|| format!("cannot open image {}", path.display()))
 }
 

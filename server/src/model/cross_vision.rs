@@ -85,8 +85,7 @@ impl Rope2d {
         let cls = x.narrow(2, 0, 1)?;
         let dtype = x.dtype();
         let patches = x.narrow(2, 1, n)?.to_dtype(DType::F32)?.contiguous()?;
-        let rotated =
-            candle_nn::rotary_emb::rope_i(&patches, &self.cos, &self.sin)?.to_dtype(dtype)?;
+        let rotated = super::ops::rope_i(&patches, &self.cos, &self.sin)?.to_dtype(dtype)?;
         Tensor::cat(&[&cls, &rotated], 2)
     }
 }

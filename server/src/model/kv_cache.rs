@@ -28,6 +28,17 @@ impl KvBuffer {
         }
     }
 
+    /// A buffer that keeps nothing: its one append hands the keys and values back as given. A training forward
+    /// runs the whole sequence at once, and writing into a buffer (`slice_set`) would cut its gradient graph.
+    pub fn pass_through() -> Self {
+        Self {
+            k: None,
+            v: None,
+            len: 0,
+            reserve: 0,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -53,6 +64,13 @@ impl KvBuffer {
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let l = k.dim(SEQ)?;
         let need = self.len + l;
+        if self.reserve == 0 {
+            if self.len > 0 {
+                candle_core::bail!("a pass-through kv buffer cannot continue a sequence");
+            }
+            self.len = need;
+            return Ok((k.clone(), v.clone()));
+        }
         if self.k.is_none() || need > self.capacity() {
             // First use: the reservation; a longer conversation: half again, keeping what is cached.
             let cap = match self.k {

@@ -13,6 +13,7 @@ use candle_nn::VarBuilder;
 
 use super::config::{Config, CrossConfig};
 use super::kv_cache::KvBuffer;
+use super::ops;
 use super::placement::Placement;
 use super::quant::{QLinear, Quantizer, Role};
 use super::vision::sdpa;
@@ -52,10 +53,10 @@ impl RmsNorm {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if !self.upcast {
-            return candle_nn::ops::rms_norm(x, &self.weight, self.eps);
+            return ops::rms_norm(x, &self.weight, self.eps);
         }
         let dtype = x.dtype();
-        candle_nn::ops::rms_norm(&x.to_dtype(DType::F32)?, &self.weight, self.eps)?.to_dtype(dtype)
+        ops::rms_norm(&x.to_dtype(DType::F32)?, &self.weight, self.eps)?.to_dtype(dtype)
     }
 }
 
@@ -220,7 +221,7 @@ impl SelfAttention {
         let qk = qkv
             .narrow(D::Minus1, 0, 2 * h)?
             .reshape((b, l, 2 * heads, d))?;
-        let qk = candle_nn::rotary_emb::rope_thd(&qk, &chunk.cos, &chunk.sin)?;
+        let qk = ops::rope_thd(&qk, &chunk.cos, &chunk.sin)?;
         let by_head = |t: Tensor| t.transpose(1, 2)?.contiguous();
         let q = by_head(qk.narrow(2, 0, heads)?)?;
         let k = by_head(qk.narrow(2, heads, heads)?)?;
@@ -251,7 +252,7 @@ impl SelfAttention {
         let qk = qkv
             .narrow(D::Minus1, 0, 2 * h)?
             .reshape((1, b, 2 * heads, d))?;
-        let qk = candle_nn::rotary_emb::rope_thd(&qk, cos, sin)?;
+        let qk = ops::rope_thd(&qk, cos, sin)?;
         let v_all = qkv.narrow(D::Minus1, 2 * h, h)?.reshape((1, b, heads, d))?;
         let scale = (self.head_dim as f64).powf(-0.5);
         let by_head = |t: Tensor| t.transpose(1, 2)?.contiguous();
@@ -541,6 +542,17 @@ impl LanguageModel {
             .iter()
             .map(|_| LayerCache {
                 kv: KvBuffer::new(capacity),
+                cross: None,
+            })
+            .collect()
+    }
+
+    /// A cache that keeps no keys/values, for one whole-sequence training forward ([`KvBuffer::pass_through`]).
+    pub fn pass_through_cache(&self) -> Vec<LayerCache> {
+        self.layers
+            .iter()
+            .map(|_| LayerCache {
+                kv: KvBuffer::pass_through(),
                 cross: None,
             })
             .collect()

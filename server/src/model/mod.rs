@@ -3,13 +3,16 @@
 //! `cross_vision` (CogAgent's EVA2-CLIP-L), `language` (visual-expert decoder), `prompt` (templates, ids, position
 //! ids, expert routing), `preprocess` (PIL-exact resize + CLIP normalisation), `weights` (files, checks), `quant`
 //! (int8 / int4 linear layers), `precision` (the image encoders' dtype), `placement` (which module on which
-//! device), `memory` (free and resident memory).
+//! device), `memory` (free and resident memory), `lora` (PEFT adapters), `ops` (fused kernels for inference,
+//! differentiable compositions for training).
 
 pub mod config;
 pub mod cross_vision;
 pub mod kv_cache;
 pub mod language;
+pub mod lora;
 pub mod memory;
+pub mod ops;
 pub mod placement;
 pub mod precision;
 pub mod preprocess;
@@ -108,6 +111,11 @@ impl CogVlm {
         q: Quantizer,
         place: Placement,
     ) -> Result<Self> {
+        if let Some(adapter) = q.lora() {
+            adapter
+                .check_against(cfg)
+                .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
+        }
         let dtype = vb.dtype();
         let cross_dtype = precision::encoder_dtype(dtype);
         let vision_dtype = if q.quantizes_vision() {
@@ -135,6 +143,7 @@ impl CogVlm {
             None => None,
         };
         let lm = LanguageModel::new(cfg, vb.clone(), &q, &place)?;
+        q.check_lora_used()?;
         Ok(Self {
             cfg: cfg.clone(),
             vision,
@@ -275,6 +284,48 @@ impl CogVlm {
         all_logits: bool,
         hidden: Option<&mut Vec<Tensor>>,
     ) -> Result<Prefill> {
+        let h = self.run_prompt(prompt, image, cross, cache, hidden)?;
+        let l = h.dim(0)?;
+        let logits = if all_logits {
+            self.lm.logits(&h)?
+        } else {
+            self.lm.logits(&h.narrow(0, l - 1, 1)?)?.squeeze(0)?
+        };
+        Ok(Prefill { logits })
+    }
+
+    /// The training forward: the whole prompt at once with no KV cache (causal attention over everything), the
+    /// image inserted as in inference. Returns the final-normed hidden states `[L, hidden]`; [`Self::logits`]
+    /// turns the rows that enter a loss into logits. With weights or adapters held as `Var`s, every op on the
+    /// way records its gradient ([`ops`]).
+    pub fn forward_train(
+        &self,
+        prompt: &PromptInput,
+        image: Option<&Tensor>,
+        cross: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let mut cache = Cache {
+            layers: self.lm.pass_through_cache(),
+            tokens: Vec::new(),
+            positions: Vec::new(),
+        };
+        self.run_prompt(prompt, image, cross, &mut cache, None)
+    }
+
+    /// Hidden states `[N, hidden]` → f32 logits `[N, vocab]`.
+    pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        self.lm.logits(h)
+    }
+
+    /// [`Self::prefill`] up to the final norm: hidden states `[L, hidden]` of the positions run.
+    fn run_prompt(
+        &self,
+        prompt: &PromptInput,
+        image: Option<&Tensor>,
+        cross: Option<&Tensor>,
+        cache: &mut Cache,
+        hidden: Option<&mut Vec<Tensor>>,
+    ) -> Result<Tensor> {
         let start = cache.len();
         let total = prompt.input_ids.len();
         if start >= total || prompt.input_ids[..start] != cache.tokens[..] {
@@ -335,13 +386,7 @@ impl CogVlm {
             .forward_embeds(&embeds, &expert, positions, &mut cache.layers, hidden)?;
         cache.tokens.extend_from_slice(&prompt.input_ids[start..]);
         cache.positions.extend_from_slice(positions);
-        let h = h.squeeze(0)?;
-        let logits = if all_logits {
-            self.lm.logits(&h)?
-        } else {
-            self.lm.logits(&h.narrow(0, l - 1, 1)?)?.squeeze(0)?
-        };
-        Ok(Prefill { logits })
+        h.squeeze(0)
     }
 
     /// One decode step: a language token at the next position. Returns f32 logits `[V]`. The same computation as

@@ -33,16 +33,9 @@ pub(crate) fn linear(l: &Linear, x: &Tensor) -> Result<Tensor> {
     Linear::new(like(l.weight(), x)?, bias).forward(x)
 }
 
-/// `ln(x)` with the weights cast to `x`'s dtype when they differ.
+/// `ln(x)` with the weights cast to `x`'s dtype when they differ ([`super::ops::layer_norm`]).
 pub(crate) fn layer_norm(ln: &LayerNorm, x: &Tensor) -> Result<Tensor> {
-    if ln.weight().dtype() == x.dtype() {
-        return ln.forward(x);
-    }
-    let w = like(ln.weight(), x)?;
-    match ln.bias() {
-        Some(b) => LayerNorm::new(w, like(b, x)?, ln.eps()).forward(x),
-        None => LayerNorm::new_no_bias(w, ln.eps()).forward(x),
-    }
+    super::ops::layer_norm(ln, x)
 }
 
 /// Whether every value of `t` is finite: one sum, which any inf or NaN turns non-finite (in f32, where the sum

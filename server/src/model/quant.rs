@@ -14,12 +14,14 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::hash_map::{Entry, HashMap};
+use std::collections::BTreeSet;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::config::Config;
+use super::lora::{self, Adapter, LoraMode, LoraPair};
 use super::weights::expected_tensors;
 
 /// The weight format of the language model's linear layers.
@@ -239,6 +241,9 @@ pub struct Quantizer {
     report: RefCell<QuantReport>,
     /// Random-weight benchmarks: one quantized matrix per (shape, format), its blocks copied to the others.
     shared_blocks: Option<RefCell<SharedBlocks>>,
+    /// A LoRA adapter to apply to the layers it names, and the modules it was applied to.
+    lora: Option<(Adapter, LoraMode)>,
+    lora_used: RefCell<BTreeSet<String>>,
 }
 
 impl Quantizer {
@@ -251,7 +256,60 @@ impl Quantizer {
                 ..Default::default()
             }),
             shared_blocks: None,
+            lora: None,
+            lora_used: RefCell::new(BTreeSet::new()),
         }
+    }
+
+    /// Applies `adapter` to every linear layer it names ([`LoraMode`]: merged into float weights, or a separate
+    /// low-rank product). Its `A` / `B` are used as given (`Var`s stay `Var`s).
+    pub fn with_lora(mut self, adapter: Adapter, mode: LoraMode) -> Self {
+        self.lora = Some((adapter, mode));
+        self
+    }
+
+    /// The adapter, if any.
+    pub fn lora(&self) -> Option<&Adapter> {
+        self.lora.as_ref().map(|(a, _)| a)
+    }
+
+    /// After the model is built: an error for each adapted module no layer took, except the reference's no-ops
+    /// ([`lora::is_reference_no_op`]), which are named in a note on stderr.
+    pub fn check_lora_used(&self) -> Result<()> {
+        let Some((adapter, _)) = &self.lora else {
+            return Ok(());
+        };
+        let (no_ops, unused) = lora::unused_modules(adapter, &self.lora_used.borrow());
+        if !unused.is_empty() {
+            candle_core::bail!(
+                "the LoRA adapter has weights for modules this model does not adapt (LoRA applies to the \
+                 decoder's, the EVA2-CLIP tower's and its adapter's linear layers): {}",
+                unused.join(", ")
+            );
+        }
+        if !no_ops.is_empty() {
+            eprintln!(
+                "LoRA: skipped {} cross-encoder projection(s) ({}): the reference reads those weights \
+                 directly, so PEFT's LoRA on them has no effect",
+                no_ops.len(),
+                no_ops.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// The adapter's pair for each part (by module path), marking it used.
+    fn lora_parts(&self, parts: &[(usize, VarBuilder)]) -> Vec<Option<LoraPair>> {
+        parts
+            .iter()
+            .map(|(_, vb)| {
+                let (adapter, _) = self.lora.as_ref()?;
+                let name = vb.prefix();
+                let pair = adapter.modules.get(&name)?.clone();
+                self.lora_used.borrow_mut().insert(name);
+                Some(pair)
+            })
+            .collect()
     }
 
     /// For full-size random weights: candle quantizes on the CPU, one thread, which for CogVLM's 13 B
@@ -300,17 +358,88 @@ impl Quantizer {
         parts: &[(usize, VarBuilder)],
         role: Role,
     ) -> Result<QLinear> {
+        self.build(in_dim, parts, role, None)
+    }
+
+    /// A vision-tower linear `in_dim → out_dim` (with `vb`'s `bias` when `bias`): float unless the quantizer
+    /// was made [`Self::with_vision`]; the bias stays in the model dtype.
+    pub fn vision_linear(
+        &self,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        vb: VarBuilder,
+    ) -> Result<QLinear> {
+        let b = if bias {
+            Some(vb.get(out_dim, "bias")?)
+        } else {
+            None
+        };
+        self.build(in_dim, &[(out_dim, vb)], Role::Vision, b)
+    }
+
+    /// The layer in its format with `bias`, and the adapter's pairs for its parts: merged into float weights
+    /// in [`LoraMode::Merge`], else wrapped as [`QLinear::Lora`].
+    fn build(
+        &self,
+        in_dim: usize,
+        parts: &[(usize, VarBuilder)],
+        role: Role,
+        bias: Option<Tensor>,
+    ) -> Result<QLinear> {
+        let pairs = self.lora_parts(parts);
+        let merge = matches!(self.lora, Some((_, LoraMode::Merge)));
+        let (base, merged) = self.base(in_dim, parts, role, bias, merge.then_some(&pairs[..]))?;
+        if merged || pairs.iter().all(Option::is_none) {
+            return Ok(base);
+        }
+        let scaling = self.lora.as_ref().map_or(1.0, |(a, _)| a.scaling());
+        let outs: Vec<usize> = parts.iter().map(|(o, _)| *o).collect();
+        let delta = LoraDelta::stacked(&outs, &pairs, scaling, parts[0].1.dtype())?;
+        Ok(QLinear::Lora(Box::new(base), delta))
+    }
+
+    /// The layer without LoRA, or with `merge`'s pairs merged into its weights when it stays float; says
+    /// whether it merged them.
+    fn base(
+        &self,
+        in_dim: usize,
+        parts: &[(usize, VarBuilder)],
+        role: Role,
+        bias: Option<Tensor>,
+        merge: Option<&[Option<LoraPair>]>,
+    ) -> Result<(QLinear, bool)> {
         let out_dim: usize = parts.iter().map(|(o, _)| o).sum();
         let names = || {
             parts
                 .iter()
                 .map(|(_, vb)| format!("{}.weight", vb.prefix()))
         };
-        let read = |dtype: DType| -> Result<Tensor> {
+        let scaling = self.lora.as_ref().map_or(1.0, |(a, _)| a.scaling());
+        let read = |dtype: DType, merge: Option<&[Option<LoraPair>]>| -> Result<Tensor> {
             let w = parts
                 .iter()
-                .map(|(o, vb)| {
-                    vb.get_with_hints_dtype((*o, in_dim), "weight", Default::default(), dtype)
+                .enumerate()
+                .map(|(i, (o, vb))| {
+                    let pair = merge.and_then(|m| m.get(i)).and_then(Option::as_ref);
+                    let Some(p) = pair else {
+                        return vb.get_with_hints_dtype(
+                            (*o, in_dim),
+                            "weight",
+                            Default::default(),
+                            dtype,
+                        );
+                    };
+                    // W + scaling · B A, in f32, rounded once to the model dtype.
+                    let w = vb.get_with_hints_dtype(
+                        (*o, in_dim),
+                        "weight",
+                        Default::default(),
+                        DType::F32,
+                    )?;
+                    let dev = w.device();
+                    let ba = p.b.to_device(dev)?.matmul(&p.a.to_device(dev)?)?;
+                    (w + (ba * scaling)?)?.to_dtype(dtype)
                 })
                 .collect::<Result<Vec<_>>>()?;
             match w.len() {
@@ -321,7 +450,12 @@ impl Quantizer {
         let Some((_, vb)) = parts.first() else {
             candle_core::bail!("a linear layer needs at least one weight");
         };
-        let float = |dtype| Ok(QLinear::Float(Linear::new(read(dtype)?, None)));
+        let float = |dtype: DType| -> Result<(QLinear, bool)> {
+            Ok((
+                QLinear::Float(Linear::new(read(dtype, merge)?, bias.clone())),
+                merge.is_some(),
+            ))
+        };
         if self.mode == Quant::Float || (role == Role::Vision && !self.vision) {
             return float(vb.dtype());
         }
@@ -337,48 +471,94 @@ impl Quantizer {
                 let blocks = match shared.entry(key) {
                     Entry::Occupied(e) => e.into_mut(),
                     Entry::Vacant(e) => {
-                        let w = read(DType::F32)?.to_device(&Device::Cpu)?;
+                        let w = read(DType::F32, None)?.to_device(&Device::Cpu)?;
                         e.insert(QTensor::quantize(&w, format)?.data()?.into_owned())
                     }
                 };
                 let storage = QStorage::from_data(Cow::Borrowed(blocks), vb.device(), format)?;
                 QTensor::new(storage, (out_dim, in_dim))?
             }
-            None => QTensor::quantize(&read(DType::F32)?, format)?,
+            None => QTensor::quantize(&read(DType::F32, None)?, format)?,
         };
         let mut r = self.report.borrow_mut();
         r.replaced_float_bytes += (in_dim * out_dim * vb.dtype().size_in_bytes()) as u64;
         r.quantized_bytes += q.storage_size_in_bytes() as u64;
         r.quantized.extend(names().map(|n| (n, format)));
-        Ok(QLinear::Quant(QMatMul::from_qtensor(q)?, None))
-    }
-
-    /// A vision-tower linear `in_dim → out_dim` (with `vb`'s `bias` when `bias`): float unless the quantizer
-    /// was made [`Self::with_vision`]; the bias stays in the model dtype.
-    pub fn vision_linear(
-        &self,
-        in_dim: usize,
-        out_dim: usize,
-        bias: bool,
-        vb: VarBuilder,
-    ) -> Result<QLinear> {
-        let lin = self.stacked_linear(in_dim, &[(out_dim, vb.clone())], Role::Vision)?;
-        if !bias {
-            return Ok(lin);
-        }
-        let b = vb.get(out_dim, "bias")?;
-        Ok(match lin {
-            QLinear::Float(l) => QLinear::Float(Linear::new(l.weight().clone(), Some(b))),
-            QLinear::Quant(m, _) => QLinear::Quant(m, Some(b)),
-        })
+        Ok((QLinear::Quant(QMatMul::from_qtensor(q)?, bias), false))
     }
 }
 
-/// A linear layer: float weights, or a quantized matrix and an optional float bias.
+/// LoRA's low-rank path of one layer: `scaling · (x Aᵀ) Bᵀ`. For stacked parts `A` stacks their `A`s and `B` is
+/// block-diagonal, so each part's rows see only its own pair (and unadapted parts get zero rows).
+#[derive(Debug, Clone)]
+pub struct LoraDelta {
+    a: Tensor, // [R, in]
+    b: Tensor, // [out, R]
+    scaling: f64,
+}
+
+impl LoraDelta {
+    fn stacked(
+        outs: &[usize],
+        pairs: &[Option<LoraPair>],
+        scaling: f64,
+        dtype: DType,
+    ) -> Result<Self> {
+        let present: Vec<&LoraPair> = pairs.iter().flatten().collect();
+        let cast = |t: &Tensor| t.to_dtype(dtype);
+        if let ([Some(p)], [_]) = (pairs, outs) {
+            return Ok(Self {
+                a: cast(&p.a)?,
+                b: cast(&p.b)?,
+                scaling,
+            });
+        }
+        let a = Tensor::cat(
+            &present
+                .iter()
+                .map(|p| cast(&p.a))
+                .collect::<Result<Vec<_>>>()?,
+            0,
+        )?;
+        let ranks: Vec<usize> = present.iter().map(|p| p.a.dim(0)).collect::<Result<_>>()?;
+        let dev = a.device().clone();
+        let mut rows = Vec::with_capacity(outs.len());
+        let mut k = 0;
+        for (&out, pair) in outs.iter().zip(pairs) {
+            let blocks = ranks
+                .iter()
+                .enumerate()
+                .map(|(j, &r)| match pair {
+                    Some(p) if j == k => cast(&p.b),
+                    _ => Tensor::zeros((out, r), dtype, &dev),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            rows.push(Tensor::cat(&blocks, 1)?);
+            if pair.is_some() {
+                k += 1;
+            }
+        }
+        Ok(Self {
+            a,
+            b: Tensor::cat(&rows, 0)?,
+            scaling,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let a = super::precision::like(&self.a, x)?;
+        let b = super::precision::like(&self.b, x)?;
+        x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)? * self.scaling
+    }
+}
+
+/// A linear layer: float weights, or a quantized matrix and an optional float bias; either may carry a LoRA
+/// adapter's separate low-rank product.
 #[derive(Debug, Clone)]
 pub enum QLinear {
     Float(Linear),
     Quant(QMatMul, Option<Tensor>),
+    Lora(Box<QLinear>, LoraDelta),
 }
 
 impl Module for QLinear {
@@ -396,6 +576,7 @@ impl Module for QLinear {
                     None => Ok(y),
                 }
             }
+            Self::Lora(base, delta) => base.forward(x)? + delta.forward(x)?,
         }
     }
 }

@@ -23,7 +23,7 @@ pub(crate) fn sdpa(
     if let Some(mask) = mask {
         scores = scores.broadcast_add(mask)?;
     }
-    candle_nn::ops::softmax_last_dim(&scores)?
+    super::ops::softmax_last_dim(&scores)?
         .to_dtype(dtype)?
         .matmul(v)
 }
