@@ -32,6 +32,7 @@ fn load(model: &str, quant: Quant, quant_vision: bool) -> Pipeline {
         tokenizer: Some(fixtures().join("tokenizer").join("tokenizer.json")),
         quant,
         quant_vision,
+        placement: Default::default(),
     };
     Pipeline::load(
         &fixtures().join("models").join(model),

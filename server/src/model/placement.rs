@@ -388,7 +388,7 @@ fn offload_plan(
         }
         GpuLayers::Auto => {
             // The most layers the first device holds; then the second must hold the rest.
-            let best = (0..=n).rev().map(with).find(|p| first_fits(p));
+            let best = (0..=n).rev().map(with).find(first_fits);
             match best {
                 Some(p) => check(&p).map(|()| p),
                 None => {
