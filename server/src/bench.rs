@@ -12,7 +12,9 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::model::config::Config;
-use crate::model::memory::{rss_anon_bytes, PeakSampler};
+use crate::model::memory::{
+    peak_rss_bytes, rss_anon_bytes, used_bytes as device_used_bytes, PeakSampler,
+};
 use crate::model::placement::Placement;
 use crate::model::quant::{decode_read_bytes, Quantizer};
 use crate::model::weights::{expected_tensors, RandomBackend};
@@ -180,40 +182,6 @@ pub fn prefill_flops(cfg: &Config, prompt_tokens: usize) -> f64 {
         attention += 4.0 * layers * l * cross_patches * c.compute as f64;
     }
     matrices + attention
-}
-
-/// Bytes in use on the device (CUDA: all of it, as the driver reports; CPU: this process's resident set).
-fn device_used_bytes(device: &Device) -> Option<u64> {
-    match device {
-        #[cfg(feature = "cuda")]
-        Device::Cuda(d) => d
-            .cuda_stream()
-            .context()
-            .mem_get_info()
-            .ok()
-            .map(|(free, total)| (total - free) as u64),
-        Device::Cpu => rss_bytes(),
-        _ => None,
-    }
-}
-
-fn rss_bytes() -> Option<u64> {
-    proc_status_kb("VmRSS:")
-}
-
-/// Peak resident memory of this process (VmHWM).
-fn peak_rss_bytes() -> Option<u64> {
-    proc_status_kb("VmHWM:")
-}
-
-fn proc_status_kb(key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with(key))?;
-    line.split_whitespace()
-        .nth(1)?
-        .parse::<u64>()
-        .ok()
-        .map(|kb| kb * 1024)
 }
 
 /// A deterministic test card: gradients and a few rectangles, so the image is not constant.

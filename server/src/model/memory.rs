@@ -33,19 +33,36 @@ pub fn rss_anon_bytes() -> Option<u64> {
     kb_field("/proc/self/status", "RssAnon:")
 }
 
+/// `(free, total)` bytes of a CUDA device, as the driver reports them.
+#[cfg(feature = "cuda")]
+fn cuda_mem_info(d: &candle_core::CudaDevice) -> Option<(u64, u64)> {
+    let (free, total) = d.cuda_stream().context().mem_get_info().ok()?;
+    Some((free as u64, total as u64))
+}
+
 /// Free memory of `device`: CUDA's `mem_get_info`, MemAvailable for the CPU.
 pub fn free_bytes(device: &Device) -> Option<u64> {
     match device {
         #[cfg(feature = "cuda")]
-        Device::Cuda(d) => d
-            .cuda_stream()
-            .context()
-            .mem_get_info()
-            .ok()
-            .map(|(free, _total)| free as u64),
+        Device::Cuda(d) => cuda_mem_info(d).map(|(free, _total)| free),
         Device::Cpu => mem_available_bytes(),
         _ => None,
     }
+}
+
+/// Bytes in use on the device (CUDA: all of it, as the driver reports; CPU: this process's resident set).
+pub fn used_bytes(device: &Device) -> Option<u64> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => cuda_mem_info(d).map(|(free, total)| total - free),
+        Device::Cpu => kb_field("/proc/self/status", "VmRSS:"),
+        _ => None,
+    }
+}
+
+/// Peak resident memory of this process (VmHWM).
+pub fn peak_rss_bytes() -> Option<u64> {
+    kb_field("/proc/self/status", "VmHWM:")
 }
 
 /// Samples [`rss_anon_bytes`] every few milliseconds on a thread until [`Self::finish`], keeping the maximum.
