@@ -223,12 +223,7 @@ impl Worker {
                 return true;
             }
             Ok(Err(e)) => format!("{e:#}"),
-            Err(panic) => {
-                let what = panic_message(panic.as_ref());
-                eprintln!("the model worker recovered from a panic: {what}");
-                pipeline.forget_image();
-                recovered(&what)
-            }
+            Err(panic) => after_panic(panic.as_ref(), pipeline),
         };
         // A failed step leaves the caches in it half-written: its sequences end.
         self.fail(stepped.into_iter().map(|i| (i, message.clone())).collect());
@@ -309,12 +304,7 @@ impl Worker {
                 return;
             }
             Ok(Err(e)) => format!("{e:#}"),
-            Err(panic) => {
-                let what = panic_message(panic.as_ref());
-                eprintln!("the model worker recovered from a panic: {what}");
-                pipeline.forget_image();
-                recovered(&what)
-            }
+            Err(panic) => after_panic(panic.as_ref(), pipeline),
         };
         drop(slot);
         out.push(Event::Error { message });
@@ -395,4 +385,16 @@ impl Worker {
 
 fn recovered(what: &str) -> String {
     format!("internal error in the model worker ({what}); it recovered: please try again")
+}
+
+/// The error text for a job that panicked; the pipeline drops its image encoding, which the panic may have left
+/// half made.
+fn after_panic(
+    panic: &(dyn std::any::Any + Send),
+    pipeline: &mut crate::pipeline::Pipeline,
+) -> String {
+    let what = panic_message(panic);
+    eprintln!("the model worker recovered from a panic: {what}");
+    pipeline.forget_image();
+    recovered(&what)
 }
