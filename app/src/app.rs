@@ -81,15 +81,15 @@ fn Notice() -> impl IntoView {
     view! {
         {move || demo().then(|| view! {
             <div class="banner" id="demo-notice" role="note">
-                <strong>"Demo checkpoint: a tiny CogVLM trained here on synthetic scenes."</strong>
-                " It knows one to three coloured circles, squares and triangles on a plain background: ask "
+                <strong>"Demo checkpoint: a tiny CogVLM trained briefly here on synthetic scenes; mostly wrong."</strong>
+                " It was trained on one to three coloured circles, squares and triangles on a plain background ("
                 <code>"What is in the picture?"</code> ", " <code>"What color is the circle?"</code> ", "
                 <code>"How many shapes are there?"</code> ", " <code>"Where is the red square?"</code>
-                " (it answers with a box) or " <code>"What text is in the image?"</code>
-                " for a four-character captcha. Scenes for it: " <code>"cogvlm make-data"</code>
-                ". For real answers about real photos, put THUDM's " <code>"cogvlm-chat-hf"</code> " or "
-                <code>"cogagent-chat-hf"</code> " in a folder of checkpoints and start "
-                <code>"cogvlm serve --models-dir /path/to/models"</code> "; see the README."
+                ") and four-character captchas; scenes for it come from " <code>"cogvlm make-data"</code>
+                ". It answers in the right form but is right on about one question in six (BENCHMARKS.md). "
+                "For real answers, put THUDM's " <code>"cogvlm-chat-hf"</code> " or " <code>"cogagent-chat-hf"</code>
+                " in a folder of checkpoints and start " <code>"cogvlm serve --models-dir /path/to/models"</code>
+                "; see the README."
             </div>
         })}
         {move || bundled().map(|dir| view! {

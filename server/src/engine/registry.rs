@@ -22,9 +22,6 @@ pub fn demo_models_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
 }
 
-/// The checkpoint `cogvlm serve` starts on without `--models-dir`.
-pub const DEMO_DEFAULT: &str = "cogvlm-demo";
-
 /// One usable checkpoint.
 #[derive(Clone, Debug)]
 pub struct Entry {
@@ -138,7 +135,7 @@ impl Registry {
         })
     }
 
-    /// The bundled checkpoints: the random-weight fixtures and the trained demo, the demo first to load.
+    /// The bundled checkpoints: the trained demo (listed first) and the random-weight fixtures.
     pub fn bundled() -> Result<Registry> {
         let mut reg = Registry::scan(&bundled_models_dir())?;
         let demo = demo_models_dir();
@@ -161,9 +158,7 @@ impl Registry {
 
     /// The checkpoint to load at startup: the bundled default if present, else the first.
     pub fn default_entry(&self) -> Option<&Entry> {
-        self.find(DEMO_DEFAULT)
-            .or(self.find(BUNDLED_DEFAULT))
-            .or(self.entries.first())
+        self.find(BUNDLED_DEFAULT).or(self.entries.first())
     }
 }
 

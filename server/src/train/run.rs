@@ -5,8 +5,8 @@
 //! What is written under `--out`:
 //! - `log.jsonl`: one JSON line per logged step (`"type": "train"`) and per evaluation (`"type": "eval"`);
 //! - `checkpoint-<step>/` every `--save-every` steps and the final result in `--out` itself: the adapter in
-//!   PEFT's format (LoRA), or a checkpoint folder (`config.json`, `model.safetensors` in the checkpoint's
-//!   dtype, `tokenizer.json`) that every command loads (full); beside it `optimizer.safetensors` and
+//!   PEFT's format (LoRA), or a checkpoint folder (`config.json`, `model.safetensors`: large tensors in the
+//!   checkpoint's dtype, those under 1 M elements and every `checkpoint-N`'s in f32; `tokenizer.json`) that every command loads (full); beside it `optimizer.safetensors` and
 //!   `trainer_state.json`, which `--resume` reads.
 //!
 //! Frozen weights stay in the model dtype; trained tensors (LoRA pairs, or every weight with `--full`) and the
@@ -237,7 +237,9 @@ struct TrainerState {
 const STATE_FILE: &str = "trainer_state.json";
 const OPTIM_FILE: &str = "optimizer.safetensors";
 
-/// Writes the trained tensors (full: a checkpoint folder; LoRA: the adapter), the optimizer and the state.
+/// Writes the trained tensors (full: a checkpoint folder; LoRA: the adapter), the optimizer and the state;
+/// `resumable` (a `checkpoint-N`) keeps full fine-tuning's weights in f32.
+#[allow(clippy::too_many_arguments)]
 fn save(
     dir: &Path,
     args: &TrainArgs,
@@ -246,13 +248,23 @@ fn save(
     adapter: Option<&Adapter>,
     opt: &AdamW,
     state: &TrainerState,
+    resumable: bool,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     if args.full {
-        let dtype = save_dtype(&inputs.cfg);
+        // `--resume` checkpoints keep f32. The result goes to the config's dtype except tensors under 1 M
+        // elements (norms, biases, small matrices), which stay f32: rounding a norm weight's small updates to
+        // bf16 undoes them, and they weigh nothing next to the large matrices.
+        let final_dtype = save_dtype(&inputs.cfg);
         let mut map = HashMap::new();
         for (name, v) in &m.weights {
-            map.insert(name.clone(), v.as_tensor().to_dtype(dtype)?);
+            let t = v.as_tensor();
+            let dtype = if resumable || t.elem_count() < 1 << 20 {
+                DType::F32
+            } else {
+                final_dtype
+            };
+            map.insert(name.clone(), t.to_dtype(dtype)?);
         }
         let path = dir.join("model.safetensors");
         candle_core::safetensors::save(&map, &path)
@@ -527,10 +539,28 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         };
         if args.save_every > 0 && done % args.save_every == 0 && done < total_steps {
             let dir = args.out.join(format!("checkpoint-{done}"));
-            save(&dir, args, &inputs, &m, adapter.as_ref(), &opt, &state)?;
+            save(
+                &dir,
+                args,
+                &inputs,
+                &m,
+                adapter.as_ref(),
+                &opt,
+                &state,
+                true,
+            )?;
         }
         if done == total_steps {
-            save(&args.out, args, &inputs, &m, adapter.as_ref(), &opt, &state)?;
+            save(
+                &args.out,
+                args,
+                &inputs,
+                &m,
+                adapter.as_ref(),
+                &opt,
+                &state,
+                false,
+            )?;
         }
     }
     eprintln!(
