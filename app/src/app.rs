@@ -59,15 +59,39 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
 #[component]
 fn Notice() -> impl IntoView {
     let state = expect_context::<AppState>();
+    // The trained demo checkpoint gets its own notice; the random-weight ones the warning.
+    let is_demo = |c: &crate::protocol::CheckpointInfo| c.name.starts_with("cogvlm-demo");
     let bundled = move || {
         state.models.with(|m| {
             m.as_ref()
-                .and_then(|m| current_info(m).map(|c| (c.bundled, m.models_dir.clone())))
+                .and_then(|m| {
+                    current_info(m).map(|c| (c.bundled && !is_demo(c), m.models_dir.clone()))
+                })
                 .filter(|(b, _)| *b)
                 .map(|(_, dir)| dir)
         })
     };
+    let demo = move || {
+        state.models.with(|m| {
+            m.as_ref()
+                .and_then(|m| current_info(m).map(|c| c.bundled && is_demo(c)))
+                .unwrap_or(false)
+        })
+    };
     view! {
+        {move || demo().then(|| view! {
+            <div class="banner" id="demo-notice" role="note">
+                <strong>"Demo checkpoint: a tiny CogVLM trained briefly here on synthetic scenes; mostly wrong."</strong>
+                " It was trained on one to three coloured circles, squares and triangles on a plain background ("
+                <code>"What is in the picture?"</code> ", " <code>"What color is the circle?"</code> ", "
+                <code>"How many shapes are there?"</code> ", " <code>"Where is the red square?"</code>
+                ") and four-character captchas; scenes for it come from " <code>"cogvlm make-data"</code>
+                ". It answers in the right form but is right on about one question in six (BENCHMARKS.md). "
+                "For real answers, put THUDM's " <code>"cogvlm-chat-hf"</code> " or " <code>"cogagent-chat-hf"</code>
+                " in a folder of checkpoints and start " <code>"cogvlm serve --models-dir /path/to/models"</code>
+                "; see the README."
+            </div>
+        })}
         {move || bundled().map(|dir| view! {
             <div class="banner warn" id="bundled-notice" role="note">
                 <strong>"Test checkpoint: the answers are not meaningful."</strong>

@@ -76,6 +76,8 @@ pub struct BenchArgs {
     pub concurrency: Vec<usize>,
     /// Sequences decoded together at most (default: the server's for the device).
     pub max_batch: Option<usize>,
+    /// `--lora DIR`: a PEFT adapter applied at load.
+    pub lora: Option<PathBuf>,
 }
 
 /// This device's ceilings, measured through candle in the model's dtype.
@@ -208,6 +210,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         quant: args.quant,
         quant_vision: args.quant_vision,
         placement: args.placement.clone(),
+        lora: args.lora.clone(),
     };
     let floors = if args.load_only {
         None

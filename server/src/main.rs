@@ -33,6 +33,10 @@ struct DeviceArgs {
     quant_vision: bool,
     #[command(flatten)]
     place: PlaceArgs,
+    /// A LoRA adapter folder (PEFT format): merged into float weights at load, a separate low-rank product on
+    /// quantized ones
+    #[arg(long)]
+    lora: Option<PathBuf>,
 }
 
 /// Where the modules go when the model does not fit one device.
@@ -217,6 +221,14 @@ enum Command {
         #[arg(long)]
         vision_layers: Option<usize>,
     },
+    /// Write synthetic scenes (shapes, colours, counts, boxes, captchas) in the PEFT data layout.
+    MakeData(cogvlm::train::cli::MakeDataCmd),
+    /// Fine-tune a checkpoint: LoRA (default, PEFT-format adapter) or --full.
+    Train(cogvlm::train::cli::TrainCmd),
+    /// Greedy answers on a data folder: exact / case-insensitive accuracy, box IoU ≥ 0.5; summary last.
+    Eval(cogvlm::train::cli::EvalCmd),
+    /// Merge a LoRA adapter into a checkpoint, writing a normal sharded HF checkpoint.
+    Merge(cogvlm::train::cli::MergeCmd),
 }
 
 fn main() {
@@ -256,6 +268,7 @@ fn main() {
                 },
                 max_batch: s.max_batch.map(|n| n as usize),
                 remote,
+                lora: s.dev.lora,
             })
         }),
         Command::Parity {
@@ -275,6 +288,10 @@ fn main() {
             place.request(),
         ),
         Command::TrainParity { fixtures, example } => train_parity(fixtures, example),
+        Command::MakeData(c) => c.run(),
+        Command::Train(c) => c.run(),
+        Command::Eval(c) => c.run(),
+        Command::Merge(c) => c.run(),
         Command::Bench {
             model,
             config,
@@ -301,6 +318,7 @@ fn main() {
                 load_only,
                 concurrency,
                 max_batch: max_batch.map(|n| n as usize),
+                lora: dev.lora,
             };
             cogvlm::bench::run(&args).map(|v| println!("{v}"))
         }
@@ -379,6 +397,7 @@ fn main() {
                 quant: dev.quant,
                 quant_vision: dev.quant_vision,
                 placement: dev.place.request(),
+                lora: dev.lora,
             };
             chat(model, image, version, sampling, opts)
         }

@@ -246,6 +246,7 @@ impl Runner {
                 quant: self.quant,
                 quant_vision: self.quant_vision,
                 placement: self.placement.clone(),
+                lora: None,
             };
             let p = Pipeline::load(&dir, &opts, &mut |_, _| {})?;
             self.pipelines.insert(model_dir.to_string(), p);

@@ -13,6 +13,7 @@ use candle_nn::VarBuilder;
 use tokenizers::Tokenizer;
 
 use crate::model::config::Config;
+use crate::model::lora::{Adapter, LoraMode};
 use crate::model::memory;
 use crate::model::placement::{self, DeviceInfo, Placement, Plan, Sizes};
 pub use crate::model::placement::{GpuLayers, PlacementRequest};
@@ -99,6 +100,9 @@ pub struct LoadOptions {
     pub quant_vision: bool,
     /// `--devices` / `--gpu-layers`: where the modules go (default: all on `device`, offloaded when too big).
     pub placement: PlacementRequest,
+    /// `--lora DIR`: a PEFT adapter, merged into float weights at load, a separate low-rank product on
+    /// quantized ones.
+    pub lora: Option<PathBuf>,
 }
 
 pub fn parse_device(s: &str) -> anyhow::Result<Device> {
@@ -321,7 +325,11 @@ impl Pipeline {
                 .device(plan.layers.first().copied().unwrap_or(0))
                 .clone(),
         );
-        let quantizer = Quantizer::new(opts.quant).with_vision(opts.quant_vision);
+        let mut quantizer = Quantizer::new(opts.quant).with_vision(opts.quant_vision);
+        if let Some(lora) = &opts.lora {
+            let adapter = Adapter::load(lora)?;
+            quantizer = quantizer.with_lora(adapter, LoraMode::Merge);
+        }
         let model = CogVlm::with_placement(&cfg, vb, quantizer, place)
             .with_context(|| format!("cannot build the model from {}", dir.display()))?;
         Ok(Self::from_parts(model, tokenizer, summary).with_plan(plan))

@@ -33,6 +33,7 @@ fn load(model: &str, quant: Quant, quant_vision: bool) -> Pipeline {
         quant,
         quant_vision,
         placement: Default::default(),
+        lora: None,
     };
     Pipeline::load(
         &fixtures().join("models").join(model),

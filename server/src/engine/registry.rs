@@ -17,12 +17,19 @@ pub fn bundled_models_dir() -> PathBuf {
 /// The checkpoint served first from the bundled folder.
 pub const BUNDLED_DEFAULT: &str = "cogvlm_tiny_490";
 
+/// The bundled demo checkpoint (trained here on synthetic scenes; `server/models/cogvlm-demo/README.md`).
+pub fn demo_models_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+}
+
 /// One usable checkpoint.
 #[derive(Clone, Debug)]
 pub struct Entry {
     pub summary: CheckpointSummary,
-    /// True when it lives in the bundled fixtures folder.
+    /// True when it lives in the bundled fixtures or demo folder.
     pub bundled: bool,
+    /// A LoRA adapter (`<checkpoint>/adapters/<name>/`) applied when this entry loads.
+    pub lora: Option<PathBuf>,
 }
 
 impl Entry {
@@ -108,10 +115,16 @@ impl Registry {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| path.display().to_string());
             match probe_checkpoint(&path) {
-                Ok(summary) => entries.push(Entry {
-                    bundled: is_bundled(&path),
-                    summary,
-                }),
+                Ok(summary) => {
+                    let bundled = is_bundled(&path);
+                    let adapters = adapter_entries(&summary, bundled);
+                    entries.push(Entry {
+                        bundled,
+                        summary,
+                        lora: None,
+                    });
+                    entries.extend(adapters);
+                }
                 Err(e) => skipped.push((folder, format!("{e:#}"))),
             }
         }
@@ -122,6 +135,23 @@ impl Registry {
         })
     }
 
+    /// The bundled checkpoints: the trained demo (listed first) and the random-weight fixtures.
+    pub fn bundled() -> Result<Registry> {
+        let mut reg = Registry::scan(&bundled_models_dir())?;
+        let demo = demo_models_dir();
+        if demo.is_dir() {
+            let d = Registry::scan(&demo)?;
+            let mut entries = d.entries;
+            for e in &mut entries {
+                e.bundled = true;
+            }
+            entries.append(&mut reg.entries);
+            reg.entries = entries;
+            reg.skipped.extend(d.skipped);
+        }
+        Ok(reg)
+    }
+
     pub fn find(&self, name: &str) -> Option<&Entry> {
         self.entries.iter().find(|e| e.name() == name)
     }
@@ -130,6 +160,39 @@ impl Registry {
     pub fn default_entry(&self) -> Option<&Entry> {
         self.find(BUNDLED_DEFAULT).or(self.entries.first())
     }
+}
+
+/// The adapter folders of a checkpoint: `adapters/<name>/` holding `adapter_config.json`, sorted.
+fn adapter_dirs(checkpoint: &Path) -> Vec<PathBuf> {
+    let Ok(listing) = std::fs::read_dir(checkpoint.join("adapters")) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = listing
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join(crate::model::lora::CONFIG_FILE).is_file())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// One "checkpoint + adapter" entry per adapter folder, named `<checkpoint> + <adapter>`.
+fn adapter_entries(summary: &CheckpointSummary, bundled: bool) -> Vec<Entry> {
+    adapter_dirs(&summary.dir)
+        .into_iter()
+        .map(|dir| {
+            let adapter = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let mut summary = summary.clone();
+            summary.name = format!("{} + {adapter}", summary.name);
+            Entry {
+                summary,
+                bundled,
+                lora: Some(dir),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

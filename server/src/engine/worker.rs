@@ -409,7 +409,11 @@ impl Worker {
                 let _ = events.try_send(Event::LoadProgress { done, total });
             }
         };
-        let result = Pipeline::load(&entry.summary.dir, &self.opts, &mut progress);
+        let mut opts = self.opts.clone();
+        if entry.lora.is_some() {
+            opts.lora = entry.lora.clone();
+        }
+        let result = Pipeline::load(&entry.summary.dir, &opts, &mut progress);
         match result {
             Ok(pipeline) => {
                 let quant = pipeline.model().quant_report().summary();

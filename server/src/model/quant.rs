@@ -394,8 +394,13 @@ impl Quantizer {
             return Ok(base);
         }
         let scaling = self.lora.as_ref().map_or(1.0, |(a, _)| a.scaling());
+        let dropout = self
+            .lora
+            .as_ref()
+            .map_or(0.0, |(a, _)| a.config.lora_dropout);
         let outs: Vec<usize> = parts.iter().map(|(o, _)| *o).collect();
-        let delta = LoraDelta::stacked(&outs, &pairs, scaling, parts[0].1.dtype())?;
+        let delta =
+            LoraDelta::stacked(&outs, &pairs, scaling, parts[0].1.dtype())?.with_dropout(dropout);
         Ok(QLinear::Lora(Box::new(base), delta))
     }
 
@@ -495,6 +500,9 @@ pub struct LoraDelta {
     a: Tensor, // [R, in]
     b: Tensor, // [out, R]
     scaling: f64,
+    /// PEFT's `lora_dropout` on the low-rank path's input, applied only while training (the pair is being
+    /// recorded for backprop).
+    dropout: f64,
 }
 
 impl LoraDelta {
@@ -511,6 +519,7 @@ impl LoraDelta {
                 a: cast(&p.a)?,
                 b: cast(&p.b)?,
                 scaling,
+                dropout: 0.0,
             });
         }
         let a = Tensor::cat(
@@ -542,12 +551,25 @@ impl LoraDelta {
             a,
             b: Tensor::cat(&rows, 0)?,
             scaling,
+            dropout: 0.0,
         })
+    }
+
+    fn with_dropout(mut self, p: f64) -> Self {
+        self.dropout = p;
+        self
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let a = super::precision::like(&self.a, x)?;
         let b = super::precision::like(&self.b, x)?;
+        let dropped;
+        let x = if self.dropout > 0.0 && self.a.track_op() {
+            dropped = candle_nn::ops::dropout(x, self.dropout as f32)?;
+            &dropped
+        } else {
+            x
+        };
         x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)? * self.scaling
     }
 }

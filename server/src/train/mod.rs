@@ -1,8 +1,15 @@
 //! Training: the model built for gradients (weights and LoRA pairs as `Var`s), answer-only labels and the loss
 //! (`loss`), and the check of one training step against the reference's (`parity`).
 
+pub mod cli;
+pub mod data;
+pub mod eval;
 pub mod loss;
+pub mod make_data;
+pub mod merge;
+pub mod optim;
 pub mod parity;
+pub mod run;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -36,6 +43,19 @@ pub fn load_model(
     full: bool,
     adapter: Option<&Adapter>,
 ) -> anyhow::Result<TrainModel> {
+    load_model_in(dir, device, DType::F32, full, adapter)
+}
+
+/// As [`load_model`] with the frozen weights in `dtype` (the model dtype); `Var`s (every weight with `full`,
+/// the adapter's pairs) are f32 whatever `dtype` is.
+pub fn load_model_in(
+    dir: &Path,
+    device: &Device,
+    dtype: DType,
+    full: bool,
+    adapter: Option<&Adapter>,
+) -> anyhow::Result<TrainModel> {
+    let dtype = if full { DType::F32 } else { dtype };
     let cfg = Config::from_file(&dir.join("config.json"))?;
     let ck = Checkpoint::open(dir, &cfg)?;
     let mut tensors = HashMap::new();
@@ -45,7 +65,7 @@ pub fn load_model(
             .st
             .load(&name, device)
             .with_context(|| format!("cannot read {name}"))?
-            .to_dtype(DType::F32)?;
+            .to_dtype(dtype)?;
         let t = if full {
             let v = Var::from_tensor(&t)?;
             let t: Tensor = v.as_tensor().clone();
@@ -56,7 +76,7 @@ pub fn load_model(
         };
         tensors.insert(name, t);
     }
-    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    let vb = VarBuilder::from_tensors(tensors, dtype, device);
     let mut q = Quantizer::new(Quant::Float);
     let mut lora = Vec::new();
     if let Some(a) = adapter {

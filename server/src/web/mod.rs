@@ -54,6 +54,8 @@ pub struct ServeArgs {
     pub max_batch: Option<usize>,
     /// `--backend openai`: answer from this remote server instead of a local worker.
     pub remote: Option<crate::remote::RemoteConfig>,
+    /// `--lora DIR`: an adapter applied to every checkpoint served.
+    pub lora: Option<PathBuf>,
 }
 
 impl Default for ServeArgs {
@@ -73,6 +75,7 @@ impl Default for ServeArgs {
             fairness: Fairness::default(),
             max_batch: None,
             remote: None,
+            lora: None,
         }
     }
 }
@@ -254,7 +257,10 @@ async fn run(args: ServeArgs) -> Result<()> {
         return listen(&args, backend, &source, None).await;
     }
     let models_dir = args.models_dir.clone().unwrap_or_else(bundled_models_dir);
-    let registry = Registry::scan(&models_dir)?;
+    let registry = match &args.models_dir {
+        Some(dir) => Registry::scan(dir)?,
+        None => Registry::bundled()?,
+    };
     for (folder, reason) in &registry.skipped {
         eprintln!("skipping {folder}: {reason}");
     }
@@ -275,6 +281,7 @@ async fn run(args: ServeArgs) -> Result<()> {
                 quant: args.quant,
                 quant_vision: args.quant_vision,
                 placement: args.placement.clone(),
+                lora: args.lora.clone(),
             },
             limits: args.limits.clone(),
             fairness: Fairness {

@@ -1,0 +1,609 @@
+//! `cogvlm make-data`: synthetic scenes in the PEFT layout (`images/<id>.png` + `labels/<id>.json` holding
+//! `{"conversations": [{"role": "user", …}, {"role": "assistant", …}]}`), deterministic by seed.
+//!
+//! Each image is either a scene of one to three coloured shapes on a light background, or a captcha-like
+//! string in a built-in bitmap font. Shapes sit in the cells of a 4 × 4 grid (large, one per cell, jittered),
+//! which keeps the scenes simple enough for a tiny model to learn on a CPU. Questions and answers follow the
+//! real checkpoints' styles: descriptions, colours, shapes, counts, grounding answered with `[[x0,y0,x1,y1]]`
+//! boxes in thousandths of the image (zero-padded to three digits, as CogVLM's grounding checkpoints write
+//! them), and region questions with a box in them. Each label also carries `"kind"` (the question kind), which
+//! `cogvlm eval` groups its accuracy by; PEFT's loader ignores it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use image::{Rgb, RgbImage};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+/// The question kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Describe,
+    Color,
+    Shape,
+    Count,
+    Where,
+    Region,
+    Captcha,
+    /// Which grid cell a shape is in, answered as "Row r, column c." (not in the default mix: the LoRA demo's
+    /// new task).
+    Cell,
+}
+
+impl Kind {
+    pub const DEFAULT: [Kind; 7] = [
+        Kind::Describe,
+        Kind::Color,
+        Kind::Shape,
+        Kind::Count,
+        Kind::Where,
+        Kind::Region,
+        Kind::Captcha,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Describe => "describe",
+            Kind::Color => "color",
+            Kind::Shape => "shape",
+            Kind::Count => "count",
+            Kind::Where => "where",
+            Kind::Region => "region",
+            Kind::Captcha => "captcha",
+            Kind::Cell => "cell",
+        }
+    }
+
+    /// Relative frequency in a mix (grounding gets the most: its answers are the longest to learn).
+    fn weight(self) -> u32 {
+        match self {
+            Kind::Where => 4,
+            Kind::Region | Kind::Captcha => 2,
+            _ => 3,
+        }
+    }
+}
+
+impl std::str::FromStr for Kind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        [
+            Kind::Describe,
+            Kind::Color,
+            Kind::Shape,
+            Kind::Count,
+            Kind::Where,
+            Kind::Region,
+            Kind::Captcha,
+            Kind::Cell,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+        .with_context(|| {
+            format!(
+                "unknown kind {s:?} (expected describe, color, shape, count, where, region, captcha or cell)"
+            )
+        })
+    }
+}
+
+pub struct MakeDataArgs {
+    pub out: PathBuf,
+    pub seed: u64,
+    pub count: usize,
+    /// Image side in pixels.
+    pub size: u32,
+    /// Question kinds to draw from (empty = [`Kind::DEFAULT`]).
+    pub kinds: Vec<Kind>,
+}
+
+pub const COLORS: [(&str, [u8; 3]); 6] = [
+    ("red", [220, 30, 30]),
+    ("green", [30, 160, 40]),
+    ("blue", [30, 60, 220]),
+    ("yellow", [235, 200, 0]),
+    ("purple", [140, 40, 170]),
+    ("orange", [245, 120, 10]),
+];
+pub const SHAPES: [&str; 3] = ["circle", "square", "triangle"];
+/// Cells per side of the placement grid.
+pub const GRID: u32 = 4;
+
+/// One drawn shape: colour and shape indices, grid cell, and its pixel box `[x0, y0, x1, y1)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Placed {
+    pub color: usize,
+    pub shape: usize,
+    pub row: u32,
+    pub col: u32,
+    pub bbox: [u32; 4],
+}
+
+impl Placed {
+    pub fn name(&self) -> String {
+        format!("{} {}", COLORS[self.color].0, SHAPES[self.shape])
+    }
+}
+
+/// A pixel box as CogVLM writes it: `[[x0,y0,x1,y1]]` in thousandths of the image, three digits each.
+pub fn box_text(bbox: [u32; 4], size: u32) -> String {
+    let t = |v: u32| ((v as u64 * 1000 / size as u64).min(999)) as u32;
+    format!(
+        "[[{:03},{:03},{:03},{:03}]]",
+        t(bbox[0]),
+        t(bbox[1]),
+        t(bbox[2]),
+        t(bbox[3])
+    )
+}
+
+/// A light, low-saturation background colour with a gentle vertical gradient.
+fn background(rng: &mut StdRng, size: u32) -> RgbImage {
+    let base: [i32; 3] = std::array::from_fn(|_| rng.random_range(185..=245));
+    let top: [i32; 3] =
+        std::array::from_fn(|c| (base[c] + rng.random_range(-20..=20)).clamp(170, 255));
+    RgbImage::from_fn(size, size, |_, y| {
+        let f = y as f32 / size as f32;
+        Rgb(std::array::from_fn(|c| {
+            (top[c] as f32 * (1.0 - f) + base[c] as f32 * f) as u8
+        }))
+    })
+}
+
+fn inside(shape: usize, bbox: [u32; 4], x: u32, y: u32) -> bool {
+    let [x0, y0, x1, y1] = bbox;
+    let (w, h) = ((x1 - x0) as f32, (y1 - y0) as f32);
+    let (px, py) = (x as f32 + 0.5 - x0 as f32, y as f32 + 0.5 - y0 as f32);
+    match shape {
+        0 => {
+            let (dx, dy) = (px / w - 0.5, py / h - 0.5);
+            dx * dx + dy * dy <= 0.25
+        }
+        1 => true,
+        // Apex at the top centre, base along the bottom.
+        _ => {
+            let half = 0.5 * (py / h);
+            (px / w - 0.5).abs() <= half
+        }
+    }
+}
+
+fn draw_shape(img: &mut RgbImage, p: &Placed) {
+    let [x0, y0, x1, y1] = p.bbox;
+    let rgb = COLORS[p.color].1;
+    for y in y0..y1 {
+        for x in x0..x1 {
+            if inside(p.shape, p.bbox, x, y) {
+                img.put_pixel(x, y, Rgb(rgb));
+            }
+        }
+    }
+}
+
+/// A scene: 1–3 shapes with distinct (colour, shape) pairs in distinct cells, listed in reading order.
+pub fn scene(rng: &mut StdRng, size: u32) -> (RgbImage, Vec<Placed>) {
+    let mut img = background(rng, size);
+    let n = rng.random_range(1..=3);
+    let cell = size / GRID;
+    let mut cells: Vec<u32> = Vec::new();
+    let mut pairs: Vec<(usize, usize)> = Vec::new();
+    let mut placed = Vec::new();
+    while placed.len() < n {
+        let c = rng.random_range(0..GRID * GRID);
+        let pair = (
+            rng.random_range(0..COLORS.len()),
+            rng.random_range(0..SHAPES.len()),
+        );
+        if cells.contains(&c) || pairs.contains(&pair) {
+            continue;
+        }
+        cells.push(c);
+        pairs.push(pair);
+        let (row, col) = (c / GRID, c % GRID);
+        let side = rng.random_range(cell * 7 / 10..=cell * 9 / 10);
+        let slack = cell - side;
+        let x0 = col * cell + rng.random_range(0..=slack);
+        let y0 = row * cell + rng.random_range(0..=slack);
+        placed.push(Placed {
+            color: pair.0,
+            shape: pair.1,
+            row,
+            col,
+            bbox: [x0, y0, x0 + side, y0 + side],
+        });
+    }
+    placed.sort_by_key(|p| (p.row, p.col));
+    for p in &placed {
+        draw_shape(&mut img, p);
+    }
+    (img, placed)
+}
+
+/// "a, b and c".
+fn list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+fn pick<'a, T>(rng: &mut StdRng, xs: &'a [T]) -> &'a T {
+    &xs[rng.random_range(0..xs.len())]
+}
+
+/// A question about `placed` of `kind`, and its answer (`None` when the scene cannot ask it unambiguously).
+fn question(
+    rng: &mut StdRng,
+    kind: Kind,
+    placed: &[Placed],
+    size: u32,
+) -> Option<(String, String)> {
+    let unique_by =
+        |f: &dyn Fn(&Placed) -> usize, v: usize| placed.iter().filter(|p| f(p) == v).count() == 1;
+    let target = *pick(rng, placed);
+    Some(match kind {
+        Kind::Describe => {
+            let q = pick(rng, &["What is in the picture?", "Describe the image."]);
+            let items: Vec<String> = placed.iter().map(|p| format!("a {}", p.name())).collect();
+            (q.to_string(), format!("{}.", capitalise(&list(&items))))
+        }
+        Kind::Color => {
+            if !unique_by(&|p| p.shape, target.shape) {
+                return None;
+            }
+            let q = format!("What color is the {}?", SHAPES[target.shape]);
+            (q, format!("{}.", capitalise(COLORS[target.color].0)))
+        }
+        Kind::Shape => {
+            if !unique_by(&|p| p.color, target.color) {
+                return None;
+            }
+            let q = format!("What shape is the {} object?", COLORS[target.color].0);
+            (q, format!("A {}.", SHAPES[target.shape]))
+        }
+        Kind::Count => {
+            if rng.random_bool(0.5) {
+                (
+                    "How many shapes are there?".into(),
+                    placed.len().to_string(),
+                )
+            } else {
+                let s = rng.random_range(0..SHAPES.len());
+                let n = placed.iter().filter(|p| p.shape == s).count();
+                (format!("How many {}s are there?", SHAPES[s]), n.to_string())
+            }
+        }
+        Kind::Where => (
+            format!("Where is the {}?", target.name()),
+            box_text(target.bbox, size),
+        ),
+        Kind::Region => (
+            format!("What is in the region {}?", box_text(target.bbox, size)),
+            format!("A {}.", target.name()),
+        ),
+        Kind::Cell => (
+            format!("Which cell is the {} in?", target.name()),
+            format!("Row {}, column {}.", target.row + 1, target.col + 1),
+        ),
+        Kind::Captcha => return None,
+    })
+}
+
+/// 5 × 7 glyphs, one string of rows per character (`#` = ink).
+const FONT: &[(char, [&str; 7])] = &[
+    (
+        '0',
+        [
+            " ### ", "#   #", "#  ##", "# # #", "##  #", "#   #", " ### ",
+        ],
+    ),
+    (
+        '1',
+        [
+            "  #  ", " ##  ", "  #  ", "  #  ", "  #  ", "  #  ", " ### ",
+        ],
+    ),
+    (
+        '2',
+        [
+            " ### ", "#   #", "    #", "   # ", "  #  ", " #   ", "#####",
+        ],
+    ),
+    (
+        '3',
+        [
+            "#####", "   # ", "  #  ", "   # ", "    #", "#   #", " ### ",
+        ],
+    ),
+    (
+        '4',
+        [
+            "   # ", "  ## ", " # # ", "#  # ", "#####", "   # ", "   # ",
+        ],
+    ),
+    (
+        '5',
+        [
+            "#####", "#    ", "#### ", "    #", "    #", "#   #", " ### ",
+        ],
+    ),
+    (
+        '6',
+        [
+            "  ## ", " #   ", "#    ", "#### ", "#   #", "#   #", " ### ",
+        ],
+    ),
+    (
+        '7',
+        [
+            "#####", "    #", "   # ", "  #  ", " #   ", " #   ", " #   ",
+        ],
+    ),
+    (
+        '8',
+        [
+            " ### ", "#   #", "#   #", " ### ", "#   #", "#   #", " ### ",
+        ],
+    ),
+    (
+        '9',
+        [
+            " ### ", "#   #", "#   #", " ####", "    #", "   # ", " ##  ",
+        ],
+    ),
+    (
+        'A',
+        [
+            " ### ", "#   #", "#   #", "#####", "#   #", "#   #", "#   #",
+        ],
+    ),
+    (
+        'C',
+        [
+            " ### ", "#   #", "#    ", "#    ", "#    ", "#   #", " ### ",
+        ],
+    ),
+    (
+        'E',
+        [
+            "#####", "#    ", "#    ", "#### ", "#    ", "#    ", "#####",
+        ],
+    ),
+    (
+        'H',
+        [
+            "#   #", "#   #", "#   #", "#####", "#   #", "#   #", "#   #",
+        ],
+    ),
+    (
+        'K',
+        [
+            "#   #", "#  # ", "# #  ", "##   ", "# #  ", "#  # ", "#   #",
+        ],
+    ),
+    (
+        'P',
+        [
+            "#### ", "#   #", "#   #", "#### ", "#    ", "#    ", "#    ",
+        ],
+    ),
+    (
+        'T',
+        [
+            "#####", "  #  ", "  #  ", "  #  ", "  #  ", "  #  ", "  #  ",
+        ],
+    ),
+    (
+        'X',
+        [
+            "#   #", "#   #", " # # ", "  #  ", " # # ", "#   #", "#   #",
+        ],
+    ),
+];
+
+/// A captcha: four characters of [`FONT`] in dark colours, each scaled and jittered, over a light background
+/// with a few noise lines. Returns the image and its text.
+pub fn captcha(rng: &mut StdRng, size: u32) -> (RgbImage, String) {
+    let mut img = background(rng, size);
+    let n = 4u32;
+    let text: String = (0..n).map(|_| pick(rng, FONT).0).collect();
+    let slot = size / n;
+    let scale = (slot * 3 / 4 / 5).max(1);
+    for (i, ch) in text.chars().enumerate() {
+        let Some((_, rows)) = FONT.iter().find(|(c, _)| *c == ch) else {
+            continue;
+        };
+        let ink = Rgb([
+            rng.random_range(0..90),
+            rng.random_range(0..90),
+            rng.random_range(0..90),
+        ]);
+        let gw = 5 * scale;
+        let gh = 7 * scale;
+        let x0 = i as u32 * slot + rng.random_range(0..=slot.saturating_sub(gw));
+        let y0 = ((size.saturating_sub(gh)) / 2 + rng.random_range(0..=size / 8))
+            .saturating_sub(size / 16);
+        for (r, row) in rows.iter().enumerate() {
+            for (c, b) in row.bytes().enumerate() {
+                if b != b'#' {
+                    continue;
+                }
+                for dy in 0..scale {
+                    for dx in 0..scale {
+                        let (x, y) = (x0 + c as u32 * scale + dx, y0 + r as u32 * scale + dy);
+                        if x < size && y < size {
+                            img.put_pixel(x, y, ink);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Thin noise lines.
+    for _ in 0..3 {
+        let (ya, yb) = (rng.random_range(0..size), rng.random_range(0..size));
+        let grey = rng.random_range(90..160) as u8;
+        for x in 0..size {
+            let y = ya as i64 + (yb as i64 - ya as i64) * x as i64 / size as i64;
+            img.put_pixel(x, y as u32, Rgb([grey, grey, grey]));
+        }
+    }
+    (img, text)
+}
+
+/// One generated example: image, question, answer, kind.
+pub struct Generated {
+    pub image: RgbImage,
+    pub query: String,
+    pub answer: String,
+    pub kind: Kind,
+}
+
+/// Draws an example of one of `kinds` (weighted by [`Kind::weight`]).
+pub fn generate(rng: &mut StdRng, kinds: &[Kind], size: u32) -> Generated {
+    let total: u32 = kinds.iter().map(|k| k.weight()).sum();
+    loop {
+        let mut x = rng.random_range(0..total);
+        let kind = *kinds
+            .iter()
+            .find(|k| {
+                if x < k.weight() {
+                    true
+                } else {
+                    x -= k.weight();
+                    false
+                }
+            })
+            .unwrap_or(&kinds[0]);
+        if kind == Kind::Captcha {
+            let (image, text) = captcha(rng, size);
+            let query = pick(rng, &["What text is in the image?", "CAPTCHA:"]).to_string();
+            return Generated {
+                image,
+                query,
+                answer: text,
+                kind,
+            };
+        }
+        let (image, placed) = scene(rng, size);
+        if let Some((query, answer)) = question(rng, kind, &placed, size) {
+            return Generated {
+                image,
+                query,
+                answer,
+                kind,
+            };
+        }
+    }
+}
+
+/// Writes `count` examples into `out` (a new or empty folder); returns how many of each kind.
+pub fn run(args: &MakeDataArgs) -> anyhow::Result<serde_json::Value> {
+    if args.count == 0 {
+        bail!("--count must be at least 1");
+    }
+    if args.size < 32 {
+        bail!("--size must be at least 32 pixels");
+    }
+    let out = &args.out;
+    if out.exists() && std::fs::read_dir(out)?.next().is_some() {
+        bail!(
+            "{} exists and is not empty; choose a new folder",
+            out.display()
+        );
+    }
+    let (images, labels) = (out.join("images"), out.join("labels"));
+    for d in [&images, &labels] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    let kinds = if args.kinds.is_empty() {
+        Kind::DEFAULT.to_vec()
+    } else {
+        args.kinds.clone()
+    };
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let mut counts = serde_json::Map::new();
+    for i in 0..args.count {
+        let g = generate(&mut rng, &kinds, args.size);
+        let stem = format!("{i:06}");
+        write_example(&images, &labels, &stem, &g)?;
+        let c = counts.entry(g.kind.as_str()).or_insert(json!(0));
+        *c = json!(c.as_u64().unwrap_or(0) + 1);
+    }
+    Ok(json!({"out": out.display().to_string(), "count": args.count, "kinds": counts}))
+}
+
+fn write_example(images: &Path, labels: &Path, stem: &str, g: &Generated) -> anyhow::Result<()> {
+    let img_path = images.join(format!("{stem}.png"));
+    g.image
+        .save(&img_path)
+        .with_context(|| format!("cannot write {}", img_path.display()))?;
+    let label = json!({
+        "conversations": [
+            {"role": "user", "content": g.query},
+            {"role": "assistant", "content": g.answer},
+        ],
+        "kind": g.kind.as_str(),
+    });
+    let label_path = labels.join(format!("{stem}.json"));
+    std::fs::write(&label_path, serde_json::to_string_pretty(&label)?)
+        .with_context(|| format!("cannot write {}", label_path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_data() {
+        let a = generate(&mut StdRng::seed_from_u64(7), &Kind::DEFAULT, 224);
+        let b = generate(&mut StdRng::seed_from_u64(7), &Kind::DEFAULT, 224);
+        assert_eq!(a.image.as_raw(), b.image.as_raw());
+        assert_eq!((a.query, a.answer), (b.query, b.answer));
+    }
+
+    #[test]
+    fn boxes_are_thousandths_and_cover_the_ink() {
+        assert_eq!(box_text([0, 56, 112, 224], 224), "[[000,250,500,999]]");
+        let mut rng = StdRng::seed_from_u64(3);
+        for _ in 0..20 {
+            let (img, placed) = scene(&mut rng, 224);
+            for p in &placed {
+                let [x0, y0, x1, y1] = p.bbox;
+                // The shape's colour is inside its box, and its box lies in its own cell.
+                let cell = 224 / GRID;
+                assert!(x0 >= p.col * cell && x1 <= (p.col + 1) * cell);
+                assert!(y0 >= p.row * cell && y1 <= (p.row + 1) * cell);
+                let centre = img.get_pixel((x0 + x1) / 2, (y0 + y1) / 2);
+                assert_eq!(centre.0, COLORS[p.color].1);
+            }
+        }
+    }
+
+    #[test]
+    fn answers_follow_the_scene() {
+        let mut rng = StdRng::seed_from_u64(11);
+        for _ in 0..50 {
+            let g = generate(&mut rng, &[Kind::Count], 224);
+            assert!(g.answer.parse::<usize>().is_ok(), "{}", g.answer);
+            let g = generate(&mut rng, &[Kind::Where], 224);
+            assert!(g.answer.starts_with("[[") && g.answer.ends_with("]]"));
+        }
+        assert_eq!(
+            list(&["a".into(), "b".into(), "c".into()]),
+            "a, b and c".to_string()
+        );
+    }
+}
