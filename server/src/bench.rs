@@ -20,8 +20,8 @@ use crate::model::quant::{decode_read_bytes, Quantizer};
 use crate::model::weights::{expected_tensors, RandomBackend};
 use crate::model::CogVlm;
 use crate::pipeline::{
-    find_tokenizer, load_tokenizer, make_plan, parse_device, parse_dtype, ChatRequest,
-    CheckpointSummary, LoadOptions, Pipeline, PlacementRequest, Quant, SamplingParams,
+    checkpoint_info, find_tokenizer, load_tokenizer, make_plan, parse_device, parse_dtype,
+    ChatRequest, LoadOptions, Pipeline, PlacementRequest, Quant, Sampling,
 };
 
 /// Named full-size configurations (the real checkpoints' shapes, spec §1).
@@ -243,13 +243,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
             let model = CogVlm::with_placement(&cfg, vb, quantizer, place)
                 .context("cannot build the random-weight model")?;
             let tok_path = find_tokenizer(&default_tokenizer_anchor(), args.tokenizer.as_deref())?;
-            let summary = CheckpointSummary {
-                name: name.clone(),
-                dir: PathBuf::new(),
-                kind: model.kind(),
-                image_size: cfg.vision_config.image_size,
-                default_version: crate::pipeline::default_version(name, &cfg),
-            };
+            let summary = checkpoint_info(name.clone(), &cfg);
             (
                 Pipeline::from_parts(model, load_tokenizer(&tok_path)?, summary).with_plan(plan),
                 format!("{name} (random weights)"),
@@ -290,7 +284,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
             peak_used = Some(peak_used.map_or(u, |p| p.max(u)));
         }
     };
-    let summary = pipe.summary().clone();
+    let summary = pipe.info().clone();
     let cfg = pipe.model().cfg.clone();
     let quant = pipe.model().quant_report().clone();
     // ~24 text tokens, as in the reference measurements.
@@ -302,10 +296,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         history: vec![],
         query: query.clone(),
         version: None,
-        sampling: SamplingParams {
+        sampling: Sampling {
             max_new_tokens: Some(n),
             max_length: 4096,
-            ..Default::default()
+            ..Sampling::greedy()
         },
     };
     // The second turn about the same image, after `answer`: only its new tokens run.

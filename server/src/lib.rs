@@ -17,6 +17,6 @@ pub mod train;
 pub mod web;
 
 pub use pipeline::{
-    probe_checkpoint, ChatRequest, CheckpointSummary, GenerationStats, LoadOptions, ModelKind,
-    Pipeline, PromptVersion, SamplingParams, StopReason,
+    probe_checkpoint, Answer, ChatRequest, CheckpointInfo, LoadOptions, ModelKind, Pipeline,
+    PromptVersion, Sampling, Stats, StopReason,
 };

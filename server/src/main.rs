@@ -4,10 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use cogvlm::pipeline::{
-    ChatRequest, LoadOptions, Pipeline, PromptVersion, Quant, SamplingParams, StopReason,
-};
-use cogvlm::terminal::{converse, Io, Reply, TurnStats};
+use cogvlm::pipeline::{ChatRequest, LoadOptions, Pipeline, PromptVersion, Quant, Sampling};
+use cogvlm::terminal::{converse, Io, Reply, SamplingArgs};
 
 #[derive(Parser)]
 #[command(name = "cogvlm", version, about = "CogVLM / CogAgent in Rust (candle)")]
@@ -118,22 +116,8 @@ enum Command {
         /// tokenizer.json (default: found next to the checkpoint)
         #[arg(long)]
         tokenizer: Option<PathBuf>,
-        /// 0 = greedy
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f64,
-        #[arg(long, default_value_t = 0.8)]
-        top_p: f64,
-        #[arg(long, default_value_t = 0)]
-        top_k: usize,
-        #[arg(long, default_value_t = 1.0)]
-        repetition_penalty: f32,
-        /// Total length, image positions included.
-        #[arg(long, default_value_t = 2048)]
-        max_length: usize,
-        #[arg(long)]
-        max_new_tokens: Option<usize>,
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
+        #[command(flatten)]
+        sampling: SamplingArgs,
         #[command(flatten)]
         dev: DeviceArgs,
         #[command(flatten)]
@@ -220,6 +204,7 @@ enum Command {
 }
 
 fn main() {
+    init_logs();
     let cli = Cli::parse();
     let command = match cli.command {
         Some(c) => c,
@@ -327,51 +312,16 @@ fn main() {
         Command::Chat {
             model,
             image,
-            temperature,
-            top_p,
-            top_k,
-            repetition_penalty,
-            max_length,
-            max_new_tokens,
-            seed,
-            backend,
-            ..
-        } if !backend.is_local() => {
-            let sampling = app::protocol::Sampling {
-                temperature,
-                top_p,
-                top_k,
-                max_length,
-                max_new_tokens,
-                repetition_penalty,
-                seed: Some(seed),
-            };
-            cogvlm::remote::cli::chat_with(&backend, model.display().to_string(), image, sampling)
-        }
-        Command::Chat {
-            model,
-            image,
             version,
             tokenizer,
-            temperature,
-            top_p,
-            top_k,
-            repetition_penalty,
-            max_length,
-            max_new_tokens,
-            seed,
+            sampling,
             dev,
-            backend: _,
-        } => {
-            let sampling = SamplingParams {
-                temperature,
-                top_p,
-                top_k,
-                repetition_penalty,
-                seed,
-                max_length,
-                max_new_tokens,
-            };
+            backend,
+        } => sampling.sampling().and_then(|sampling| {
+            if !backend.is_local() {
+                let model = model.display().to_string();
+                return cogvlm::remote::cli::chat_with(&backend, model, image, sampling);
+            }
             let opts = LoadOptions {
                 device: dev.device,
                 dtype: dev.dtype,
@@ -381,7 +331,7 @@ fn main() {
                 placement: dev.place.request(),
             };
             chat(model, image, version, sampling, opts)
-        }
+        }),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -427,7 +377,7 @@ fn chat(
     model: PathBuf,
     image: Option<PathBuf>,
     version: Option<PromptVersion>,
-    sampling: SamplingParams,
+    sampling: Sampling,
     opts: LoadOptions,
 ) -> anyhow::Result<()> {
     eprintln!("loading {} …", model.display());
@@ -443,7 +393,7 @@ fn chat(
     if !quant.is_empty() {
         eprintln!("\r{quant}");
     }
-    let s = pipe.summary().clone();
+    let s = pipe.info().clone();
     eprintln!(
         "\r{} ({}, {} px), prompt version {}",
         s.name,
@@ -470,22 +420,23 @@ fn chat(
             write!(out, "{piece}").is_ok() && out.flush().is_ok()
         });
         Ok(match generated {
-            Ok(st) => Reply::Answer {
-                stats: TurnStats {
-                    prompt_tokens: st.prompt_tokens,
-                    reused_tokens: st.reused_tokens,
-                    ttft_ms: st.ttft_ms,
-                    generated_tokens: st.generated_tokens,
-                    tokens_per_s: st.tokens_per_s,
-                    stop: match st.stop {
-                        StopReason::Eos => "end of answer",
-                        StopReason::Length => "length limit",
-                        StopReason::Cancelled => "stopped",
-                    },
-                },
-                text: st.text,
+            Ok(answer) => Reply::Answer {
+                stats: answer.stats,
+                text: answer.text,
             },
             Err(e) => Reply::Failed(format!("{e:#}")),
         })
     })
+}
+
+/// Logs (load, share and per-request lines) go to stderr through `tracing`, this crate's `info` and above (others' `warn`) unless
+/// `RUST_LOG` says otherwise; the commands' own output (chat, bench JSON, parity lines) stays plain.
+fn init_logs() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,cogvlm=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }

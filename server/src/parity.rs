@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::model::preprocess;
 use crate::model::prompt::{prompt_text, vision_expert_mask, PromptVersion};
-use crate::pipeline::{ChatRequest, LoadOptions, Pipeline, Quant, SamplingParams};
+use crate::pipeline::{ChatRequest, LoadOptions, Pipeline, Quant, Sampling};
 
 #[derive(Debug, Clone)]
 pub struct Check {
@@ -441,9 +441,9 @@ impl Runner {
             history: history.clone(),
             query: query.clone(),
             version: Some(version),
-            sampling: SamplingParams {
+            sampling: Sampling {
                 max_new_tokens: Some(ids_field(case, "generated_ids")?.len()),
-                ..Default::default()
+                ..Sampling::greedy()
             },
         };
         let prepared = pipe.prepare(&req)?;

@@ -4,8 +4,8 @@
 mod openai_support;
 
 use app::backend::{Backend, CancelHandle, Generation};
-use app::protocol::{CheckpointInfo, Event, GenerateRequest, ModelKind, ModelsState, Stats};
-use app::protocol::{PromptVersion, StopReason};
+use protocol::{CheckpointInfo, Event, GenerateRequest, ModelKind, ModelsState, Stats};
+use protocol::{PromptVersion, StopReason};
 use cogvlm::remote::{RemoteBackend, RemoteConfig};
 use futures::StreamExt;
 use openai_support::{serve, start_local};

@@ -4,7 +4,7 @@
 
 mod openai_support;
 
-use app::protocol::{Event, GenerateRequest, ImageData, Sampling, StopReason};
+use protocol::{Event, GenerateRequest, ImageData, Sampling, StopReason};
 use cogvlm::remote::cli::{self, Io};
 use cogvlm::remote::RemoteConfig;
 use openai_support::{case, image_base64, start_local, start_remote, ws, MODEL};

@@ -3,7 +3,7 @@
 //! static files are revalidated (304).
 
 use app::backend::{Backend, Generation};
-use app::protocol::{
+use protocol::{
     CheckpointInfo, Event, GenerateRequest, ModelKind, ModelsState, PromptVersion,
 };
 use cogvlm::web::access::Access;

@@ -7,7 +7,7 @@
 
 use super::admission::Slot;
 use super::worker::{cancelled_done, shutting_down, Command};
-use app::protocol::{Event, GenerateRequest};
+use protocol::{Event, GenerateRequest};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

@@ -15,10 +15,10 @@ use super::admission::{Admission, Fairness, Slot};
 use super::batch::Batch;
 use super::limits::{check_request, decode_image, Limits};
 use super::queue::Queue;
-use super::registry::{from_proto_version, Entry, Registry};
-use crate::{ChatRequest, GenerationStats, LoadOptions, Pipeline, SamplingParams, StopReason};
+use super::registry::{Entry, Registry};
+use crate::{ChatRequest, LoadOptions, Pipeline};
 use anyhow::{anyhow, Result};
-use app::protocol::{self as proto, Event, GenerateRequest, ModelsState};
+use protocol::{Error, ErrorKind, Event, GenerateRequest, ModelsState, Stats, StopReason};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use tokio::sync::mpsc;
@@ -204,8 +204,12 @@ impl EngineHandle {
             std::thread::spawn(move || {
                 while let Some(ev) = rx.blocking_recv() {
                     match ev {
-                        Event::Loaded { checkpoint } => eprintln!("loaded {}", checkpoint.name),
-                        Event::Error { message } => eprintln!("loading failed: {message}"),
+                        Event::Loaded { checkpoint } => {
+                            tracing::info!("loaded {}", checkpoint.name)
+                        }
+                        Event::Error { message, .. } => {
+                            tracing::error!("loading failed: {message}")
+                        }
                         _ => {}
                     }
                 }
@@ -228,7 +232,7 @@ impl EngineHandle {
         let cancel = Arc::new(AtomicBool::new(false));
         let (events, rx) = mpsc::channel(EVENT_BUFFER);
         let admitted = check_request(&req, &self.limits)
-            .map_err(|e| format!("{e:#}"))
+            .map_err(|e| Error::bad_input(format!("{e:#}")))
             .and_then(|image| Ok((image, self.admission.admit(client)?)));
         match admitted {
             Ok((image, slot)) => self.send(Command::Generate {
@@ -239,8 +243,9 @@ impl EngineHandle {
                 cancel: cancel.clone(),
                 events,
             }),
-            Err(message) => {
-                let _ = events.try_send(Event::Error { message });
+            Err(error) => {
+                super::batch::log_failure(client, &error);
+                let _ = events.try_send(error.into());
             }
         }
         Ticket {
@@ -341,14 +346,12 @@ impl EngineHandle {
 }
 
 pub(crate) fn shutting_down() -> Event {
-    Event::Error {
-        message: "the server is shutting down".into(),
-    }
+    Event::error(ErrorKind::ShuttingDown, "the server is shutting down")
 }
 
 pub(crate) fn cancelled_done(checkpoint: &str) -> Event {
     Event::Done {
-        stats: proto::Stats {
+        stats: Stats {
             checkpoint: checkpoint.into(),
             prompt_tokens: 0,
             reused_tokens: 0,
@@ -356,7 +359,7 @@ pub(crate) fn cancelled_done(checkpoint: &str) -> Event {
             prefill_ms: 0.0,
             ttft_ms: 0.0,
             tokens_per_s: 0.0,
-            stop: proto::StopReason::Cancelled,
+            stop: StopReason::Cancelled,
         },
     }
 }
@@ -377,12 +380,13 @@ pub(crate) struct Worker {
 impl Worker {
     pub(crate) fn load(&mut self, name: &str, events: &mpsc::Sender<Event>) {
         let Some(entry) = self.registry.find(name).cloned() else {
-            let _ = events.blocking_send(Event::Error {
-                message: format!(
+            let _ = events.blocking_send(Event::error(
+                ErrorKind::BadInput,
+                format!(
                     "no checkpoint named {name:?} in {}",
                     self.registry.dir.display()
                 ),
-            });
+            ));
             return;
         };
         if self.current.as_ref().map(Entry::name) == Some(name) && self.pipeline.is_some() {
@@ -409,12 +413,12 @@ impl Worker {
                 let _ = events.try_send(Event::LoadProgress { done, total });
             }
         };
-        let result = Pipeline::load(&entry.summary.dir, &self.opts, &mut progress);
+        let result = Pipeline::load(&entry.dir, &self.opts, &mut progress);
         match result {
             Ok(pipeline) => {
                 let quant = pipeline.model().quant_report().summary();
                 if !quant.is_empty() {
-                    eprintln!("{name}: {quant}");
+                    tracing::info!("{name}: {quant}");
                 }
                 // Replace only now: a failed load keeps the old checkpoint.
                 let plan = pipeline
@@ -427,7 +431,7 @@ impl Worker {
                     s.loading = None;
                     s.plan = plan.map_or((None, None), |(a, b)| (a, Some(b)));
                 });
-                eprintln!(
+                tracing::info!(
                     "checkpoint {name} loaded in {:.1} s",
                     started.elapsed().as_secs_f64()
                 );
@@ -441,7 +445,7 @@ impl Worker {
                     s.loading = None;
                     s.load_error = Some(format!("{name}: {message}"));
                 });
-                let _ = events.blocking_send(Event::Error { message });
+                let _ = events.blocking_send(Event::error(ErrorKind::Internal, message));
             }
         }
     }
@@ -461,48 +465,35 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic".into())
 }
 
-/// Protocol request → pipeline request; `image` holds the bytes [`check_request`] returned.
+/// The page's or the API's request → the pipeline's (the image decoded); `image` holds the bytes
+/// [`check_request`] returned.
 pub fn to_chat_request(
     req: &GenerateRequest,
     image: Option<&[u8]>,
     limits: &Limits,
 ) -> Result<ChatRequest> {
     let image = match (image, &req.image) {
-        (Some(bytes), Some(img)) => Some(decode_image(&img.name, bytes, limits)?),
+        (Some(bytes), Some(img)) => Some(
+            decode_image(&img.name, bytes, limits)
+                .map_err(|e| Error::bad_input(format!("{e:#}")))?,
+        ),
         _ => None,
-    };
-    let s = &req.sampling;
-    let sampling = SamplingParams {
-        temperature: s.temperature,
-        top_p: s.top_p,
-        top_k: s.top_k,
-        repetition_penalty: s.repetition_penalty,
-        seed: s.seed.unwrap_or_else(rand::random),
-        max_length: s.max_length,
-        max_new_tokens: s.max_new_tokens,
     };
     Ok(ChatRequest {
         image,
         history: req.history.clone(),
         query: req.query.clone(),
-        version: req.version.map(from_proto_version),
-        sampling,
+        version: req.version,
+        sampling: req.sampling.clone(),
     })
 }
 
-pub(crate) fn to_proto_stats(s: &GenerationStats, checkpoint: &str) -> proto::Stats {
-    proto::Stats {
-        checkpoint: checkpoint.into(),
-        prompt_tokens: s.prompt_tokens,
-        reused_tokens: s.reused_tokens,
-        generated_tokens: s.generated_tokens,
-        prefill_ms: s.prefill_ms,
-        ttft_ms: s.ttft_ms,
-        tokens_per_s: s.tokens_per_s,
-        stop: match s.stop {
-            StopReason::Eos => proto::StopReason::Eos,
-            StopReason::Length => proto::StopReason::Length,
-            StopReason::Cancelled => proto::StopReason::Cancelled,
-        },
-    }
+/// The typed error for a failure inside the worker: the pipeline's refusals of the request keep their
+/// kind ([`Error`] in the chain), anything else is internal.
+pub(crate) fn classify(e: &anyhow::Error) -> Error {
+    let kind = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<Error>())
+        .map_or(ErrorKind::Internal, |e| e.kind);
+    Error::new(kind, format!("{e:#}"))
 }

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod assets;
+pub mod chat;
 pub mod socket;
 
 use crate::engine::{bundled_models_dir, EngineHandle, EngineOptions, Fairness, Limits, Registry};
@@ -12,7 +13,7 @@ use crate::LoadOptions;
 use access::Access;
 use anyhow::{bail, Context, Result};
 use app::backend::{Backend, BackendContext, CancelHandle, Generation};
-use app::protocol::{Event, GenerateRequest, ModelsState};
+use protocol::{Event, GenerateRequest, ModelsState};
 use app::{shell, App, OUTPUT_NAME};
 use axum::handler::Handler;
 use axum::Router;
@@ -201,7 +202,7 @@ pub fn app(
             limits.max_upload_bytes,
             limits.max_text_bytes,
         ),
-        backend: BackendContext(backend.clone()),
+        backend: backend.clone(),
     };
     router(backend, site_root, addr)
         .layer(axum::middleware::from_fn_with_state(
@@ -256,11 +257,11 @@ async fn run(args: ServeArgs) -> Result<()> {
     let models_dir = args.models_dir.clone().unwrap_or_else(bundled_models_dir);
     let registry = Registry::scan(&models_dir)?;
     for (folder, reason) in &registry.skipped {
-        eprintln!("skipping {folder}: {reason}");
+        tracing::warn!("skipping {folder}: {reason}");
     }
     let initial = registry.default_entry().map(|e| e.name().to_string());
     if initial.is_none() {
-        eprintln!(
+        tracing::info!(
             "no checkpoint found in {} (each checkpoint is a folder with config.json and *.safetensors)",
             models_dir.display()
         );
@@ -322,34 +323,34 @@ async fn listen(
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} (is another server running? try --port)")
     })?;
-    eprintln!("models: {source}");
-    eprintln!("site:   {}", site_root.display());
+    tracing::info!("models: {source}");
+    tracing::info!("site:   {}", site_root.display());
     let query = token
         .as_deref()
         .map(|t| format!("/?token={t}"))
         .unwrap_or_default();
     if ip.is_unspecified() {
-        eprintln!("listening on {addr}: the app is visible to your network, with the token below");
+        tracing::info!("listening on {addr}: the app is visible to your network, with the token below");
         if let Some(lan) = lan_address() {
-            eprintln!("share:  http://{lan}:{}{query}", args.port);
+            tracing::info!("share:  http://{lan}:{}{query}", args.port);
         }
-        eprintln!("local:  http://localhost:{}{query}", args.port);
+        tracing::info!("local:  http://localhost:{}{query}", args.port);
     } else {
-        eprintln!("open http://{addr}{query}");
+        tracing::info!("open http://{addr}{query}");
     }
     if let Some(t) = &token {
-        eprintln!("API clients: Authorization: Bearer {t}");
+        tracing::info!("API clients: Authorization: Bearer {t}");
     }
     let shutdown = async move {
         let _ = tokio::signal::ctrl_c().await;
-        eprintln!("shutting down: stopping the running answer, refusing waiting ones");
+        tracing::info!("shutting down: stopping the running answer, refusing waiting ones");
         if let Some(engine) = engine {
             engine.shutdown();
         }
         // Open sockets end when their answers end; don't wait forever for idle ones.
         tokio::spawn(async {
             tokio::time::sleep(std::time::Duration::from_secs(10)).await;
-            eprintln!("some connections did not close within 10 s; exiting");
+            tracing::info!("some connections did not close within 10 s; exiting");
             std::process::exit(0);
         });
     };
