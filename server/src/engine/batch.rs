@@ -11,7 +11,8 @@
 
 use super::admission::Slot;
 use super::queue::Waiting;
-use super::worker::{cancelled_done, classify, panic_message, to_chat_request, Command, Worker};
+use super::command::{cancelled_done, Command};
+use super::worker::{classify, panic_message, to_chat_request, Worker};
 use crate::pipeline::Sequence;
 use protocol::{Error, ErrorKind, Event};
 use std::collections::VecDeque;

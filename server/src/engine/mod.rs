@@ -2,6 +2,8 @@
 //! checkpoints it can load. Knows requests (app's protocol types), not HTTP.
 pub mod admission;
 mod batch;
+mod command;
+pub mod handle;
 pub mod limits;
 mod queue;
 pub mod registry;
@@ -10,4 +12,5 @@ pub mod worker;
 pub use admission::Fairness;
 pub use limits::Limits;
 pub use registry::{bundled_models_dir, Entry, Registry};
-pub use worker::{default_max_batch, Canceller, Command, EngineHandle, EngineOptions, Ticket};
+pub use command::Command;
+pub use handle::{default_max_batch, Canceller, EngineHandle, EngineOptions, Ticket};
