@@ -10,8 +10,9 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use serde_json::Value;
 
 use crate::model::preprocess;
-use crate::model::prompt::{prompt_text, vision_expert_mask, PromptVersion};
-use crate::pipeline::{ChatRequest, LoadOptions, Pipeline, Quant, Sampling};
+use crate::model::prompt::{prompt_text, vision_expert_mask, PromptInput, PromptVersion};
+use crate::model::Cache;
+use crate::pipeline::{ChatRequest, LoadOptions, Pipeline, Prepared, Quant, Sampling};
 
 #[derive(Debug, Clone)]
 pub struct Check {
@@ -318,341 +319,440 @@ impl Runner {
         rec.out
     }
 
-    fn case_inner(&mut self, case: &Value, rec: &mut Recorder) -> anyhow::Result<()> {
-        // The vision towers are compared within the dtype's tolerance, or the quantization's when they are
-        // quantized too; everything after them within the looser of that and the language model's.
+    /// How strictly this run judges: the vision towers within the dtype's tolerance, or the quantization's
+    /// when they are quantized too; everything after them within the looser of that and the language model's.
+    fn judging(&self) -> Judging {
         let mut vtol = rel_tolerance(self.dtype);
         if self.quant_vision {
             vtol = vtol.max(self.quant.vision_tolerance());
         }
-        let tol = vtol.max(self.quant.logit_tolerance());
-        let quant_vision = self.quant_vision;
-        let exact = self.dtype == DType::F32 && self.quant == Quant::Float;
-        let tie = near_tie(self.quant);
+        Judging {
+            vtol,
+            tol: vtol.max(self.quant.logit_tolerance()),
+            quant_vision: self.quant_vision,
+            exact: self.dtype == DType::F32 && self.quant == Quant::Float,
+            tie: near_tie(self.quant),
+        }
+    }
+
+    fn case_inner(&mut self, case: &Value, rec: &mut Recorder) -> anyhow::Result<()> {
+        let judge = self.judging();
         let dir = self.dir.clone();
-        let model_dir = str_field(case, "model_dir")?.to_string();
-        let version: PromptVersion = str_field(case, "template_version")?.parse()?;
-        let query = str_field(case, "query")?.to_string();
-        let history = history_field(case);
+        let c = Case::read(case, &dir)?;
+        let pipe = self.pipeline(&c.model_dir)?;
+        check_prompt_text(pipe, case, &c, rec)?;
+        if let (Some(img), Some(vfile)) = (&c.image, case.get("vision_file").and_then(|v| v.as_str())) {
+            check_vision(pipe, case, &dir, img, &load_st(&dir.join(vfile))?, judge.vtol, rec)?;
+        }
+        let generated = ids_field(case, "generated_ids")?;
+        let req = c.request(generated.len());
+        let prepared = pipe.prepare(&req)?;
+        let mask = check_layout(&prepared.input, &c.data, rec)?;
+        let (logits, cache) = check_prefill(pipe, &prepared, &c.data, &mask, generated.len(), &judge, rec)?;
+        check_decode(pipe, &prepared.input, &logits, cache, &generated, &c.data, judge.tol, rec)?;
+        let ctx = Generation { req: &req, input: &prepared.input, generated: &generated, margins: get(&c.data, "decode_margin")?.to_vec1::<f32>()?, judge: &judge };
+        check_generation(pipe, case, &ctx, rec)
+    }
+}
+
+/// How strictly a run judges (see [`Runner::judging`]).
+struct Judging {
+    vtol: f64,
+    tol: f64,
+    quant_vision: bool,
+    /// f32 and unquantized: tokens and argmaxes must match exactly.
+    exact: bool,
+    /// The top-2 gap under which a differing greedy choice is a near-tie.
+    tie: f32,
+}
+
+/// One case's inputs and reference tensors.
+struct Case {
+    model_dir: String,
+    version: PromptVersion,
+    query: String,
+    history: Vec<(String, String)>,
+    image: Option<image::DynamicImage>,
+    data: HashMap<String, Tensor>,
+}
+
+impl Case {
+    fn read(case: &Value, dir: &Path) -> anyhow::Result<Self> {
         let image = match case.get("image_file").and_then(|v| v.as_str()) {
             Some(f) => Some(open_image(&dir.join(f))?),
             None => None,
         };
-        let data = load_st(&dir.join(str_field(case, "case_file")?))?;
-        let pipe = self.pipeline(&model_dir)?;
-        let kind = pipe.model().kind();
-        let device = pipe.model().device().clone();
+        Ok(Self {
+            model_dir: str_field(case, "model_dir")?.to_string(),
+            version: str_field(case, "template_version")?.parse()?,
+            query: str_field(case, "query")?.to_string(),
+            history: history_field(case),
+            image,
+            data: load_st(&dir.join(str_field(case, "case_file")?))?,
+        })
+    }
 
-        // Prompt text and ids.
-        let text = prompt_text(kind, version, &history, &query);
-        let want_text = str_field(case, "prompt_text")?;
-        rec.check("prompt_text", text == want_text, format!("{text:?}"));
-        rec.equal(
-            "prompt_text_ids",
-            &pipe.encode_text(&text)?,
-            &ids_field(case, "prompt_text_ids")?,
-        );
-
-        // Pixels and vision towers (per image).
-        if let (Some(img), Some(vfile)) = (&image, case.get("vision_file").and_then(|v| v.as_str()))
-        {
-            let vision = load_st(&dir.join(vfile))?;
-            let rgb = preprocess::to_rgb(img);
-            let resized_files = case
-                .get("resized_image_files")
-                .and_then(|v| v.as_object())
-                .cloned()
-                .unwrap_or_default();
-            let cross_size = pipe.model().cfg.cross().map(|c| c.image_size);
-            let main_size = pipe.model().cfg.vision_config.image_size;
-            for (key, size) in [
-                ("pixel_values", Some(main_size)),
-                ("cross_pixel_values", cross_size),
-            ] {
-                let Some(size) = size else { continue };
-                let ours = preprocess::resize_bicubic(&rgb, size, size);
-                if let Some(f) = resized_files.get(key).and_then(|v| v.as_str()) {
-                    let reference = open_image(&dir.join(f))?.to_rgb8();
-                    let max = ours
-                        .as_raw()
-                        .iter()
-                        .zip(reference.as_raw())
-                        .map(|(a, b)| a.abs_diff(*b))
-                        .max()
-                        .unwrap_or(0);
-                    let same = ours
-                        .as_raw()
-                        .iter()
-                        .zip(reference.as_raw())
-                        .filter(|(a, b)| a == b)
-                        .count();
-                    rec.check(
-                        &format!("{key}_resize_{size}"),
-                        max <= 1 && ours.dimensions() == reference.dimensions(),
-                        format!(
-                            "max |Δu8| {max}, {same}/{} bytes identical",
-                            ours.as_raw().len()
-                        ),
-                    );
-                }
-                let px = preprocess::normalize(&ours, &Device::Cpu)?.flatten_all()?;
-                if let (Ok(idx), Ok(vals)) = (
-                    get(&vision, &format!("{key}_probe_index")),
-                    get(&vision, &format!("{key}_probe_values")),
-                ) {
-                    let got = px.index_select(&idx.to_dtype(DType::U32)?, 0)?;
-                    let max = (&got - vals)?.abs()?.max_all()?.to_scalar::<f32>()?;
-                    rec.check(
-                        &format!("{key}_probes"),
-                        max <= 1e-6,
-                        format!("max |Δ| {max:.1e} over {} probes", vals.dim(0)?),
-                    );
-                }
-            }
-            let pixels = preprocess::pixel_values(img, main_size, &device)?;
-            if let (Ok(idx), Ok(rows)) = (
-                get(&vision, "vit_output_rows_index"),
-                get(&vision, "vit_output_rows"),
-            ) {
-                let vit = pipe.model().vit_output(&pixels)?.squeeze(0)?;
-                let got = vit.index_select(&idx.to_dtype(DType::U32)?.to_device(&device)?, 0)?;
-                rec.close("vit_output_rows", rel_l2(&got, rows), vtol);
-            }
-            let embeds = pipe.model().encode_image(&pixels)?;
-            rec.close(
-                "vision_output",
-                rel_l2(&embeds.squeeze(0)?, get(&vision, "vision_output")?),
-                vtol,
-            );
-            if let (Some(size), Ok(reference)) = (cross_size, get(&vision, "cross_vision_output")) {
-                let px = preprocess::pixel_values(img, size, &device)?;
-                let enc = pipe.model().encode_cross(&px)?;
-                rec.close(
-                    "cross_vision_output",
-                    rel_l2(&enc.squeeze(0)?, reference),
-                    vtol,
-                );
-            }
-        }
-
-        // Prompt layout.
-        let req = ChatRequest {
-            image: image.clone(),
-            history: history.clone(),
-            query: query.clone(),
-            version: Some(version),
+    /// The case as a greedy chat request of `new_tokens` tokens.
+    fn request(&self, new_tokens: usize) -> ChatRequest {
+        ChatRequest {
+            image: self.image.clone(),
+            history: self.history.clone(),
+            query: self.query.clone(),
+            version: Some(self.version),
             sampling: Sampling {
-                max_new_tokens: Some(ids_field(case, "generated_ids")?.len()),
+                max_new_tokens: Some(new_tokens),
                 ..Sampling::greedy()
             },
-        };
-        let prepared = pipe.prepare(&req)?;
-        let input = &prepared.input;
-        rec.equal(
-            "input_ids",
-            &input.input_ids,
-            &u32s(get(&data, "input_ids")?)?,
-        );
-        let types: Vec<u32> = input.token_types.iter().map(|&t| t as u32).collect();
-        rec.equal(
-            "token_type_ids",
-            &types,
-            &u32s(get(&data, "token_type_ids")?)?,
-        );
-        rec.equal(
-            "position_ids",
-            &input.position_ids,
-            &u32s(get(&data, "position_ids")?)?,
-        );
-        let mask: Vec<u32> = vision_expert_mask(&input.token_types)
-            .iter()
-            .map(|&m| m as u32)
-            .collect();
-        rec.equal(
-            "vision_expert_mask",
-            &mask,
-            &u32s(get(&data, "vision_expert_mask")?)?,
-        );
-
-        // Full prompt forward: logits at every position and hidden states.
-        let generated = ids_field(case, "generated_ids")?;
-        let mut cache = pipe.new_cache(input.input_ids.len() + generated.len() + 1);
-        let mut hidden = Vec::new();
-        let out = pipe.model().prefill(
-            input,
-            prepared.image.as_ref(),
-            prepared.cross.as_ref(),
-            &mut cache,
-            true,
-            Some(&mut hidden),
-        )?;
-        let logits = out.logits.to_device(&Device::Cpu)?;
-        let l = logits.dim(0)?;
-        rec.close(
-            "logits_last",
-            rel_l2(&logits.i(l - 1)?, get(&data, "logits_last")?),
-            tol,
-        );
-        rec.close(
-            "logits_max",
-            rel_l2(
-                &logits.max_keepdim(1)?.squeeze(1)?,
-                get(&data, "logits_max")?,
-            ),
-            tol,
-        );
-        let lse = log_sum_exp_rows(&logits)?;
-        rec.close(
-            "logits_logsumexp",
-            rel_l2(&lse, get(&data, "logits_logsumexp")?),
-            tol,
-        );
-        let argmax: Vec<u32> = logits.argmax(1)?.to_vec1()?;
-        let want_argmax = u32s(get(&data, "logits_argmax")?)?;
-        let flips = argmax
-            .iter()
-            .zip(&want_argmax)
-            .filter(|(a, b)| a != b)
-            .count();
-        if exact {
-            rec.check(
-                "logits_argmax",
-                flips == 0,
-                format!("{flips}/{l} positions differ"),
-            );
-        } else {
-            // In bf16/f16 or quantized a flip is only acceptable between near-ties: the reference's choice must
-            // score within the near-tie gap of our maximum.
-            let idx = Tensor::new(want_argmax.as_slice(), &Device::Cpu)?.unsqueeze(1)?;
-            let at_ref: Vec<f32> = logits.gather(&idx, 1)?.squeeze(1)?.to_vec1()?;
-            let ours_max: Vec<f32> = logits.max_keepdim(1)?.squeeze(1)?.to_vec1()?;
-            // With the vision tower quantized the image positions' logits follow its (looser) output: only
-            // the text positions are judged.
-            let judged: Vec<bool> = mask.iter().map(|&m| !quant_vision || m == 0).collect();
-            let gaps: Vec<f32> = at_ref
-                .iter()
-                .zip(&ours_max)
-                .zip(&judged)
-                .map(|((r, m), &j)| if j { m - r } else { 0.0 })
-                .collect();
-            let hard = gaps.iter().filter(|&&g| g > tie).count();
-            let widest = gaps.iter().copied().fold(0f32, f32::max);
-            let scope = if quant_vision {
-                format!(
-                    " at the {} text positions",
-                    judged.iter().filter(|&&j| j).count()
-                )
-            } else {
-                String::new()
-            };
-            rec.check(
-                "logits_argmax",
-                hard == 0,
-                format!(
-                    "{flips}/{l} positions differ, {hard}{scope} by more than a near-tie ({tie}; widest {widest:.3})"
-                ),
-            );
         }
-        if let (Ok(rows_idx), Ok(rows)) =
-            (get(&data, "hidden_rows_index"), get(&data, "hidden_rows"))
-        {
-            let idx = rows_idx.to_dtype(DType::U32)?.to_device(&device)?;
-            let ours: Vec<Tensor> = hidden
-                .iter()
-                .map(|h| {
-                    h.squeeze(0)?
-                        .index_select(&idx.to_device(h.device())?, 0)?
-                        .to_device(&Device::Cpu)
-                })
-                .collect::<candle_core::Result<_>>()?;
-            let ours = Tensor::stack(&ours, 0)?;
-            rec.close("hidden_rows", rel_l2(&ours, rows), tol);
-        }
-
-        // Cached decoding, teacher-forced on the reference's tokens.
-        let top_idx = get(&data, "decode_topk_indices")?.to_dtype(DType::U32)?;
-        let top_val = get(&data, "decode_topk_values")?;
-        let want_pos = u32s(get(&data, "decode_position_ids")?)?;
-        let want_lse = get(&data, "decode_logsumexp")?;
-        let mut worst = 0f64;
-        let mut worst_lse = 0f64;
-        let mut positions = vec![*input.position_ids.last().unwrap_or(&0)];
-        let mut step_logits = logits.i(l - 1)?;
-        for s in 0..generated.len() {
-            if s > 0 {
-                step_logits = pipe
-                    .model()
-                    .step(generated[s - 1], &mut cache)?
-                    .to_device(&Device::Cpu)?;
-                positions.push(cache.last_position());
-            }
-            let got = step_logits.index_select(&top_idx.i(s)?, 0)?;
-            worst = worst.max(rel_l2(&got, &top_val.i(s)?)?);
-            let lse = log_sum_exp_rows(&step_logits.unsqueeze(0)?)?;
-            worst_lse = worst_lse.max(rel_l2(&lse, &want_lse.i(s..s + 1)?)?);
-        }
-        rec.equal("decode_position_ids", &positions, &want_pos);
-        rec.close("decode_topk_logits", Ok(worst), tol);
-        rec.close("decode_logsumexp", Ok(worst_lse), tol);
-
-        // Free-running greedy generation through the real pipeline, from a fresh cache.
-        pipe.forget_image();
-        let stats = pipe.generate_with(&req, true, &mut |_| true)?;
-        let margins = get(&data, "decode_margin")?.to_vec1::<f32>()?;
-        let same_tokens = |rec: &mut Recorder, name: &str, got: &[u32]| {
-            if exact {
-                rec.equal(name, got, &generated);
-                return;
-            }
-            let first = got.iter().zip(&generated).position(|(a, b)| a != b);
-            let ok = first.is_none_or(|i| margins.get(i).is_some_and(|&m| m < tie));
-            rec.check(
-                name,
-                ok,
-                match first {
-                    None => "identical".to_string(),
-                    Some(i) => format!(
-                        "first differs at step {i} where the reference's top-2 gap is {:.3}",
-                        margins.get(i).copied().unwrap_or(f32::NAN)
-                    ),
-                },
-            );
-        };
-        same_tokens(rec, "greedy_ids", &stats.generated_ids);
-
-        // The same answer asked as a follow-up: the earlier turns run first (as a user would have asked them),
-        // and the final question continues from their cache instead of running the image and history again.
-        if !history.is_empty() {
-            pipe.forget_image();
-            for t in 0..history.len() {
-                let mut turn = req.clone();
-                turn.history = history[..t].to_vec();
-                turn.query = history[t].0.clone();
-                turn.sampling.max_new_tokens = Some(4);
-                pipe.generate_with(&turn, true, &mut |_| true)?;
-            }
-            let follow = pipe.generate_with(&req, true, &mut |_| true)?;
-            let image_end = input.image_span.as_ref().map_or(1, |s| s.end);
-            rec.check(
-                "follow_up_reuse",
-                follow.reused_tokens >= image_end,
-                format!(
-                    "{} of {} prompt tokens reused from the earlier turns",
-                    follow.reused_tokens, follow.prompt_tokens
-                ),
-            );
-            same_tokens(rec, "follow_up_greedy_ids", &follow.generated_ids);
-        }
-        if exact {
-            let want = str_field(case, "generated_text_skip_special")?;
-            rec.check(
-                "greedy_text",
-                stats.text == want,
-                format!("{:?}", stats.text),
-            );
-        }
-        Ok(())
     }
+}
+
+/// Prompt text and ids.
+fn check_prompt_text(pipe: &Pipeline, case: &Value, c: &Case, rec: &mut Recorder) -> anyhow::Result<()> {
+    let text = prompt_text(pipe.model().kind(), c.version, &c.history, &c.query);
+    let want_text = str_field(case, "prompt_text")?;
+    rec.check("prompt_text", text == want_text, format!("{text:?}"));
+    rec.equal(
+        "prompt_text_ids",
+        &pipe.encode_text(&text)?,
+        &ids_field(case, "prompt_text_ids")?,
+    );
+    Ok(())
+}
+
+/// Pixels and vision towers: the resize against Pillow's, pixel probes, the towers' outputs.
+fn check_vision(
+    pipe: &Pipeline,
+    case: &Value,
+    dir: &Path,
+    img: &image::DynamicImage,
+    vision: &HashMap<String, Tensor>,
+    vtol: f64,
+    rec: &mut Recorder,
+) -> anyhow::Result<()> {
+    let device = pipe.model().device().clone();
+    let rgb = preprocess::to_rgb(img);
+    let resized_files = case
+        .get("resized_image_files")
+        .and_then(|v| v.as_object())
+        .cloned()
+        .unwrap_or_default();
+    let cross_size = pipe.model().cfg.cross().map(|c| c.image_size);
+    let main_size = pipe.model().cfg.vision_config.image_size;
+    for (key, size) in [
+        ("pixel_values", Some(main_size)),
+        ("cross_pixel_values", cross_size),
+    ] {
+        let Some(size) = size else { continue };
+        let ours = preprocess::resize_bicubic(&rgb, size, size);
+        if let Some(f) = resized_files.get(key).and_then(|v| v.as_str()) {
+            check_resize(&ours, &open_image(&dir.join(f))?.to_rgb8(), &format!("{key}_resize_{size}"), rec);
+        }
+        let px = preprocess::normalize(&ours, &Device::Cpu)?.flatten_all()?;
+        if let (Ok(idx), Ok(vals)) = (
+            get(vision, &format!("{key}_probe_index")),
+            get(vision, &format!("{key}_probe_values")),
+        ) {
+            let got = px.index_select(&idx.to_dtype(DType::U32)?, 0)?;
+            let max = (&got - vals)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            rec.check(
+                &format!("{key}_probes"),
+                max <= 1e-6,
+                format!("max |Δ| {max:.1e} over {} probes", vals.dim(0)?),
+            );
+        }
+    }
+    let pixels = preprocess::pixel_values(img, main_size, &device)?;
+    if let (Ok(idx), Ok(rows)) = (
+        get(vision, "vit_output_rows_index"),
+        get(vision, "vit_output_rows"),
+    ) {
+        let vit = pipe.model().vit_output(&pixels)?.squeeze(0)?;
+        let got = vit.index_select(&idx.to_dtype(DType::U32)?.to_device(&device)?, 0)?;
+        rec.close("vit_output_rows", rel_l2(&got, rows), vtol);
+    }
+    let embeds = pipe.model().encode_image(&pixels)?;
+    rec.close(
+        "vision_output",
+        rel_l2(&embeds.squeeze(0)?, get(vision, "vision_output")?),
+        vtol,
+    );
+    if let (Some(size), Ok(reference)) = (cross_size, get(vision, "cross_vision_output")) {
+        let px = preprocess::pixel_values(img, size, &device)?;
+        let enc = pipe.model().encode_cross(&px)?;
+        rec.close(
+            "cross_vision_output",
+            rel_l2(&enc.squeeze(0)?, reference),
+            vtol,
+        );
+    }
+    Ok(())
+}
+
+/// Our bicubic resize against Pillow's: at most 1 apart in any byte.
+fn check_resize(ours: &image::RgbImage, reference: &image::RgbImage, name: &str, rec: &mut Recorder) {
+    let pairs = || ours.as_raw().iter().zip(reference.as_raw());
+    let max = pairs().map(|(a, b)| a.abs_diff(*b)).max().unwrap_or(0);
+    let same = pairs().filter(|(a, b)| a == b).count();
+    rec.check(
+        name,
+        max <= 1 && ours.dimensions() == reference.dimensions(),
+        format!(
+            "max |Δu8| {max}, {same}/{} bytes identical",
+            ours.as_raw().len()
+        ),
+    );
+}
+
+/// Prompt layout: ids, token types, positions and the vision-expert mask (returned for the argmax check).
+fn check_layout(
+    input: &PromptInput,
+    data: &HashMap<String, Tensor>,
+    rec: &mut Recorder,
+) -> anyhow::Result<Vec<u32>> {
+    rec.equal("input_ids", &input.input_ids, &u32s(get(data, "input_ids")?)?);
+    let types: Vec<u32> = input.token_types.iter().map(|&t| t as u32).collect();
+    rec.equal("token_type_ids", &types, &u32s(get(data, "token_type_ids")?)?);
+    rec.equal("position_ids", &input.position_ids, &u32s(get(data, "position_ids")?)?);
+    let mask: Vec<u32> = vision_expert_mask(&input.token_types)
+        .iter()
+        .map(|&m| m as u32)
+        .collect();
+    rec.equal("vision_expert_mask", &mask, &u32s(get(data, "vision_expert_mask")?)?);
+    Ok(mask)
+}
+
+/// Full prompt forward: logits at every position and hidden states. Returns the logits (on the CPU) and the
+/// cache, with room for `new_tokens` more.
+fn check_prefill(
+    pipe: &Pipeline,
+    prepared: &Prepared,
+    data: &HashMap<String, Tensor>,
+    mask: &[u32],
+    new_tokens: usize,
+    judge: &Judging,
+    rec: &mut Recorder,
+) -> anyhow::Result<(Tensor, Cache)> {
+    let input = &prepared.input;
+    let tol = judge.tol;
+    let mut cache = pipe.new_cache(input.input_ids.len() + new_tokens + 1);
+    let mut hidden = Vec::new();
+    let out = pipe.model().prefill(
+        input,
+        prepared.image.as_ref(),
+        prepared.cross.as_ref(),
+        &mut cache,
+        true,
+        Some(&mut hidden),
+    )?;
+    let logits = out.logits.to_device(&Device::Cpu)?;
+    let l = logits.dim(0)?;
+    rec.close(
+        "logits_last",
+        rel_l2(&logits.i(l - 1)?, get(data, "logits_last")?),
+        tol,
+    );
+    rec.close(
+        "logits_max",
+        rel_l2(&logits.max_keepdim(1)?.squeeze(1)?, get(data, "logits_max")?),
+        tol,
+    );
+    let lse = log_sum_exp_rows(&logits)?;
+    rec.close(
+        "logits_logsumexp",
+        rel_l2(&lse, get(data, "logits_logsumexp")?),
+        tol,
+    );
+    check_argmax(&logits, &u32s(get(data, "logits_argmax")?)?, mask, judge, rec)?;
+    if let (Ok(rows_idx), Ok(rows)) = (get(data, "hidden_rows_index"), get(data, "hidden_rows")) {
+        let idx = rows_idx.to_dtype(DType::U32)?;
+        let ours: Vec<Tensor> = hidden
+            .iter()
+            .map(|h| {
+                h.squeeze(0)?
+                    .index_select(&idx.to_device(h.device())?, 0)?
+                    .to_device(&Device::Cpu)
+            })
+            .collect::<candle_core::Result<_>>()?;
+        let ours = Tensor::stack(&ours, 0)?;
+        rec.close("hidden_rows", rel_l2(&ours, rows), tol);
+    }
+    Ok((logits, cache))
+}
+
+/// Every position's argmax: equal in f32; in bf16/f16 or quantized a flip is only acceptable between near-ties
+/// (the reference's choice must score within the near-tie gap of our maximum).
+fn check_argmax(
+    logits: &Tensor,
+    want_argmax: &[u32],
+    mask: &[u32],
+    judge: &Judging,
+    rec: &mut Recorder,
+) -> anyhow::Result<()> {
+    let l = logits.dim(0)?;
+    let argmax: Vec<u32> = logits.argmax(1)?.to_vec1()?;
+    let flips = argmax
+        .iter()
+        .zip(want_argmax)
+        .filter(|(a, b)| a != b)
+        .count();
+    if judge.exact {
+        rec.check(
+            "logits_argmax",
+            flips == 0,
+            format!("{flips}/{l} positions differ"),
+        );
+        return Ok(());
+    }
+    let (tie, quant_vision) = (judge.tie, judge.quant_vision);
+    let idx = Tensor::new(want_argmax, &Device::Cpu)?.unsqueeze(1)?;
+    let at_ref: Vec<f32> = logits.gather(&idx, 1)?.squeeze(1)?.to_vec1()?;
+    let ours_max: Vec<f32> = logits.max_keepdim(1)?.squeeze(1)?.to_vec1()?;
+    // With the vision tower quantized the image positions' logits follow its (looser) output: only
+    // the text positions are judged.
+    let judged: Vec<bool> = mask.iter().map(|&m| !quant_vision || m == 0).collect();
+    let gaps: Vec<f32> = at_ref
+        .iter()
+        .zip(&ours_max)
+        .zip(&judged)
+        .map(|((r, m), &j)| if j { m - r } else { 0.0 })
+        .collect();
+    let hard = gaps.iter().filter(|&&g| g > tie).count();
+    let widest = gaps.iter().copied().fold(0f32, f32::max);
+    let scope = if quant_vision {
+        format!(
+            " at the {} text positions",
+            judged.iter().filter(|&&j| j).count()
+        )
+    } else {
+        String::new()
+    };
+    rec.check(
+        "logits_argmax",
+        hard == 0,
+        format!(
+            "{flips}/{l} positions differ, {hard}{scope} by more than a near-tie ({tie}; widest {widest:.3})"
+        ),
+    );
+    Ok(())
+}
+
+/// Cached decoding, teacher-forced on the reference's tokens.
+#[allow(clippy::too_many_arguments)]
+fn check_decode(
+    pipe: &Pipeline,
+    input: &PromptInput,
+    logits: &Tensor,
+    mut cache: Cache,
+    generated: &[u32],
+    data: &HashMap<String, Tensor>,
+    tol: f64,
+    rec: &mut Recorder,
+) -> anyhow::Result<()> {
+    let top_idx = get(data, "decode_topk_indices")?.to_dtype(DType::U32)?;
+    let top_val = get(data, "decode_topk_values")?;
+    let want_pos = u32s(get(data, "decode_position_ids")?)?;
+    let want_lse = get(data, "decode_logsumexp")?;
+    let mut worst = 0f64;
+    let mut worst_lse = 0f64;
+    let mut positions = vec![*input.position_ids.last().unwrap_or(&0)];
+    let mut step_logits = logits.i(logits.dim(0)? - 1)?;
+    for s in 0..generated.len() {
+        if s > 0 {
+            step_logits = pipe
+                .model()
+                .step(generated[s - 1], &mut cache)?
+                .to_device(&Device::Cpu)?;
+            positions.push(cache.last_position());
+        }
+        let got = step_logits.index_select(&top_idx.i(s)?, 0)?;
+        worst = worst.max(rel_l2(&got, &top_val.i(s)?)?);
+        let lse = log_sum_exp_rows(&step_logits.unsqueeze(0)?)?;
+        worst_lse = worst_lse.max(rel_l2(&lse, &want_lse.i(s..s + 1)?)?);
+    }
+    rec.equal("decode_position_ids", &positions, &want_pos);
+    rec.close("decode_topk_logits", Ok(worst), tol);
+    rec.close("decode_logsumexp", Ok(worst_lse), tol);
+    Ok(())
+}
+
+/// What the free-running checks compare against.
+struct Generation<'a> {
+    req: &'a ChatRequest,
+    input: &'a PromptInput,
+    /// The reference's greedy tokens and, per step, its top-2 gap.
+    generated: &'a [u32],
+    margins: Vec<f32>,
+    judge: &'a Judging,
+}
+
+impl Generation<'_> {
+    /// Our tokens against the reference's: equal in f32, else equal up to the first near-tie.
+    fn same_tokens(&self, rec: &mut Recorder, name: &str, got: &[u32]) {
+        if self.judge.exact {
+            rec.equal(name, got, self.generated);
+            return;
+        }
+        let first = got.iter().zip(self.generated).position(|(a, b)| a != b);
+        let ok = first.is_none_or(|i| self.margins.get(i).is_some_and(|&m| m < self.judge.tie));
+        rec.check(
+            name,
+            ok,
+            match first {
+                None => "identical".to_string(),
+                Some(i) => format!(
+                    "first differs at step {i} where the reference's top-2 gap is {:.3}",
+                    self.margins.get(i).copied().unwrap_or(f32::NAN)
+                ),
+            },
+        );
+    }
+}
+
+/// Free-running greedy generation through the real pipeline, from a fresh cache; then the same answer asked
+/// as a follow-up (the earlier turns run first, as a user would have asked them, and the final question
+/// continues from their cache instead of running the image and history again).
+fn check_generation(
+    pipe: &mut Pipeline,
+    case: &Value,
+    g: &Generation,
+    rec: &mut Recorder,
+) -> anyhow::Result<()> {
+    let req = g.req;
+    pipe.forget_image();
+    let answer = pipe.generate_with(req, true, &mut |_| true)?;
+    g.same_tokens(rec, "greedy_ids", &answer.generated_ids);
+    let history = &req.history;
+    if !history.is_empty() {
+        pipe.forget_image();
+        for t in 0..history.len() {
+            let mut turn = req.clone();
+            turn.history = history[..t].to_vec();
+            turn.query = history[t].0.clone();
+            turn.sampling.max_new_tokens = Some(4);
+            pipe.generate_with(&turn, true, &mut |_| true)?;
+        }
+        let follow = pipe.generate_with(req, true, &mut |_| true)?;
+        let image_end = g.input.image_span.as_ref().map_or(1, |s| s.end);
+        rec.check(
+            "follow_up_reuse",
+            follow.reused_tokens >= image_end,
+            format!(
+                "{} of {} prompt tokens reused from the earlier turns",
+                follow.reused_tokens, follow.prompt_tokens
+            ),
+        );
+        g.same_tokens(rec, "follow_up_greedy_ids", &follow.generated_ids);
+    }
+    if g.judge.exact {
+        let want = str_field(case, "generated_text_skip_special")?;
+        rec.check(
+            "greedy_text",
+            answer.text == want,
+            format!("{:?}", answer.text),
+        );
+    }
+    Ok(())
 }
 
 fn dtype_name(d: DType) -> &'static str {
