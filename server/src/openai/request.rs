@@ -18,7 +18,7 @@ pub struct ChatCompletionRequest {
     pub messages: Vec<Message>,
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
-    /// Not OpenAI, but the seed's server and vLLM accept it.
+    /// Not OpenAI, but THUDM's demo server and vLLM accept it.
     pub top_k: Option<usize>,
     pub max_tokens: Option<usize>,
     /// The newer name of `max_tokens`.

@@ -24,7 +24,7 @@ use crate::pipeline::{
     ChatRequest, LoadOptions, Pipeline, PlacementRequest, Quant, Sampling,
 };
 
-/// Named full-size configurations (the real checkpoints' shapes, spec §1).
+/// Named full-size configurations (the shapes of THUDM's released checkpoints).
 pub fn named_config(name: &str) -> anyhow::Result<Config> {
     Ok(serde_json::from_value(named_config_json(name)?)?)
 }

@@ -29,7 +29,7 @@ impl std::fmt::Display for Check {
     }
 }
 
-/// Tolerances: the rel-L2 ≤ 1e-4 in f32; 2e-2 against the f32 reference in bf16/f16.
+/// Tolerances: rel-L2 ≤ 1e-4 in f32; 2e-2 against the f32 reference in bf16/f16.
 pub fn rel_tolerance(dtype: DType) -> f64 {
     if dtype == DType::F32 {
         1e-4
