@@ -7,7 +7,7 @@
 //! client only as "connection failed"); every stream ends with a final event (`Done`, `Error`,
 //! `Loaded`) because the client always sees a close error after the last item.
 
-use crate::protocol::{ClientMsg, ErrorKind, Event, ModelsState};
+use crate::protocol::{ClientMsg, Event, ModelsState};
 use leptos::prelude::*;
 use leptos::server_fn::{codec::JsonEncoding, BoxedStream, Websocket};
 
@@ -15,6 +15,12 @@ use leptos::server_fn::{codec::JsonEncoding, BoxedStream, Websocket};
 fn backend() -> Result<crate::backend::BackendContext, String> {
     use_context::<crate::backend::BackendContext>()
         .ok_or_else(|| "the server has no model engine (not started with `cogvlm serve`?)".into())
+}
+
+/// The error for a websocket frame that is not a message of this call.
+#[cfg(feature = "ssr")]
+fn bad_frame(e: &ServerFnError) -> String {
+    format!("bad request: the message is not a valid request ({e})")
 }
 
 /// The checkpoints in the models folder and the loaded one.
@@ -54,7 +60,7 @@ pub async fn load_model(
         let backend = match backend {
             Ok(b) => b,
             Err(message) => {
-                let _ = tx.send(Ok(Event::error(ErrorKind::Internal, message))).await;
+                let _ = tx.send(Ok(Event::error(crate::protocol::ErrorKind::Internal, message))).await;
                 return;
             }
         };
@@ -62,7 +68,7 @@ pub async fn load_model(
             Some(Ok(name)) => name,
             Some(Err(e)) => {
                 let message = bad_frame(&e);
-                let _ = tx.send(Ok(Event::error(ErrorKind::BadInput, message))).await;
+                let _ = tx.send(Ok(Event::error(crate::protocol::ErrorKind::BadInput, message))).await;
                 return;
             }
             None => return,
