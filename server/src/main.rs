@@ -215,34 +215,7 @@ fn main() {
         },
     };
     let result = match command {
-        Command::Serve(s) => s.backend.remote(s.model).and_then(|remote| {
-            cogvlm::web::serve(cogvlm::web::ServeArgs {
-                host: s.host,
-                port: s.port,
-                models_dir: s.models_dir,
-                device: s.dev.device,
-                dtype: s.dev.dtype,
-                quant: s.dev.quant,
-                quant_vision: s.dev.quant_vision,
-                placement: s.dev.place.request(),
-                share: s.share,
-                token: s.token,
-                limits: cogvlm::engine::Limits {
-                    max_upload_bytes: (s.max_upload_mb * 1e6) as usize,
-                    max_pixels: (s.max_megapixels * 1e6) as u64,
-                    ..Default::default()
-                },
-                fairness: cogvlm::engine::Fairness {
-                    max_queue: s.max_queue,
-                    per_client: s.max_per_client,
-                    rate_limit: s.rate_per_minute.is_some() || s.rate_burst.is_some(),
-                    per_minute: s.rate_per_minute.unwrap_or(60),
-                    burst: s.rate_burst.unwrap_or(20),
-                },
-                max_batch: s.max_batch.map(|n| n as usize),
-                remote,
-            })
-        }),
+        Command::Serve(s) => serve(s),
         Command::Parity {
             fixtures,
             case,
@@ -337,6 +310,37 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// `cogvlm serve`: the flags as the web server's options.
+fn serve(s: ServeCmd) -> anyhow::Result<()> {
+    let remote = s.backend.remote(s.model)?;
+    cogvlm::web::serve(cogvlm::web::ServeArgs {
+        host: s.host,
+        port: s.port,
+        models_dir: s.models_dir,
+        device: s.dev.device,
+        dtype: s.dev.dtype,
+        quant: s.dev.quant,
+        quant_vision: s.dev.quant_vision,
+        placement: s.dev.place.request(),
+        share: s.share,
+        token: s.token,
+        limits: cogvlm::engine::Limits {
+            max_upload_bytes: (s.max_upload_mb * 1e6) as usize,
+            max_pixels: (s.max_megapixels * 1e6) as u64,
+            ..Default::default()
+        },
+        fairness: cogvlm::engine::Fairness {
+            max_queue: s.max_queue,
+            per_client: s.max_per_client,
+            rate_limit: s.rate_per_minute.is_some() || s.rate_burst.is_some(),
+            per_minute: s.rate_per_minute.unwrap_or(60),
+            burst: s.rate_burst.unwrap_or(20),
+        },
+        max_batch: s.max_batch.map(|n| n as usize),
+        remote,
+    })
 }
 
 fn parity(
