@@ -200,7 +200,7 @@ pub async fn read_answer(ws: &mut Ws) -> Answer {
                 answer.stats = Some(stats);
                 break;
             }
-            Ok(Event::Error { message }) => {
+            Ok(Event::Error { message, .. }) => {
                 answer.error = Some(message);
                 break;
             }
