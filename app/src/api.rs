@@ -60,7 +60,12 @@ pub async fn load_model(
         let backend = match backend {
             Ok(b) => b,
             Err(message) => {
-                let _ = tx.send(Ok(Event::error(crate::protocol::ErrorKind::Internal, message))).await;
+                let _ = tx
+                    .send(Ok(Event::error(
+                        crate::protocol::ErrorKind::Internal,
+                        message,
+                    )))
+                    .await;
                 return;
             }
         };
@@ -68,7 +73,12 @@ pub async fn load_model(
             Some(Ok(name)) => name,
             Some(Err(e)) => {
                 let message = bad_frame(&e);
-                let _ = tx.send(Ok(Event::error(crate::protocol::ErrorKind::BadInput, message))).await;
+                let _ = tx
+                    .send(Ok(Event::error(
+                        crate::protocol::ErrorKind::BadInput,
+                        message,
+                    )))
+                    .await;
                 return;
             }
             None => return,

@@ -203,11 +203,9 @@ mod tests {
             out.contains("user> model> answer to what?\nuser> model> \nuser> "),
             "{out}"
         );
-        assert!(
-            err.contains(
-                "[10 prompt tokens · TTFT 12 ms · 3 tokens at 100.0 tok/s · stop: end of answer]"
-            )
-        );
+        assert!(err.contains(
+            "[10 prompt tokens · TTFT 12 ms · 3 tokens at 100.0 tok/s · stop: end of answer]"
+        ));
         assert!(err.contains("[10 prompt tokens (5 cached) · TTFT"), "{err}");
         assert!(err.contains("error: boom") && err.contains("cannot open image missing.png"));
         Ok(())
@@ -225,7 +223,11 @@ mod tests {
             let argv = ["chat", "--temperature", "0.7"].iter().chain(args);
             Cli::parse_from(argv).s.sampling().unwrap()
         };
-        let (absent, zero, one) = (parse(&[]), parse(&["--top-k", "0"]), parse(&["--top-k", "1"]));
+        let (absent, zero, one) = (
+            parse(&[]),
+            parse(&["--top-k", "0"]),
+            parse(&["--top-k", "1"]),
+        );
         assert_eq!((absent.top_k_limit(), zero.top_k_limit()), (None, None));
         assert!(!absent.is_greedy() && !zero.is_greedy() && one.is_greedy());
         // Out of range: the same rule set as everywhere.

@@ -5,9 +5,9 @@
 
 mod common;
 
-use protocol::{Event, GenerateRequest, PromptVersion, StopReason};
 use cogvlm::engine::{bundled_models_dir, EngineHandle, EngineOptions, Registry, Ticket};
 use common::{greedy, image};
+use protocol::{Event, GenerateRequest, PromptVersion, StopReason};
 use std::time::{Duration, Instant};
 
 fn engine(checkpoint: &str, max_batch: usize) -> EngineHandle {

@@ -63,11 +63,7 @@ fn caches_are_continued_only_by_their_client() {
 
 /// Client a asks `first` (starting afresh); then the follow-up `next` is asked by client b, then by client a.
 /// Returns (a's follow-up, b's follow-up).
-fn follow_up_as_both(
-    pipe: &mut Pipeline,
-    first: &ChatRequest,
-    next: &str,
-) -> (Answer, Answer) {
+fn follow_up_as_both(pipe: &mut Pipeline, first: &ChatRequest, next: &str) -> (Answer, Answer) {
     let answer = pipe.generate_for("client:a", first, &mut |_| true).unwrap();
     assert_eq!(answer.reused_tokens, 0);
     let follow_up = ChatRequest {

@@ -3,11 +3,11 @@
 
 mod common;
 
-use protocol::{ClientMsg, GenerateRequest};
 use cogvlm::engine::EngineOptions;
 use cogvlm::web::access::Access;
 use common::*;
 use futures::SinkExt;
+use protocol::{ClientMsg, GenerateRequest};
 use std::io::Cursor;
 use tokio_tungstenite::tungstenite::Message;
 

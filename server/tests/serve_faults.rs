@@ -4,11 +4,11 @@
 
 mod common;
 
-use protocol::Event;
 use cogvlm::engine::{EngineOptions, Fairness};
 use cogvlm::web::access::Access;
 use common::*;
 use futures::SinkExt;
+use protocol::Event;
 use std::time::{Duration, Instant};
 
 /// A question that keeps the worker busy for seconds (up to the context length).

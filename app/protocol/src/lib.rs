@@ -55,11 +55,14 @@ impl fmt::Display for PromptVersion {
 impl FromStr for PromptVersion {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| {
-            Error::bad_input(format!(
-                "unknown prompt version {s:?} (expected chat, chat_old, base or vqa)"
-            ))
-        })
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| {
+                Error::bad_input(format!(
+                    "unknown prompt version {s:?} (expected chat, chat_old, base or vqa)"
+                ))
+            })
     }
 }
 
@@ -202,7 +205,10 @@ impl Sampling {
             );
         }
         if !(self.top_p.is_finite() && self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad("top_p", format!("top_p must be in (0, 1], not {:?}", self.top_p));
+            return bad(
+                "top_p",
+                format!("top_p must be in (0, 1], not {:?}", self.top_p),
+            );
         }
         if self.max_length == 0 {
             return bad("max_length", "max_length must be at least 1".into());

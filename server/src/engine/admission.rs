@@ -95,11 +95,14 @@ impl Admission {
             .lock()
             .map_err(|_| Error::internal("the server is in a bad state; restart it"))?;
         if state.pending >= rules.max_queue {
-            return Err(Error::new(ErrorKind::Busy, format!(
-                "the server is busy: {} requests are waiting or running (the limit is {}); \
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!(
+                    "the server is busy: {} requests are waiting or running (the limit is {}); \
                  try again in a minute",
-                state.pending, rules.max_queue
-            )));
+                    state.pending, rules.max_queue
+                ),
+            ));
         }
         let now = Instant::now();
         if state.clients.len() > 4096 {
@@ -120,11 +123,14 @@ impl Admission {
                 refilled: now,
             });
         if c.active >= rules.per_client {
-            return Err(Error::new(ErrorKind::RateLimited, format!(
-                "too many requests at once: you already have {} questions being answered or \
+            return Err(Error::new(
+                ErrorKind::RateLimited,
+                format!(
+                    "too many requests at once: you already have {} questions being answered or \
                  waiting (the limit is {}); wait for an answer before asking more",
-                c.active, rules.per_client
-            )));
+                    c.active, rules.per_client
+                ),
+            ));
         }
         if !rules.rate_limit {
             c.active += 1;

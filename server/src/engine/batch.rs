@@ -10,8 +10,8 @@
 //! then its sequence sits out the decode steps until it reads again; the others go on.
 
 use super::admission::Slot;
-use super::queue::Waiting;
 use super::command::{cancelled_done, Command};
+use super::queue::Waiting;
 use super::worker::{classify, panic_message, to_chat_request, Worker};
 use crate::pipeline::Sequence;
 use protocol::{Error, ErrorKind, Event};

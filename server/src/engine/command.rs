@@ -33,7 +33,6 @@ pub enum Command {
     Shutdown,
 }
 
-
 pub(crate) fn shutting_down() -> Event {
     Event::error(ErrorKind::ShuttingDown, "the server is shutting down")
 }

@@ -229,9 +229,21 @@ mod tests {
             },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
-            assert!(check_request(&GenerateRequest { sampling: bad, ..request(&png(3, 2)) }, &Limits::default()).is_err());
+            assert!(check_request(
+                &GenerateRequest {
+                    sampling: bad,
+                    ..request(&png(3, 2))
+                },
+                &Limits::default()
+            )
+            .is_err());
         }
         // 0 is "no top-k", as an absent value.
-        assert!(Sampling { top_k: Some(0), ..ok.clone() }.validate().is_ok());
+        assert!(Sampling {
+            top_k: Some(0),
+            ..ok.clone()
+        }
+        .validate()
+        .is_ok());
     }
 }

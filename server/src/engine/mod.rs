@@ -10,7 +10,7 @@ pub mod registry;
 pub mod worker;
 
 pub use admission::Fairness;
-pub use limits::Limits;
-pub use registry::{bundled_models_dir, Entry, Registry};
 pub use command::Command;
 pub use handle::{default_max_batch, Canceller, EngineHandle, EngineOptions, Ticket};
+pub use limits::Limits;
+pub use registry::{bundled_models_dir, Entry, Registry};

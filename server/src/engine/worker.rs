@@ -38,8 +38,6 @@ pub(crate) struct Shared {
     pub(crate) plan: (Option<String>, Option<String>),
 }
 
-
-
 /// The worker thread's state.
 pub(crate) struct Worker {
     pub(crate) rx: std_mpsc::Receiver<Command>,

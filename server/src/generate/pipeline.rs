@@ -18,7 +18,6 @@ use crate::model::placement::{self, DeviceInfo, Placement, Plan, Sizes};
 pub use crate::model::placement::{GpuLayers, PlacementRequest};
 use crate::model::preprocess;
 use crate::model::prompt::{prompt_text, PromptInput};
-pub use protocol::{CheckpointInfo, ModelKind, PromptVersion, Stats, StopReason};
 pub use crate::model::quant::Quant;
 use crate::model::quant::Quantizer;
 use crate::model::weights::{Checkpoint, ProgressBackend};
@@ -26,6 +25,7 @@ use crate::model::{Cache, CogVlm};
 use crate::sampling::Sampler;
 pub use crate::sampling::Sampling;
 use crate::text_stream::TextStream;
+pub use protocol::{CheckpointInfo, ModelKind, PromptVersion, Stats, StopReason};
 
 /// The checkpoint's default prompt version: the README's "which --version" table by checkpoint name, then
 /// `template_version` from config.json, then `chat`.

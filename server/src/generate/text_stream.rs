@@ -87,7 +87,10 @@ mod tests {
     use std::time::Instant;
 
     fn tokenizer() -> Arc<Tokenizer> {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tokenizer/tokenizer.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/tokenizer/tokenizer.json"
+        );
         Arc::new(Tokenizer::from_file(path).expect("the bundled tokenizer"))
     }
 
@@ -150,7 +153,10 @@ mod tests {
     #[test]
     fn work_per_token_is_constant() {
         let tok = tokenizer();
-        let sentence = encode(&tok, "The quick brown fox jumps over the lazy dog, then naps. ");
+        let sentence = encode(
+            &tok,
+            "The quick brown fox jumps over the lazy dog, then naps. ",
+        );
         let ids: Vec<u32> = sentence.iter().copied().cycle().take(4000).collect();
         // Seconds for each thousand tokens of one 4000-token answer; the best of three runs, against noise.
         let mut best = [f64::INFINITY; 4];

@@ -138,9 +138,18 @@ mod tests {
             StatusCode::BAD_REQUEST
         );
         for refusal in [
-            (ErrorKind::Busy, "the server is busy: 9 requests are waiting or running"),
-            (ErrorKind::RateLimited, "too many requests: at most 60 a minute"),
-            (ErrorKind::RateLimited, "you already have a question being answered or waiting"),
+            (
+                ErrorKind::Busy,
+                "the server is busy: 9 requests are waiting or running",
+            ),
+            (
+                ErrorKind::RateLimited,
+                "too many requests: at most 60 a minute",
+            ),
+            (
+                ErrorKind::RateLimited,
+                "you already have a question being answered or waiting",
+            ),
         ] {
             assert_eq!(status(refusal.0, refusal.1), StatusCode::TOO_MANY_REQUESTS);
         }

@@ -6,8 +6,8 @@
 //! image of the conversation is the one the model sees (one image per conversation).
 
 use super::error::ApiError;
-use protocol::{GenerateRequest, ImageData, Sampling};
 use base64::Engine as _;
+use protocol::{GenerateRequest, ImageData, Sampling};
 use serde::Deserialize;
 
 /// The request fields we read; others (`logprobs`, `user`, …) are ignored as OpenAI does for
@@ -134,7 +134,9 @@ impl ChatCompletionRequest {
             seed: self.seed,
         };
         sampling.validate().map_err(|e| match e.field {
-            "max_new_tokens" => ApiError::invalid("max_tokens must be at least 1", Some("max_tokens")),
+            "max_new_tokens" => {
+                ApiError::invalid("max_tokens must be at least 1", Some("max_tokens"))
+            }
             field => ApiError::invalid(e.message, Some(field)),
         })?;
         Ok(sampling)
@@ -457,7 +459,9 @@ mod tests {
         let sampling = |extra: serde_json::Value| {
             let mut body = serde_json::json!({"model": "m", "temperature": 0.7,
                 "messages": [{"role": "user", "content": "q"}]});
-            body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
             req(body).prepare().unwrap().generate.sampling
         };
         let absent = sampling(serde_json::json!({}));

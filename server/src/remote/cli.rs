@@ -4,8 +4,8 @@ use super::{BackendArgs, RemoteBackend, RemoteConfig};
 use crate::terminal::{converse, Reply};
 use anyhow::{Context, Result};
 use app::backend::Backend;
-use protocol::{Event, GenerateRequest, ImageData, Sampling};
 use base64::Engine as _;
+use protocol::{Event, GenerateRequest, ImageData, Sampling};
 use std::path::PathBuf;
 
 pub use crate::terminal::Io;

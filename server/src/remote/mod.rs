@@ -386,7 +386,9 @@ impl Call {
                     return Ok(stop);
                 }
                 let v: Value = serde_json::from_str(&data).map_err(|e| {
-                    upstream(format!("the remote endpoint sent a bad chunk ({e}): {data}"))
+                    upstream(format!(
+                        "the remote endpoint sent a bad chunk ({e}): {data}"
+                    ))
                 })?;
                 if v.get("error").is_some() {
                     return Err(upstream(format!(

@@ -341,16 +341,49 @@ impl Runner {
         let c = Case::read(case, &dir)?;
         let pipe = self.pipeline(&c.model_dir)?;
         check_prompt_text(pipe, case, &c, rec)?;
-        if let (Some(img), Some(vfile)) = (&c.image, case.get("vision_file").and_then(|v| v.as_str())) {
-            check_vision(pipe, case, &dir, img, &load_st(&dir.join(vfile))?, judge.vtol, rec)?;
+        if let (Some(img), Some(vfile)) =
+            (&c.image, case.get("vision_file").and_then(|v| v.as_str()))
+        {
+            check_vision(
+                pipe,
+                case,
+                &dir,
+                img,
+                &load_st(&dir.join(vfile))?,
+                judge.vtol,
+                rec,
+            )?;
         }
         let generated = ids_field(case, "generated_ids")?;
         let req = c.request(generated.len());
         let prepared = pipe.prepare(&req)?;
         let mask = check_layout(&prepared.input, &c.data, rec)?;
-        let (logits, cache) = check_prefill(pipe, &prepared, &c.data, &mask, generated.len(), &judge, rec)?;
-        check_decode(pipe, &prepared.input, &logits, cache, &generated, &c.data, judge.tol, rec)?;
-        let ctx = Generation { req: &req, input: &prepared.input, generated: &generated, margins: get(&c.data, "decode_margin")?.to_vec1::<f32>()?, judge: &judge };
+        let (logits, cache) = check_prefill(
+            pipe,
+            &prepared,
+            &c.data,
+            &mask,
+            generated.len(),
+            &judge,
+            rec,
+        )?;
+        check_decode(
+            pipe,
+            &prepared.input,
+            &logits,
+            cache,
+            &generated,
+            &c.data,
+            judge.tol,
+            rec,
+        )?;
+        let ctx = Generation {
+            req: &req,
+            input: &prepared.input,
+            generated: &generated,
+            margins: get(&c.data, "decode_margin")?.to_vec1::<f32>()?,
+            judge: &judge,
+        };
         check_generation(pipe, case, &ctx, rec)
     }
 }
@@ -408,7 +441,12 @@ impl Case {
 }
 
 /// Prompt text and ids.
-fn check_prompt_text(pipe: &Pipeline, case: &Value, c: &Case, rec: &mut Recorder) -> anyhow::Result<()> {
+fn check_prompt_text(
+    pipe: &Pipeline,
+    case: &Value,
+    c: &Case,
+    rec: &mut Recorder,
+) -> anyhow::Result<()> {
     let text = prompt_text(pipe.model().kind(), c.version, &c.history, &c.query);
     let want_text = str_field(case, "prompt_text")?;
     rec.check("prompt_text", text == want_text, format!("{text:?}"));
@@ -446,7 +484,12 @@ fn check_vision(
         let Some(size) = size else { continue };
         let ours = preprocess::resize_bicubic(&rgb, size, size);
         if let Some(f) = resized_files.get(key).and_then(|v| v.as_str()) {
-            check_resize(&ours, &open_image(&dir.join(f))?.to_rgb8(), &format!("{key}_resize_{size}"), rec);
+            check_resize(
+                &ours,
+                &open_image(&dir.join(f))?.to_rgb8(),
+                &format!("{key}_resize_{size}"),
+                rec,
+            );
         }
         let px = preprocess::normalize(&ours, &Device::Cpu)?.flatten_all()?;
         if let (Ok(idx), Ok(vals)) = (
@@ -490,7 +533,12 @@ fn check_vision(
 }
 
 /// Our bicubic resize against Pillow's: at most 1 apart in any byte.
-fn check_resize(ours: &image::RgbImage, reference: &image::RgbImage, name: &str, rec: &mut Recorder) {
+fn check_resize(
+    ours: &image::RgbImage,
+    reference: &image::RgbImage,
+    name: &str,
+    rec: &mut Recorder,
+) {
     let pairs = || ours.as_raw().iter().zip(reference.as_raw());
     let max = pairs().map(|(a, b)| a.abs_diff(*b)).max().unwrap_or(0);
     let same = pairs().filter(|(a, b)| a == b).count();
@@ -510,15 +558,31 @@ fn check_layout(
     data: &HashMap<String, Tensor>,
     rec: &mut Recorder,
 ) -> anyhow::Result<Vec<u32>> {
-    rec.equal("input_ids", &input.input_ids, &u32s(get(data, "input_ids")?)?);
+    rec.equal(
+        "input_ids",
+        &input.input_ids,
+        &u32s(get(data, "input_ids")?)?,
+    );
     let types: Vec<u32> = input.token_types.iter().map(|&t| t as u32).collect();
-    rec.equal("token_type_ids", &types, &u32s(get(data, "token_type_ids")?)?);
-    rec.equal("position_ids", &input.position_ids, &u32s(get(data, "position_ids")?)?);
+    rec.equal(
+        "token_type_ids",
+        &types,
+        &u32s(get(data, "token_type_ids")?)?,
+    );
+    rec.equal(
+        "position_ids",
+        &input.position_ids,
+        &u32s(get(data, "position_ids")?)?,
+    );
     let mask: Vec<u32> = vision_expert_mask(&input.token_types)
         .iter()
         .map(|&m| m as u32)
         .collect();
-    rec.equal("vision_expert_mask", &mask, &u32s(get(data, "vision_expert_mask")?)?);
+    rec.equal(
+        "vision_expert_mask",
+        &mask,
+        &u32s(get(data, "vision_expert_mask")?)?,
+    );
     Ok(mask)
 }
 
@@ -554,7 +618,10 @@ fn check_prefill(
     );
     rec.close(
         "logits_max",
-        rel_l2(&logits.max_keepdim(1)?.squeeze(1)?, get(data, "logits_max")?),
+        rel_l2(
+            &logits.max_keepdim(1)?.squeeze(1)?,
+            get(data, "logits_max")?,
+        ),
         tol,
     );
     let lse = log_sum_exp_rows(&logits)?;
@@ -563,7 +630,13 @@ fn check_prefill(
         rel_l2(&lse, get(data, "logits_logsumexp")?),
         tol,
     );
-    check_argmax(&logits, &u32s(get(data, "logits_argmax")?)?, mask, judge, rec)?;
+    check_argmax(
+        &logits,
+        &u32s(get(data, "logits_argmax")?)?,
+        mask,
+        judge,
+        rec,
+    )?;
     if let (Ok(rows_idx), Ok(rows)) = (get(data, "hidden_rows_index"), get(data, "hidden_rows")) {
         let idx = rows_idx.to_dtype(DType::U32)?;
         let ours: Vec<Tensor> = hidden

@@ -3,8 +3,8 @@
 //! one. A `Stop`, a frame that cannot be read or the socket closing cancels the generation.
 
 use app::backend::Backend;
-use protocol::{ClientMsg, ErrorKind, Event};
 use futures::{Stream, StreamExt};
+use protocol::{ClientMsg, ErrorKind, Event};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 

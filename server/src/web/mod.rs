@@ -13,13 +13,13 @@ use crate::LoadOptions;
 use access::Access;
 use anyhow::{bail, Context, Result};
 use app::backend::{Backend, BackendContext, CancelHandle, Generation};
-use protocol::{Event, GenerateRequest, ModelsState};
 use app::{shell, App, OUTPUT_NAME};
 use axum::handler::Handler;
 use axum::Router;
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
 use leptos_axum::{generate_route_list, LeptosRoutes};
+use protocol::{Event, GenerateRequest, ModelsState};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -330,7 +330,9 @@ async fn listen(
         .map(|t| format!("/?token={t}"))
         .unwrap_or_default();
     if ip.is_unspecified() {
-        tracing::info!("listening on {addr}: the app is visible to your network, with the token below");
+        tracing::info!(
+            "listening on {addr}: the app is visible to your network, with the token below"
+        );
         if let Some(lan) = lan_address() {
             tracing::info!("share:  http://{lan}:{}{query}", args.port);
         }

@@ -10,14 +10,14 @@
 use super::access::client_key_of;
 use super::chat::run_chat;
 use app::backend::Backend;
-use protocol::{ClientMsg, Event};
-use std::sync::Arc;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequest, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
+use protocol::{ClientMsg, Event};
+use std::sync::Arc;
 
 pub const CHAT_PATH: &str = "/api/chat";
 

@@ -3,10 +3,10 @@
 //! HTTP client. Shared by the serving tests.
 #![allow(dead_code)] // each test binary uses a different part
 
-use protocol::{ClientMsg, Event, GenerateRequest, ImageData, Sampling, Stats};
 use cogvlm::engine::{bundled_models_dir, EngineHandle, EngineOptions, Registry};
 use cogvlm::web::access::Access;
 use futures::{SinkExt, StreamExt};
+use protocol::{ClientMsg, Event, GenerateRequest, ImageData, Sampling, Stats};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
