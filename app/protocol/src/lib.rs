@@ -468,9 +468,12 @@ mod tests {
         assert!(json.contains("\"top_k\":null"), "{json}");
     }
 
+    /// A field name and an edit that puts it out of range.
+    type BadValue = (&'static str, fn(&mut Sampling));
+
     #[test]
     fn one_rule_set_names_the_field() {
-        let cases: [(&str, fn(&mut Sampling)); 7] = [
+        let cases: [BadValue; 7] = [
             ("temperature", |s| s.temperature = f64::NAN),
             ("temperature", |s| s.temperature = 2.5),
             ("top_p", |s| s.top_p = 0.0),
