@@ -182,7 +182,7 @@ pub fn to_px(shape: &Shape, width: f64, height: f64) -> Rect {
 }
 
 /// Maps a pixel offset along a displayed side of `side` pixels to thousandths, the way the
-/// models write them (spec §4.5: relative coordinate × 1000, 000–999). Rounding (not flooring)
+/// models write them (relative coordinate × 1000, 000–999, as THUDM's README describes). Rounding (not flooring)
 /// makes [`to_px`] and this function exact inverses for every coordinate; the far edge (1000)
 /// and anything outside the image clamp into `0..=999`.
 pub fn to_thousandths(px: f64, side: f64) -> u16 {

@@ -89,7 +89,7 @@ impl SettingsState {
             version: RwSignal::new(PromptVersion::Chat),
             temperature: RwSignal::new(d.temperature),
             top_p: RwSignal::new(d.top_p),
-            top_k: RwSignal::new(d.top_k),
+            top_k: RwSignal::new(d.top_k.unwrap_or(0)),
             max_length: RwSignal::new(d.max_length),
             max_new_tokens: RwSignal::new(String::new()),
             repetition_penalty: RwSignal::new(f64::from(d.repetition_penalty)),
@@ -101,7 +101,7 @@ impl SettingsState {
         Sampling {
             temperature: self.temperature.get_untracked(),
             top_p: self.top_p.get_untracked(),
-            top_k: self.top_k.get_untracked().max(1),
+            top_k: Some(self.top_k.get_untracked()),
             max_length: self.max_length.get_untracked(),
             max_new_tokens: self
                 .max_new_tokens

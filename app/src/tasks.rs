@@ -2,7 +2,7 @@
 //!
 //! The templates are THUDM's own lists (`utils/utils/template.py`, copied verbatim into
 //! `templates.json` next to this file, so the crate needs nothing outside the repository); the
-//! filling rules are the README cookbook's (spec §4.5): `<expr>` ← the phrase, `<objs>` ← the
+//! filling rules are THUDM's README cookbook's: `<expr>` ← the phrase, `<objs>` ← the
 //! regions, `<TASK>` ← the task in double quotes, plus `(with grounding)` for a grounded
 //! operation.
 

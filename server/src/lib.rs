@@ -1,22 +1,23 @@
-//! CogVLM / CogAgent in Rust: the candle model (`model`), sampling and streaming text, the generation
-//! pipeline (`pipeline`) that the worker, the web app and the CLI share.
+//! CogVLM / CogAgent in Rust. One request goes browser → `web` (or `openai`) → `engine` (queue,
+//! worker, batch) → `generate` (pipeline, sampling, text stream) → `model`, and back as `protocol`
+//! events. `tools` holds parity, bench and make-checkpoint; `remote` the `--backend openai` client;
+//! `terminal` the CLI chat; `train` fine-tuning.
 
-pub mod bench;
-pub mod bench_concurrency;
 pub mod engine;
-pub mod make_checkpoint;
+pub mod generate;
 pub mod model;
 pub mod openai;
-pub mod parity;
-pub mod pipeline;
 pub mod remote;
-pub mod sampling;
 pub mod terminal;
-pub mod text_stream;
+pub mod tools;
 pub mod train;
 pub mod web;
 
+// The modules' paths before they moved into `generate/` and `tools/`, kept for the CLI, tests and tools.
+pub use generate::{pipeline, sampling, text_stream};
+pub use tools::{bench, bench_concurrency, make_checkpoint, parity};
+
 pub use pipeline::{
-    probe_checkpoint, ChatRequest, CheckpointSummary, GenerationStats, LoadOptions, ModelKind,
-    Pipeline, PromptVersion, SamplingParams, StopReason,
+    probe_checkpoint, Answer, ChatRequest, CheckpointInfo, LoadOptions, ModelKind, Pipeline,
+    PromptVersion, Sampling, Stats, StopReason,
 };

@@ -4,10 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use cogvlm::pipeline::{
-    ChatRequest, LoadOptions, Pipeline, PromptVersion, Quant, SamplingParams, StopReason,
-};
-use cogvlm::terminal::{converse, Io, Reply, TurnStats};
+use cogvlm::pipeline::{ChatRequest, LoadOptions, Pipeline, PromptVersion, Quant, Sampling};
+use cogvlm::terminal::{converse, Io, Reply, SamplingArgs};
 
 #[derive(Parser)]
 #[command(name = "cogvlm", version, about = "CogVLM / CogAgent in Rust (candle)")]
@@ -122,22 +120,8 @@ enum Command {
         /// tokenizer.json (default: found next to the checkpoint)
         #[arg(long)]
         tokenizer: Option<PathBuf>,
-        /// 0 = greedy
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f64,
-        #[arg(long, default_value_t = 0.8)]
-        top_p: f64,
-        #[arg(long, default_value_t = 0)]
-        top_k: usize,
-        #[arg(long, default_value_t = 1.0)]
-        repetition_penalty: f32,
-        /// Total length, image positions included.
-        #[arg(long, default_value_t = 2048)]
-        max_length: usize,
-        #[arg(long)]
-        max_new_tokens: Option<usize>,
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
+        #[command(flatten)]
+        sampling: SamplingArgs,
         #[command(flatten)]
         dev: DeviceArgs,
         #[command(flatten)]
@@ -232,6 +216,7 @@ enum Command {
 }
 
 fn main() {
+    init_logs();
     let cli = Cli::parse();
     let command = match cli.command {
         Some(c) => c,
@@ -242,35 +227,7 @@ fn main() {
         },
     };
     let result = match command {
-        Command::Serve(s) => s.backend.remote(s.model).and_then(|remote| {
-            cogvlm::web::serve(cogvlm::web::ServeArgs {
-                host: s.host,
-                port: s.port,
-                models_dir: s.models_dir,
-                device: s.dev.device,
-                dtype: s.dev.dtype,
-                quant: s.dev.quant,
-                quant_vision: s.dev.quant_vision,
-                placement: s.dev.place.request(),
-                share: s.share,
-                token: s.token,
-                limits: cogvlm::engine::Limits {
-                    max_upload_bytes: (s.max_upload_mb * 1e6) as usize,
-                    max_pixels: (s.max_megapixels * 1e6) as u64,
-                    ..Default::default()
-                },
-                fairness: cogvlm::engine::Fairness {
-                    max_queue: s.max_queue,
-                    per_client: s.max_per_client,
-                    rate_limit: s.rate_per_minute.is_some() || s.rate_burst.is_some(),
-                    per_minute: s.rate_per_minute.unwrap_or(60),
-                    burst: s.rate_burst.unwrap_or(20),
-                },
-                max_batch: s.max_batch.map(|n| n as usize),
-                remote,
-                lora: s.dev.lora,
-            })
-        }),
+        Command::Serve(s) => serve(s),
         Command::Parity {
             fixtures,
             case,
@@ -345,51 +302,16 @@ fn main() {
         Command::Chat {
             model,
             image,
-            temperature,
-            top_p,
-            top_k,
-            repetition_penalty,
-            max_length,
-            max_new_tokens,
-            seed,
-            backend,
-            ..
-        } if !backend.is_local() => {
-            let sampling = app::protocol::Sampling {
-                temperature,
-                top_p,
-                top_k,
-                max_length,
-                max_new_tokens,
-                repetition_penalty,
-                seed: Some(seed),
-            };
-            cogvlm::remote::cli::chat_with(&backend, model.display().to_string(), image, sampling)
-        }
-        Command::Chat {
-            model,
-            image,
             version,
             tokenizer,
-            temperature,
-            top_p,
-            top_k,
-            repetition_penalty,
-            max_length,
-            max_new_tokens,
-            seed,
+            sampling,
             dev,
-            backend: _,
-        } => {
-            let sampling = SamplingParams {
-                temperature,
-                top_p,
-                top_k,
-                repetition_penalty,
-                seed,
-                max_length,
-                max_new_tokens,
-            };
+            backend,
+        } => sampling.sampling().and_then(|sampling| {
+            if !backend.is_local() {
+                let model = model.display().to_string();
+                return cogvlm::remote::cli::chat_with(&backend, model, image, sampling);
+            }
             let opts = LoadOptions {
                 device: dev.device,
                 dtype: dev.dtype,
@@ -400,12 +322,44 @@ fn main() {
                 lora: dev.lora,
             };
             chat(model, image, version, sampling, opts)
-        }
+        }),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// `cogvlm serve`: the flags as the web server's options.
+fn serve(s: ServeCmd) -> anyhow::Result<()> {
+    let remote = s.backend.remote(s.model)?;
+    cogvlm::web::serve(cogvlm::web::ServeArgs {
+        host: s.host,
+        port: s.port,
+        models_dir: s.models_dir,
+        device: s.dev.device,
+        dtype: s.dev.dtype,
+        quant: s.dev.quant,
+        quant_vision: s.dev.quant_vision,
+        placement: s.dev.place.request(),
+        share: s.share,
+        token: s.token,
+        limits: cogvlm::engine::Limits {
+            max_upload_bytes: (s.max_upload_mb * 1e6) as usize,
+            max_pixels: (s.max_megapixels * 1e6) as u64,
+            ..Default::default()
+        },
+        fairness: cogvlm::engine::Fairness {
+            max_queue: s.max_queue,
+            per_client: s.max_per_client,
+            rate_limit: s.rate_per_minute.is_some() || s.rate_burst.is_some(),
+            per_minute: s.rate_per_minute.unwrap_or(60),
+            burst: s.rate_burst.unwrap_or(20),
+        },
+        max_batch: s.max_batch.map(|n| n as usize),
+        remote,
+        lora: s.dev.lora,
+    })
 }
 
 fn parity(
@@ -446,7 +400,7 @@ fn chat(
     model: PathBuf,
     image: Option<PathBuf>,
     version: Option<PromptVersion>,
-    sampling: SamplingParams,
+    sampling: Sampling,
     opts: LoadOptions,
 ) -> anyhow::Result<()> {
     eprintln!("loading {} …", model.display());
@@ -462,7 +416,7 @@ fn chat(
     if !quant.is_empty() {
         eprintln!("\r{quant}");
     }
-    let s = pipe.summary().clone();
+    let s = pipe.info().clone();
     eprintln!(
         "\r{} ({}, {} px), prompt version {}",
         s.name,
@@ -489,22 +443,24 @@ fn chat(
             write!(out, "{piece}").is_ok() && out.flush().is_ok()
         });
         Ok(match generated {
-            Ok(st) => Reply::Answer {
-                stats: TurnStats {
-                    prompt_tokens: st.prompt_tokens,
-                    reused_tokens: st.reused_tokens,
-                    ttft_ms: st.ttft_ms,
-                    generated_tokens: st.generated_tokens,
-                    tokens_per_s: st.tokens_per_s,
-                    stop: match st.stop {
-                        StopReason::Eos => "end of answer",
-                        StopReason::Length => "length limit",
-                        StopReason::Cancelled => "stopped",
-                    },
-                },
-                text: st.text,
+            Ok(answer) => Reply::Answer {
+                stats: answer.stats,
+                text: answer.text,
             },
             Err(e) => Reply::Failed(format!("{e:#}")),
         })
     })
+}
+
+/// Logs (load, share and per-request lines) go to stderr through `tracing`, this crate's `info` and above (others' `warn`) unless
+/// `RUST_LOG` says otherwise; the commands' own output (chat, bench JSON, parity lines) stays plain.
+fn init_logs() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,cogvlm=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }

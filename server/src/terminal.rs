@@ -6,6 +6,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use anyhow::Result;
+use protocol::Stats;
 
 /// The terminal: questions in, answers out, stats and errors to `err`.
 pub struct Io<'a> {
@@ -28,32 +29,65 @@ impl Io<'_> {
 
 /// How one question ended.
 pub enum Reply {
-    Answer { text: String, stats: TurnStats },
+    Answer { text: String, stats: Stats },
     Failed(String),
 }
 
-/// What the line after an answer reports.
-pub struct TurnStats {
-    pub prompt_tokens: usize,
-    /// Prompt tokens continued from the conversation's cache.
-    pub reused_tokens: usize,
-    pub ttft_ms: f64,
-    pub generated_tokens: usize,
-    pub tokens_per_s: f64,
-    pub stop: &'static str,
+/// The line after an answer: prompt tokens (and how many continued from the conversation's cache),
+/// TTFT, tokens and their rate, why it stopped.
+pub fn stats_line(s: &Stats) -> String {
+    let cached = if s.reused_tokens > 0 {
+        format!(" ({} cached)", s.reused_tokens)
+    } else {
+        String::new()
+    };
+    format!(
+        "[{} prompt tokens{cached} · TTFT {:.0} ms · {} tokens at {:.1} tok/s · stop: {}]",
+        s.prompt_tokens,
+        s.ttft_ms,
+        s.generated_tokens,
+        s.tokens_per_s,
+        s.stop.label()
+    )
 }
 
-impl std::fmt::Display for TurnStats {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "[{} prompt tokens", self.prompt_tokens)?;
-        if self.reused_tokens > 0 {
-            write!(f, " ({} cached)", self.reused_tokens)?;
-        }
-        write!(
-            f,
-            " · TTFT {:.0} ms · {} tokens at {:.1} tok/s · stop: {}]",
-            self.ttft_ms, self.generated_tokens, self.tokens_per_s, self.stop
-        )
+/// `cogvlm chat`'s sampling flags. Greedy by default, as THUDM's CLI demo (`top_p` 0.8 applies once
+/// `--temperature` is raised).
+#[derive(clap::Args, Clone, Debug)]
+pub struct SamplingArgs {
+    /// 0 = greedy
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0.8)]
+    pub top_p: f64,
+    /// Keep the k most likely tokens; 0 or absent: no top-k, 1: greedy
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    /// Total length, image positions included.
+    #[arg(long, default_value_t = 2048)]
+    pub max_length: usize,
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    /// The settings, checked by the same rules as the page's and the API's.
+    pub fn sampling(&self) -> Result<protocol::Sampling> {
+        let s = protocol::Sampling {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            max_length: self.max_length,
+            max_new_tokens: self.max_new_tokens,
+            repetition_penalty: self.repetition_penalty,
+            seed: Some(self.seed),
+        };
+        s.validate()?;
+        Ok(s)
     }
 }
 
@@ -105,7 +139,7 @@ pub fn converse<I>(
             writeln!(io.out)?;
             match reply {
                 Reply::Answer { text, stats } => {
-                    writeln!(io.err, "{stats}")?;
+                    writeln!(io.err, "{}", stats_line(&stats))?;
                     history.push((query, text.trim().to_string()));
                 }
                 Reply::Failed(message) => writeln!(io.err, "error: {message}")?,
@@ -142,13 +176,15 @@ mod tests {
             write!(out, "answer to {query}")?;
             Ok(Reply::Answer {
                 text: format!("answer to {query}"),
-                stats: TurnStats {
+                stats: Stats {
+                    checkpoint: "m".into(),
                     prompt_tokens: 10,
                     reused_tokens: history.len() * 5,
-                    ttft_ms: 12.0,
                     generated_tokens: 3,
+                    prefill_ms: 10.0,
+                    ttft_ms: 12.0,
                     tokens_per_s: 100.0,
-                    stop: "eos",
+                    stop: protocol::StopReason::Eos,
                 },
             })
         })?;
@@ -167,11 +203,35 @@ mod tests {
             out.contains("user> model> answer to what?\nuser> model> \nuser> "),
             "{out}"
         );
-        assert!(
-            err.contains("[10 prompt tokens · TTFT 12 ms · 3 tokens at 100.0 tok/s · stop: eos]")
-        );
+        assert!(err.contains(
+            "[10 prompt tokens · TTFT 12 ms · 3 tokens at 100.0 tok/s · stop: end of answer]"
+        ));
         assert!(err.contains("[10 prompt tokens (5 cached) · TTFT"), "{err}");
         assert!(err.contains("error: boom") && err.contains("cannot open image missing.png"));
         Ok(())
+    }
+
+    #[test]
+    fn top_k_zero_and_absent_are_off_and_one_is_greedy() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            s: SamplingArgs,
+        }
+        let parse = |args: &[&str]| {
+            let argv = ["chat", "--temperature", "0.7"].iter().chain(args);
+            Cli::parse_from(argv).s.sampling().unwrap()
+        };
+        let (absent, zero, one) = (
+            parse(&[]),
+            parse(&["--top-k", "0"]),
+            parse(&["--top-k", "1"]),
+        );
+        assert_eq!((absent.top_k_limit(), zero.top_k_limit()), (None, None));
+        assert!(!absent.is_greedy() && !zero.is_greedy() && one.is_greedy());
+        // Out of range: the same rule set as everywhere.
+        let bad = Cli::parse_from(["chat", "--temperature", "3"]).s.sampling();
+        assert!(bad.unwrap_err().to_string().contains("temperature"));
     }
 }

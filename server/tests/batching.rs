@@ -5,9 +5,9 @@
 
 mod common;
 
-use app::protocol::{Event, GenerateRequest, PromptVersion, StopReason};
 use cogvlm::engine::{bundled_models_dir, EngineHandle, EngineOptions, Registry, Ticket};
 use common::{greedy, image};
+use protocol::{Event, GenerateRequest, PromptVersion, StopReason};
 use std::time::{Duration, Instant};
 
 fn engine(checkpoint: &str, max_batch: usize) -> EngineHandle {
@@ -53,7 +53,7 @@ async fn finish(mut ticket: Ticket, cancel_after: Option<usize>) -> Outcome {
                 out.stop = Some(stats.stop);
                 break;
             }
-            Event::Error { message } => {
+            Event::Error { message, .. } => {
                 out.error = Some(message);
                 break;
             }
@@ -72,7 +72,7 @@ fn questions(cogagent: bool) -> Vec<GenerateRequest> {
     };
     let mut seeded = with("coffee.png", "Tell a story about it.", 30, None);
     seeded.sampling.temperature = 0.9;
-    seeded.sampling.top_k = 20;
+    seeded.sampling.top_k = Some(20);
     seeded.sampling.top_p = 0.9;
     seeded.sampling.seed = Some(1234);
     let mut followup = with("chelsea.png", "And the colour?", 26, None);
@@ -193,7 +193,7 @@ async fn one_client_does_not_starve_another() {
                 match event {
                     Event::Started { .. } => started.lock().unwrap().push(who.clone()),
                     Event::Done { .. } => return true,
-                    Event::Error { message } => panic!("{who}: {message}"),
+                    Event::Error { message, .. } => panic!("{who}: {message}"),
                     _ => {}
                 }
             }
@@ -230,4 +230,31 @@ async fn one_client_does_not_starve_another() {
     );
     assert_eq!(engine.pending(), 0, "every queue place was freed");
     engine.shutdown();
+}
+
+/// On the page's request path (the `GenerateRequest` its socket hands the engine), top-k 0 and an
+/// absent top-k are both "no top-k", and top-k 1 is greedy, as in the API and the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_k_zero_and_absent_mean_no_top_k_and_one_is_greedy() {
+    let engine = engine("cogvlm_tiny_224", 1);
+    let ask = |client: &str, top_k: Option<usize>, temperature: f64| {
+        let mut r = greedy(Some(image("coffee.png")), "Tell a story about it.", 12);
+        r.sampling.temperature = temperature;
+        r.sampling.top_p = 1.0;
+        r.sampling.top_k = top_k;
+        r.sampling.seed = Some(99);
+        // One client each: no request continues another's conversation cache.
+        finish(engine.generate(r, client), None)
+    };
+    let absent = ask("absent", None, 1.5).await;
+    let zero = ask("zero", Some(0), 1.5).await;
+    let one = ask("one", Some(1), 1.5).await;
+    let greedy_answer = ask("greedy", None, 0.0).await;
+    for o in [&absent, &zero, &one, &greedy_answer] {
+        assert!(o.error.is_none() && o.tokens > 0, "{o:?}");
+    }
+    assert_eq!(zero.text, absent.text);
+    assert_eq!(one.text, greedy_answer.text);
+    // Sampled at temperature 1.5 over the whole vocabulary, not greedy.
+    assert_ne!(absent.text, greedy_answer.text);
 }

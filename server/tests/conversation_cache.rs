@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use cogvlm::pipeline::{ChatRequest, GenerationStats, LoadOptions, Pipeline, SamplingParams};
+use cogvlm::pipeline::{Answer, ChatRequest, LoadOptions, Pipeline, Sampling};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
@@ -30,9 +30,9 @@ fn caches_are_continued_only_by_their_client() {
         history: Vec::new(),
         query: "What is on the table?".into(),
         version: None,
-        sampling: SamplingParams {
+        sampling: Sampling {
             max_new_tokens: Some(4),
-            ..Default::default()
+            ..Sampling::greedy()
         },
     };
     let (own, other) = follow_up_as_both(&mut pipe, &first, "And its colour?");
@@ -63,11 +63,7 @@ fn caches_are_continued_only_by_their_client() {
 
 /// Client a asks `first` (starting afresh); then the follow-up `next` is asked by client b, then by client a.
 /// Returns (a's follow-up, b's follow-up).
-fn follow_up_as_both(
-    pipe: &mut Pipeline,
-    first: &ChatRequest,
-    next: &str,
-) -> (GenerationStats, GenerationStats) {
+fn follow_up_as_both(pipe: &mut Pipeline, first: &ChatRequest, next: &str) -> (Answer, Answer) {
     let answer = pipe.generate_for("client:a", first, &mut |_| true).unwrap();
     assert_eq!(answer.reused_tokens, 0);
     let follow_up = ChatRequest {

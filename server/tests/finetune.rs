@@ -3,12 +3,13 @@
 //! fixtures); a few LoRA and full steps on generated scenes lower the loss and write what `--resume`, `eval`
 //! and `merge` read; and a merged checkpoint answers exactly as the checkpoint with `--lora`.
 
+use protocol::Sampling;
 use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
 use cogvlm::model::config::Config;
 use cogvlm::model::lora::{Adapter, LoraConfig, LoraPair};
-use cogvlm::pipeline::{ChatRequest, LoadOptions, Pipeline, SamplingParams};
+use cogvlm::pipeline::{ChatRequest, LoadOptions, Pipeline};
 use cogvlm::train::make_data::{Kind, MakeDataArgs};
 use cogvlm::train::optim::Schedule;
 use cogvlm::train::run::{new_adapter, TrainArgs, DEFAULT_TARGETS};
@@ -256,9 +257,9 @@ fn greedy(model: &Path, lora: Option<&Path>) -> String {
         history: Vec::new(),
         query: "What is in the picture?".into(),
         version: None,
-        sampling: SamplingParams {
+        sampling: Sampling {
             max_new_tokens: Some(12),
-            ..Default::default()
+            ..Sampling::greedy()
         },
     };
     pipe.generate_with(&req, true, &mut |_| true).unwrap().text

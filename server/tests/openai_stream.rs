@@ -4,11 +4,11 @@
 mod openai_support;
 
 use app::backend::{Backend, CancelHandle, Generation};
-use app::protocol::{CheckpointInfo, Event, GenerateRequest, ModelKind, ModelsState, Stats};
-use app::protocol::{PromptVersion, StopReason};
 use cogvlm::remote::{RemoteBackend, RemoteConfig};
 use futures::StreamExt;
 use openai_support::{serve, start_local};
+use protocol::{CheckpointInfo, Event, GenerateRequest, ModelKind, ModelsState, Stats};
+use protocol::{PromptVersion, StopReason};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -4,10 +4,10 @@
 
 mod openai_support;
 
-use app::protocol::{Event, GenerateRequest, ImageData, Sampling, StopReason};
 use cogvlm::remote::cli::{self, Io};
 use cogvlm::remote::RemoteConfig;
 use openai_support::{case, image_base64, start_local, start_remote, ws, MODEL};
+use protocol::{Event, GenerateRequest, ImageData, Sampling, StopReason};
 
 fn greedy(max_new_tokens: usize) -> Sampling {
     Sampling {

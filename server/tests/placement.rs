@@ -72,7 +72,7 @@ fn logits(pipe: &mut Pipeline) -> Vec<Tensor> {
         history: Vec::new(),
         query: "What is on the table?".into(),
         version: None,
-        sampling: Default::default(),
+        sampling: cogvlm::Sampling::greedy(),
     };
     let prep = pipe.prepare(&req).expect("prompt");
     let model = pipe.model();
@@ -179,9 +179,9 @@ fn made_checkpoints_load_through_the_normal_loader() {
                 history: Vec::new(),
                 query: "What is it?".into(),
                 version: None,
-                sampling: cogvlm::SamplingParams {
+                sampling: cogvlm::Sampling {
                     max_new_tokens: Some(3),
-                    ..Default::default()
+                    ..cogvlm::Sampling::greedy()
                 },
             };
             let st = pipe.generate(&req, &mut |_| true).expect("answer");

@@ -3,10 +3,8 @@
 //! static files are revalidated (304).
 
 use app::backend::{Backend, Generation};
-use app::protocol::{
-    CheckpointInfo, Event, GenerateRequest, ModelKind, ModelsState, PromptVersion,
-};
 use cogvlm::web::access::Access;
+use protocol::{CheckpointInfo, Event, GenerateRequest, ModelKind, ModelsState, PromptVersion};
 use reqwest::header::{HeaderMap, ACCEPT_ENCODING};
 use std::io::Read;
 use std::net::SocketAddr;

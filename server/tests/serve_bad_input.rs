@@ -3,11 +3,11 @@
 
 mod common;
 
-use app::protocol::{ClientMsg, GenerateRequest};
 use cogvlm::engine::EngineOptions;
 use cogvlm::web::access::Access;
 use common::*;
 use futures::SinkExt;
+use protocol::{ClientMsg, GenerateRequest};
 use std::io::Cursor;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -140,7 +140,7 @@ fn cases() -> Vec<(&'static str, Send, &'static str)> {
         (
             "not_base64",
             Send::Generate(GenerateRequest {
-                image: Some(app::protocol::ImageData {
+                image: Some(protocol::ImageData {
                     name: "x.png".into(),
                     base64: "@@not base64@@".into(),
                 }),
@@ -199,9 +199,9 @@ fn cases() -> Vec<(&'static str, Send, &'static str)> {
             "top_p",
         ),
         (
-            "top_k_zero",
-            with_sampling(|r| r.sampling.top_k = 0),
-            "top_k",
+            "temperature_above_two",
+            with_sampling(|r| r.sampling.temperature = 2.5),
+            "temperature",
         ),
         (
             "negative_top_k",

@@ -4,15 +4,15 @@
 
 mod common;
 
-use app::protocol::Event;
 use cogvlm::engine::{EngineOptions, Fairness};
 use cogvlm::web::access::Access;
 use common::*;
 use futures::SinkExt;
+use protocol::Event;
 use std::time::{Duration, Instant};
 
 /// A question that keeps the worker busy for seconds (up to the context length).
-fn long_question() -> app::protocol::GenerateRequest {
+fn long_question() -> protocol::GenerateRequest {
     let mut req = greedy(Some(image("coffee.png")), "Describe everything.", 1500);
     req.sampling.max_new_tokens = Some(1500);
     req
@@ -223,7 +223,7 @@ async fn shutdown_cancels_the_running_answer_and_refuses_waiting_ones() {
     server.engine.shutdown();
     let stopped = read_answer(&mut running).await;
     let stats = stopped.stats.expect("the running answer ends with Done");
-    assert_eq!(stats.stop, app::protocol::StopReason::Cancelled);
+    assert_eq!(stats.stop, protocol::StopReason::Cancelled);
     let refused = read_answer(&mut waiting).await;
     assert!(
         refused

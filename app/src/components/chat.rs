@@ -4,7 +4,7 @@ use crate::agent_card;
 use crate::api::chat;
 use crate::components::tasks::TaskBar;
 use crate::markdown;
-use crate::protocol::{ClientMsg, Event, GenerateRequest, ImageData};
+use crate::protocol::{ClientMsg, ErrorKind, Event, GenerateRequest, ImageData};
 use crate::state::{conversation_groups, AppState, Turn, TurnStatus};
 use futures::StreamExt;
 use leptos::prelude::*;
@@ -76,12 +76,8 @@ pub fn send(state: AppState, query: String) {
                     continue;
                 }
                 Some(Ok(event)) => event,
-                Some(Err(e)) => Event::Error {
-                    message: format!("connection lost: {e}"),
-                },
-                None => Event::Error {
-                    message: "the server closed the connection".into(),
-                },
+                Some(Err(e)) => Event::error(ErrorKind::Internal, format!("connection lost: {e}")),
+                None => Event::error(ErrorKind::Internal, "the server closed the connection"),
             };
             pending.flush(answer, status);
             if apply(answer, status, event) {
@@ -150,7 +146,7 @@ pub fn apply(answer: RwSignal<String>, status: RwSignal<TurnStatus>, event: Even
             status.set(TurnStatus::Done(stats));
             return true;
         }
-        Event::Error { message } => {
+        Event::Error { message, .. } => {
             status.set(TurnStatus::Error(message));
             return true;
         }

@@ -80,7 +80,7 @@ pub fn switch_model(state: AppState, name: String) {
                         }))
                     }
                     Some(Ok(Event::Loaded { checkpoint })) => break Ok(checkpoint),
-                    Some(Ok(Event::Error { message })) => break Err(message),
+                    Some(Ok(Event::Error { message, .. })) => break Err(message),
                     Some(Ok(_)) => {}
                     Some(Err(e)) => break Err(format!("connection lost: {e}")),
                     None => break Err("the server closed the connection".into()),
@@ -228,7 +228,7 @@ pub fn SettingsPanel() -> impl IntoView {
     // Integer settings through f64 sliders.
     let top_k = RwSignal::new(s.top_k.get_untracked() as f64);
     let max_length = RwSignal::new(s.max_length.get_untracked() as f64);
-    Effect::new(move |_| s.top_k.set(top_k.get().round().max(1.0) as usize));
+    Effect::new(move |_| s.top_k.set(top_k.get().round().max(0.0) as usize));
     Effect::new(move |_| s.max_length.set(max_length.get().round() as usize));
     let default_version = move || {
         state.models.with(|m| {
@@ -269,7 +269,8 @@ pub fn SettingsPanel() -> impl IntoView {
             <Slider id="temperature" label="Temperature" min=0.0 max=2.0 step=0.05 value=s.temperature
                 zero_label="0 (greedy)" hint="0 = greedy (always the most likely token)"/>
             <Slider id="top-p" label="Top p" min=0.05 max=1.0 step=0.01 value=s.top_p/>
-            <Slider id="top-k" label="Top k" min=1.0 max=100.0 step=1.0 value=top_k hint="1 = greedy"/>
+            <Slider id="top-k" label="Top k" min=0.0 max=100.0 step=1.0 value=top_k
+                zero_label="0 (off)" hint="0 = no top-k, 1 = greedy"/>
             <Slider id="max-length" label="Max length" min=64.0 max=4096.0 step=64.0 value=max_length
                 hint="prompt, image tokens and answer together"/>
             <details class="advanced">

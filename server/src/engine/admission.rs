@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use protocol::{Error, ErrorKind};
+
 /// The queue's rules.
 #[derive(Clone, Debug)]
 pub struct Fairness {
@@ -86,17 +88,20 @@ impl Admission {
     }
 
     /// Takes a place for `client`, or says why not.
-    pub fn admit(self: &Arc<Self>, client: &str) -> Result<Slot, String> {
+    pub fn admit(self: &Arc<Self>, client: &str) -> Result<Slot, Error> {
         let rules = &self.rules;
         let mut state = self
             .state
             .lock()
-            .map_err(|_| "the server is in a bad state; restart it".to_string())?;
+            .map_err(|_| Error::internal("the server is in a bad state; restart it"))?;
         if state.pending >= rules.max_queue {
-            return Err(format!(
-                "the server is busy: {} requests are waiting or running (the limit is {}); \
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!(
+                    "the server is busy: {} requests are waiting or running (the limit is {}); \
                  try again in a minute",
-                state.pending, rules.max_queue
+                    state.pending, rules.max_queue
+                ),
             ));
         }
         let now = Instant::now();
@@ -118,10 +123,13 @@ impl Admission {
                 refilled: now,
             });
         if c.active >= rules.per_client {
-            return Err(format!(
-                "too many requests at once: you already have {} questions being answered or \
+            return Err(Error::new(
+                ErrorKind::RateLimited,
+                format!(
+                    "too many requests at once: you already have {} questions being answered or \
                  waiting (the limit is {}); wait for an answer before asking more",
-                c.active, rules.per_client
+                    c.active, rules.per_client
+                ),
             ));
         }
         if !rules.rate_limit {
@@ -142,9 +150,12 @@ impl Admission {
             } else {
                 60.0
             };
-            return Err(format!(
-                "too many requests: at most {} a minute (bursts of {}); try again in {wait:.0} s",
-                rules.per_minute, rules.burst
+            return Err(Error::new(
+                ErrorKind::RateLimited,
+                format!(
+                    "too many requests: at most {} a minute (bursts of {}); try again in {wait:.0} s",
+                    rules.per_minute, rules.burst
+                ),
             ));
         }
         c.tokens -= 1.0;
@@ -181,7 +192,9 @@ mod tests {
         let slots: Vec<_> = (0..3).map(|_| a.admit("a").unwrap()).collect();
         let err = a.admit("a").unwrap_err();
         assert!(
-            err.contains("already have 3") && err.contains("limit is 3"),
+            err.kind == ErrorKind::RateLimited
+                && err.message.contains("already have 3")
+                && err.message.contains("limit is 3"),
             "{err}"
         );
         let _other = a.admit("b").unwrap();
@@ -209,7 +222,9 @@ mod tests {
         });
         let _x = a.admit("x").unwrap();
         let _y = a.admit("y").unwrap();
-        assert!(a.admit("z").unwrap_err().contains("busy"));
+        let busy = a.admit("z").unwrap_err();
+        assert!(busy.message.contains("busy"));
+        assert_eq!(busy.kind, ErrorKind::Busy);
         assert_eq!(a.pending(), 2);
     }
 
@@ -226,7 +241,8 @@ mod tests {
             drop(a.admit("x").unwrap());
         }
         let err = a.admit("x").unwrap_err();
-        assert!(err.contains("too many requests"), "{err}");
+        assert!(err.message.contains("too many requests"), "{err}");
+        assert_eq!(err.kind, ErrorKind::RateLimited);
         assert!(a.admit("y").is_ok());
     }
 }

@@ -10,12 +10,11 @@
 //! then its sequence sits out the decode steps until it reads again; the others go on.
 
 use super::admission::Slot;
+use super::command::{cancelled_done, Command};
 use super::queue::Waiting;
-use super::worker::{
-    cancelled_done, panic_message, to_chat_request, to_proto_stats, Command, Worker,
-};
+use super::worker::{classify, panic_message, to_chat_request, Worker};
 use crate::pipeline::Sequence;
-use app::protocol::Event;
+use protocol::{Error, ErrorKind, Event};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,7 +78,6 @@ struct Active {
     slot: Slot,
     cancel: Arc<AtomicBool>,
     out: Outbox,
-    checkpoint: String,
     started: Instant,
 }
 
@@ -185,7 +183,7 @@ impl Worker {
                     a.out.flush();
                 }
                 Ok(_) => {}
-                Err(e) => failed.push((i, format!("{e:#}"))),
+                Err(e) => failed.push((i, classify(&e))),
             }
         }
         self.fail(failed);
@@ -215,18 +213,18 @@ impl Worker {
             .filter(|s| s.has_token())
             .collect();
         let outcome = catch_unwind(AssertUnwindSafe(|| pipeline.step(&mut seqs)));
-        let message = match outcome {
+        let error = match outcome {
             Ok(Ok(())) => {
                 if let Ok(mut s) = self.shared.lock() {
                     s.largest_batch = s.largest_batch.max(stepped.len());
                 }
                 return true;
             }
-            Ok(Err(e)) => format!("{e:#}"),
+            Ok(Err(e)) => classify(&e),
             Err(panic) => after_panic(panic.as_ref(), pipeline),
         };
         // A failed step leaves the caches in it half-written: its sequences end.
-        self.fail(stepped.into_iter().map(|i| (i, message.clone())).collect());
+        self.fail(stepped.into_iter().map(|i| (i, error.clone())).collect());
         true
     }
 
@@ -260,14 +258,15 @@ impl Worker {
         if self.pipeline.is_none() {
             let loading = self.shared.lock().ok().and_then(|s| s.load_error.clone());
             drop(slot);
-            out.push(Event::Error {
-                message: format!(
+            out.push(Event::error(
+                ErrorKind::NoModel,
+                format!(
                     "no model is loaded{}",
                     loading
                         .map(|e| format!(" (the last load failed: {e})"))
                         .unwrap_or_default()
                 ),
-            });
+            ));
             self.drain(out);
             return;
         }
@@ -290,7 +289,7 @@ impl Worker {
             let chat = to_chat_request(&req, image.as_deref(), &limits)?;
             pipeline.begin_for(&client, &chat)
         }));
-        let message = match outcome {
+        let error = match outcome {
             Ok(Ok(seq)) => {
                 out.flush();
                 self.batch.active.push(Active {
@@ -298,28 +297,33 @@ impl Worker {
                     slot,
                     cancel,
                     out,
-                    checkpoint,
                     started: Instant::now(),
                 });
                 return;
             }
-            Ok(Err(e)) => format!("{e:#}"),
+            Ok(Err(e)) => classify(&e),
             Err(panic) => after_panic(panic.as_ref(), pipeline),
         };
+        log_failure(&client, &error);
         drop(slot);
-        out.push(Event::Error { message });
+        out.push(error.into());
         self.drain(out);
     }
 
     /// Ends the sequences at `failed` (indices into the batch) with their error.
-    fn fail(&mut self, mut failed: Vec<(usize, String)>) {
+    fn fail(&mut self, mut failed: Vec<(usize, Error)>) {
         failed.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
-        for (i, message) in failed {
+        for (i, error) in failed {
             let a = self.batch.active.remove(i);
-            let mut out = a.out;
-            drop(a.seq);
+            let (mut seq, mut out) = (a.seq, a.out);
+            // The text held back so far still arrives, before the error.
+            if let Some(rest) = seq.rest().filter(|r| !r.is_empty()) {
+                out.push(Event::Token { text: rest });
+            }
+            drop(seq);
+            log_failure(a.slot.client(), &error);
             drop(a.slot);
-            out.push(Event::Error { message });
+            out.push(error.into());
             self.drain(out);
         }
     }
@@ -340,7 +344,6 @@ impl Worker {
                 mut seq,
                 slot,
                 mut out,
-                checkpoint,
                 started,
                 ..
             } = a;
@@ -348,9 +351,10 @@ impl Worker {
                 out.push(Event::Token { text: rest });
             }
             if let Some(p) = self.pipeline.as_mut() {
-                let stats = p.finish(seq);
+                let answer = p.finish(seq);
+                log_answer(slot.client(), &answer.stats);
                 out.push(Event::Done {
-                    stats: to_proto_stats(&stats, &checkpoint),
+                    stats: answer.stats,
                 });
             }
             self.queue
@@ -383,8 +387,10 @@ impl Worker {
     }
 }
 
-fn recovered(what: &str) -> String {
-    format!("internal error in the model worker ({what}); it recovered: please try again")
+fn recovered(what: &str) -> Error {
+    Error::internal(format!(
+        "internal error in the model worker ({what}); it recovered: please try again"
+    ))
 }
 
 /// The error text for a job that panicked; the pipeline drops its image encoding, which the panic may have left
@@ -392,9 +398,29 @@ fn recovered(what: &str) -> String {
 fn after_panic(
     panic: &(dyn std::any::Any + Send),
     pipeline: &mut crate::pipeline::Pipeline,
-) -> String {
+) -> Error {
     let what = panic_message(panic);
-    eprintln!("the model worker recovered from a panic: {what}");
+    tracing::error!("the model worker recovered from a panic: {what}");
     pipeline.forget_image();
     recovered(&what)
+}
+
+/// The one log line of an answer (`RUST_LOG` filters it; target `cogvlm::engine::batch`).
+fn log_answer(client: &str, s: &protocol::Stats) {
+    tracing::info!(
+        client,
+        checkpoint = %s.checkpoint,
+        prompt_tokens = s.prompt_tokens,
+        reused_tokens = s.reused_tokens,
+        generated_tokens = s.generated_tokens,
+        ttft_ms = %format!("{:.0}", s.ttft_ms),
+        tok_s = %format!("{:.1}", s.tokens_per_s),
+        stop = s.stop.label(),
+        "answer"
+    );
+}
+
+/// The log line of a request that failed after it was admitted.
+pub(crate) fn log_failure(client: &str, e: &Error) {
+    tracing::warn!(client, kind = ?e.kind, "request failed: {}", e.message);
 }

@@ -6,7 +6,7 @@
 //! bounds the decoder's memory (decompression bombs).
 
 use anyhow::{anyhow, bail, Context, Result};
-use app::protocol::{GenerateRequest, ImageData, Sampling};
+use protocol::{GenerateRequest, ImageData};
 use std::io::Cursor;
 
 /// Hard limits on one request.
@@ -56,38 +56,11 @@ pub fn check_request(req: &GenerateRequest, limits: &Limits) -> Result<Option<Ve
             mb(limits.max_text_bytes)
         );
     }
-    check_sampling(&req.sampling)?;
+    req.sampling.validate()?;
     req.image
         .as_ref()
         .map(|img| check_image(img, limits))
         .transpose()
-}
-
-/// The ranges the page's sliders and the API allow.
-pub fn check_sampling(s: &Sampling) -> Result<()> {
-    if !(s.temperature.is_finite() && (0.0..=100.0).contains(&s.temperature)) {
-        bail!(
-            "temperature must be a number from 0 to 100 (0 = greedy), not {:?}",
-            s.temperature
-        );
-    }
-    if !(s.top_p.is_finite() && s.top_p > 0.0 && s.top_p <= 1.0) {
-        bail!("top_p must be in (0, 1], not {:?}", s.top_p);
-    }
-    if s.top_k == 0 {
-        bail!("top_k must be at least 1 (1 = greedy)");
-    }
-    if s.max_length == 0 {
-        bail!("max_length must be at least 1");
-    }
-    if s.max_new_tokens == Some(0) {
-        bail!("max_new_tokens must be at least 1");
-    }
-    let p = s.repetition_penalty;
-    if !(p.is_finite() && p > 0.0 && p <= 10.0) {
-        bail!("repetition_penalty must be in (0, 10], not {p:?}");
-    }
-    Ok(())
 }
 
 fn check_image(img: &ImageData, limits: &Limits) -> Result<Vec<u8>> {
@@ -180,6 +153,7 @@ fn short(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::Sampling;
 
     fn png(w: u32, h: u32) -> Vec<u8> {
         let img = image::RgbImage::new(w, h);
@@ -235,7 +209,7 @@ mod tests {
     #[test]
     fn sampling_ranges() {
         let ok = Sampling::default();
-        assert!(check_sampling(&ok).is_ok());
+        assert!(ok.validate().is_ok());
         for bad in [
             Sampling {
                 temperature: f64::NAN,
@@ -250,15 +224,26 @@ mod tests {
                 ..ok.clone()
             },
             Sampling {
-                top_k: 0,
-                ..ok.clone()
-            },
-            Sampling {
                 repetition_penalty: f32::INFINITY,
                 ..ok.clone()
             },
         ] {
-            assert!(check_sampling(&bad).is_err(), "{bad:?}");
+            assert!(bad.validate().is_err(), "{bad:?}");
+            assert!(check_request(
+                &GenerateRequest {
+                    sampling: bad,
+                    ..request(&png(3, 2))
+                },
+                &Limits::default()
+            )
+            .is_err());
         }
+        // 0 is "no top-k", as an absent value.
+        assert!(Sampling {
+            top_k: Some(0),
+            ..ok.clone()
+        }
+        .validate()
+        .is_ok());
     }
 }

@@ -2,12 +2,15 @@
 //! checkpoints it can load. Knows requests (app's protocol types), not HTTP.
 pub mod admission;
 mod batch;
+mod command;
+pub mod handle;
 pub mod limits;
 mod queue;
 pub mod registry;
 pub mod worker;
 
 pub use admission::Fairness;
+pub use command::Command;
+pub use handle::{default_max_batch, Canceller, EngineHandle, EngineOptions, Ticket};
 pub use limits::Limits;
 pub use registry::{bundled_models_dir, Entry, Registry};
-pub use worker::{default_max_batch, Canceller, Command, EngineHandle, EngineOptions, Ticket};

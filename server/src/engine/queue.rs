@@ -6,8 +6,8 @@
 //! queued before it start (and finish) on the old checkpoint, those queued after it on the new one.
 
 use super::admission::Slot;
-use super::worker::{cancelled_done, shutting_down, Command};
-use app::protocol::{Event, GenerateRequest};
+use super::command::{cancelled_done, shutting_down, Command};
+use protocol::{Event, GenerateRequest};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

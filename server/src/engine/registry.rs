@@ -4,9 +4,8 @@
 //! folders. Each is identified by [`crate::probe_checkpoint`], which reads `config.json` only,
 //! so scanning is cheap; folders that fail are listed with the reason.
 
-use crate::{probe_checkpoint, CheckpointSummary, ModelKind, PromptVersion};
+use crate::{probe_checkpoint, CheckpointInfo};
 use anyhow::{bail, Context, Result};
-use app::protocol as proto;
 use std::path::{Path, PathBuf};
 
 /// The bundled tiny checkpoints (random weights, real architecture and tokenizer).
@@ -22,50 +21,22 @@ pub fn demo_models_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
 }
 
-/// One usable checkpoint.
+/// One usable checkpoint: what the page lists about it, and where it is.
 #[derive(Clone, Debug)]
 pub struct Entry {
-    pub summary: CheckpointSummary,
-    /// True when it lives in the bundled fixtures or demo folder.
-    pub bundled: bool,
+    pub info: CheckpointInfo,
+    pub dir: PathBuf,
     /// A LoRA adapter (`<checkpoint>/adapters/<name>/`) applied when this entry loads.
     pub lora: Option<PathBuf>,
 }
 
 impl Entry {
     pub fn name(&self) -> &str {
-        &self.summary.name
+        &self.info.name
     }
 
-    pub fn info(&self) -> proto::CheckpointInfo {
-        proto::CheckpointInfo {
-            name: self.summary.name.clone(),
-            kind: match self.summary.kind {
-                ModelKind::CogVlm => proto::ModelKind::CogVlm,
-                ModelKind::CogAgent => proto::ModelKind::CogAgent,
-            },
-            image_size: self.summary.image_size,
-            default_version: to_proto_version(self.summary.default_version),
-            bundled: self.bundled,
-        }
-    }
-}
-
-pub fn to_proto_version(v: PromptVersion) -> proto::PromptVersion {
-    match v {
-        PromptVersion::Chat => proto::PromptVersion::Chat,
-        PromptVersion::ChatOld => proto::PromptVersion::ChatOld,
-        PromptVersion::Base => proto::PromptVersion::Base,
-        PromptVersion::Vqa => proto::PromptVersion::Vqa,
-    }
-}
-
-pub fn from_proto_version(v: proto::PromptVersion) -> PromptVersion {
-    match v {
-        proto::PromptVersion::Chat => PromptVersion::Chat,
-        proto::PromptVersion::ChatOld => PromptVersion::ChatOld,
-        proto::PromptVersion::Base => PromptVersion::Base,
-        proto::PromptVersion::Vqa => PromptVersion::Vqa,
+    pub fn info(&self) -> CheckpointInfo {
+        self.info.clone()
     }
 }
 
@@ -115,14 +86,17 @@ impl Registry {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| path.display().to_string());
             match probe_checkpoint(&path) {
-                Ok(summary) => {
-                    let bundled = is_bundled(&path);
-                    let adapters = adapter_entries(&summary, bundled);
-                    entries.push(Entry {
-                        bundled,
-                        summary,
+                Ok(info) => {
+                    let entry = Entry {
+                        info: CheckpointInfo {
+                            bundled: is_bundled(&path),
+                            ..info
+                        },
+                        dir: path,
                         lora: None,
-                    });
+                    };
+                    let adapters = adapter_entries(&entry);
+                    entries.push(entry);
                     entries.extend(adapters);
                 }
                 Err(e) => skipped.push((folder, format!("{e:#}"))),
@@ -143,7 +117,7 @@ impl Registry {
             let d = Registry::scan(&demo)?;
             let mut entries = d.entries;
             for e in &mut entries {
-                e.bundled = true;
+                e.info.bundled = true;
             }
             entries.append(&mut reg.entries);
             reg.entries = entries;
@@ -176,21 +150,18 @@ fn adapter_dirs(checkpoint: &Path) -> Vec<PathBuf> {
 }
 
 /// One "checkpoint + adapter" entry per adapter folder, named `<checkpoint> + <adapter>`.
-fn adapter_entries(summary: &CheckpointSummary, bundled: bool) -> Vec<Entry> {
-    adapter_dirs(&summary.dir)
+fn adapter_entries(base: &Entry) -> Vec<Entry> {
+    adapter_dirs(&base.dir)
         .into_iter()
         .map(|dir| {
             let adapter = dir
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let mut summary = summary.clone();
-            summary.name = format!("{} + {adapter}", summary.name);
-            Entry {
-                summary,
-                bundled,
-                lora: Some(dir),
-            }
+            let mut entry = base.clone();
+            entry.info.name = format!("{} + {adapter}", base.info.name);
+            entry.lora = Some(dir);
+            entry
         })
         .collect()
 }
@@ -207,11 +178,11 @@ mod tests {
             names,
             ["cogagent_tiny", "cogvlm_tiny_224", "cogvlm_tiny_490"]
         );
-        assert!(reg.entries.iter().all(|e| e.bundled));
+        assert!(reg.entries.iter().all(|e| e.info.bundled));
         assert!(reg.skipped.is_empty(), "{:?}", reg.skipped);
         assert_eq!(reg.default_entry().unwrap().name(), BUNDLED_DEFAULT);
         let info = reg.find("cogagent_tiny").unwrap().info();
-        assert_eq!(info.kind, proto::ModelKind::CogAgent);
+        assert_eq!(info.kind, crate::ModelKind::CogAgent);
         assert_eq!(info.image_size, 224);
         assert_eq!(reg.find("cogvlm_tiny_490").unwrap().info().image_size, 490);
     }

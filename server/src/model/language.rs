@@ -361,7 +361,7 @@ impl CrossAttention {
 
     /// Attention in the model dtype over the cached encoder keys/values: widening them to f32 (as the towers'
     /// attention does) would rewrite 2 × 6400 × 1024 values per layer at every decode step, 3.3 GB of memory
-    /// traffic per token at full size; bf16 parity on the CogAgent fixtures passes either way (115 / 115).
+    /// traffic per token at full size; bf16 parity on the CogAgent fixtures passes either way.
     fn forward(&self, x: &Tensor, kv: &(Tensor, Tensor)) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
         let q = self.heads_view(&self.query.forward(x)?)?;

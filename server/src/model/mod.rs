@@ -241,7 +241,7 @@ impl CogVlm {
             return out.to_dtype(self.dtype);
         }
         self.encoder_reruns.fetch_add(1, Ordering::Relaxed);
-        eprintln!(
+        tracing::warn!(
             "the {what} overflowed {} on this image; encoding it again in {}",
             dt.as_str(),
             self.dtype.as_str()

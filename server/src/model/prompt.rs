@@ -1,68 +1,9 @@
 //! Prompt building as the HF `build_conversation_input_ids`: text templates, then
 //! `[bos] + [pad] * image_tokens + tokens(text)` with token types, `build_position_ids` and `get_expert_mask`.
 
-use std::fmt;
 use std::ops::Range;
-use std::str::FromStr;
 
-/// The seed's `--version` names. For CogVLM the HF code knows `base`, `chat` (the "Question: … Answer:"
-/// format, which the seed calls `chat_old`) and `vqa`; for CogAgent it knows all four.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PromptVersion {
-    Chat,
-    ChatOld,
-    Base,
-    Vqa,
-}
-
-impl PromptVersion {
-    pub const ALL: [PromptVersion; 4] = [Self::Chat, Self::ChatOld, Self::Base, Self::Vqa];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Chat => "chat",
-            Self::ChatOld => "chat_old",
-            Self::Base => "base",
-            Self::Vqa => "vqa",
-        }
-    }
-}
-
-impl fmt::Display for PromptVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for PromptVersion {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "unknown prompt version {s:?} (expected chat, chat_old, base or vqa)"
-                )
-            })
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum ModelKind {
-    CogVlm,
-    CogAgent,
-}
-
-impl fmt::Display for ModelKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::CogVlm => "CogVLM",
-            Self::CogAgent => "CogAgent",
-        })
-    }
-}
+pub use protocol::{ModelKind, PromptVersion};
 
 /// The text given to the tokenizer (after BOS and the image block).
 pub fn prompt_text(

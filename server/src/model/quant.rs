@@ -288,7 +288,7 @@ impl Quantizer {
             );
         }
         if !no_ops.is_empty() {
-            eprintln!(
+            tracing::info!(
                 "LoRA: skipped {} cross-encoder projection(s) ({}): the reference reads those weights \
                  directly, so PEFT's LoRA on them has no effect",
                 no_ops.len(),

@@ -76,7 +76,7 @@ fn is_optional_buffer(name: &str) -> bool {
         || name.ends_with("rope.freqs_sin")
 }
 
-/// Every parameter the HF checkpoint holds, with its shape (spec §2; used ones and the few unused ones alike).
+/// Every parameter the HF checkpoint holds, with its shape (used ones and the few unused ones alike).
 pub fn expected_tensors(cfg: &Config) -> Vec<(String, Vec<usize>)> {
     let mut t: Vec<(String, Vec<usize>)> = Vec::new();
     let mut add = |n: String, s: &[usize]| t.push((n, s.to_vec()));

@@ -3,6 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use protocol::ErrorKind;
 use serde::Serialize;
 
 /// One API error; becomes the JSON body (and the status) of a response.
@@ -55,32 +56,21 @@ impl ApiError {
         }
     }
 
-    /// An error the engine reported (`Event::Error`) before any text was sent. The engine's
-    /// messages are mostly about the request (image, prompt length, limits), so they are 4xx
-    /// unless they say the server cannot answer at all.
-    pub fn from_engine(message: String) -> Self {
-        let lower = message.to_ascii_lowercase();
-        let (status, kind, code) = if lower.contains("no model is loaded") {
-            (StatusCode::SERVICE_UNAVAILABLE, "server_error", None)
-        } else if [
-            "busy",
-            "queue is full",
-            "too many requests",
-            "rate limit",
-            "already have",
-        ]
-        .iter()
-        .any(|w| lower.contains(w))
-        {
-            (
+    /// An error the engine reported (`Event::Error`) before any text was sent: its kind decides
+    /// the status, never its wording.
+    pub fn from_engine(kind: ErrorKind, message: String) -> Self {
+        let (status, kind, code) = match kind {
+            ErrorKind::BadInput => (StatusCode::BAD_REQUEST, "invalid_request_error", None),
+            ErrorKind::Busy | ErrorKind::RateLimited => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limit_error",
                 Some("rate_limit_exceeded"),
-            )
-        } else if lower.contains("remote") || lower.contains("endpoint") {
-            (StatusCode::BAD_GATEWAY, "server_error", None)
-        } else {
-            (StatusCode::BAD_REQUEST, "invalid_request_error", None)
+            ),
+            ErrorKind::NoModel | ErrorKind::ShuttingDown => {
+                (StatusCode::SERVICE_UNAVAILABLE, "server_error", None)
+            }
+            ErrorKind::Upstream => (StatusCode::BAD_GATEWAY, "server_error", None),
+            ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None),
         };
         Self {
             status,
@@ -137,28 +127,58 @@ mod tests {
     }
 
     #[test]
-    fn engine_errors_are_classified() {
+    fn the_status_comes_from_the_error_kind() {
+        let status = |kind, message: &str| ApiError::from_engine(kind, message.into()).status;
         assert_eq!(
-            ApiError::from_engine("no model is loaded".into()).status,
+            status(ErrorKind::NoModel, "no model is loaded"),
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(
-            ApiError::from_engine("the prompt takes 3000 positions".into()).status,
+            status(ErrorKind::BadInput, "the prompt takes 3000 positions"),
             StatusCode::BAD_REQUEST
         );
         for refusal in [
-            "the server is busy: 9 requests are waiting or running",
-            "too many requests: at most 60 a minute",
-            "you already have a question being answered or waiting",
+            (
+                ErrorKind::Busy,
+                "the server is busy: 9 requests are waiting or running",
+            ),
+            (
+                ErrorKind::RateLimited,
+                "too many requests: at most 60 a minute",
+            ),
+            (
+                ErrorKind::RateLimited,
+                "you already have a question being answered or waiting",
+            ),
         ] {
-            assert_eq!(
-                ApiError::from_engine(refusal.into()).status,
-                StatusCode::TOO_MANY_REQUESTS
-            );
+            assert_eq!(status(refusal.0, refusal.1), StatusCode::TOO_MANY_REQUESTS);
         }
         assert_eq!(
-            ApiError::from_engine("image x.png is 30 MB; the limit is 20 MB (too large)".into())
-                .status,
+            status(
+                ErrorKind::BadInput,
+                "image x.png is 30 MB; the limit is 20 MB (too large)"
+            ),
+            StatusCode::BAD_REQUEST
+        );
+        // Wording no longer matters: these two once came out as 400s.
+        assert_eq!(
+            status(
+                ErrorKind::Internal,
+                "internal error in the model worker (boom); it recovered: please try again"
+            ),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            status(ErrorKind::ShuttingDown, "the server is shutting down"),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(ErrorKind::Upstream, "the remote endpoint answered HTTP 500"),
+            StatusCode::BAD_GATEWAY
+        );
+        // A message that mentions "busy" is not a 429 unless its kind says so.
+        assert_eq!(
+            status(ErrorKind::BadInput, "a question about a busy street"),
             StatusCode::BAD_REQUEST
         );
     }

@@ -5,12 +5,12 @@ use super::error::ApiError;
 use super::request::ChatCompletionRequest;
 use super::run::{Out, Run};
 use app::backend::Backend;
-use app::protocol::{Event, Stats};
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use protocol::{Event, Stats};
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -53,7 +53,7 @@ const MAX_BODY_BYTES: usize = 64 << 20;
 pub async fn chat_completions(State(backend): State<SharedBackend>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     // API callers share the page's fairness rules, keyed by address (or client cookie).
-    let client = app::api::client_key_of(&parts);
+    let client = crate::web::access::client_key_of(&parts);
     let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(body) => body,
         Err(_) => {
@@ -125,10 +125,11 @@ async fn ensure_model(backend: &dyn Backend, requested: &str) -> Result<(), ApiE
     while let Some(event) = events.recv().await {
         match event {
             Event::Loaded { .. } => return Ok(()),
-            Event::Error { message } => {
-                return Err(ApiError::internal(format!(
-                    "cannot load the model {name}: {message}"
-                )))
+            Event::Error { kind, message } => {
+                return Err(ApiError::from_engine(
+                    kind,
+                    format!("cannot load the model {name}: {message}"),
+                ))
             }
             _ => {}
         }

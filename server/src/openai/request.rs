@@ -6,8 +6,8 @@
 //! image of the conversation is the one the model sees (one image per conversation).
 
 use super::error::ApiError;
-use app::protocol::{GenerateRequest, ImageData, Sampling};
 use base64::Engine as _;
+use protocol::{GenerateRequest, ImageData, Sampling};
 use serde::Deserialize;
 
 /// The request fields we read; others (`logprobs`, `user`, …) are ignored as OpenAI does for
@@ -18,7 +18,7 @@ pub struct ChatCompletionRequest {
     pub messages: Vec<Message>,
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
-    /// Not OpenAI, but the seed's server and vLLM accept it.
+    /// Not OpenAI, but THUDM's demo server and vLLM accept it.
     pub top_k: Option<usize>,
     pub max_tokens: Option<usize>,
     /// The newer name of `max_tokens`.
@@ -84,9 +84,6 @@ impl ImageUrl {
     }
 }
 
-/// `top_k` that keeps every token (the engine refuses 0 from the page's slider).
-pub const NO_TOP_K: usize = usize::MAX;
-
 /// OpenAI's own defaults (temperature 1, top_p 1, no top-k). `temperature: 0` is greedy.
 const DEFAULT_TEMPERATURE: f64 = 1.0;
 const DEFAULT_TOP_P: f64 = 1.0;
@@ -122,46 +119,27 @@ impl ChatCompletionRequest {
         })
     }
 
+    /// OpenAI's defaults for what the caller leaves out, then the one rule set every entry point
+    /// applies ([`Sampling::validate`]); a refusal names the API's field.
     fn sampling(&self) -> Result<Sampling, ApiError> {
-        let temperature = self.temperature.unwrap_or(DEFAULT_TEMPERATURE);
-        if !(temperature.is_finite() && (0.0..=2.0).contains(&temperature)) {
-            return Err(ApiError::invalid(
-                "temperature must be between 0 and 2 (0 = greedy)",
-                Some("temperature"),
-            ));
-        }
-        let top_p = self.top_p.unwrap_or(DEFAULT_TOP_P);
-        if !(top_p.is_finite() && top_p > 0.0 && top_p <= 1.0) {
-            return Err(ApiError::invalid("top_p must be in (0, 1]", Some("top_p")));
-        }
-        let max_new_tokens = self.max_completion_tokens.or(self.max_tokens);
-        if max_new_tokens == Some(0) {
-            return Err(ApiError::invalid(
-                "max_tokens must be at least 1",
-                Some("max_tokens"),
-            ));
-        }
-        let repetition_penalty = self.repetition_penalty.unwrap_or(1.0);
-        if !(repetition_penalty.is_finite() && repetition_penalty > 0.0) {
-            return Err(ApiError::invalid(
-                "repetition_penalty must be a number > 0 (1 = none)",
-                Some("repetition_penalty"),
-            ));
-        }
-        Ok(Sampling {
-            temperature,
-            top_p,
-            // Absent or 0 (vLLM's "off"): no top-k, which the engine spells as "all tokens".
-            top_k: match self.top_k {
-                None | Some(0) => NO_TOP_K,
-                Some(k) => k,
-            },
+        let sampling = Sampling {
+            temperature: self.temperature.unwrap_or(DEFAULT_TEMPERATURE),
+            top_p: self.top_p.unwrap_or(DEFAULT_TOP_P),
+            // Absent and 0 (vLLM's "off") both mean no top-k, as everywhere.
+            top_k: self.top_k,
             // The engine's total-length default stays; max_tokens bounds the answer alone.
             max_length: Sampling::default().max_length,
-            max_new_tokens,
-            repetition_penalty,
+            max_new_tokens: self.max_completion_tokens.or(self.max_tokens),
+            repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
             seed: self.seed,
-        })
+        };
+        sampling.validate().map_err(|e| match e.field {
+            "max_new_tokens" => {
+                ApiError::invalid("max_tokens must be at least 1", Some("max_tokens"))
+            }
+            field => ApiError::invalid(e.message, Some(field)),
+        })?;
+        Ok(sampling)
     }
 
     fn stops(&self) -> Result<Vec<String>, ApiError> {
@@ -415,7 +393,7 @@ mod tests {
         let s = &p.generate.sampling;
         assert_eq!(
             (s.temperature, s.max_new_tokens, s.seed, s.top_k),
-            (0.0, Some(12), Some(7), 3)
+            (0.0, Some(12), Some(7), Some(3))
         );
         assert_eq!(s.max_length, 2048);
         assert_eq!(p.stops, vec!["\n".to_string()]);
@@ -474,5 +452,24 @@ mod tests {
         let g = r.prepare().unwrap().generate;
         assert_eq!(g.image.unwrap().name, "image.jpeg");
         assert_eq!(g.history, vec![(String::new(), String::new())]);
+    }
+
+    #[test]
+    fn top_k_zero_and_absent_are_off_and_one_is_greedy() {
+        let sampling = |extra: serde_json::Value| {
+            let mut body = serde_json::json!({"model": "m", "temperature": 0.7,
+                "messages": [{"role": "user", "content": "q"}]});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            req(body).prepare().unwrap().generate.sampling
+        };
+        let absent = sampling(serde_json::json!({}));
+        let zero = sampling(serde_json::json!({"top_k": 0}));
+        let one = sampling(serde_json::json!({"top_k": 1}));
+        assert_eq!((absent.top_k_limit(), zero.top_k_limit()), (None, None));
+        assert!(!absent.is_greedy() && !zero.is_greedy());
+        assert!(one.is_greedy());
+        assert_eq!(one.top_k_limit(), Some(1));
     }
 }

@@ -4,7 +4,7 @@
 use super::error::ApiError;
 use super::stop::{Step, StopMatcher};
 use app::backend::{Backend, Generation};
-use app::protocol::{Event, GenerateRequest, Stats, StopReason};
+use protocol::{Event, GenerateRequest, Stats, StopReason};
 use std::collections::VecDeque;
 
 /// What the handlers turn into JSON.
@@ -83,10 +83,10 @@ impl Run {
                     };
                     self.pending.push_back(Out::Finished { reason, stats });
                 }
-                Event::Error { message } => {
+                Event::Error { kind, message } => {
                     self.finished = true;
                     self.pending
-                        .push_back(Out::Failed(ApiError::from_engine(message)));
+                        .push_back(Out::Failed(ApiError::from_engine(kind, message)));
                 }
                 _ => {} // queue position, start, load events
             }
@@ -113,7 +113,7 @@ impl Drop for Run {
 mod tests {
     use super::*;
     use app::backend::CancelHandle;
-    use app::protocol::ModelsState;
+    use protocol::ModelsState;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     use tokio::sync::mpsc;
@@ -227,9 +227,10 @@ mod tests {
             (vec!["a".into()], "length", false)
         );
         let (_, end, _) = collect(
-            vec![Event::Error {
-                message: "the prompt takes 3000 positions".into(),
-            }],
+            vec![Event::error(
+                protocol::ErrorKind::BadInput,
+                "the prompt takes 3000 positions",
+            )],
             &[],
         )
         .await;

@@ -1,11 +1,11 @@
 //! `cogvlm chat --backend openai`: the terminal chat, answered by a remote server.
 
 use super::{BackendArgs, RemoteBackend, RemoteConfig};
-use crate::terminal::{converse, Reply, TurnStats};
+use crate::terminal::{converse, Reply};
 use anyhow::{Context, Result};
 use app::backend::Backend;
-use app::protocol::{Event, GenerateRequest, ImageData, Sampling};
 use base64::Engine as _;
+use protocol::{Event, GenerateRequest, ImageData, Sampling};
 use std::path::PathBuf;
 
 pub use crate::terminal::Io;
@@ -77,18 +77,8 @@ pub fn run(
                         out.flush()?;
                         text.push_str(&piece);
                     }
-                    Event::Done { stats } => {
-                        let stats = TurnStats {
-                            prompt_tokens: stats.prompt_tokens,
-                            reused_tokens: stats.reused_tokens,
-                            ttft_ms: stats.ttft_ms,
-                            generated_tokens: stats.generated_tokens,
-                            tokens_per_s: stats.tokens_per_s,
-                            stop: stats.stop.label(),
-                        };
-                        return Ok(Reply::Answer { text, stats });
-                    }
-                    Event::Error { message } => return Ok(Reply::Failed(message)),
+                    Event::Done { stats } => return Ok(Reply::Answer { text, stats }),
+                    Event::Error { message, .. } => return Ok(Reply::Failed(message)),
                     _ => {}
                 }
             }

@@ -6,9 +6,9 @@ pub mod cli;
 mod sse;
 
 use app::backend::{Backend, CancelHandle, Generation};
-use app::protocol::{
-    CheckpointInfo, Event, GenerateRequest, ModelKind, ModelsState, PromptVersion, Stats,
-    StopReason,
+use protocol::{
+    CheckpointInfo, Error, ErrorKind, Event, GenerateRequest, ModelKind, ModelsState,
+    PromptVersion, Stats, StopReason,
 };
 use serde_json::{json, Value};
 use sse::DataLines;
@@ -180,9 +180,10 @@ impl Backend for RemoteBackend {
                 });
             }
             Err(_) => {
-                let _ = tx.try_send(Event::Error {
-                    message: "the remote backend needs an async runtime".into(),
-                });
+                let _ = tx.try_send(Event::error(
+                    ErrorKind::Internal,
+                    "the remote backend needs an async runtime",
+                ));
             }
         }
         Generation { events: rx, cancel }
@@ -195,12 +196,13 @@ impl Backend for RemoteBackend {
                 checkpoint: self.checkpoint(),
             }
         } else {
-            Event::Error {
-                message: format!(
+            Event::error(
+                ErrorKind::BadInput,
+                format!(
                     "the remote backend serves one model ({}); restart with another --model",
                     self.config.model
                 ),
-            }
+            )
         };
         let _ = tx.try_send(event);
         rx
@@ -240,8 +242,8 @@ fn request_body(model: &str, req: &GenerateRequest) -> Value {
     });
     // Extensions that lmdeploy, vLLM and this server accept; sent only when they matter, since
     // a strict server refuses unknown fields.
-    if s.top_k > 0 && s.top_k != crate::openai::request::NO_TOP_K {
-        body["top_k"] = json!(s.top_k);
+    if let Some(k) = s.top_k_limit() {
+        body["top_k"] = json!(k);
     }
     if s.repetition_penalty != 1.0 {
         body["repetition_penalty"] = json!(s.repetition_penalty);
@@ -336,13 +338,14 @@ impl Call {
             Ok(stop) => Event::Done {
                 stats: meter.stats(&model, stop),
             },
-            Err(message) => Event::Error { message },
+            Err(error) => error.into(),
         };
         let _ = events.send(end).await;
     }
 
     /// Sends `Started` and the tokens; returns why the answer ended.
-    async fn stream(self, meter: &mut Meter) -> Result<StopReason, String> {
+    async fn stream(self, meter: &mut Meter) -> Result<StopReason, Error> {
+        let upstream = |message: String| Error::new(ErrorKind::Upstream, message);
         use futures::StreamExt;
         let mut request = self.request;
         if let Some(key) = &self.api_key {
@@ -351,14 +354,21 @@ impl Call {
         let response = request
             .send()
             .await
-            .map_err(|e| format!("cannot reach the remote endpoint: {e}"))?;
+            .map_err(|e| upstream(format!("cannot reach the remote endpoint: {e}")))?;
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
-            return Err(format!(
+            let message = format!(
                 "the remote endpoint answered HTTP {status}: {}",
                 error_message(&body)
-            ));
+            );
+            // The engine behind is busy: so are we (the caller may retry), not broken.
+            let kind = if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                ErrorKind::Busy
+            } else {
+                ErrorKind::Upstream
+            };
+            return Err(Error::new(kind, message));
         }
         let _ = self
             .events
@@ -370,18 +380,21 @@ impl Call {
         let mut lines = DataLines::default();
         let mut stop = StopReason::Eos;
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| format!("the remote stream broke off: {e}"))?;
+            let chunk = chunk.map_err(|e| upstream(format!("the remote stream broke off: {e}")))?;
             for data in lines.push(&chunk) {
                 if data.trim() == "[DONE]" {
                     return Ok(stop);
                 }
-                let v: Value = serde_json::from_str(&data)
-                    .map_err(|e| format!("the remote endpoint sent a bad chunk ({e}): {data}"))?;
+                let v: Value = serde_json::from_str(&data).map_err(|e| {
+                    upstream(format!(
+                        "the remote endpoint sent a bad chunk ({e}): {data}"
+                    ))
+                })?;
                 if v.get("error").is_some() {
-                    return Err(format!(
+                    return Err(upstream(format!(
                         "the remote endpoint failed: {}",
                         error_message(&data)
-                    ));
+                    )));
                 }
                 if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
                     let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
@@ -418,7 +431,7 @@ fn error_message(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use app::protocol::{ImageData, Sampling};
+    use protocol::{ImageData, Sampling};
 
     #[test]
     fn the_request_carries_history_image_and_sampling() {
@@ -432,7 +445,7 @@ mod tests {
             version: None,
             sampling: Sampling {
                 temperature: 0.0,
-                top_k: 1,
+                top_k: Some(1),
                 max_new_tokens: Some(5),
                 ..Sampling::default()
             },

@@ -4,6 +4,7 @@
 //! Each example's (image, query, expected, got) goes to a JSONL file; the summary (overall and per label
 //! `"kind"`) is printed as the last line.
 
+use protocol::Sampling;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use anyhow::Context;
 use serde_json::json;
 
 use super::data;
-use crate::pipeline::{ChatRequest, LoadOptions, Pipeline, PromptVersion, SamplingParams};
+use crate::pipeline::{ChatRequest, LoadOptions, Pipeline, PromptVersion};
 
 pub struct EvalArgs {
     pub model: PathBuf,
@@ -130,9 +131,9 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<serde_json::Value> {
             history,
             query: query.to_string(),
             version: args.version,
-            sampling: SamplingParams {
+            sampling: Sampling {
                 max_new_tokens: Some(args.max_new_tokens),
-                ..Default::default()
+                ..Sampling::greedy()
             },
         };
         let got = pipe

@@ -6,7 +6,6 @@
 //! which sets the cookie (HttpOnly) and redirects to the same page without the token in the
 //! address bar. Anything else gets 401.
 
-use app::api::cookie;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
@@ -143,6 +142,35 @@ pub async fn guard(State(access): State<Arc<Access>>, req: Request, next: Next) 
         }
     }
     response
+}
+
+/// Who is asking, for the engine's fairness rules: the id the server gave this browser (the
+/// `cogvlm_client` cookie set by [`guard`]), else the peer's IP address.
+pub fn client_key_of(parts: &axum::http::request::Parts) -> String {
+    use axum::extract::ConnectInfo;
+    let cookie =
+        cookie(&parts.headers, CLIENT_COOKIE).filter(|id| !id.is_empty() && id.len() <= 64);
+    if let Some(id) = cookie {
+        return format!("client:{id}");
+    }
+    parts
+        .extensions
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|ConnectInfo(addr)| format!("ip:{}", addr.ip()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The value of cookie `name`, if the request has it.
+pub fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
 }
 
 #[cfg(test)]

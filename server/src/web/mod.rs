@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod assets;
+pub mod chat;
 pub mod socket;
 
 use crate::engine::{bundled_models_dir, EngineHandle, EngineOptions, Fairness, Limits, Registry};
@@ -12,13 +13,13 @@ use crate::LoadOptions;
 use access::Access;
 use anyhow::{bail, Context, Result};
 use app::backend::{Backend, BackendContext, CancelHandle, Generation};
-use app::protocol::{Event, GenerateRequest, ModelsState};
 use app::{shell, App, OUTPUT_NAME};
 use axum::handler::Handler;
 use axum::Router;
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
 use leptos_axum::{generate_route_list, LeptosRoutes};
+use protocol::{Event, GenerateRequest, ModelsState};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -204,7 +205,7 @@ pub fn app(
             limits.max_upload_bytes,
             limits.max_text_bytes,
         ),
-        backend: BackendContext(backend.clone()),
+        backend: backend.clone(),
     };
     router(backend, site_root, addr)
         .layer(axum::middleware::from_fn_with_state(
@@ -262,11 +263,11 @@ async fn run(args: ServeArgs) -> Result<()> {
         None => Registry::bundled()?,
     };
     for (folder, reason) in &registry.skipped {
-        eprintln!("skipping {folder}: {reason}");
+        tracing::warn!("skipping {folder}: {reason}");
     }
     let initial = registry.default_entry().map(|e| e.name().to_string());
     if initial.is_none() {
-        eprintln!(
+        tracing::info!(
             "no checkpoint found in {} (each checkpoint is a folder with config.json and *.safetensors)",
             models_dir.display()
         );
@@ -329,34 +330,36 @@ async fn listen(
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} (is another server running? try --port)")
     })?;
-    eprintln!("models: {source}");
-    eprintln!("site:   {}", site_root.display());
+    tracing::info!("models: {source}");
+    tracing::info!("site:   {}", site_root.display());
     let query = token
         .as_deref()
         .map(|t| format!("/?token={t}"))
         .unwrap_or_default();
     if ip.is_unspecified() {
-        eprintln!("listening on {addr}: the app is visible to your network, with the token below");
+        tracing::info!(
+            "listening on {addr}: the app is visible to your network, with the token below"
+        );
         if let Some(lan) = lan_address() {
-            eprintln!("share:  http://{lan}:{}{query}", args.port);
+            tracing::info!("share:  http://{lan}:{}{query}", args.port);
         }
-        eprintln!("local:  http://localhost:{}{query}", args.port);
+        tracing::info!("local:  http://localhost:{}{query}", args.port);
     } else {
-        eprintln!("open http://{addr}{query}");
+        tracing::info!("open http://{addr}{query}");
     }
     if let Some(t) = &token {
-        eprintln!("API clients: Authorization: Bearer {t}");
+        tracing::info!("API clients: Authorization: Bearer {t}");
     }
     let shutdown = async move {
         let _ = tokio::signal::ctrl_c().await;
-        eprintln!("shutting down: stopping the running answer, refusing waiting ones");
+        tracing::info!("shutting down: stopping the running answer, refusing waiting ones");
         if let Some(engine) = engine {
             engine.shutdown();
         }
         // Open sockets end when their answers end; don't wait forever for idle ones.
         tokio::spawn(async {
             tokio::time::sleep(std::time::Duration::from_secs(10)).await;
-            eprintln!("some connections did not close within 10 s; exiting");
+            tracing::info!("some connections did not close within 10 s; exiting");
             std::process::exit(0);
         });
     };

@@ -5,23 +5,26 @@
 //! the upload limit, and a message over it gets an `Error` event before the socket closes.
 //! The wire format is server_fn's, so the page's `chat` client is unchanged: one binary frame
 //! per item, a tag byte (0: a value, 1: an error), then JSON. The session itself is
-//! [`app::api::run_chat`], shared with the server function.
+//! [`super::chat::run_chat`].
 
-use app::backend::BackendContext;
-use app::protocol::{ClientMsg, Event};
+use super::access::client_key_of;
+use super::chat::run_chat;
+use app::backend::Backend;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequest, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
+use protocol::{ClientMsg, Event};
+use std::sync::Arc;
 
 pub const CHAT_PATH: &str = "/api/chat";
 
 /// What the chat socket needs.
 #[derive(Clone)]
 pub struct ChatSocket {
-    pub backend: BackendContext,
+    pub backend: Arc<dyn Backend>,
     /// The largest message accepted (the upload limit in base64, plus room for the text).
     pub max_message_bytes: usize,
 }
@@ -46,7 +49,7 @@ pub async fn intercept(State(chat): State<ChatSocket>, req: Request, next: Next)
         return next.run(req).await;
     }
     let (parts, body) = req.into_parts();
-    let client = app::api::client_key_of(&parts);
+    let client = client_key_of(&parts);
     let upgrade = match WebSocketUpgrade::from_request(Request::from_parts(parts, body), &()).await
     {
         Ok(u) => u,
@@ -110,7 +113,7 @@ async fn session(socket: WebSocket, chat: ChatSocket, client: String) {
         .filter_map(move |msg| std::future::ready(decode(msg, limit)))
         .boxed();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(256);
-    tokio::spawn(app::api::run_chat(input, Ok(chat.backend), client, tx));
+    tokio::spawn(run_chat(input, chat.backend, client, tx));
     while let Some(event) = rx.recv().await {
         if sink.send(encode(&event)).await.is_err() {
             return; // the client is gone; dropping `rx` cancels the generation

@@ -3,10 +3,10 @@
 //! HTTP client. Shared by the serving tests.
 #![allow(dead_code)] // each test binary uses a different part
 
-use app::protocol::{ClientMsg, Event, GenerateRequest, ImageData, Sampling, Stats};
 use cogvlm::engine::{bundled_models_dir, EngineHandle, EngineOptions, Registry};
 use cogvlm::web::access::Access;
 use futures::{SinkExt, StreamExt};
+use protocol::{ClientMsg, Event, GenerateRequest, ImageData, Sampling, Stats};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -99,7 +99,7 @@ pub fn greedy(image: Option<ImageData>, query: &str, new_tokens: usize) -> Gener
         sampling: Sampling {
             temperature: 0.0,
             top_p: 1.0,
-            top_k: 1,
+            top_k: Some(1),
             max_length: 2048,
             max_new_tokens: Some(new_tokens),
             repetition_penalty: 1.0,
@@ -200,7 +200,7 @@ pub async fn read_answer(ws: &mut Ws) -> Answer {
                 answer.stats = Some(stats);
                 break;
             }
-            Ok(Event::Error { message }) => {
+            Ok(Event::Error { message, .. }) => {
                 answer.error = Some(message);
                 break;
             }

@@ -1,9 +1,9 @@
 //! A websocket client of the page's `chat` server function (Leptos 0.8 / server_fn 0.8):
 //! binary frames of one tag byte (0 = Ok, 1 = Err) followed by the JSON of one item.
 
-use app::protocol::{ClientMsg, Event, GenerateRequest};
 use futures::{SinkExt, StreamExt};
 use leptos::server_fn::ServerFn;
+use protocol::{ClientMsg, Event, GenerateRequest};
 use std::net::SocketAddr;
 use tokio_tungstenite::tungstenite::Message;
 

@@ -19,24 +19,14 @@ use crate::model::placement::{self, DeviceInfo, Placement, Plan, Sizes};
 pub use crate::model::placement::{GpuLayers, PlacementRequest};
 use crate::model::preprocess;
 use crate::model::prompt::{prompt_text, PromptInput};
-pub use crate::model::prompt::{ModelKind, PromptVersion};
 pub use crate::model::quant::Quant;
 use crate::model::quant::Quantizer;
 use crate::model::weights::{Checkpoint, ProgressBackend};
 use crate::model::{Cache, CogVlm};
 use crate::sampling::Sampler;
-pub use crate::sampling::SamplingParams;
+pub use crate::sampling::Sampling;
 use crate::text_stream::TextStream;
-
-/// What the app needs to list a checkpoint, read from `config.json` alone.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct CheckpointSummary {
-    pub name: String,
-    pub dir: PathBuf,
-    pub kind: ModelKind,
-    pub image_size: usize,
-    pub default_version: PromptVersion,
-}
+pub use protocol::{CheckpointInfo, ModelKind, PromptVersion, Stats, StopReason};
 
 /// The checkpoint's default prompt version: the README's "which --version" table by checkpoint name, then
 /// `template_version` from config.json, then `chat`.
@@ -64,17 +54,23 @@ pub fn default_version(name: &str, cfg: &Config) -> PromptVersion {
         .unwrap_or(PromptVersion::Chat)
 }
 
-pub fn probe_checkpoint(dir: &Path) -> anyhow::Result<CheckpointSummary> {
+/// What the page lists about the checkpoint in `dir`, read from `config.json` alone.
+pub fn probe_checkpoint(dir: &Path) -> anyhow::Result<CheckpointInfo> {
     let cfg = Config::from_file(&dir.join("config.json"))?;
-    Ok(summarize(dir, &cfg))
+    Ok(describe(dir, &cfg))
 }
 
-fn summarize(dir: &Path, cfg: &Config) -> CheckpointSummary {
+fn describe(dir: &Path, cfg: &Config) -> CheckpointInfo {
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| dir.display().to_string());
-    CheckpointSummary {
+    checkpoint_info(name, cfg)
+}
+
+/// A checkpoint called `name` with config `cfg` (`bundled` is the registry's to set).
+pub fn checkpoint_info(name: String, cfg: &Config) -> CheckpointInfo {
+    CheckpointInfo {
         default_version: default_version(&name, cfg),
         kind: if cfg.is_cogagent() {
             ModelKind::CogAgent
@@ -83,7 +79,7 @@ fn summarize(dir: &Path, cfg: &Config) -> CheckpointSummary {
         },
         image_size: cfg.vision_config.image_size,
         name,
-        dir: dir.to_path_buf(),
+        bundled: false,
     }
 }
 
@@ -212,31 +208,22 @@ pub struct ChatRequest {
     pub query: String,
     /// `None` = the checkpoint's default.
     pub version: Option<PromptVersion>,
-    pub sampling: SamplingParams,
+    pub sampling: Sampling,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub enum StopReason {
-    Eos,
-    Length,
-    Cancelled,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct GenerationStats {
-    pub prompt_tokens: usize,
-    /// Prompt tokens whose keys/values came from the conversation's earlier turns (not run again).
-    pub reused_tokens: usize,
-    pub generated_tokens: usize,
-    /// Image encoding + prompt forward.
-    pub prefill_ms: f64,
-    /// Request start → first token chosen.
-    pub ttft_ms: f64,
-    /// Decode rate after the first token.
-    pub tokens_per_s: f64,
-    pub stop: StopReason,
+/// A finished turn: the numbers shown under it ([`Stats`], also readable through `Deref`), its text and ids.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub stats: Stats,
     pub text: String,
     pub generated_ids: Vec<u32>,
+}
+
+impl std::ops::Deref for Answer {
+    type Target = Stats;
+    fn deref(&self) -> &Stats {
+        &self.stats
+    }
 }
 
 /// Encoded image, kept so that follow-up questions about the same image skip the vision towers.
@@ -262,7 +249,7 @@ const KEPT_CONVERSATIONS: usize = 2;
 pub struct Pipeline {
     model: CogVlm,
     tokenizer: Arc<Tokenizer>,
-    summary: CheckpointSummary,
+    info: CheckpointInfo,
     image_cache: Option<ImageCache>,
     conversations: Vec<Conversation>,
     plan: Option<Plan>,
@@ -309,14 +296,14 @@ impl Pipeline {
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> anyhow::Result<Self> {
         let cfg = Config::from_file(&dir.join("config.json"))?;
-        let summary = summarize(dir, &cfg);
+        let info = describe(dir, &cfg);
         let tokenizer = load_tokenizer(&find_tokenizer(dir, opts.tokenizer.as_deref())?)?;
         let first = opts.placement.devices.first().unwrap_or(&opts.device);
         let dtype = parse_dtype(opts.dtype.as_deref(), &parse_device(first)?)?;
         let ck = Checkpoint::open(dir, &cfg)?;
         // Decided, printed and (when nothing fits) refused before any weight is read.
         let plan = make_plan(&cfg, dtype, opts)?;
-        eprint!("{}: {plan}", summary.name);
+        tracing::info!("{}: {}", info.name, plan.to_string().trim_end());
         let place = Placement::open(&plan, parse_device)?;
         let vb = VarBuilder::from_backend(
             Box::new(ProgressBackend::new(ck, progress)),
@@ -332,7 +319,7 @@ impl Pipeline {
         }
         let model = CogVlm::with_placement(&cfg, vb, quantizer, place)
             .with_context(|| format!("cannot build the model from {}", dir.display()))?;
-        Ok(Self::from_parts(model, tokenizer, summary).with_plan(plan))
+        Ok(Self::from_parts(model, tokenizer, info).with_plan(plan))
     }
 
     /// Records the device plan the model was built with (shown on the page and in the bench's JSON).
@@ -345,19 +332,20 @@ impl Pipeline {
         self.plan.as_ref()
     }
 
-    pub fn from_parts(model: CogVlm, tokenizer: Tokenizer, summary: CheckpointSummary) -> Self {
+    pub fn from_parts(model: CogVlm, tokenizer: Tokenizer, info: CheckpointInfo) -> Self {
         Self {
             model,
             tokenizer: Arc::new(tokenizer),
-            summary,
+            info,
             image_cache: None,
             conversations: Vec::new(),
             plan: None,
         }
     }
 
-    pub fn summary(&self) -> &CheckpointSummary {
-        &self.summary
+    /// The loaded checkpoint's name, kind, image size and default prompt version.
+    pub fn info(&self) -> &CheckpointInfo {
+        &self.info
     }
 
     pub fn model(&self) -> &CogVlm {
@@ -398,9 +386,12 @@ impl Pipeline {
     fn prompt_input(&self, req: &ChatRequest) -> anyhow::Result<PromptInput> {
         let kind = self.model.kind();
         if kind == ModelKind::CogAgent && req.image.is_none() {
-            bail!("CogAgent needs an image: upload one to chat with this checkpoint");
+            return Err(protocol::Error::bad_input(
+                "CogAgent needs an image: upload one to chat with this checkpoint",
+            )
+            .into());
         }
-        let version = req.version.unwrap_or(self.summary.default_version);
+        let version = req.version.unwrap_or(self.info.default_version);
         let text = prompt_text(kind, version, &req.history, &req.query);
         let text_ids = self.encode_text(&text)?;
         let cfg = &self.model.cfg;
@@ -491,7 +482,7 @@ impl Pipeline {
         &mut self,
         req: &ChatRequest,
         on_text: &mut dyn FnMut(&str) -> bool,
-    ) -> anyhow::Result<GenerationStats> {
+    ) -> anyhow::Result<Answer> {
         self.run(0, req, false, on_text)
     }
 
@@ -502,7 +493,7 @@ impl Pipeline {
         client: &str,
         req: &ChatRequest,
         on_text: &mut dyn FnMut(&str) -> bool,
-    ) -> anyhow::Result<GenerationStats> {
+    ) -> anyhow::Result<Answer> {
         self.run(owner_key(client), req, false, on_text)
     }
 
@@ -512,7 +503,7 @@ impl Pipeline {
         req: &ChatRequest,
         ignore_eos: bool,
         on_text: &mut dyn FnMut(&str) -> bool,
-    ) -> anyhow::Result<GenerationStats> {
+    ) -> anyhow::Result<Answer> {
         self.run(0, req, ignore_eos, on_text)
     }
 
@@ -522,8 +513,23 @@ impl Pipeline {
         req: &ChatRequest,
         ignore_eos: bool,
         on_text: &mut dyn FnMut(&str) -> bool,
-    ) -> anyhow::Result<GenerationStats> {
+    ) -> anyhow::Result<Answer> {
         let mut seq = self.begin(owner, req, ignore_eos)?;
+        let decoded = self.decode_alone(&mut seq, on_text);
+        // The held-back text arrives whichever way the turn ended.
+        if let Some(rest) = seq.rest() {
+            on_text(&rest);
+        }
+        decoded?;
+        Ok(self.finish(seq))
+    }
+
+    /// Samples and steps one sequence until it is finished.
+    fn decode_alone(
+        &mut self,
+        seq: &mut Sequence,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> anyhow::Result<()> {
         while !seq.is_finished() {
             if let Some(piece) = seq.sample()? {
                 // An empty piece (a character still incomplete) lets the caller cancel anyway.
@@ -531,12 +537,9 @@ impl Pipeline {
                     seq.cancel();
                 }
             }
-            self.step(&mut [&mut seq])?;
+            self.step(&mut [seq])?;
         }
-        if let Some(rest) = seq.rest() {
-            on_text(&rest);
-        }
-        Ok(self.finish(seq))
+        Ok(())
     }
 
     /// Starts a turn for the caches' `owner` ([`owner_key`]; see [`Self::begin_for`]): builds the prompt,
@@ -548,33 +551,13 @@ impl Pipeline {
         req: &ChatRequest,
         ignore_eos: bool,
     ) -> anyhow::Result<Sequence> {
-        req.sampling.validate()?;
+        req.sampling.validate().map_err(protocol::Error::from)?;
         let start = Instant::now();
         let input = self.prompt_input(req)?;
         let rgb = req.image.as_ref().map(preprocess::to_rgb);
         let image = rgb.as_ref().map(|rgb| image_key(owner, rgb));
         let prompt_len = input.input_ids.len();
-        // The checkpoint was trained up to its context length; a larger max_length means "up
-        // to the context".
-        let context = self.model.cfg.max_position_embeddings;
-        let max_length = req.sampling.max_length.min(context);
-        if prompt_len >= max_length {
-            let image = input.image_span.as_ref().map_or(0, |s| s.len());
-            if max_length == context {
-                bail!(
-                    "the prompt takes {prompt_len} positions (the image counts {image} of them) but the \
-                     checkpoint's context is {context}: shorten the conversation or clear the chat"
-                );
-            }
-            bail!(
-                "the prompt takes {prompt_len} positions (the image counts {image} of them) but max_length is {max_length}: \
-                 shorten the conversation or raise max length"
-            );
-        }
-        let mut budget = max_length - prompt_len;
-        if let Some(n) = req.sampling.max_new_tokens {
-            budget = budget.min(n);
-        }
+        let budget = self.token_budget(&input, &req.sampling)?;
         let mut cache = self.resume(owner, image, &input, prompt_len + budget);
         let reused_tokens = cache.len();
         // The vision towers run only when the image is not in the reused prefix.
@@ -616,6 +599,31 @@ impl Pipeline {
         })
     }
 
+    /// How many new tokens the prompt leaves room for: up to `max_length` (at most the checkpoint's context,
+    /// which a larger `max_length` means) and `max_new_tokens`. A prompt that leaves none is refused.
+    fn token_budget(&self, input: &PromptInput, sampling: &Sampling) -> anyhow::Result<usize> {
+        let prompt_len = input.input_ids.len();
+        let context = self.model.cfg.max_position_embeddings;
+        let max_length = sampling.max_length.min(context);
+        if prompt_len >= max_length {
+            let image = input.image_span.as_ref().map_or(0, |s| s.len());
+            let message = if max_length == context {
+                format!(
+                    "the prompt takes {prompt_len} positions (the image counts {image} of them) but the \
+                     checkpoint's context is {context}: shorten the conversation or clear the chat"
+                )
+            } else {
+                format!(
+                    "the prompt takes {prompt_len} positions (the image counts {image} of them) but max_length is {max_length}: \
+                     shorten the conversation or raise max length"
+                )
+            };
+            return Err(protocol::Error::bad_input(message).into());
+        }
+        let budget = max_length - prompt_len;
+        Ok(sampling.max_new_tokens.map_or(budget, |n| budget.min(n)))
+    }
+
     /// [`Self::begin`] for one of several clients (the server's): it continues only its own conversations and
     /// image encodings, never another client's.
     pub fn begin_for(&mut self, client: &str, req: &ChatRequest) -> anyhow::Result<Sequence> {
@@ -651,7 +659,7 @@ impl Pipeline {
     }
 
     /// Ends a turn: keeps its cache for the owner's next question and returns the stats.
-    pub fn finish(&mut self, mut seq: Sequence) -> GenerationStats {
+    pub fn finish(&mut self, mut seq: Sequence) -> Answer {
         let decode_s = seq.first_token_at.elapsed().as_secs_f64();
         let n = seq.generated.len();
         let tokens_per_s = if n > 1 && decode_s > 0.0 {
@@ -662,14 +670,17 @@ impl Pipeline {
         let text = seq.stream.text().to_string();
         self.keep_conversation(seq.owner, seq.image, seq.cache);
         seq.logits = None;
-        GenerationStats {
-            prompt_tokens: seq.prompt_len,
-            reused_tokens: seq.reused_tokens,
-            generated_tokens: n,
-            prefill_ms: seq.prefill_ms,
-            ttft_ms: seq.ttft_ms,
-            tokens_per_s,
-            stop: seq.stop.unwrap_or(StopReason::Length),
+        Answer {
+            stats: Stats {
+                checkpoint: self.info.name.clone(),
+                prompt_tokens: seq.prompt_len,
+                reused_tokens: seq.reused_tokens,
+                generated_tokens: n,
+                prefill_ms: seq.prefill_ms,
+                ttft_ms: seq.ttft_ms,
+                tokens_per_s,
+                stop: seq.stop.unwrap_or(StopReason::Length),
+            },
             text,
             generated_ids: seq.generated,
         }
@@ -769,11 +780,8 @@ impl Sequence {
         self.generated.len()
     }
 
-    /// Text held back while incomplete, released at the end (nothing after a cancel).
+    /// Text held back while incomplete, released at the end of every turn (finished, cancelled or failed).
     pub fn rest(&mut self) -> Option<String> {
-        if self.stop == Some(StopReason::Cancelled) {
-            return None;
-        }
         self.stream.finish()
     }
 }

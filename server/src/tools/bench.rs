@@ -20,11 +20,11 @@ use crate::model::quant::{decode_read_bytes, Quantizer};
 use crate::model::weights::{expected_tensors, RandomBackend};
 use crate::model::CogVlm;
 use crate::pipeline::{
-    find_tokenizer, load_tokenizer, make_plan, parse_device, parse_dtype, ChatRequest,
-    CheckpointSummary, LoadOptions, Pipeline, PlacementRequest, Quant, SamplingParams,
+    checkpoint_info, find_tokenizer, load_tokenizer, make_plan, parse_device, parse_dtype,
+    ChatRequest, LoadOptions, Pipeline, PlacementRequest, Quant, Sampling,
 };
 
-/// Named full-size configurations (the real checkpoints' shapes, spec §1).
+/// Named full-size configurations (the shapes of THUDM's released checkpoints).
 pub fn named_config(name: &str) -> anyhow::Result<Config> {
     Ok(serde_json::from_value(named_config_json(name)?)?)
 }
@@ -199,6 +199,42 @@ fn synthetic_image(size: u32) -> image::DynamicImage {
     image::DynamicImage::ImageRgb8(img)
 }
 
+/// The checkpoint of `--model`, or the named configuration with random weights (refused before any weight is
+/// made when it cannot fit); with the label the JSON reports.
+fn load(args: &BenchArgs, opts: &LoadOptions, dtype: DType) -> anyhow::Result<(Pipeline, String)> {
+    Ok(match (&args.model, &args.config) {
+        (Some(dir), _) => (
+            Pipeline::load(dir, opts, &mut |_, _| {})?,
+            dir.display().to_string(),
+        ),
+        (None, Some(name)) => {
+            let cfg = named_config(name)?;
+            // Refused here, before any weight is made, when it cannot fit.
+            let plan = make_plan(&cfg, dtype, opts)?;
+            eprint!("{name}: {plan}");
+            let place = Placement::open(&plan, parse_device)?;
+            let vb = VarBuilder::from_backend(
+                Box::new(RandomBackend),
+                dtype,
+                place
+                    .device(plan.layers.first().copied().unwrap_or(0))
+                    .clone(),
+            );
+            let quantizer =
+                Quantizer::for_random_weights(args.quant).with_vision(args.quant_vision);
+            let model = CogVlm::with_placement(&cfg, vb, quantizer, place)
+                .context("cannot build the random-weight model")?;
+            let tok_path = find_tokenizer(&default_tokenizer_anchor(), args.tokenizer.as_deref())?;
+            let summary = checkpoint_info(name.clone(), &cfg);
+            (
+                Pipeline::from_parts(model, load_tokenizer(&tok_path)?, summary).with_plan(plan),
+                format!("{name} (random weights)"),
+            )
+        }
+        (None, None) => bail!("bench needs --model DIR or --config NAME --random-weights"),
+    })
+}
+
 pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let first = args.placement.devices.first().unwrap_or(&args.device);
     let device = parse_device(first)?;
@@ -223,43 +259,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let load_start = Instant::now();
     // Loading's peak of anonymous memory (what it keeps and what it holds on the way, not the mapped files).
     let sampler = PeakSampler::start();
-    let (mut pipe, label) = match (&args.model, &args.config) {
-        (Some(dir), _) => (
-            Pipeline::load(dir, &opts, &mut |_, _| {})?,
-            dir.display().to_string(),
-        ),
-        (None, Some(name)) => {
-            let cfg = named_config(name)?;
-            // Refused here, before any weight is made, when it cannot fit.
-            let plan = make_plan(&cfg, dtype, &opts)?;
-            eprint!("{name}: {plan}");
-            let place = Placement::open(&plan, parse_device)?;
-            let vb = VarBuilder::from_backend(
-                Box::new(RandomBackend),
-                dtype,
-                place
-                    .device(plan.layers.first().copied().unwrap_or(0))
-                    .clone(),
-            );
-            let quantizer =
-                Quantizer::for_random_weights(args.quant).with_vision(args.quant_vision);
-            let model = CogVlm::with_placement(&cfg, vb, quantizer, place)
-                .context("cannot build the random-weight model")?;
-            let tok_path = find_tokenizer(&default_tokenizer_anchor(), args.tokenizer.as_deref())?;
-            let summary = CheckpointSummary {
-                name: name.clone(),
-                dir: PathBuf::new(),
-                kind: model.kind(),
-                image_size: cfg.vision_config.image_size,
-                default_version: crate::pipeline::default_version(name, &cfg),
-            };
-            (
-                Pipeline::from_parts(model, load_tokenizer(&tok_path)?, summary).with_plan(plan),
-                format!("{name} (random weights)"),
-            )
-        }
-        (None, None) => bail!("bench needs --model DIR or --config NAME --random-weights"),
-    };
+    let (mut pipe, label) = load(args, &opts, dtype)?;
     device.synchronize()?;
     let load_s = load_start.elapsed().as_secs_f64();
     let load_peak_anon = sampler.finish();
@@ -293,7 +293,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
             peak_used = Some(peak_used.map_or(u, |p| p.max(u)));
         }
     };
-    let summary = pipe.summary().clone();
+    let summary = pipe.info().clone();
     let cfg = pipe.model().cfg.clone();
     let quant = pipe.model().quant_report().clone();
     // ~24 text tokens, as in the reference measurements.
@@ -305,10 +305,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         history: vec![],
         query: query.clone(),
         version: None,
-        sampling: SamplingParams {
+        sampling: Sampling {
             max_new_tokens: Some(n),
             max_length: 4096,
-            ..Default::default()
+            ..Sampling::greedy()
         },
     };
     // The second turn about the same image, after `answer`: only its new tokens run.

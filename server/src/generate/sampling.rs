@@ -4,65 +4,19 @@
 use candle_core::Tensor;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-#[derive(Debug, Clone)]
-pub struct SamplingParams {
-    pub temperature: f64,
-    pub top_p: f64,
-    pub top_k: usize,
-    pub repetition_penalty: f32,
-    pub seed: u64,
-    /// Total length (image positions included) as the seed's `max_length`.
-    pub max_length: usize,
-    pub max_new_tokens: Option<usize>,
-}
+pub use protocol::Sampling;
 
-impl Default for SamplingParams {
-    /// The HF CLI defaults: greedy, max_length 2048.
-    fn default() -> Self {
-        Self {
-            temperature: 0.0,
-            top_p: 1.0,
-            top_k: 0,
-            repetition_penalty: 1.0,
-            seed: 42,
-            max_length: 2048,
-            max_new_tokens: None,
-        }
-    }
-}
-
-impl SamplingParams {
-    pub fn is_greedy(&self) -> bool {
-        self.temperature <= 1e-5 || self.top_k == 1
-    }
-
-    /// Rejects values that would make sampling meaningless, with a message for the user.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.temperature.is_finite() && self.temperature >= 0.0,
-            "temperature must be a finite number ≥ 0"
-        );
-        anyhow::ensure!(
-            self.top_p.is_finite() && self.top_p > 0.0 && self.top_p <= 1.0,
-            "top_p must be in (0, 1]"
-        );
-        anyhow::ensure!(
-            self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0,
-            "repetition_penalty must be a finite number > 0"
-        );
-        anyhow::ensure!(self.max_length > 0, "max_length must be > 0");
-        Ok(())
-    }
-}
-
+/// Chooses tokens for one answer. candle-transformers' `LogitsProcessor` is not used: it sorts the whole
+/// vocabulary for top-p and has no HF-style repetition penalty over the prompt.
 pub struct Sampler {
-    params: SamplingParams,
+    params: Sampling,
     rng: StdRng,
 }
 
 impl Sampler {
-    pub fn new(params: SamplingParams) -> Self {
-        let rng = StdRng::seed_from_u64(params.seed);
+    /// A sampler with `params.seed`, or a fresh random seed when it has none.
+    pub fn new(params: Sampling) -> Self {
+        let rng = StdRng::seed_from_u64(params.seed.unwrap_or_else(rand::random));
         Self { params, rng }
     }
 
@@ -102,8 +56,7 @@ impl Sampler {
         }
         // Only the candidates that can be drawn are ordered: the top k by selection (linear), then at most the
         // nucleus' head; a full sort of the 32000-entry vocabulary costs ~1 ms a token, a fifth of a GPU step.
-        let k = self.params.top_k;
-        if k > 0 && k < idx.len() {
+        if let Some(k) = self.params.top_k_limit().filter(|&k| k < idx.len()) {
             idx.select_nth_unstable_by(k - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
             idx.truncate(k);
         }
@@ -183,7 +136,7 @@ mod tests {
 
     #[test]
     fn greedy_picks_first_max() {
-        let mut s = Sampler::new(SamplingParams::default());
+        let mut s = Sampler::new(Sampling::greedy());
         assert_eq!(s.sample(&mut [0.0, 3.0, 3.0, 1.0], &[]), 1);
     }
 
@@ -191,13 +144,13 @@ mod tests {
     fn device_greedy_matches_host_greedy() -> candle_core::Result<()> {
         let v = [0.5f32, -1.0, 7.25, 7.0, 3.0];
         let t = Tensor::new(&v, &candle_core::Device::Cpu)?;
-        let mut s = Sampler::new(SamplingParams::default());
+        let mut s = Sampler::new(Sampling::greedy());
         assert_eq!(s.sample_tensor(&t, &[])?, 2);
         assert_eq!(s.sample(&mut v.clone(), &[]), 2);
         // With a penalty the host path runs (and the penalty changes the choice).
-        let mut s = Sampler::new(SamplingParams {
+        let mut s = Sampler::new(Sampling {
             repetition_penalty: 2.0,
-            ..Default::default()
+            ..Sampling::greedy()
         });
         assert_eq!(s.sample_tensor(&t, &[2])?, 3);
         Ok(())
@@ -205,9 +158,9 @@ mod tests {
 
     #[test]
     fn repetition_penalty_follows_hf() {
-        let mut s = Sampler::new(SamplingParams {
+        let mut s = Sampler::new(Sampling {
             repetition_penalty: 2.0,
-            ..Default::default()
+            ..Sampling::greedy()
         });
         let mut l = [4.0, 3.0, -1.0];
         assert_eq!(s.sample(&mut l, &[0, 0, 2]), 1);
@@ -216,15 +169,15 @@ mod tests {
 
     #[test]
     fn sampling_respects_top_k_and_seed() {
-        let params = SamplingParams {
+        let params = Sampling {
             temperature: 1.0,
-            top_k: 2,
+            top_k: Some(2),
             top_p: 1.0,
-            seed: 7,
-            ..Default::default()
+            seed: Some(7),
+            ..Sampling::greedy()
         };
         let logits = [5.0, 4.9, -10.0, 4.8];
-        let draw = |p: SamplingParams| {
+        let draw = |p: Sampling| {
             let mut s = Sampler::new(p);
             (0..50)
                 .map(|_| s.sample(&mut logits.clone(), &[]))
@@ -262,29 +215,13 @@ mod tests {
         let mut logits: Vec<f32> = (0..1000).map(|i| -(i as f32) * 0.01).collect();
         logits[500] = 12.0;
         logits[900] = 11.0;
-        let mut s = Sampler::new(SamplingParams {
+        let mut s = Sampler::new(Sampling {
             temperature: 1.0,
             top_p: 0.5,
-            ..Default::default()
+            ..Sampling::greedy()
         });
         for _ in 0..20 {
             assert_eq!(s.sample(&mut logits.clone(), &[]), 500);
         }
-    }
-
-    #[test]
-    fn invalid_params_are_rejected() {
-        assert!(SamplingParams {
-            temperature: f64::NAN,
-            ..Default::default()
-        }
-        .validate()
-        .is_err());
-        assert!(SamplingParams {
-            top_p: 0.0,
-            ..Default::default()
-        }
-        .validate()
-        .is_err());
     }
 }

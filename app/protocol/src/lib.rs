@@ -1,0 +1,506 @@
+//! The types every layer shares, each defined once: the page, the web server, the engine, the
+//! OpenAI-compatible API, the remote backend and the model all speak these (serde only; no Leptos,
+//! no candle, no web types).
+//!
+//! One generation is one websocket call: the client sends [`ClientMsg::Generate`] first, may send
+//! [`ClientMsg::Stop`] later, and receives [`Event`]s until [`Event::Done`] or [`Event::Error`].
+//! A checkpoint switch is another websocket call that streams [`Event::LoadProgress`] and ends
+//! with [`Event::Loaded`] or [`Event::Error`].
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// The prompt template, by the names of THUDM's `--version` flag (`chat`, `chat_old`, `base`, `vqa`).
+/// For CogVLM the Hugging Face code knows `base`, `chat` (the "Question: … Answer:" format, which
+/// THUDM's SAT demo calls `chat_old`) and `vqa`; for CogAgent it knows all four.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptVersion {
+    Chat,
+    ChatOld,
+    Base,
+    Vqa,
+}
+
+impl PromptVersion {
+    pub const ALL: [PromptVersion; 4] = [Self::Chat, Self::ChatOld, Self::Base, Self::Vqa];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::ChatOld => "chat_old",
+            Self::Base => "base",
+            Self::Vqa => "vqa",
+        }
+    }
+
+    /// A short description for the selector.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Chat => "chat: Question: … Answer:",
+            Self::ChatOld => "chat_old: chat with the older template",
+            Self::Base => "base: plain continuation, no template",
+            Self::Vqa => "vqa: short answers (Question … Short answer:)",
+        }
+    }
+}
+
+impl fmt::Display for PromptVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for PromptVersion {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| {
+                Error::bad_input(format!(
+                    "unknown prompt version {s:?} (expected chat, chat_old, base or vqa)"
+                ))
+            })
+    }
+}
+
+/// Which architecture a checkpoint is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModelKind {
+    CogVlm,
+    CogAgent,
+}
+
+impl ModelKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::CogVlm => "CogVLM",
+            Self::CogAgent => "CogAgent",
+        }
+    }
+}
+
+impl fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// A checkpoint found in the models folder.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointInfo {
+    pub name: String,
+    pub kind: ModelKind,
+    /// Input resolution of the (low-resolution) vision tower, in pixels.
+    pub image_size: usize,
+    pub default_version: PromptVersion,
+    /// True for the tiny random-weight checkpoints bundled for tests: their answers are gibberish.
+    pub bundled: bool,
+}
+
+/// What the server has and is doing, for the model selector.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelsState {
+    pub checkpoints: Vec<CheckpointInfo>,
+    /// Name of the checkpoint that answers now, if one is loaded.
+    pub current: Option<String>,
+    /// Name of the checkpoint being loaded, if any.
+    pub loading: Option<String>,
+    /// The last load failure, if the last load failed.
+    pub load_error: Option<String>,
+    /// The folder that was scanned.
+    pub models_dir: String,
+    /// Folders in it that look like checkpoints but could not be read, with the reason.
+    pub skipped: Vec<(String, String)>,
+    /// "cpu", "cuda:0", ...
+    pub device: String,
+    /// The largest image the server accepts, in bytes (the page checks before sending).
+    #[serde(default)]
+    pub max_upload_bytes: usize,
+    /// Where the loaded model's modules run, when it is spread over more than one device, in one line
+    /// (`cuda:0: vision tower + adapter, layers 0–15 · cpu: …`); the full device plan with its memory figures
+    /// in `plan_detail`.
+    #[serde(default)]
+    pub placement: Option<String>,
+    #[serde(default)]
+    pub plan_detail: Option<String>,
+}
+
+/// Sampling settings, as the page, the API, the CLI and the remote backend send them and the engine
+/// uses them. [`Sampling::validate`] is the one rule set every entry point applies.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    /// `0` (anything `<= 1e-5`) means greedy.
+    pub temperature: f64,
+    pub top_p: f64,
+    /// Keep the `k` most likely tokens. `None` and `Some(0)` mean no top-k; `Some(1)` is greedy.
+    pub top_k: Option<usize>,
+    /// Total sequence length, image tokens included.
+    pub max_length: usize,
+    /// Stop after this many new tokens (`None`: only `max_length` and EOS stop).
+    pub max_new_tokens: Option<usize>,
+    pub repetition_penalty: f32,
+    /// `None`: a fresh seed per request.
+    pub seed: Option<u64>,
+}
+
+/// The largest temperature accepted anywhere (OpenAI's bound; the page's slider ends there too).
+pub const MAX_TEMPERATURE: f64 = 2.0;
+/// The largest repetition penalty accepted.
+pub const MAX_REPETITION_PENALTY: f32 = 10.0;
+
+impl Default for Sampling {
+    /// THUDM's web demo: what the page starts with and what the remote backend sends.
+    fn default() -> Self {
+        Self {
+            temperature: 0.8,
+            top_p: 0.4,
+            top_k: Some(10),
+            max_length: 2048,
+            max_new_tokens: None,
+            repetition_penalty: 1.0,
+            seed: None,
+        }
+    }
+}
+
+impl Sampling {
+    /// Greedy decoding, as THUDM's CLI demo and the reference fixtures (`do_sample=False`): the
+    /// terminal chat's default, and what parity and the benchmark run.
+    pub fn greedy() -> Self {
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: None,
+            max_length: 2048,
+            max_new_tokens: None,
+            repetition_penalty: 1.0,
+            seed: Some(42),
+        }
+    }
+
+    /// The top-k cut, if there is one (`None` and `Some(0)` both mean none).
+    pub fn top_k_limit(&self) -> Option<usize> {
+        self.top_k.filter(|&k| k > 0)
+    }
+
+    /// Always the most likely token: temperature 0 or top-k 1.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature <= 1e-5 || self.top_k_limit() == Some(1)
+    }
+
+    /// The ranges every entry point (page, API, CLI, engine) accepts. The error names the field
+    /// ([`SamplingError::field`]) so the API can point at it.
+    pub fn validate(&self) -> Result<(), SamplingError> {
+        let bad = |field, message: String| Err(SamplingError { field, message });
+        if !(self.temperature.is_finite() && (0.0..=MAX_TEMPERATURE).contains(&self.temperature)) {
+            return bad(
+                "temperature",
+                format!(
+                    "temperature must be a number from 0 to {MAX_TEMPERATURE} (0 = greedy), not {:?}",
+                    self.temperature
+                ),
+            );
+        }
+        if !(self.top_p.is_finite() && self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(
+                "top_p",
+                format!("top_p must be in (0, 1], not {:?}", self.top_p),
+            );
+        }
+        if self.max_length == 0 {
+            return bad("max_length", "max_length must be at least 1".into());
+        }
+        if self.max_new_tokens == Some(0) {
+            return bad(
+                "max_new_tokens",
+                "max_new_tokens must be at least 1 (or absent: no limit)".into(),
+            );
+        }
+        let p = self.repetition_penalty;
+        if !(p.is_finite() && p > 0.0 && p <= MAX_REPETITION_PENALTY) {
+            return bad(
+                "repetition_penalty",
+                format!(
+                    "repetition_penalty must be in (0, {MAX_REPETITION_PENALTY}] (1 = none), not {p:?}"
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A sampling value out of range: which field, and the message for the user.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplingError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for SamplingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SamplingError {}
+
+impl From<SamplingError> for Error {
+    fn from(e: SamplingError) -> Self {
+        Error::bad_input(e.message)
+    }
+}
+
+/// An image as uploaded, still encoded (PNG, JPEG, ...), base64 in JSON.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImageData {
+    pub name: String,
+    pub base64: String,
+}
+
+/// One question about one (optional) image, with the conversation so far.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenerateRequest {
+    pub image: Option<ImageData>,
+    /// Earlier (question, answer) pairs.
+    pub history: Vec<(String, String)>,
+    pub query: String,
+    /// `None`: the checkpoint's default.
+    pub version: Option<PromptVersion>,
+    pub sampling: Sampling,
+}
+
+/// Client → server messages of a generation call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ClientMsg {
+    Generate(Box<GenerateRequest>),
+    Stop,
+}
+
+/// Why a generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopReason {
+    Eos,
+    Length,
+    Cancelled,
+}
+
+impl StopReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Eos => "end of answer",
+            Self::Length => "length limit",
+            Self::Cancelled => "stopped",
+        }
+    }
+}
+
+/// Numbers shown under an answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub checkpoint: String,
+    pub prompt_tokens: usize,
+    /// Prompt tokens continued from the conversation's cache (the image and earlier turns), not run again.
+    #[serde(default)]
+    pub reused_tokens: usize,
+    pub generated_tokens: usize,
+    /// Image encoding plus prompt, in milliseconds.
+    pub prefill_ms: f64,
+    /// Time to first token, from the start of this request's processing.
+    pub ttft_ms: f64,
+    pub tokens_per_s: f64,
+    pub stop: StopReason,
+}
+
+/// Server → client events.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// Waiting behind `position` other jobs (0: next); `eta_ms`: the expected wait, once the
+    /// server has timed a few answers.
+    Queued {
+        position: usize,
+        #[serde(default)]
+        eta_ms: Option<u64>,
+    },
+    /// The worker took the request (image encoding and prefill follow).
+    Started { checkpoint: String },
+    /// A piece of the answer (valid UTF-8).
+    Token { text: String },
+    /// The answer is complete.
+    Done { stats: Stats },
+    /// The request failed; nothing more follows. `kind` says whose fault it is (and so the API's
+    /// HTTP status).
+    Error {
+        #[serde(default)]
+        kind: ErrorKind,
+        message: String,
+    },
+    /// Checkpoint loading: bytes read of the total.
+    LoadProgress { done: u64, total: u64 },
+    /// The checkpoint is loaded and answers from now on.
+    Loaded { checkpoint: CheckpointInfo },
+}
+
+impl Event {
+    /// The final event of a failed request.
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Event::Error {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// True for the events after which nothing more is sent.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Event::Done { .. } | Event::Error { .. } | Event::Loaded { .. }
+        )
+    }
+}
+
+impl From<Error> for Event {
+    fn from(e: Error) -> Self {
+        Event::Error {
+            kind: e.kind,
+            message: e.message,
+        }
+    }
+}
+
+/// Why a request failed, which decides who can fix it (and the API's HTTP status).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request itself is wrong (a value out of range, an image too large, a prompt over the
+    /// context, an unknown checkpoint): asking again unchanged fails again.
+    BadInput,
+    /// The server's queue is full: try again later.
+    Busy,
+    /// This client asked too much (too many at once, or too many a minute).
+    RateLimited,
+    /// No checkpoint is loaded.
+    NoModel,
+    /// The remote engine behind `--backend openai` failed or refused.
+    Upstream,
+    /// A fault on this side (a failed model step, a recovered panic).
+    #[default]
+    Internal,
+    /// The server is stopping.
+    ShuttingDown,
+}
+
+/// A failed request: its [`ErrorKind`] and the message for the user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::BadInput, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_version_names_round_trip() {
+        for v in PromptVersion::ALL {
+            assert_eq!(v.as_str().parse::<PromptVersion>(), Ok(v));
+            assert_eq!(
+                serde_json::to_string(&v).unwrap(),
+                format!("\"{}\"", v.as_str())
+            );
+        }
+        assert!("chat-old".parse::<PromptVersion>().is_err());
+    }
+
+    #[test]
+    fn defaults_are_the_web_demo_ones() {
+        let s = Sampling::default();
+        assert_eq!(
+            (s.temperature, s.top_p, s.top_k, s.max_length),
+            (0.8, 0.4, Some(10), 2048)
+        );
+    }
+
+    #[test]
+    fn top_k_zero_and_absent_are_both_off_and_one_is_greedy() {
+        let with = |top_k| Sampling {
+            top_k,
+            temperature: 1.0,
+            ..Sampling::default()
+        };
+        assert_eq!(with(None).top_k_limit(), None);
+        assert_eq!(with(Some(0)).top_k_limit(), None);
+        assert!(!with(Some(0)).is_greedy() && !with(None).is_greedy());
+        assert!(with(Some(1)).is_greedy());
+        for k in [None, Some(0), Some(1), Some(50)] {
+            assert_eq!(with(k).validate(), Ok(()), "{k:?}");
+        }
+        // `null` and a missing-in-JSON 0 decode to the same settings as the page sends.
+        let json = serde_json::to_string(&with(None)).unwrap();
+        assert!(json.contains("\"top_k\":null"), "{json}");
+    }
+
+    /// A field name and an edit that puts it out of range.
+    type BadValue = (&'static str, fn(&mut Sampling));
+
+    #[test]
+    fn one_rule_set_names_the_field() {
+        let cases: [BadValue; 7] = [
+            ("temperature", |s| s.temperature = f64::NAN),
+            ("temperature", |s| s.temperature = 2.5),
+            ("top_p", |s| s.top_p = 0.0),
+            ("max_length", |s| s.max_length = 0),
+            ("max_new_tokens", |s| s.max_new_tokens = Some(0)),
+            ("repetition_penalty", |s| s.repetition_penalty = 0.0),
+            ("repetition_penalty", |s| s.repetition_penalty = 11.0),
+        ];
+        for (field, edit) in cases {
+            let mut s = Sampling::default();
+            edit(&mut s);
+            let err = s.validate().unwrap_err();
+            assert_eq!(err.field, field);
+            assert!(err.message.contains(field), "{}", err.message);
+        }
+        assert_eq!(Sampling::default().validate(), Ok(()));
+        assert_eq!(Sampling::greedy().validate(), Ok(()));
+        assert!(Sampling::greedy().is_greedy());
+    }
+
+    #[test]
+    fn an_error_event_keeps_its_kind_on_the_wire() {
+        let e = Event::from(Error::new(ErrorKind::Busy, "busy"));
+        let back: Event = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+        assert_eq!(back, e);
+        // An error event without a kind (an older peer) is an internal one.
+        let old: Event = serde_json::from_str(r#"{"Error":{"message":"x"}}"#).unwrap();
+        assert_eq!(old, Event::error(ErrorKind::Internal, "x"));
+    }
+}
