@@ -198,6 +198,12 @@ pub struct Stats {
     /// Prompt tokens continued from the conversation's cache (the image and earlier turns), not run again.
     #[serde(default)]
     pub reused_tokens: usize,
+    /// The oldest earlier turns left out of the prompt so that the question fit the context.
+    #[serde(default)]
+    pub dropped_turns: usize,
+    /// The checkpoint's context length in positions (0: not known, e.g. behind a remote engine).
+    #[serde(default)]
+    pub context: usize,
     pub generated_tokens: usize,
     /// Image encoding plus prompt, in milliseconds.
     pub prefill_ms: f64,

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod bench_concurrency;
 pub mod engine;
+pub mod history_fit;
 pub mod make_checkpoint;
 pub mod model;
 pub mod openai;

@@ -23,6 +23,7 @@ pub use crate::model::quant::Quant;
 use crate::model::quant::Quantizer;
 use crate::model::weights::{Checkpoint, ProgressBackend};
 use crate::model::{Cache, CogVlm};
+use crate::history_fit;
 use crate::sampling::Sampler;
 pub use crate::sampling::SamplingParams;
 use crate::text_stream::TextStream;
@@ -223,6 +224,10 @@ pub struct GenerationStats {
     pub prompt_tokens: usize,
     /// Prompt tokens whose keys/values came from the conversation's earlier turns (not run again).
     pub reused_tokens: usize,
+    /// The oldest earlier turns left out of the prompt to fit the context (`history_fit`).
+    pub dropped_turns: usize,
+    /// The checkpoint's context length, in positions.
+    pub context: usize,
     pub generated_tokens: usize,
     /// Image encoding + prompt forward.
     pub prefill_ms: f64,
@@ -370,7 +375,7 @@ impl Pipeline {
 
     /// Builds the prompt and encodes the image (reusing the last image's encoding when it is the same).
     pub fn prepare(&mut self, req: &ChatRequest) -> anyhow::Result<Prepared> {
-        let input = self.prompt_input(req)?;
+        let input = self.prompt_input(req, &req.history)?;
         let (image, cross) = match &req.image {
             None => (None, None),
             Some(img) => {
@@ -386,14 +391,19 @@ impl Pipeline {
         })
     }
 
-    /// The prompt's ids, token types, positions and image slots (no image encoding).
-    fn prompt_input(&self, req: &ChatRequest) -> anyhow::Result<PromptInput> {
+    /// The prompt's ids, token types, positions and image slots (no image encoding), with `history` as the
+    /// earlier turns.
+    fn prompt_input(
+        &self,
+        req: &ChatRequest,
+        history: &[(String, String)],
+    ) -> anyhow::Result<PromptInput> {
         let kind = self.model.kind();
         if kind == ModelKind::CogAgent && req.image.is_none() {
             bail!("CogAgent needs an image: upload one to chat with this checkpoint");
         }
         let version = req.version.unwrap_or(self.summary.default_version);
-        let text = prompt_text(kind, version, &req.history, &req.query);
+        let text = prompt_text(kind, version, history, &req.query);
         let text_ids = self.encode_text(&text)?;
         let cfg = &self.model.cfg;
         Ok(PromptInput::new(
@@ -542,25 +552,26 @@ impl Pipeline {
     ) -> anyhow::Result<Sequence> {
         req.sampling.validate()?;
         let start = Instant::now();
-        let input = self.prompt_input(req)?;
-        let rgb = req.image.as_ref().map(preprocess::to_rgb);
-        let image = rgb.as_ref().map(|rgb| image_key(owner, rgb));
-        let prompt_len = input.input_ids.len();
         // The checkpoint was trained up to its context length; a larger max_length means "up
         // to the context".
         let context = self.model.cfg.max_position_embeddings;
         let max_length = req.sampling.max_length.min(context);
+        let (input, dropped_turns) = self.fitted_prompt(req, max_length)?;
+        let rgb = req.image.as_ref().map(preprocess::to_rgb);
+        let image = rgb.as_ref().map(|rgb| image_key(owner, rgb));
+        let prompt_len = input.input_ids.len();
         if prompt_len >= max_length {
+            // Every earlier turn is left out by now: the question itself is too long.
             let image = input.image_span.as_ref().map_or(0, |s| s.len());
             if max_length == context {
                 bail!(
                     "the prompt takes {prompt_len} positions (the image counts {image} of them) but the \
-                     checkpoint's context is {context}: shorten the conversation or clear the chat"
+                     checkpoint's context is {context}: shorten the question"
                 );
             }
             bail!(
                 "the prompt takes {prompt_len} positions (the image counts {image} of them) but max_length is {max_length}: \
-                 shorten the conversation or raise max length"
+                 shorten the question or raise max length"
             );
         }
         let mut budget = max_length - prompt_len;
@@ -605,7 +616,25 @@ impl Pipeline {
             stop: None,
             prompt_len,
             reused_tokens,
+            dropped_turns,
+            context,
         })
+    }
+
+    /// The prompt with the fewest oldest turns left out for it to fit `max_length` (see `history_fit`), and
+    /// how many were left out.
+    fn fitted_prompt(
+        &self,
+        req: &ChatRequest,
+        max_length: usize,
+    ) -> anyhow::Result<(PromptInput, usize)> {
+        let turns = req.history.len();
+        let room = history_fit::answer_room(req.sampling.max_new_tokens);
+        let dropped = history_fit::turns_to_drop(turns, max_length, room, |k| {
+            Ok::<_, anyhow::Error>(self.prompt_input(req, &req.history[k..])?.input_ids.len())
+        })?
+        .unwrap_or(turns);
+        Ok((self.prompt_input(req, &req.history[dropped..])?, dropped))
     }
 
     /// [`Self::begin`] for one of several clients (the server's): it continues only its own conversations and
@@ -657,6 +686,8 @@ impl Pipeline {
         GenerationStats {
             prompt_tokens: seq.prompt_len,
             reused_tokens: seq.reused_tokens,
+            dropped_turns: seq.dropped_turns,
+            context: seq.context,
             generated_tokens: n,
             prefill_ms: seq.prefill_ms,
             ttft_ms: seq.ttft_ms,
@@ -704,6 +735,8 @@ pub struct Sequence {
     stop: Option<StopReason>,
     prompt_len: usize,
     reused_tokens: usize,
+    dropped_turns: usize,
+    context: usize,
 }
 
 impl Sequence {
