@@ -13,9 +13,10 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Ten earlier turns of about 80 positions each: with the 490 px image (1227 positions) they do not fit 2048.
+/// Fourteen earlier turns of about 80 positions each: with the 490 px image (1227 positions) they do not fit
+/// 2048.
 fn long_history() -> Vec<(String, String)> {
-    (0..10)
+    (0..14)
         .map(|i| {
             (
                 format!("Question number {i}: what else can you see in the picture, in detail?"),
