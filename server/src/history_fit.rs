@@ -77,7 +77,7 @@ mod tests {
         );
         // The answer room follows max_new_tokens when smaller.
         assert_eq!(
-            turns_to_drop(6, 2048, answer_room(Some(48)), lengths(1300, &turns)),
+            turns_to_drop(6, 2048, answer_room(Some(200)), lengths(1300, &turns)),
             Ok(Some(1))
         );
     }

@@ -499,7 +499,7 @@ fn ContextMeter() -> impl IntoView {
             view! {
                 <div class="context-meter" id="context-meter" title=title>
                     <span>{move || t(state, "Context")}</span>
-                    <meter min="0" max=context value=used high=(context * 4 / 5)></meter>
+                    <meter min="0" max=context value=used high=context * 4 / 5></meter>
                     <span class="meter-figures">{format!("{used} / {context}")}</span>
                 </div>
             }

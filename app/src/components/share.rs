@@ -8,27 +8,27 @@ use serde::{Deserialize, Serialize};
 
 /// The link to share and its QR code (an SVG document, made on the server).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ShareInfo {
+pub struct ShareLink {
     pub link: String,
     pub qr_svg: String,
 }
 
 /// The link, when this server shares one and the request comes from its own machine.
 #[server(endpoint = "share_info")]
-pub async fn share_info() -> Result<Option<ShareInfo>, ServerFnError> {
+pub async fn share_info() -> Result<Option<ShareLink>, ServerFnError> {
     use axum::extract::ConnectInfo;
     let loopback = use_context::<axum::http::request::Parts>()
         .and_then(|p| p.extensions.get::<ConnectInfo<std::net::SocketAddr>>().copied())
         .is_some_and(|ConnectInfo(addr)| addr.ip().is_loopback());
     Ok(loopback
-        .then(use_context::<ShareInfo>)
+        .then(use_context::<ShareLink>)
         .flatten())
 }
 
 #[component]
 pub fn ShareButton() -> impl IntoView {
     let state = expect_context::<AppState>();
-    let info = RwSignal::new(None::<ShareInfo>);
+    let info = RwSignal::new(None::<ShareLink>);
     let open = RwSignal::new(false);
     // Asked once the page runs (never during server rendering: the page looks the same for everyone).
     Effect::new(move |_| {

@@ -2,7 +2,7 @@
 //! `app::components::share`).
 
 use qrcode::render::{svg, unicode};
-use app::components::share::ShareInfo;
+use app::components::share::ShareLink;
 use qrcode::{EcLevel, QrCode};
 
 fn code(link: &str) -> Option<QrCode> {
@@ -37,12 +37,12 @@ pub fn svg(link: &str) -> Option<String> {
 }
 
 /// The link this process shares (set once by `serve --share`, before the router is built).
-static SHARED: std::sync::OnceLock<ShareInfo> = std::sync::OnceLock::new();
+static SHARED: std::sync::OnceLock<ShareLink> = std::sync::OnceLock::new();
 
 /// Records `link` as the one to show on the host's page.
 pub fn set_link(link: &str) {
     if let Some(qr_svg) = svg(link) {
-        let _ = SHARED.set(ShareInfo {
+        let _ = SHARED.set(ShareLink {
             link: link.to_string(),
             qr_svg,
         });
@@ -50,7 +50,7 @@ pub fn set_link(link: &str) {
 }
 
 /// The shared link and its QR code, if this process shares one.
-pub fn current() -> Option<ShareInfo> {
+pub fn current() -> Option<ShareLink> {
     SHARED.get().cloned()
 }
 
