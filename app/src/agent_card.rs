@@ -50,13 +50,7 @@ fn plan(answer: &AgentAnswer, lang: Lang, out: &mut String) {
     out.push_str("</ol></section>");
 }
 
-fn operation(
-    text: &str,
-    answer: &AgentAnswer,
-    first_group: usize,
-    lang: Lang,
-    out: &mut String,
-) {
+fn operation(text: &str, answer: &AgentAnswer, first_group: usize, lang: Lang, out: &mut String) {
     let Some(op) = &answer.operation else {
         return;
     };

@@ -2,13 +2,13 @@
 
 use crate::components::chat::ChatPanel;
 use crate::components::conversations::ConversationList;
-use crate::components::share::ShareButton;
-use crate::conversation::store;
-use crate::i18n::{self, t, Lang};
 use crate::components::image_panel::ImagePanel;
 use crate::components::settings::{
     current_info, refresh_models, take_models, ModelPicker, SettingsPanel,
 };
+use crate::components::share::ShareButton;
+use crate::conversation::store;
+use crate::i18n::{self, t, Lang};
 use crate::protocol::ModelsState;
 use crate::state::AppState;
 use leptos::prelude::*;

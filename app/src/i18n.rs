@@ -113,10 +113,7 @@ pub fn t(state: AppState, en: &'static str) -> &'static str {
 pub fn tr(lang: Lang, en: &'static str) -> &'static str {
     match lang {
         Lang::En => en,
-        Lang::Zh => ZH
-            .iter()
-            .find(|(k, _)| *k == en)
-            .map_or(en, |(_, zh)| *zh),
+        Lang::Zh => ZH.iter().find(|(k, _)| *k == en).map_or(en, |(_, zh)| *zh),
     }
 }
 
@@ -262,11 +259,20 @@ mod tests {
 
     #[test]
     fn accept_language_picks_the_first_known() {
-        assert_eq!(Lang::from_accept_language("zh-CN,zh;q=0.9,en;q=0.8"), Lang::Zh);
-        assert_eq!(Lang::from_accept_language("en-US,en;q=0.9,zh;q=0.8"), Lang::En);
+        assert_eq!(
+            Lang::from_accept_language("zh-CN,zh;q=0.9,en;q=0.8"),
+            Lang::Zh
+        );
+        assert_eq!(
+            Lang::from_accept_language("en-US,en;q=0.9,zh;q=0.8"),
+            Lang::En
+        );
         assert_eq!(Lang::from_accept_language("fr-FR,zh;q=0.5"), Lang::Zh);
         assert_eq!(Lang::from_accept_language("de"), Lang::En);
-        assert_eq!(Lang::from_accept_language("en;q=0.1, zh-TW;q=0.7"), Lang::Zh);
+        assert_eq!(
+            Lang::from_accept_language("en;q=0.1, zh-TW;q=0.7"),
+            Lang::Zh
+        );
     }
 
     #[test]

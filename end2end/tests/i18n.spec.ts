@@ -9,8 +9,10 @@ const shots = path.join(__dirname, "..", "screenshots");
 /** Words that are not UI strings to translate: names, formats, keys, units, code, and the English prompts
  * and example inputs the models were trained on. */
 const ALLOWED = [
+  // Example inputs of the tasks, in the models' language.
+  /the red cup|Search for CogVLM/g,
   /cogvlm_tiny_\d+|cogagent_tiny|cogvlm-chat-hf|cogagent-chat-hf|cogvlm-grounding-generalist-hf/g,
-  /\b(CogVLM|CogAgent|THUDM|Hugging Face|README|Markdown|JSON|PNG|GPU|CPU|cpu|cuda|English)\b/g,
+  /\b(CogVLM|CogAgent|THUDM|Hugging Face|README|Markdown|JSON|PNG|GUI|GPU|CPU|cpu|cuda|English)\b/g,
   /\b(Ctrl\+V|Shift\+Enter|Enter|Esc|Top [kp]|tok\/s|ms|px|KB|MB|s)\b/g,
   /--[a-z-]+|config\.json|\*\.safetensors|chelsea\.png|coffee\.png/g,
   // Prompt templates keep their English (the task templates, the version names' formats).
@@ -34,7 +36,8 @@ async function englishLeft(page: Page): Promise<string[]> {
       if (n.textContent?.trim()) out.push(n.textContent.trim());
     }
     for (const el of Array.from(document.querySelectorAll("[placeholder], [title], [aria-label]"))) {
-      if (skip(el)) continue;
+      // The device plan is the server's report (as printed in its terminal), not a UI string.
+      if (skip(el) || el.matches(".device")) continue;
       for (const a of ["placeholder", "title", "aria-label"]) {
         const v = el.getAttribute(a);
         if (v) out.push(v);

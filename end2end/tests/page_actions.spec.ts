@@ -79,6 +79,8 @@ test("at 390×844 nothing is wider than the screen and every button is visible",
     expect(report.wide, `wider than ${width} px`).toEqual([]);
     expect(report.scroll).toBeLessThanOrEqual(report.vw);
     for (const button of await page.locator("button:visible").all()) {
+      // The closed conversations drawer waits off-screen, by design.
+      if (await button.evaluate((b) => !!b.closest("#conversations"))) continue;
       const box = await button.boundingBox();
       expect(box, await button.textContent() ?? "").not.toBeNull();
       expect(box!.x).toBeGreaterThanOrEqual(0);

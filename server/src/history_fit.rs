@@ -89,7 +89,10 @@ mod tests {
             turns_to_drop(2, 2048, 256, lengths(1900, &[50, 50])),
             Ok(Some(2))
         );
-        assert_eq!(turns_to_drop(2, 2048, 256, lengths(2048, &[50, 50])), Ok(None));
+        assert_eq!(
+            turns_to_drop(2, 2048, 256, lengths(2048, &[50, 50])),
+            Ok(None)
+        );
         assert_eq!(turns_to_drop(0, 2048, 256, lengths(2100, &[])), Ok(None));
     }
 

@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use tokenizers::Tokenizer;
 
+use crate::history_fit;
 use crate::model::config::Config;
 use crate::model::memory;
 use crate::model::placement::{self, DeviceInfo, Placement, Plan, Sizes};
@@ -23,7 +24,6 @@ pub use crate::model::quant::Quant;
 use crate::model::quant::Quantizer;
 use crate::model::weights::{Checkpoint, ProgressBackend};
 use crate::model::{Cache, CogVlm};
-use crate::history_fit;
 use crate::sampling::Sampler;
 pub use crate::sampling::SamplingParams;
 use crate::text_stream::TextStream;

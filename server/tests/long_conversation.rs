@@ -68,7 +68,9 @@ fn oldest_turns_are_left_out_and_the_answer_is_the_shorter_conversations() {
         "the test conversation must not fit"
     );
 
-    let long = pipe.generate(&req, &mut |_| true).expect("an answer, not a refusal");
+    let long = pipe
+        .generate(&req, &mut |_| true)
+        .expect("an answer, not a refusal");
     let k = long.dropped_turns;
     assert!(k > 0 && k < history.len(), "left out {k} turns");
     assert_eq!(long.context, 2048);
@@ -105,9 +107,12 @@ fn oldest_turns_are_left_out_and_the_answer_is_the_shorter_conversations() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_leaves_out_old_turns_instead_of_refusing() {
     let registry = Registry::scan(&bundled_models_dir()).unwrap();
-    let engine =
-        EngineHandle::start_with(registry, EngineOptions::default(), Some(openai_support::MODEL))
-            .unwrap();
+    let engine = EngineHandle::start_with(
+        registry,
+        EngineOptions::default(),
+        Some(openai_support::MODEL),
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     while engine.models().current.is_none() {
         assert!(Instant::now() < deadline, "the checkpoint did not load");

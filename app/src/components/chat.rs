@@ -243,7 +243,10 @@ pub fn resend(state: AppState, id: u64, edited: Option<String>) {
     if state.busy.get_untracked() {
         return;
     }
-    let Some(at) = state.turns.with_untracked(|t| t.iter().position(|t| t.id == id)) else {
+    let Some(at) = state
+        .turns
+        .with_untracked(|t| t.iter().position(|t| t.id == id))
+    else {
         return;
     };
     let query = edited.unwrap_or_else(|| state.turns.with_untracked(|t| t[at].query.clone()));
@@ -366,7 +369,11 @@ fn AnswerActions(id: u64, answer: RwSignal<String>, status: RwSignal<TurnStatus>
 
 /// The question, with Edit: an inline editor whose Send drops this turn and the later ones.
 #[component]
-fn QuestionView(id: u64, query: String, offsets: Memo<std::collections::HashMap<u64, (usize, usize)>>) -> impl IntoView {
+fn QuestionView(
+    id: u64,
+    query: String,
+    offsets: Memo<std::collections::HashMap<u64, (usize, usize)>>,
+) -> impl IntoView {
     let state = expect_context::<AppState>();
     let editing = RwSignal::new(None::<String>);
     let shown = query.clone();
@@ -439,7 +446,8 @@ fn TurnView(
         let (_, a) = offsets.with(|o| o.get(&id).copied().unwrap_or_default());
         // An agent answer (Plan / Next Action / Grounded Operation) renders as a card.
         let html = answer.with(|text| {
-            agent_card::render(text, a, state.lang.get()).unwrap_or_else(|| markdown::render_markdown(text, a).html)
+            agent_card::render(text, a, state.lang.get())
+                .unwrap_or_else(|| markdown::render_markdown(text, a).html)
         });
         if status.with(TurnStatus::is_active) {
             with_cursor(html)
@@ -494,7 +502,10 @@ fn ContextMeter() -> impl IntoView {
         usage().map(|(used, context)| {
             let title = format!(
                 "{used} / {context} {}",
-                t(state, "positions of the checkpoint's context (image, question and answers)")
+                t(
+                    state,
+                    "positions of the checkpoint's context (image, question and answers)"
+                )
             );
             view! {
                 <div class="context-meter" id="context-meter" title=title>

@@ -36,7 +36,10 @@ fn take_file(state: AppState, file: web_sys::File) {
             "{}: {:.1} MB; {} {:.1} MB.",
             file.name(),
             file.size() / 1e6,
-            tr(state.lang.get_untracked(), "this server accepts images up to"),
+            tr(
+                state.lang.get_untracked(),
+                "this server accepts images up to"
+            ),
             limit as f64 / 1e6
         )));
         return;
@@ -46,17 +49,21 @@ fn take_file(state: AppState, file: web_sys::File) {
         let buffer = match wasm_bindgen_futures::JsFuture::from(file.array_buffer()).await {
             Ok(b) => b,
             Err(_) => {
-                state
-                    .note
-                    .set(Some(format!("{} {}.", tr(state.lang.get_untracked(), "Could not read"), file.name())));
+                state.note.set(Some(format!(
+                    "{} {}.",
+                    tr(state.lang.get_untracked(), "Could not read"),
+                    file.name()
+                )));
                 return;
             }
         };
         let bytes = js_sys::Uint8Array::new(&buffer).to_vec();
         let Ok(url) = web_sys::Url::create_object_url_with_blob(&file) else {
-            state
-                .note
-                .set(Some(format!("{} {}.", tr(state.lang.get_untracked(), "Could not show"), file.name())));
+            state.note.set(Some(format!(
+                "{} {}.",
+                tr(state.lang.get_untracked(), "Could not show"),
+                file.name()
+            )));
             return;
         };
         if let Some(old) = state.image.get_untracked() {
@@ -279,9 +286,13 @@ pub fn ImagePanel() -> impl IntoView {
             return;
         };
         if let Err(e) = groups.with_untracked(|g| overlay::download_png(&img, g, &name)) {
-            state
-                .note
-                .set(Some(format!("{}: {e:?}", tr(state.lang.get_untracked(), "Could not make the annotated image"))));
+            state.note.set(Some(format!(
+                "{}: {e:?}",
+                tr(
+                    state.lang.get_untracked(),
+                    "Could not make the annotated image"
+                )
+            )));
         }
     };
 

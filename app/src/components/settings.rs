@@ -102,9 +102,10 @@ pub fn switch_model(state: AppState, name: String) {
                 });
             }
             Err(message) => {
-                state
-                    .load_error
-                    .set(Some(format!("{} {name}: {message}", tr(state.lang.get_untracked(), "Could not load"))));
+                state.load_error.set(Some(format!(
+                    "{} {name}: {message}",
+                    tr(state.lang.get_untracked(), "Could not load")
+                )));
                 // Re-render the selector on the checkpoint that still answers.
                 state.models.update(|_| {});
             }

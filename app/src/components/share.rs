@@ -18,11 +18,13 @@ pub struct ShareLink {
 pub async fn share_info() -> Result<Option<ShareLink>, ServerFnError> {
     use axum::extract::ConnectInfo;
     let loopback = use_context::<axum::http::request::Parts>()
-        .and_then(|p| p.extensions.get::<ConnectInfo<std::net::SocketAddr>>().copied())
+        .and_then(|p| {
+            p.extensions
+                .get::<ConnectInfo<std::net::SocketAddr>>()
+                .copied()
+        })
         .is_some_and(|ConnectInfo(addr)| addr.ip().is_loopback());
-    Ok(loopback
-        .then(use_context::<ShareLink>)
-        .flatten())
+    Ok(loopback.then(use_context::<ShareLink>).flatten())
 }
 
 #[component]

@@ -160,7 +160,8 @@ fn TaskInputs() -> impl IntoView {
             />
         }
     };
-    move || match t.task.get() {
+    move || {
+        match t.task.get() {
         Task::FindObject => text_input("the object to find, e.g. the red cup").into_any(),
         Task::Agent => view! {
             {text_input("the task, e.g. Search for CogVLM")}
@@ -183,6 +184,7 @@ fn TaskInputs() -> impl IntoView {
         }
         .into_any(),
         Task::Chat | Task::DescribeWithBoxes => ().into_any(),
+    }
     }
 }
 

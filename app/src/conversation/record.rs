@@ -240,10 +240,9 @@ mod tests {
 
     #[test]
     fn older_records_without_new_fields_are_read() {
-        let c = SavedConversation::from_json(
-            r#"{"id":"x","title":"t","created_ms":0,"updated_ms":0}"#,
-        )
-        .unwrap();
+        let c =
+            SavedConversation::from_json(r#"{"id":"x","title":"t","created_ms":0,"updated_ms":0}"#)
+                .unwrap();
         assert!(c.turns.is_empty() && c.image.is_none());
     }
 
@@ -263,10 +262,7 @@ mod tests {
         assert_eq!(sample().file_stem(), "What-is-on-the-table");
         assert_eq!(title_from("\n  hello\nworld").as_deref(), Some("hello"));
         assert_eq!(title_from("   "), None);
-        assert_eq!(
-            title_from(&"x".repeat(50)).unwrap().chars().count(),
-            41
-        );
+        assert_eq!(title_from(&"x".repeat(50)).unwrap().chars().count(), 41);
     }
 
     #[test]

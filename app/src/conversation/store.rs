@@ -78,7 +78,9 @@ pub fn snapshot(state: AppState) -> SavedConversation {
         .title
         .get_untracked()
         .or_else(|| turns.first().and_then(|t| title_from(&t.query)))
-        .unwrap_or_else(|| crate::i18n::tr(state.lang.get_untracked(), "New conversation").to_string());
+        .unwrap_or_else(|| {
+            crate::i18n::tr(state.lang.get_untracked(), "New conversation").to_string()
+        });
     SavedConversation {
         format: FORMAT,
         id: c.id.get_untracked(),
@@ -126,7 +128,9 @@ pub fn save(state: AppState) {
     idb::set_open_id(&rec.id);
     leptos::task::spawn_local(async move {
         if let Err(e) = idb::put(&rec.id, &rec.to_json()).await {
-            state.note.set(Some(format!("Could not save the conversation: {e}")));
+            state
+                .note
+                .set(Some(format!("Could not save the conversation: {e}")));
         }
     });
 }
@@ -155,12 +159,15 @@ pub fn init(state: AppState) {
                 .filter_map(|j| SavedConversation::from_json(j).ok())
                 .collect(),
             Err(e) => {
-                state.note.set(Some(format!("Conversations are not kept: {e}")));
+                state
+                    .note
+                    .set(Some(format!("Conversations are not kept: {e}")));
                 Vec::new()
             }
         };
         records.sort_by(|a, b| b.updated_ms.total_cmp(&a.updated_ms));
-        c.list.set(records.iter().map(SavedConversation::summary).collect());
+        c.list
+            .set(records.iter().map(SavedConversation::summary).collect());
         let open = idb::open_id().and_then(|id| records.into_iter().find(|r| r.id == id));
         match open {
             Some(rec) if state.turns.with_untracked(Vec::is_empty) => restore(state, rec),
@@ -184,8 +191,13 @@ pub fn restore(state: AppState, rec: SavedConversation) {
     let c = state.conversations;
     c.id.set(rec.id.clone());
     c.title.set(Some(rec.title.clone()).filter(|t| {
-        rec.turns.first().and_then(|f| title_from(&f.query)).as_ref() != Some(t)
-            && !(rec.turns.is_empty() && t == crate::i18n::tr(state.lang.get_untracked(), "New conversation"))
+        rec.turns
+            .first()
+            .and_then(|f| title_from(&f.query))
+            .as_ref()
+            != Some(t)
+            && !(rec.turns.is_empty()
+                && t == crate::i18n::tr(state.lang.get_untracked(), "New conversation"))
     }));
     c.created_ms.set_value(rec.created_ms);
     let turns: Vec<Turn> = rec

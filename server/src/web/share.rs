@@ -1,8 +1,8 @@
 //! `--share`'s link as a QR code: blocks of text for the terminal, SVG for the host's page (its Share button,
 //! `app::components::share`).
 
-use qrcode::render::{svg, unicode};
 use app::components::share::ShareLink;
+use qrcode::render::{svg, unicode};
 use qrcode::{EcLevel, QrCode};
 
 fn code(link: &str) -> Option<QrCode> {
@@ -76,13 +76,14 @@ mod tests {
             !(if y % 2 == 0 { top } else { bottom })
         };
         let scale = 4;
-        let mut img = rqrr::PreparedImage::prepare_from_greyscale(width * scale, height * scale, |x, y| {
-            if dark(x / scale, y / scale) {
-                0
-            } else {
-                255
-            }
-        });
+        let mut img =
+            rqrr::PreparedImage::prepare_from_greyscale(width * scale, height * scale, |x, y| {
+                if dark(x / scale, y / scale) {
+                    0
+                } else {
+                    255
+                }
+            });
         let grids = img.detect_grids();
         assert_eq!(grids.len(), 1, "one QR code in the rendering");
         grids[0].decode().expect("decodes").1
@@ -98,7 +99,11 @@ mod tests {
     #[test]
     fn svg_has_the_code_and_scales() {
         let svg = svg("http://10.0.0.2:3000/?token=x").unwrap();
-        assert!(svg.contains("<svg") && svg.contains("viewBox"), "{}", &svg[..200.min(svg.len())]);
+        assert!(
+            svg.contains("<svg") && svg.contains("viewBox"),
+            "{}",
+            &svg[..200.min(svg.len())]
+        );
         assert!(svg.contains("#000000"));
     }
 }
