@@ -73,7 +73,7 @@ mod tests {
                 '▄' => (false, true),
                 _ => (false, false),
             };
-            !(if y % 2 == 0 { top } else { bottom })
+            !(if y.is_multiple_of(2) { top } else { bottom })
         };
         let scale = 4;
         let mut img =
