@@ -6,31 +6,42 @@
 
 use crate::agent::{self, AgentAnswer};
 use crate::grounding;
+use crate::i18n::{tr, Lang};
 use crate::markdown::{chip, escape, render_markdown};
 
 /// The card for `text` if it is an agent answer (see [`agent::parse`]), else `None`. Groups are
 /// numbered from `first_group`, like the rest of the answer's chips.
-pub fn render(text: &str, first_group: usize) -> Option<String> {
+/// Headings in `lang`.
+pub fn render(text: &str, first_group: usize, lang: Lang) -> Option<String> {
     let answer = agent::parse(text)?;
     let mut out = String::from("<div class=\"agent-card\">");
-    plan(&answer, &mut out);
+    plan(&answer, lang, &mut out);
     if let Some(next) = &answer.next_action {
-        out.push_str("<section><h4>Next action</h4><p class=\"agent-next\">");
+        out.push_str(&format!(
+            "<section><h4>{}</h4><p class=\"agent-next\">",
+            tr(lang, "Next action")
+        ));
         out.push_str(&escape(next));
         out.push_str("</p></section>");
     }
-    operation(text, &answer, first_group, &mut out);
-    out.push_str("</div><details class=\"agent-raw\"><summary>Raw answer</summary>");
+    operation(text, &answer, first_group, lang, &mut out);
+    out.push_str(&format!(
+        "</div><details class=\"agent-raw\"><summary>{}</summary>",
+        tr(lang, "Raw answer")
+    ));
     out.push_str(&render_markdown(text, first_group).html);
     out.push_str("</details>");
     Some(out)
 }
 
-fn plan(answer: &AgentAnswer, out: &mut String) {
+fn plan(answer: &AgentAnswer, lang: Lang, out: &mut String) {
     if answer.plan.is_empty() {
         return;
     }
-    out.push_str("<section><h4>Plan</h4><ol class=\"agent-plan\">");
+    out.push_str(&format!(
+        "<section><h4>{}</h4><ol class=\"agent-plan\">",
+        tr(lang, "Plan")
+    ));
     for step in &answer.plan {
         out.push_str("<li>");
         out.push_str(&escape(step));
@@ -39,20 +50,27 @@ fn plan(answer: &AgentAnswer, out: &mut String) {
     out.push_str("</ol></section>");
 }
 
-fn operation(text: &str, answer: &AgentAnswer, first_group: usize, out: &mut String) {
+fn operation(text: &str, answer: &AgentAnswer, first_group: usize, lang: Lang, out: &mut String) {
     let Some(op) = &answer.operation else {
         return;
     };
-    out.push_str("<section class=\"agent-op\"><h4>Grounded operation</h4><dl>");
-    let row = |out: &mut String, class: &str, name: &str, value: &str| {
+    out.push_str(&format!(
+        "<section class=\"agent-op\"><h4>{}</h4><dl>",
+        tr(lang, "Grounded operation")
+    ));
+    let row = |out: &mut String, class: &str, name: &'static str, value: &str| {
         out.push_str(&format!(
-            "<dt>{name}</dt><dd class=\"{class}\">{}</dd>",
+            "<dt>{}</dt><dd class=\"{class}\">{}</dd>",
+            tr(lang, name),
             escape(value)
         ));
     };
     row(out, "agent-action", "Action", &op.action);
     if !op.target.is_empty() || op.element.is_some() {
-        out.push_str("<dt>Target</dt><dd class=\"agent-target\">");
+        out.push_str(&format!(
+            "<dt>{}</dt><dd class=\"agent-target\">",
+            tr(lang, "Target")
+        ));
         if let Some(element) = &op.element {
             out.push_str(&format!(
                 "<span class=\"agent-element\">{}</span> ",
@@ -69,7 +87,10 @@ fn operation(text: &str, answer: &AgentAnswer, first_group: usize, out: &mut Str
         if let Some(mut g) = grounding::parse(text).into_iter().nth(k) {
             let raw = text[g.span.clone()].to_string();
             g.label = Some(label);
-            out.push_str("<dt>Where</dt><dd class=\"agent-where\">");
+            out.push_str(&format!(
+                "<dt>{}</dt><dd class=\"agent-where\">",
+                tr(lang, "Where")
+            ));
             out.push_str(&chip(first_group + k, &g, &raw));
             out.push_str("</dd>");
         }
@@ -85,7 +106,7 @@ mod tests {
 
     #[test]
     fn readme_answer_card() {
-        let html = render(README, 4).expect("an agent answer");
+        let html = render(README, 4, Lang::En).expect("an agent answer");
         assert_eq!(html.matches("<li>").count(), 3);
         assert!(html.contains("<li>Type &#39;CogVLM&#39; into the Google search bar.</li>"));
         assert!(html.contains("<p class=\"agent-next\">Move the cursor"));
@@ -104,13 +125,13 @@ mod tests {
     #[test]
     fn partial_and_plain_answers() {
         // While streaming: only the plan so far.
-        let html = render("Plan: 1. Open the <menu>", 0).unwrap();
+        let html = render("Plan: 1. Open the <menu>", 0, Lang::En).unwrap();
         assert!(html.contains("<li>Open the &lt;menu&gt;</li>"));
         assert!(!html.contains("agent-op"));
         // An operation without a box has no chip.
-        let html = render("Grounded Operation:[link] 2 pm -> SCROLL_DOWN", 0).unwrap();
+        let html = render("Grounded Operation:[link] 2 pm -> SCROLL_DOWN", 0, Lang::En).unwrap();
         assert!(html.contains("<dd class=\"agent-action\">SCROLL_DOWN</dd>"));
         assert!(!html.contains("gchip"));
-        assert_eq!(render("A cat [[1,2,3,4]].", 0), None);
+        assert_eq!(render("A cat [[1,2,3,4]].", 0, Lang::En), None);
     }
 }

@@ -1,10 +1,14 @@
 //! The page: shell (server-rendered document) and the `App` component.
 
 use crate::components::chat::ChatPanel;
+use crate::components::conversations::ConversationList;
 use crate::components::image_panel::ImagePanel;
 use crate::components::settings::{
     current_info, refresh_models, take_models, ModelPicker, SettingsPanel,
 };
+use crate::components::share::ShareButton;
+use crate::conversation::store;
+use crate::i18n::{self, t, Lang};
 use crate::protocol::ModelsState;
 use crate::state::AppState;
 use leptos::prelude::*;
@@ -38,7 +42,7 @@ fn stylesheet_href(options: &LeptosOptions) -> String {
 pub fn shell(options: LeptosOptions) -> impl IntoView {
     view! {
         <!DOCTYPE html>
-        <html lang="en">
+        <html lang=i18n::initial().code()>
             <head>
                 <meta charset="utf-8"/>
                 <meta name="viewport" content="width=device-width, initial-scale=1"/>
@@ -94,20 +98,20 @@ fn Notice() -> impl IntoView {
         })}
         {move || bundled().map(|dir| view! {
             <div class="banner warn" id="bundled-notice" role="note">
-                <strong>"Test checkpoint: the answers are not meaningful."</strong>
-                " The model loaded now is a tiny checkpoint with the real CogVLM / CogAgent architecture and "
-                "tokenizer but random weights (from " <code>{dir}</code> "), bundled so that the app works "
-                "out of the box. It produces gibberish by design. For real answers, download THUDM's "
-                <code>"cogvlm-chat-hf"</code> " or " <code>"cogagent-chat-hf"</code>
-                " (Hugging Face) into a folder of checkpoints and start "
-                <code>"cogvlm serve --models-dir /path/to/models"</code>
-                " (add " <code>"--device cuda"</code> " on a GPU build); see the README."
+                <strong>{move || t(state, "Test checkpoint: the answers are not meaningful.")}</strong>
+                " " {move || t(state, "The model loaded now is a tiny checkpoint with the real CogVLM / CogAgent architecture and tokenizer but random weights (from")}
+                " " <code>{dir}</code> "), "
+                {move || t(state, "bundled so that the app works out of the box. It produces gibberish by design. For real answers, download THUDM's")}
+                " " <code>"cogvlm-chat-hf"</code> " / " <code>"cogagent-chat-hf"</code> " "
+                {move || t(state, "(Hugging Face) into a folder of checkpoints and start")}
+                " " <code>"cogvlm serve --models-dir /path/to/models"</code> " "
+                {move || t(state, "(add --device cuda on a GPU build); see the README.")}
             </div>
         })}
         {move || state.load_error.get().map(|e| view! {
             <div class="banner error" id="load-error" role="alert">
-                {e} " The previous model is still loaded."
-                <button class="small" on:click=move |_| state.load_error.set(None)>"Dismiss"</button>
+                {e} " " {move || t(state, "The previous model is still loaded.")}
+                <button class="small" on:click=move |_| state.load_error.set(None)>{move || t(state, "Dismiss")}</button>
             </div>
         })}
         {move || state.models_error.get().map(|e| view! {
@@ -116,8 +120,8 @@ fn Notice() -> impl IntoView {
         {move || state.models.with(|m| {
             m.as_ref().filter(|m| m.checkpoints.is_empty()).map(|m| view! {
                 <div class="banner error" role="alert">
-                    "No checkpoint found in " <code>{m.models_dir.clone()}</code>
-                    ". Each checkpoint is a folder with config.json and *.safetensors."
+                    {move || t(state, "No checkpoint found in")} " " <code>{m.models_dir.clone()}</code> ". "
+                    {move || t(state, "Each checkpoint is a folder with config.json and *.safetensors.")}
                 </div>
             })
         })}
@@ -139,6 +143,8 @@ fn server_models() -> Option<ModelsState> {
 #[component]
 pub fn App() -> impl IntoView {
     let state = AppState::new();
+    // The server rendered the page in this language and wrote it into <html lang>: the same text here.
+    state.lang.set(i18n::initial());
     provide_context(state);
     // The checkpoint list as the server rendered it, taken over as is by the hydrating page: the
     // header and the notices are on the page before the bundle arrives and do not move after.
@@ -157,15 +163,21 @@ pub fn App() -> impl IntoView {
         }
         #[cfg(feature = "hydrate")]
         crate::test_hook::install(state);
+        store::init(state);
     });
+    store::autosave(state);
+    let other_lang = move || match state.lang.get() {
+        Lang::En => Lang::Zh,
+        Lang::Zh => Lang::En,
+    };
     // The device, or where each part of a split model runs; the full plan (bytes per device) on hover.
     let device = move || {
         state
             .models
             .with(|m| {
                 m.as_ref().map(|m| match &m.placement {
-                    Some(p) => format!("devices: {p}"),
-                    None => format!("device: {}", m.device),
+                    Some(p) => format!("{}: {p}", t(state, "devices")),
+                    None => format!("{}: {}", t(state, "device"), m.device),
                 })
             })
             .unwrap_or_default()
@@ -182,12 +194,22 @@ pub fn App() -> impl IntoView {
                 <div class="brand">
                     <span class="logo" aria-hidden="true">"◧"</span>
                     <h1>"CogVLM"</h1>
-                    <span class="tagline">"local vision-language chat"</span>
+                    <span class="tagline">{move || t(state, "local vision-language chat")}</span>
                 </div>
+                <button class="small" id="conversations-toggle"
+                    on:click=move |_| state.conversations.panel_open.update(|o| *o = !*o)>
+                    {move || t(state, "Conversations")}
+                </button>
                 <ModelPicker/>
                 <span class="device" title=plan>{device}</span>
+                <ShareButton/>
+                <button class="small" id="lang-switch" lang=move || other_lang().code()
+                    on:click=move |_| i18n::switch(state, other_lang())>
+                    {move || match other_lang() { Lang::En => "English", Lang::Zh => "中文" }}
+                </button>
             </header>
             <Notice/>
+            <ConversationList/>
             <main class="layout">
                 <div class="left">
                     <ImagePanel/>

@@ -7,7 +7,9 @@ pub mod app;
 #[cfg(feature = "ssr")]
 pub mod backend;
 pub mod components;
+pub mod conversation;
 pub mod grounding;
+pub mod i18n;
 pub mod markdown;
 pub mod protocol;
 pub mod state;

@@ -191,6 +191,9 @@ pub struct AppState {
     /// The draft in the composer.
     pub draft: RwSignal<String>,
     pub tasks: TaskState,
+    /// The stored conversations and which one is open.
+    pub conversations: crate::conversation::store::Conversations,
+    pub lang: RwSignal<crate::i18n::Lang>,
 }
 
 impl AppState {
@@ -211,6 +214,8 @@ impl AppState {
             hover: RwSignal::new(None),
             draft: RwSignal::new(String::new()),
             tasks: TaskState::new(),
+            conversations: Default::default(),
+            lang: RwSignal::new(crate::i18n::Lang::En),
         }
     }
 

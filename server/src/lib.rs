@@ -5,6 +5,7 @@
 
 pub mod engine;
 pub mod generate;
+pub mod history_fit;
 pub mod model;
 pub mod openai;
 pub mod remote;

@@ -180,6 +180,8 @@ mod tests {
                     checkpoint: "m".into(),
                     prompt_tokens: 10,
                     reused_tokens: history.len() * 5,
+                    dropped_turns: 0,
+                    context: 0,
                     generated_tokens: 3,
                     prefill_ms: 10.0,
                     ttft_ms: 12.0,

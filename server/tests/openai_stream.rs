@@ -58,6 +58,8 @@ impl Backend for Gated {
                 checkpoint: "gated".into(),
                 prompt_tokens: 5,
                 reused_tokens: 0,
+                dropped_turns: 0,
+                context: 0,
                 generated_tokens: 4,
                 prefill_ms: 1.0,
                 ttft_ms: 1.0,

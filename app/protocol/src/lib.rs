@@ -305,6 +305,12 @@ pub struct Stats {
     /// Prompt tokens continued from the conversation's cache (the image and earlier turns), not run again.
     #[serde(default)]
     pub reused_tokens: usize,
+    /// The oldest earlier turns left out of the prompt so that the question fit the context.
+    #[serde(default)]
+    pub dropped_turns: usize,
+    /// The checkpoint's context length in positions (0: not known, e.g. behind a remote engine).
+    #[serde(default)]
+    pub context: usize,
     pub generated_tokens: usize,
     /// Image encoding plus prompt, in milliseconds.
     pub prefill_ms: f64,
@@ -503,4 +509,13 @@ mod tests {
         let old: Event = serde_json::from_str(r#"{"Error":{"message":"x"}}"#).unwrap();
         assert_eq!(old, Event::error(ErrorKind::Internal, "x"));
     }
+}
+
+/// The value of cookie `name` in one `Cookie` header's text (`a=1; b=2`). The server's access
+/// guard and the page's server-side render read their cookies through this one parser.
+pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(';').find_map(|kv| {
+        let (k, v) = kv.trim().split_once('=')?;
+        (k == name).then_some(v)
+    })
 }

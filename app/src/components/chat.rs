@@ -1,8 +1,12 @@
-//! The transcript, the composer and the actions (Generate, Stop, Retry, Clear).
+//! The transcript (with each answer's copy / regenerate and each question's edit-and-resend), the composer,
+//! the actions (Generate, Stop, Retry, Clear) and the context meter.
 
 use crate::agent_card;
 use crate::api::chat;
 use crate::components::tasks::TaskBar;
+use crate::conversation::record::boxes_json;
+use crate::grounding;
+use crate::i18n::{t, tr, Lang};
 use crate::markdown;
 use crate::protocol::{ClientMsg, ErrorKind, Event, GenerateRequest, ImageData};
 use crate::state::{conversation_groups, AppState, Turn, TurnStatus};
@@ -224,52 +228,73 @@ pub fn clear(state: AppState) {
 
 /// Asks the last question again (replacing its answer).
 pub fn retry(state: AppState) {
+    if let Some(last) = state.turns.with_untracked(|t| t.last().map(|t| t.id)) {
+        resend(state, last, None);
+    }
+}
+
+/// Asks turn `id`'s question again, or `edited` in its place: that turn and every later one are dropped, and
+/// the question goes with the turns before it as history (regenerate, edit-and-resend).
+pub fn resend(state: AppState, id: u64, edited: Option<String>) {
     if state.busy.get_untracked() {
         return;
     }
-    let Some(last) = state.turns.with_untracked(|t| t.last().cloned()) else {
+    let Some(at) = state
+        .turns
+        .with_untracked(|t| t.iter().position(|t| t.id == id))
+    else {
         return;
     };
-    state.turns.update(|t| {
-        t.pop();
-    });
-    send(state, last.query);
+    let query = edited.unwrap_or_else(|| state.turns.with_untracked(|t| t[at].query.clone()));
+    if query.trim().is_empty() {
+        return;
+    }
+    state.turns.update(|t| t.truncate(at));
+    send(state, query);
 }
 
-fn stats_line(status: &TurnStatus) -> String {
+fn stats_line(lang: Lang, status: &TurnStatus) -> String {
+    let t = |en| tr(lang, en);
     match status {
         TurnStatus::Done(s) => format!(
-            "{} · {} prompt tokens{} · {} new · prefill {:.0} ms · first token {:.0} ms · {:.1} tok/s · {}",
+            "{} · {} {}{} · {} {} · {} {:.0} ms · {} {:.0} ms · {:.1} tok/s · {}",
             s.checkpoint,
             s.prompt_tokens,
+            t("prompt tokens"),
             if s.reused_tokens > 0 {
-                format!(" ({} cached)", s.reused_tokens)
+                format!(" ({} {})", s.reused_tokens, t("cached"))
             } else {
                 String::new()
             },
             s.generated_tokens,
+            t("new"),
+            t("prefill"),
             s.prefill_ms,
+            t("first token"),
             s.ttft_ms,
             s.tokens_per_s,
-            s.stop.label()
+            t(s.stop.label())
         ),
-        TurnStatus::Queued { ahead: 0, .. } => "next in the queue…".into(),
+        TurnStatus::Queued { ahead: 0, .. } => t("next in the queue…").into(),
         TurnStatus::Queued {
             ahead,
             eta_ms: None,
-        } => format!("queued: {ahead} ahead…"),
+        } => format!("{}: {ahead} {}…", t("queued"), t("ahead")),
         TurnStatus::Queued {
             ahead,
             eta_ms: Some(ms),
         } => format!(
-            "queued: {ahead} ahead, about {:.0} s…",
+            "{}: {ahead} {}, {} {:.0} s…",
+            t("queued"),
+            t("ahead"),
+            t("about"),
             (*ms as f64 / 1e3).ceil()
         ),
-        TurnStatus::Waiting => "reading the image and the prompt…".into(),
-        TurnStatus::Streaming => "generating…".into(),
-        TurnStatus::Stopped => "stopped".into(),
-        TurnStatus::Recorded => "recorded answer (test hook)".into(),
-        TurnStatus::Error(e) => format!("error: {e}"),
+        TurnStatus::Waiting => t("reading the image and the prompt…").into(),
+        TurnStatus::Streaming => t("generating…").into(),
+        TurnStatus::Stopped => t("stopped").into(),
+        TurnStatus::Recorded => t("recorded answer (test hook)").into(),
+        TurnStatus::Error(e) => format!("{}: {e}", t("error")),
     }
 }
 
@@ -294,24 +319,131 @@ fn chip_index(ev: &leptos::ev::MouseEvent) -> Option<usize> {
     chip.get_attribute("data-g")?.parse().ok()
 }
 
+/// Puts `text` on the clipboard; `done` shows that it worked (or the error) for a moment.
+fn copy_text(text: String, done: RwSignal<Option<&'static str>>) {
+    let Some(clipboard) = web_sys::window().map(|w| w.navigator().clipboard()) else {
+        return;
+    };
+    leptos::task::spawn_local(async move {
+        let ok = wasm_bindgen_futures::JsFuture::from(clipboard.write_text(&text))
+            .await
+            .is_ok();
+        done.set(Some(if ok { "Copied" } else { "Could not copy" }));
+        set_timeout(move || done.set(None), Duration::from_millis(1500));
+    });
+}
+
+/// Copy, copy boxes, regenerate under an answer.
+#[component]
+fn AnswerActions(id: u64, answer: RwSignal<String>, status: RwSignal<TurnStatus>) -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let copied = RwSignal::new(None::<&'static str>);
+    let has_boxes = move || answer.with(|a| !grounding::parse(a).is_empty());
+    let idle = move || !status.with(TurnStatus::is_active);
+    view! {
+        <Show when=idle>
+            <div class="answer-actions">
+                <button class="small" data-action="copy" on:click=move |_| copy_text(answer.get_untracked(), copied)>
+                    {move || t(state, "Copy")}
+                </button>
+                <Show when=has_boxes>
+                    <button class="small" data-action="copy-boxes"
+                        on:click=move |_| copy_text(answer.with_untracked(|a| boxes_json(a)), copied)>
+                        {move || t(state, "Copy boxes (JSON)")}
+                    </button>
+                </Show>
+                <button class="small" data-action="regenerate"
+                    disabled=move || state.busy.get() || state.current_model().is_none()
+                    on:click=move |_| resend(state, id, None)>
+                    {move || t(state, "Regenerate")}
+                </button>
+                <span class="copied" role="status">{move || copied.get().map(|m| t(state, m))}</span>
+            </div>
+        </Show>
+    }
+}
+
+/// The question, with Edit: an inline editor whose Send drops this turn and the later ones.
+#[component]
+fn QuestionView(
+    id: u64,
+    query: String,
+    offsets: Memo<std::collections::HashMap<u64, (usize, usize)>>,
+) -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let editing = RwSignal::new(None::<String>);
+    let shown = query.clone();
+    let query_html = move || {
+        let (q, _) = offsets.with(|o| o.get(&id).copied().unwrap_or_default());
+        markdown::render_plain(&shown, q).html
+    };
+    let resend_edit = move || {
+        if let Some(text) = editing.get_untracked() {
+            editing.set(None);
+            resend(state, id, Some(text));
+        }
+    };
+    view! {
+        <div class="msg user">
+            <div class="who">{move || t(state, "You")}</div>
+            <Show
+                when=move || editing.with(Option::is_some)
+                fallback=move || view! {
+                    <div class="bubble" inner_html=query_html.clone()></div>
+                    <div class="question-actions">
+                        <button class="small" data-action="edit"
+                            disabled=move || state.busy.get()
+                            on:click={
+                                let query = query.clone();
+                                move |_| editing.set(Some(query.clone()))
+                            }>
+                            {move || t(state, "Edit")}
+                        </button>
+                    </div>
+                }
+            >
+                <textarea class="edit-question" rows="3"
+                    prop:value=move || editing.get().unwrap_or_default()
+                    on:input=move |ev| editing.set(Some(event_target_value(&ev)))
+                    on:keydown=move |ev: leptos::ev::KeyboardEvent| {
+                        if ev.key() == "Enter" && !ev.shift_key() && !ev.is_composing() {
+                            ev.prevent_default();
+                            resend_edit();
+                        } else if ev.key() == "Escape" {
+                            editing.set(None);
+                        }
+                    }
+                ></textarea>
+                <div class="question-actions">
+                    <button class="small primary" data-action="send-edit"
+                        disabled=move || state.busy.get() || state.current_model().is_none()
+                        on:click=move |_| resend_edit()>
+                        {move || t(state, "Send")}
+                    </button>
+                    <button class="small" data-action="cancel-edit" on:click=move |_| editing.set(None)>
+                        {move || t(state, "Cancel")}
+                    </button>
+                </div>
+            </Show>
+        </div>
+    }
+}
+
 #[component]
 fn TurnView(
     turn: Turn,
     offsets: Memo<std::collections::HashMap<u64, (usize, usize)>>,
 ) -> impl IntoView {
+    let state = expect_context::<AppState>();
     let id = turn.id;
-    let query = turn.query.clone();
-    let query_html = move || {
-        let (q, _) = offsets.with(|o| o.get(&id).copied().unwrap_or_default());
-        markdown::render_plain(&query, q).html
-    };
     let answer = turn.answer;
     let status = turn.status;
     let answer_html = move || {
         let (_, a) = offsets.with(|o| o.get(&id).copied().unwrap_or_default());
         // An agent answer (Plan / Next Action / Grounded Operation) renders as a card.
         let html = answer.with(|text| {
-            agent_card::render(text, a).unwrap_or_else(|| markdown::render_markdown(text, a).html)
+            agent_card::render(text, a, state.lang.get())
+                .unwrap_or_else(|| markdown::render_markdown(text, a).html)
         });
         if status.with(TurnStatus::is_active) {
             with_cursor(html)
@@ -325,18 +457,60 @@ fn TurnView(
         TurnStatus::Stopped | TurnStatus::Recorded => "stats stopped",
         _ => "stats active",
     };
+    // Earlier turns left out of this answer's prompt to fit the context.
+    let dropped = move || match status.get() {
+        TurnStatus::Done(s) if s.dropped_turns > 0 => Some(s.dropped_turns),
+        _ => None,
+    };
     view! {
         <div class="turn" data-turn=id>
-            <div class="msg user">
-                <div class="who">"You"</div>
-                <div class="bubble" inner_html=query_html></div>
-            </div>
+            <QuestionView id=id query=turn.query.clone() offsets=offsets/>
             <div class="msg bot" class:streaming=move || status.with(TurnStatus::is_active)>
-                <div class="who">"Model"</div>
+                <div class="who">{move || t(state, "Model")}</div>
                 <div class="bubble answer markdown" inner_html=answer_html></div>
-                <div class=status_class>{move || status.with(stats_line)}</div>
+                {move || dropped().map(|n| view! {
+                    <div class="context-note" role="note">
+                        {format!("{n} {}", t(state, "earlier turns left out of the prompt to fit the context"))}
+                    </div>
+                })}
+                <div class=status_class>{move || status.with(|s| stats_line(state.lang.get(), s))}</div>
+                <AnswerActions id=id answer=answer status=status/>
             </div>
         </div>
+    }
+}
+
+/// How much of the context the conversation uses: the last answer's prompt and new tokens.
+#[component]
+fn ContextMeter() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let usage = move || {
+        state.turns.with(|turns| {
+            turns.iter().rev().find_map(|t| match t.status.get() {
+                TurnStatus::Done(s) if s.context > 0 => {
+                    Some((s.prompt_tokens + s.generated_tokens, s.context))
+                }
+                _ => None,
+            })
+        })
+    };
+    move || {
+        usage().map(|(used, context)| {
+            let title = format!(
+                "{used} / {context} {}",
+                t(
+                    state,
+                    "positions of the checkpoint's context (image, question and answers)"
+                )
+            );
+            view! {
+                <div class="context-meter" id="context-meter" title=title>
+                    <span>{move || t(state, "Context")}</span>
+                    <meter min="0" max=context value=used high=context * 4 / 5></meter>
+                    <span class="meter-figures">{format!("{used} / {context}")}</span>
+                </div>
+            }
+        })
     }
 }
 
@@ -403,11 +577,13 @@ pub fn ChatPanel() -> impl IntoView {
             >
                 <Show when=empty>
                     <div class="empty">
-                        <p class="empty-title">"Ask about an image"</p>
+                        <p class="empty-title">{move || t(state, "Ask about an image")}</p>
                         <p>
-                            "Add an image on the left (button, drag and drop, or paste), then ask a question. "
-                            "Boxes written as " <code>"[[x0,y0,x1,y1]]"</code>
-                            " (thousandths of the width and height) in a question or an answer are drawn on the image."
+                            {move || t(state, "Add an image (button, drag and drop, or paste), then ask a question.")}
+                            " "
+                            {move || t(state, "Boxes written as")}
+                            " " <code>"[[x0,y0,x1,y1]]"</code> " "
+                            {move || t(state, "(thousandths of the width and height) in a question or an answer are drawn on the image.")}
                         </p>
                     </div>
                 </Show>
@@ -421,7 +597,7 @@ pub fn ChatPanel() -> impl IntoView {
                 <textarea
                     id="prompt"
                     rows="3"
-                    placeholder="Ask a question…  (Enter sends, Shift+Enter: new line, Esc: stop)"
+                    placeholder=move || t(state, "Ask a question…  (Enter sends, Shift+Enter: new line, Esc: stop)")
                     prop:value=move || state.draft.get()
                     on:input=move |ev| state.draft.set(event_target_value(&ev))
                     on:keydown=on_keydown
@@ -433,21 +609,22 @@ pub fn ChatPanel() -> impl IntoView {
                         disabled=move || !can_send()
                         on:click=move |_| submit()
                     >
-                        "Generate"
+                        {move || t(state, "Generate")}
                     </button>
                     <button id="stop" disabled=move || !state.busy.get() on:click=move |_| stop(state)>
-                        "Stop"
+                        {move || t(state, "Stop")}
                     </button>
                     <button
                         id="retry"
                         disabled=move || state.busy.get() || empty() || state.current_model().is_none()
                         on:click=move |_| retry(state)
                     >
-                        "Retry"
+                        {move || t(state, "Retry")}
                     </button>
                     <button id="clear" disabled=empty on:click=move |_| clear(state)>
-                        "Clear"
+                        {move || t(state, "Clear")}
                     </button>
+                    <ContextMeter/>
                 </div>
             </div>
         </section>

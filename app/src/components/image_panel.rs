@@ -4,6 +4,7 @@
 use crate::components::overlay;
 use crate::components::tasks::{add_region, remove_group};
 use crate::grounding::{self, Shape};
+use crate::i18n::{t, tr};
 use crate::state::{conversation_groups, text_groups, AppState, DrawnGroup, UploadedImage};
 use leptos::prelude::*;
 use wasm_bindgen::JsCast;
@@ -12,11 +13,13 @@ use wasm_bindgen::JsCast;
 /// A new image starts a new conversation.
 fn take_file(state: AppState, file: web_sys::File) {
     if !file.type_().starts_with("image/") {
+        let lang = state.lang.get_untracked();
         state.note.set(Some(format!(
-            "{} is not an image ({}).",
+            "{} {} ({}).",
             file.name(),
+            tr(lang, "is not an image"),
             if file.type_().is_empty() {
-                "unknown type".to_string()
+                tr(lang, "unknown type").to_string()
             } else {
                 file.type_()
             }
@@ -30,9 +33,13 @@ fn take_file(state: AppState, file: web_sys::File) {
         .filter(|&l| l > 0);
     if let Some(limit) = limit.filter(|&l| file.size() > l as f64) {
         state.note.set(Some(format!(
-            "{} is {:.1} MB; this server accepts images up to {:.1} MB.",
+            "{}: {:.1} MB; {} {:.1} MB.",
             file.name(),
             file.size() / 1e6,
+            tr(
+                state.lang.get_untracked(),
+                "this server accepts images up to"
+            ),
             limit as f64 / 1e6
         )));
         return;
@@ -42,17 +49,21 @@ fn take_file(state: AppState, file: web_sys::File) {
         let buffer = match wasm_bindgen_futures::JsFuture::from(file.array_buffer()).await {
             Ok(b) => b,
             Err(_) => {
-                state
-                    .note
-                    .set(Some(format!("Could not read {}.", file.name())));
+                state.note.set(Some(format!(
+                    "{} {}.",
+                    tr(state.lang.get_untracked(), "Could not read"),
+                    file.name()
+                )));
                 return;
             }
         };
         let bytes = js_sys::Uint8Array::new(&buffer).to_vec();
         let Ok(url) = web_sys::Url::create_object_url_with_blob(&file) else {
-            state
-                .note
-                .set(Some(format!("Could not show {}.", file.name())));
+            state.note.set(Some(format!(
+                "{} {}.",
+                tr(state.lang.get_untracked(), "Could not show"),
+                file.name()
+            )));
             return;
         };
         if let Some(old) = state.image.get_untracked() {
@@ -61,6 +72,10 @@ fn take_file(state: AppState, file: web_sys::File) {
         let had_conversation = state.turns.with_untracked(|t| !t.is_empty());
         if state.busy.get_untracked() {
             crate::components::chat::stop(state);
+        }
+        if had_conversation {
+            // The old conversation stays in the list with its own image.
+            crate::conversation::store::fork_for_new_image(state);
         }
         state.turns.set(Vec::new());
         state.hover.set(None);
@@ -71,8 +86,11 @@ fn take_file(state: AppState, file: web_sys::File) {
             bytes: bytes.len(),
         }));
         state.note.set(had_conversation.then(|| {
-            "New image: a new conversation started (the model sees one image per conversation)."
-                .to_string()
+            tr(
+                state.lang.get_untracked(),
+                "New image: a new conversation started (the model sees one image per conversation).",
+            )
+            .to_string()
         }));
     });
 }
@@ -268,9 +286,13 @@ pub fn ImagePanel() -> impl IntoView {
             return;
         };
         if let Err(e) = groups.with_untracked(|g| overlay::download_png(&img, g, &name)) {
-            state
-                .note
-                .set(Some(format!("Could not make the annotated image: {e:?}")));
+            state.note.set(Some(format!(
+                "{}: {e:?}",
+                tr(
+                    state.lang.get_untracked(),
+                    "Could not make the annotated image"
+                )
+            )));
         }
     };
 
@@ -296,8 +318,8 @@ pub fn ImagePanel() -> impl IntoView {
                             <code>{text}</code>
                             <button
                                 class="remove-region"
-                                title="Remove this region from the prompt"
-                                aria-label=format!("Remove region {}", index + 1)
+                                title=move || t(state, "Remove this region from the prompt")
+                                aria-label=move || format!("{} {}", t(state, "Remove region"), index + 1)
                                 on:click=move |_| {
                                     state.hover.set(None);
                                     remove_group(state, k);
@@ -365,7 +387,7 @@ pub fn ImagePanel() -> impl IntoView {
                 <canvas
                     id="overlay"
                     node_ref=canvas_ref
-                    title="Drag to mark a region for the prompt"
+                    title=move || t(state, "Drag to mark a region for the prompt")
                     on:pointerdown=on_pointer_down
                     on:pointermove=on_pointer_move
                     on:pointerup=on_pointer_up
@@ -380,11 +402,11 @@ pub fn ImagePanel() -> impl IntoView {
             <Show when=has_image>
                 <div class="image-bar">
                     <span class="image-name">{image_caption}</span>
-                    <button class="small" id="download-annotated" title="PNG with the boxes and labels"
-                        on:click=download>"Download annotated"</button>
+                    <button class="small" id="download-annotated" title=move || t(state, "PNG with the boxes and labels")
+                        on:click=download>{move || t(state, "Download annotated")}</button>
                     <button class="small" on:click=move |_| {
                         if let Some(input) = input_ref.get() { input.click(); }
-                    }>"Replace"</button>
+                    }>{move || t(state, "Replace")}</button>
                     <button class="small" id="remove-image" on:click=move |_| {
                         if let Some(old) = state.image.get_untracked() {
                             let _ = web_sys::Url::revoke_object_url(&old.url);
@@ -392,7 +414,7 @@ pub fn ImagePanel() -> impl IntoView {
                         state.image.set(None);
                         state.turns.set(Vec::new());
                         state.note.set(None);
-                    }>"Remove"</button>
+                    }>{move || t(state, "Remove")}</button>
                 </div>
             </Show>
             <Show when=move || !has_image()>
@@ -400,20 +422,20 @@ pub fn ImagePanel() -> impl IntoView {
                     <svg viewBox="0 0 24 24" width="40" height="40" aria-hidden="true">
                         <path fill="currentColor" d="M19 5v14H5V5h14m0-2H5a2 2 0 0 0-2 2v14a2 2 0 0 0 2 2h14a2 2 0 0 0 2-2V5a2 2 0 0 0-2-2zm-4.86 8.86-3 3.87L9 13.14 6 17h12l-3.86-5.14z"/>
                     </svg>
-                    <p>"Drop an image here, paste it (Ctrl+V), or"</p>
+                    <p>{move || t(state, "Drop an image here, paste it (Ctrl+V), or")}</p>
                     <button class="primary" id="choose-image" on:click=move |_| {
                         if let Some(input) = input_ref.get() { input.click(); }
-                    }>"Choose an image"</button>
-                    <p class="hint">"Without an image the model answers from text alone."</p>
+                    }>{move || t(state, "Choose an image")}</button>
+                    <p class="hint">{move || t(state, "Without an image the model answers from text alone.")}</p>
                 </div>
             </Show>
             <Show when=has_image>
                 <div class="regions">
-                    <span class="hint">"Drag on the image to mark a region for the prompt."</span>
+                    <span class="hint">{move || t(state, "Drag on the image to mark a region for the prompt.")}</span>
                     <ul id="regions">{regions}</ul>
                 </div>
             </Show>
-            <p class="hint">"A new image starts a new conversation."</p>
+            <p class="hint">{move || t(state, "A new image starts a new conversation.")}</p>
         </section>
     }
 }

@@ -1,6 +1,7 @@
 //! Model selector (with switching and load progress), prompt version and sampling controls.
 
 use crate::api::{list_models, load_model};
+use crate::i18n::{t, tr, Lang};
 use crate::protocol::{CheckpointInfo, Event, ModelsState, PromptVersion};
 use crate::state::{AppState, Loading};
 use futures::StreamExt;
@@ -101,9 +102,10 @@ pub fn switch_model(state: AppState, name: String) {
                 });
             }
             Err(message) => {
-                state
-                    .load_error
-                    .set(Some(format!("Could not load {name}: {message}")));
+                state.load_error.set(Some(format!(
+                    "{} {name}: {message}",
+                    tr(state.lang.get_untracked(), "Could not load")
+                )));
                 // Re-render the selector on the checkpoint that still answers.
                 state.models.update(|_| {});
             }
@@ -111,16 +113,16 @@ pub fn switch_model(state: AppState, name: String) {
     });
 }
 
-fn checkpoint_label(c: &CheckpointInfo) -> String {
+fn checkpoint_label(lang: Lang, c: &CheckpointInfo) -> String {
     format!(
         "{} — {} · {} px{}",
         c.name,
         c.kind.label(),
         c.image_size,
         if c.bundled {
-            " · bundled test model"
+            format!(" · {}", tr(lang, "bundled test model"))
         } else {
-            ""
+            String::new()
         }
     )
 }
@@ -137,7 +139,7 @@ pub fn ModelPicker() -> impl IntoView {
                 .unwrap_or_default()
                 .into_iter()
                 .map(|c| {
-                    let label = checkpoint_label(&c);
+                    let label = checkpoint_label(state.lang.get(), &c);
                     let selected = current.as_ref() == Some(&c.name);
                     view! { <option value=c.name.clone() selected=selected>{label}</option> }
                 })
@@ -153,7 +155,7 @@ pub fn ModelPicker() -> impl IntoView {
             };
             view! {
                 <div class="load-progress" id="load-progress">
-                    <span>{format!("Loading {}… {:.0}%", l.name, pct)}</span>
+                    <span>{format!("{} {}… {:.0}%", t(state, "Loading"), l.name, pct)}</span>
                     <progress max="100" value=format!("{pct:.1}")></progress>
                 </div>
             }
@@ -161,7 +163,7 @@ pub fn ModelPicker() -> impl IntoView {
     };
     view! {
         <div class="model-picker">
-            <label for="model-select">"Model"</label>
+            <label for="model-select">{move || t(state, "Model")}</label>
             <select
                 id="model-select"
                 disabled=move || state.busy.get() || state.loading.with(Option::is_some) || state.models.with(Option::is_none)
@@ -186,10 +188,11 @@ fn Slider(
     #[prop(optional)] hint: Option<&'static str>,
     #[prop(optional)] zero_label: Option<&'static str>,
 ) -> impl IntoView {
+    let state = expect_context::<AppState>();
     let shown = move || {
         let v = value.get();
         match zero_label {
-            Some(z) if v <= 1e-5 => z.to_string(),
+            Some(z) if v <= 1e-5 => t(state, z).to_string(),
             _ if step >= 1.0 => format!("{v:.0}"),
             _ => format!("{v:.2}"),
         }
@@ -197,7 +200,7 @@ fn Slider(
     view! {
         <div class="field slider">
             <label for=id>
-                <span>{label}</span>
+                <span>{move || t(state, label)}</span>
                 <output id=format!("{id}-value")>{shown}</output>
             </label>
             <input
@@ -215,7 +218,7 @@ fn Slider(
                     }
                 }
             />
-            {hint.map(|h| view! { <small>{h}</small> })}
+            {hint.map(|h| view! { <small>{move || t(state, h)}</small> })}
         </div>
     }
 }
@@ -230,6 +233,16 @@ pub fn SettingsPanel() -> impl IntoView {
     let max_length = RwSignal::new(s.max_length.get_untracked() as f64);
     Effect::new(move |_| s.top_k.set(top_k.get().round().max(0.0) as usize));
     Effect::new(move |_| s.max_length.set(max_length.get().round() as usize));
+    // And back, when a stored conversation brings its settings.
+    Effect::new(move |_| {
+        let (k, l) = (s.top_k.get() as f64, s.max_length.get() as f64);
+        if top_k.get_untracked().round() != k {
+            top_k.set(k);
+        }
+        if max_length.get_untracked().round() != l {
+            max_length.set(l);
+        }
+    });
     let default_version = move || {
         state.models.with(|m| {
             m.as_ref()
@@ -238,9 +251,9 @@ pub fn SettingsPanel() -> impl IntoView {
     };
     view! {
         <section class="settings">
-            <h2>"Settings"</h2>
+            <h2>{move || t(state, "Settings")}</h2>
             <div class="field">
-                <label for="version-select">"Prompt template"</label>
+                <label for="version-select">{move || t(state, "Prompt template")}</label>
                 <select
                     id="version-select"
                     prop:value=move || s.version.get().as_str()
@@ -255,9 +268,9 @@ pub fn SettingsPanel() -> impl IntoView {
                         .map(|v| {
                             let text = move || {
                                 if default_version() == Some(v) {
-                                    format!("{} (default for this model)", v.describe())
+                                    format!("{} {}", t(state, v.describe()), t(state, "(default for this model)"))
                                 } else {
-                                    v.describe().to_string()
+                                    t(state, v.describe()).to_string()
                                 }
                             };
                             // `selected` for the server-rendered page; the select's `prop:value` after.
@@ -274,18 +287,18 @@ pub fn SettingsPanel() -> impl IntoView {
             <Slider id="max-length" label="Max length" min=64.0 max=4096.0 step=64.0 value=max_length
                 hint="prompt, image tokens and answer together"/>
             <details class="advanced">
-                <summary>"More"</summary>
+                <summary>{move || t(state, "More")}</summary>
                 <div class="field">
-                    <label for="max-new-tokens">"Max new tokens"</label>
-                    <input type="number" id="max-new-tokens" min="1" placeholder="no limit"
+                    <label for="max-new-tokens">{move || t(state, "Max new tokens")}</label>
+                    <input type="number" id="max-new-tokens" min="1" placeholder=move || t(state, "no limit")
                         prop:value=move || s.max_new_tokens.get()
                         on:input=move |ev| s.max_new_tokens.set(event_target_value(&ev))/>
                 </div>
                 <Slider id="repetition-penalty" label="Repetition penalty" min=1.0 max=2.0 step=0.01
                     value=s.repetition_penalty/>
                 <div class="field">
-                    <label for="seed">"Seed"</label>
-                    <input type="number" id="seed" min="0" placeholder="random"
+                    <label for="seed">{move || t(state, "Seed")}</label>
+                    <input type="number" id="seed" min="0" placeholder=move || t(state, "random")
                         prop:value=move || s.seed.get()
                         on:input=move |ev| s.seed.set(event_target_value(&ev))/>
                 </div>

@@ -7,6 +7,7 @@
 
 use crate::components::settings::{current_info, switch_model};
 use crate::grounding::{self, Shape};
+use crate::i18n::t as tx;
 use crate::state::AppState;
 use crate::tasks::{fill, Task, TaskInput};
 use leptos::prelude::*;
@@ -105,17 +106,17 @@ fn Suggestion() -> impl IntoView {
         state.models.with(|m| {
             let m = m.as_ref()?;
             if let Some(c) = current_info(m).filter(|c| suits.accepts(c)) {
-                let text = format!("The loaded checkpoint, {}, suits this task.", c.name);
+                let text = format!("{} {} {}", tx(state, "The loaded checkpoint,"), c.name, tx(state, "suits this task."));
                 return Some(view! { <p class="task-suggest ok" id="task-suggest">{text}</p> }.into_any());
             }
             Some(match suits.best(&m.checkpoints) {
                 Some(c) => {
                     let name = c.name.clone();
-                    let label = format!("Switch to {name}");
+                    let label = format!("{} {name}", tx(state, "Switch to"));
                     view! {
                         <p class="task-suggest" id="task-suggest">
-                            "This task suits THUDM's " <code>{wanted}</code> "; "
-                            <code>{name.clone()}</code> " is in the models folder. "
+                            {tx(state, "This task suits THUDM's")} " " <code>{wanted}</code> "; "
+                            <code>{name.clone()}</code> " " {tx(state, "is in the models folder.")} " "
                             <button
                                 class="small"
                                 id="task-switch"
@@ -130,8 +131,8 @@ fn Suggestion() -> impl IntoView {
                 }
                 None => view! {
                     <p class="task-suggest" id="task-suggest">
-                        "This task suits THUDM's " <code>{wanted}</code>
-                        ", which is not in the models folder: the loaded checkpoint may not follow the template."
+                        {tx(state, "This task suits THUDM's")} " " <code>{wanted}</code>
+                        {tx(state, ", which is not in the models folder: the loaded checkpoint may not follow the template.")}
                     </p>
                 }
                 .into_any(),
@@ -150,7 +151,7 @@ fn TaskInputs() -> impl IntoView {
             <input
                 type="text"
                 id="task-text"
-                placeholder=placeholder
+                placeholder=move || tx(state, placeholder)
                 prop:value=move || t.text.get()
                 on:input=move |ev| {
                     t.text.set(event_target_value(&ev));
@@ -159,7 +160,8 @@ fn TaskInputs() -> impl IntoView {
             />
         }
     };
-    move || match t.task.get() {
+    move || {
+        match t.task.get() {
         Task::FindObject => text_input("the object to find, e.g. the red cup").into_any(),
         Task::Agent => view! {
             {text_input("the task, e.g. Search for CogVLM")}
@@ -173,15 +175,16 @@ fn TaskInputs() -> impl IntoView {
                         refill_keeping_regions(state);
                     }
                 />
-                "with grounding"
+                {move || tx(state, "with grounding")}
             </label>
         }
         .into_any(),
         Task::DescribeRegion => view! {
-            <span class="task-hint">"Drag on the image to mark one or more regions."</span>
+            <span class="task-hint">{move || tx(state, "Drag on the image to mark one or more regions.")}</span>
         }
         .into_any(),
         Task::Chat | Task::DescribeWithBoxes => ().into_any(),
+    }
     }
 }
 
@@ -204,7 +207,7 @@ fn TemplatePicker() -> impl IntoView {
     view! {
         <select
             id="task-template"
-            aria-label="Template"
+            aria-label=move || tx(state, "Template")
             prop:value=move || t.chosen.get().map_or("random".to_string(), |i| i.to_string())
             on:change=move |ev| {
                 let value = event_target_value(&ev);
@@ -212,13 +215,13 @@ fn TemplatePicker() -> impl IntoView {
                 refill_keeping_regions(state);
             }
         >
-            <option value="random">"Random template"</option>
+            <option value="random">{move || tx(state, "Random template")}</option>
             {options}
         </select>
         <button
             class="small"
             id="task-another"
-            title="Another random template"
+            title=move || tx(state, "Another random template")
             on:click=move |_| {
                 let task = t.task.get_untracked();
                 t.chosen.set(None);
@@ -226,7 +229,7 @@ fn TemplatePicker() -> impl IntoView {
                 refill_keeping_regions(state);
             }
         >
-            "Another"
+            {move || tx(state, "Another")}
         </button>
     }
 }
@@ -237,7 +240,7 @@ pub fn TaskBar() -> impl IntoView {
     let t = state.tasks;
     view! {
         <div class="taskbar">
-            <div class="task-tabs" role="tablist" aria-label="Task">
+            <div class="task-tabs" role="tablist" aria-label=move || tx(state, "Task")>
                 {Task::ALL
                     .into_iter()
                     .map(|task| {
@@ -250,7 +253,7 @@ pub fn TaskBar() -> impl IntoView {
                                 aria-selected=move || (t.task.get() == task).to_string()
                                 on:click=move |_| select_task(state, task)
                             >
-                                {task.label()}
+                                {move || tx(state, task.label())}
                             </button>
                         }
                     })

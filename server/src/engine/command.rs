@@ -43,6 +43,8 @@ pub(crate) fn cancelled_done(checkpoint: &str) -> Event {
             checkpoint: checkpoint.into(),
             prompt_tokens: 0,
             reused_tokens: 0,
+            dropped_turns: 0,
+            context: 0,
             generated_tokens: 0,
             prefill_ms: 0.0,
             ttft_ms: 0.0,

@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use tokenizers::Tokenizer;
 
+use crate::history_fit;
 use crate::model::config::Config;
 use crate::model::lora::{Adapter, LoraMode};
 use crate::model::memory;
@@ -366,7 +367,7 @@ impl Pipeline {
 
     /// Builds the prompt and encodes the image (reusing the last image's encoding when it is the same).
     pub fn prepare(&mut self, req: &ChatRequest) -> anyhow::Result<Prepared> {
-        let input = self.prompt_input(req)?;
+        let input = self.prompt_input(req, &req.history)?;
         let (image, cross) = match &req.image {
             None => (None, None),
             Some(img) => {
@@ -382,8 +383,13 @@ impl Pipeline {
         })
     }
 
-    /// The prompt's ids, token types, positions and image slots (no image encoding).
-    fn prompt_input(&self, req: &ChatRequest) -> anyhow::Result<PromptInput> {
+    /// The prompt's ids, token types, positions and image slots (no image encoding), with `history` as the
+    /// earlier turns.
+    fn prompt_input(
+        &self,
+        req: &ChatRequest,
+        history: &[(String, String)],
+    ) -> anyhow::Result<PromptInput> {
         let kind = self.model.kind();
         if kind == ModelKind::CogAgent && req.image.is_none() {
             return Err(protocol::Error::bad_input(
@@ -392,7 +398,7 @@ impl Pipeline {
             .into());
         }
         let version = req.version.unwrap_or(self.info.default_version);
-        let text = prompt_text(kind, version, &req.history, &req.query);
+        let text = prompt_text(kind, version, history, &req.query);
         let text_ids = self.encode_text(&text)?;
         let cfg = &self.model.cfg;
         Ok(PromptInput::new(
@@ -553,7 +559,11 @@ impl Pipeline {
     ) -> anyhow::Result<Sequence> {
         req.sampling.validate().map_err(protocol::Error::from)?;
         let start = Instant::now();
-        let input = self.prompt_input(req)?;
+        // The checkpoint was trained up to its context length; a larger max_length means "up
+        // to the context".
+        let context = self.model.cfg.max_position_embeddings;
+        let max_length = req.sampling.max_length.min(context);
+        let (input, dropped_turns) = self.fitted_prompt(req, max_length)?;
         let rgb = req.image.as_ref().map(preprocess::to_rgb);
         let image = rgb.as_ref().map(|rgb| image_key(owner, rgb));
         let prompt_len = input.input_ids.len();
@@ -596,11 +606,13 @@ impl Pipeline {
             stop: None,
             prompt_len,
             reused_tokens,
+            dropped_turns,
+            context,
         })
     }
 
     /// How many new tokens the prompt leaves room for: up to `max_length` (at most the checkpoint's context,
-    /// which a larger `max_length` means) and `max_new_tokens`. A prompt that leaves none is refused.
+    /// which a larger `max_length` means) and `max_new_tokens`. A prompt that leaves none (every earlier turn already left out) is refused.
     fn token_budget(&self, input: &PromptInput, sampling: &Sampling) -> anyhow::Result<usize> {
         let prompt_len = input.input_ids.len();
         let context = self.model.cfg.max_position_embeddings;
@@ -610,18 +622,34 @@ impl Pipeline {
             let message = if max_length == context {
                 format!(
                     "the prompt takes {prompt_len} positions (the image counts {image} of them) but the \
-                     checkpoint's context is {context}: shorten the conversation or clear the chat"
+                     checkpoint's context is {context}: shorten the question"
                 )
             } else {
                 format!(
                     "the prompt takes {prompt_len} positions (the image counts {image} of them) but max_length is {max_length}: \
-                     shorten the conversation or raise max length"
+                     shorten the question or raise max length"
                 )
             };
             return Err(protocol::Error::bad_input(message).into());
         }
         let budget = max_length - prompt_len;
         Ok(sampling.max_new_tokens.map_or(budget, |n| budget.min(n)))
+    }
+
+    /// The prompt with the fewest oldest turns left out for it to fit `max_length` (see `history_fit`), and
+    /// how many were left out.
+    fn fitted_prompt(
+        &self,
+        req: &ChatRequest,
+        max_length: usize,
+    ) -> anyhow::Result<(PromptInput, usize)> {
+        let turns = req.history.len();
+        let room = history_fit::answer_room(req.sampling.max_new_tokens);
+        let dropped = history_fit::turns_to_drop(turns, max_length, room, |k| {
+            Ok::<_, anyhow::Error>(self.prompt_input(req, &req.history[k..])?.input_ids.len())
+        })?
+        .unwrap_or(turns);
+        Ok((self.prompt_input(req, &req.history[dropped..])?, dropped))
     }
 
     /// [`Self::begin`] for one of several clients (the server's): it continues only its own conversations and
@@ -675,6 +703,8 @@ impl Pipeline {
                 checkpoint: self.info.name.clone(),
                 prompt_tokens: seq.prompt_len,
                 reused_tokens: seq.reused_tokens,
+                dropped_turns: seq.dropped_turns,
+                context: seq.context,
                 generated_tokens: n,
                 prefill_ms: seq.prefill_ms,
                 ttft_ms: seq.ttft_ms,
@@ -723,6 +753,8 @@ pub struct Sequence {
     stop: Option<StopReason>,
     prompt_len: usize,
     reused_tokens: usize,
+    dropped_turns: usize,
+    context: usize,
 }
 
 impl Sequence {

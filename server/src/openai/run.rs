@@ -149,6 +149,8 @@ mod tests {
             checkpoint: "m".into(),
             prompt_tokens: 10,
             reused_tokens: 0,
+            dropped_turns: 0,
+            context: 0,
             generated_tokens: generated,
             prefill_ms: 1.0,
             ttft_ms: 1.0,

@@ -312,6 +312,8 @@ impl Meter {
             checkpoint: model.into(),
             prompt_tokens,
             reused_tokens: 0,
+            dropped_turns: 0,
+            context: 0,
             generated_tokens,
             // The client cannot tell the prefill from the wait for the first token.
             prefill_ms: ttft_ms,

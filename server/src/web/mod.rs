@@ -6,6 +6,7 @@
 pub mod access;
 pub mod assets;
 pub mod chat;
+pub mod share;
 pub mod socket;
 
 use crate::engine::{bundled_models_dir, EngineHandle, EngineOptions, Fairness, Limits, Registry};
@@ -171,6 +172,7 @@ pub fn router(backend: Arc<dyn Backend>, site_root: &Path, addr: SocketAddr) -> 
         .build();
     let openai = crate::openai::router(backend.clone());
     let backend = BackendContext(backend);
+    let shared = share::current();
     let routes = generate_route_list(App);
     let not_found =
         Handler::with_state(leptos_axum::file_and_error_handler(shell), options.clone());
@@ -178,7 +180,12 @@ pub fn router(backend: Arc<dyn Backend>, site_root: &Path, addr: SocketAddr) -> 
         .leptos_routes_with_context(
             &options,
             routes,
-            move || provide_context(backend.clone()),
+            move || {
+                provide_context(backend.clone());
+                if let Some(s) = &shared {
+                    provide_context(s.clone());
+                }
+            },
             {
                 let options = options.clone();
                 move || shell(options.clone())
@@ -326,22 +333,35 @@ async fn listen(
     let access = Access {
         token: token.clone(),
     };
+    let query = token
+        .as_deref()
+        .map(|t| format!("/?token={t}"))
+        .unwrap_or_default();
+    let lan_link = ip
+        .is_unspecified()
+        .then(lan_address)
+        .flatten()
+        .map(|lan| format!("http://{lan}:{}{query}", args.port));
+    if let Some(link) = &lan_link {
+        // Before the router is built: the host's page offers it with its QR code.
+        share::set_link(link);
+    }
     let app = app(backend, &site_root, addr, access, &args.limits);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} (is another server running? try --port)")
     })?;
     tracing::info!("models: {source}");
     tracing::info!("site:   {}", site_root.display());
-    let query = token
-        .as_deref()
-        .map(|t| format!("/?token={t}"))
-        .unwrap_or_default();
     if ip.is_unspecified() {
         tracing::info!(
             "listening on {addr}: the app is visible to your network, with the token below"
         );
-        if let Some(lan) = lan_address() {
-            tracing::info!("share:  http://{lan}:{}{query}", args.port);
+        if let Some(link) = &lan_link {
+            tracing::info!("share:  {link}");
+            // The QR code is a picture for the terminal: printed as is, not as a log line.
+            if let Some(qr) = args.share.then(|| share::terminal(link)).flatten() {
+                eprintln!("{qr}");
+            }
         }
         tracing::info!("local:  http://localhost:{}{query}", args.port);
     } else {

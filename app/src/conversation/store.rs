@@ -1,0 +1,404 @@
+//! The page's conversations: the open one saved to IndexedDB whenever a turn ends (or the image or the title
+//! changes), restored on load, and the side list's new / switch / rename / delete / export.
+
+use super::idb;
+use super::record::{
+    title_from, SavedConversation, SavedImage, SavedStatus, SavedTurn, Summary, FORMAT,
+};
+use crate::state::{AppState, Turn, TurnStatus, UploadedImage};
+use leptos::prelude::*;
+
+/// The conversation list and which one is open.
+#[derive(Clone, Copy)]
+pub struct Conversations {
+    pub id: RwSignal<String>,
+    /// The title the user gave; `None`: from the first question.
+    pub title: RwSignal<Option<String>>,
+    pub created_ms: StoredValue<f64>,
+    /// Newest first.
+    pub list: RwSignal<Vec<Summary>>,
+    /// Set once the stored conversations have been read: saving starts only then.
+    pub ready: RwSignal<bool>,
+    /// The JSON last written for the open conversation (without its time), so unchanged state is not saved.
+    last_saved: StoredValue<String>,
+    pub panel_open: RwSignal<bool>,
+}
+
+impl Conversations {
+    pub fn new() -> Self {
+        Self {
+            id: RwSignal::new(String::new()),
+            title: RwSignal::new(None),
+            created_ms: StoredValue::new(0.0),
+            list: RwSignal::new(Vec::new()),
+            ready: RwSignal::new(false),
+            last_saved: StoredValue::new(String::new()),
+            panel_open: RwSignal::new(false),
+        }
+    }
+}
+
+impl Default for Conversations {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn now_ms() -> f64 {
+    js_sys::Date::now()
+}
+
+fn new_id() -> String {
+    format!(
+        "c{:x}{:06x}",
+        now_ms() as u64,
+        (js_sys::Math::random() * f64::from(0xff_ffff)) as u32
+    )
+}
+
+/// The open conversation as a record.
+pub fn snapshot(state: AppState) -> SavedConversation {
+    let c = state.conversations;
+    let turns: Vec<SavedTurn> = state.turns.with_untracked(|turns| {
+        turns
+            .iter()
+            .map(|t| SavedTurn {
+                query: t.query.clone(),
+                answer: t.answer.get_untracked(),
+                status: match t.status.get_untracked() {
+                    TurnStatus::Done(s) => SavedStatus::Done(s),
+                    TurnStatus::Recorded => SavedStatus::Recorded,
+                    TurnStatus::Error(e) => SavedStatus::Error(e),
+                    _ => SavedStatus::Stopped,
+                },
+            })
+            .collect()
+    });
+    let title = c
+        .title
+        .get_untracked()
+        .or_else(|| turns.first().and_then(|t| title_from(&t.query)))
+        .unwrap_or_else(|| {
+            crate::i18n::tr(state.lang.get_untracked(), "New conversation").to_string()
+        });
+    SavedConversation {
+        format: FORMAT,
+        id: c.id.get_untracked(),
+        title,
+        created_ms: c.created_ms.get_value(),
+        updated_ms: now_ms(),
+        image: state.image.with_untracked(|i| {
+            i.as_ref().map(|i| SavedImage {
+                name: i.name.clone(),
+                base64: i.base64.clone(),
+            })
+        }),
+        turns,
+        checkpoint: state.current_model(),
+        version: Some(state.settings.version.get_untracked()),
+        sampling: Some(state.settings.sampling()),
+    }
+}
+
+/// Writes the open conversation when it has something and changed since the last write.
+pub fn save(state: AppState) {
+    let c = state.conversations;
+    if !c.ready.get_untracked() || c.id.with_untracked(String::is_empty) {
+        return;
+    }
+    let mut rec = snapshot(state);
+    // An empty conversation is listed only once it has been saved with something in it.
+    let empty = rec.turns.is_empty() && rec.image.is_none() && c.title.get_untracked().is_none();
+    if empty && c.last_saved.with_value(String::is_empty) {
+        return;
+    }
+    let updated = rec.updated_ms;
+    rec.updated_ms = 0.0;
+    let key = rec.to_json();
+    if c.last_saved.with_value(|k| *k == key) {
+        return;
+    }
+    c.last_saved.set_value(key);
+    rec.updated_ms = updated;
+    let summary = rec.summary();
+    c.list.update(|list| {
+        list.retain(|s| s.id != summary.id);
+        list.insert(0, summary);
+    });
+    idb::set_open_id(&rec.id);
+    leptos::task::spawn_local(async move {
+        if let Err(e) = idb::put(&rec.id, &rec.to_json()).await {
+            state
+                .note
+                .set(Some(format!("Could not save the conversation: {e}")));
+        }
+    });
+}
+
+/// Saves whenever a turn ends, the image changes or the title changes (not on every streamed token).
+pub fn autosave(state: AppState) {
+    Effect::new(move |_| {
+        let active = state
+            .turns
+            .with(|t| t.iter().any(|t| t.status.with(TurnStatus::is_active)));
+        state.image.track();
+        state.conversations.title.track();
+        if state.conversations.ready.get() && !active {
+            save(state);
+        }
+    });
+}
+
+/// Reads the list and reopens the conversation that was open (the browser side of hydration).
+pub fn init(state: AppState) {
+    leptos::task::spawn_local(async move {
+        let c = state.conversations;
+        let mut records: Vec<SavedConversation> = match idb::all().await {
+            Ok(all) => all
+                .iter()
+                .filter_map(|j| SavedConversation::from_json(j).ok())
+                .collect(),
+            Err(e) => {
+                state
+                    .note
+                    .set(Some(format!("Conversations are not kept: {e}")));
+                Vec::new()
+            }
+        };
+        records.sort_by(|a, b| b.updated_ms.total_cmp(&a.updated_ms));
+        c.list
+            .set(records.iter().map(SavedConversation::summary).collect());
+        let open = idb::open_id().and_then(|id| records.into_iter().find(|r| r.id == id));
+        match open {
+            Some(rec) if state.turns.with_untracked(Vec::is_empty) => restore(state, rec),
+            _ => start_fresh(state),
+        }
+        c.ready.set(true);
+    });
+}
+
+fn start_fresh(state: AppState) {
+    let c = state.conversations;
+    c.id.set(new_id());
+    c.title.set(None);
+    c.created_ms.set_value(now_ms());
+    c.last_saved.set_value(String::new());
+}
+
+/// Makes `rec` the open conversation: its image, turns (with their boxes), title and settings.
+pub fn restore(state: AppState, rec: SavedConversation) {
+    crate::components::chat::clear(state);
+    let c = state.conversations;
+    c.id.set(rec.id.clone());
+    c.title.set(Some(rec.title.clone()).filter(|t| {
+        rec.turns
+            .first()
+            .and_then(|f| title_from(&f.query))
+            .as_ref()
+            != Some(t)
+            && !(rec.turns.is_empty()
+                && t == crate::i18n::tr(state.lang.get_untracked(), "New conversation"))
+    }));
+    c.created_ms.set_value(rec.created_ms);
+    let turns: Vec<Turn> = rec
+        .turns
+        .iter()
+        .map(|t| Turn {
+            id: state.next_turn_id(),
+            query: t.query.clone(),
+            answer: RwSignal::new(t.answer.clone()),
+            status: RwSignal::new(match &t.status {
+                SavedStatus::Done(s) => TurnStatus::Done(s.clone()),
+                SavedStatus::Stopped => TurnStatus::Stopped,
+                SavedStatus::Recorded => TurnStatus::Recorded,
+                SavedStatus::Error(e) => TurnStatus::Error(e.clone()),
+            }),
+        })
+        .collect();
+    if let Some(old) = state.image.get_untracked() {
+        let _ = web_sys::Url::revoke_object_url(&old.url);
+    }
+    state.image.set(rec.image.as_ref().and_then(uploaded));
+    state.turns.set(turns);
+    if let Some(v) = rec.version {
+        state.settings.version.set(v);
+    }
+    if let Some(s) = &rec.sampling {
+        let st = state.settings;
+        st.temperature.set(s.temperature);
+        st.top_p.set(s.top_p);
+        st.top_k.set(s.top_k.unwrap_or(0));
+        st.max_length.set(s.max_length);
+        st.max_new_tokens
+            .set(s.max_new_tokens.map(|n| n.to_string()).unwrap_or_default());
+        st.repetition_penalty.set(f64::from(s.repetition_penalty));
+        st.seed
+            .set(s.seed.map(|n| n.to_string()).unwrap_or_default());
+    }
+    let now = state.current_model();
+    state.note.set(match (&rec.checkpoint, now) {
+        (Some(was), Some(now)) if *was != now && !rec.turns.is_empty() => Some(format!(
+            "{} {was}; {} {now}.",
+            crate::i18n::tr(state.lang.get_untracked(), "This conversation was with"),
+            crate::i18n::tr(state.lang.get_untracked(), "the loaded checkpoint is"),
+        )),
+        _ => None,
+    });
+    let mut key = rec.clone();
+    key.updated_ms = 0.0;
+    key.checkpoint = state.current_model();
+    c.last_saved.set_value(key.to_json());
+    idb::set_open_id(&rec.id);
+}
+
+/// The stored image as the page shows it again (a `blob:` URL of its bytes).
+fn uploaded(img: &SavedImage) -> Option<UploadedImage> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&img.base64)
+        .ok()?;
+    let url = blob_url(&bytes, img.mime())?;
+    Some(UploadedImage {
+        name: img.name.clone(),
+        url,
+        base64: img.base64.clone(),
+        bytes: bytes.len(),
+    })
+}
+
+fn blob_url(bytes: &[u8], mime: &str) -> Option<String> {
+    let parts = js_sys::Array::of1(&js_sys::Uint8Array::from(bytes));
+    let opts = web_sys::BlobPropertyBag::new();
+    opts.set_type(mime);
+    let blob = web_sys::Blob::new_with_u8_array_sequence_and_options(&parts, &opts).ok()?;
+    web_sys::Url::create_object_url_with_blob(&blob).ok()
+}
+
+/// Saves the open conversation and opens an empty one.
+pub fn new_conversation(state: AppState) {
+    save(state);
+    crate::components::chat::clear(state);
+    if let Some(old) = state.image.get_untracked() {
+        let _ = web_sys::Url::revoke_object_url(&old.url);
+    }
+    state.image.set(None);
+    state.note.set(None);
+    start_fresh(state);
+}
+
+/// Starts a new conversation for a new image, keeping the old one in the list (the image panel calls this
+/// before it sets the image).
+pub fn fork_for_new_image(state: AppState) {
+    save(state);
+    start_fresh(state);
+}
+
+pub fn switch(state: AppState, id: String) {
+    if state.conversations.id.with_untracked(|c| *c == id) {
+        return;
+    }
+    save(state);
+    leptos::task::spawn_local(async move {
+        match idb::get(&id).await {
+            Ok(Some(json)) => match SavedConversation::from_json(&json) {
+                Ok(rec) => restore(state, rec),
+                Err(e) => state.note.set(Some(format!("Could not read it: {e}"))),
+            },
+            Ok(None) => state.note.set(Some("That conversation is gone.".into())),
+            Err(e) => state.note.set(Some(e)),
+        }
+    });
+}
+
+pub fn rename(state: AppState, id: String, title: String) {
+    let title = title.trim().to_string();
+    if title.is_empty() {
+        return;
+    }
+    let c = state.conversations;
+    c.list.update(|l| {
+        if let Some(s) = l.iter_mut().find(|s| s.id == id) {
+            s.title = title.clone();
+        }
+    });
+    if c.id.with_untracked(|c| *c == id) {
+        c.title.set(Some(title));
+        return;
+    }
+    leptos::task::spawn_local(async move {
+        if let Ok(Some(json)) = idb::get(&id).await {
+            if let Ok(mut rec) = SavedConversation::from_json(&json) {
+                rec.title = title;
+                let _ = idb::put(&id, &rec.to_json()).await;
+            }
+        }
+    });
+}
+
+pub fn delete(state: AppState, id: String) {
+    let c = state.conversations;
+    c.list.update(|l| l.retain(|s| s.id != id));
+    if c.id.with_untracked(|c| *c == id) {
+        // Nothing of it is saved again: the page opens an empty conversation.
+        crate::components::chat::clear(state);
+        state.image.set(None);
+        start_fresh(state);
+    }
+    leptos::task::spawn_local(async move {
+        if let Err(e) = idb::delete(&id).await {
+            state.note.set(Some(e));
+        }
+    });
+}
+
+/// Which file an export writes.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Export {
+    Markdown,
+    Json,
+}
+
+/// Downloads conversation `id` as Markdown or JSON (the image inside either).
+pub fn export(state: AppState, id: String, kind: Export) {
+    leptos::task::spawn_local(async move {
+        let rec = if state.conversations.id.with_untracked(|c| *c == id) {
+            Some(snapshot(state))
+        } else {
+            idb::get(&id)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|j| SavedConversation::from_json(&j).ok())
+        };
+        let Some(rec) = rec else {
+            return;
+        };
+        let (text, ext, mime) = match kind {
+            Export::Markdown => (rec.to_markdown(), "md", "text/markdown"),
+            Export::Json => (rec.to_json(), "json", "application/json"),
+        };
+        download_text(&text, &format!("{}.{ext}", rec.file_stem()), mime);
+    });
+}
+
+fn download_text(text: &str, file: &str, mime: &str) {
+    let Some(url) = blob_url(text.as_bytes(), mime) else {
+        return;
+    };
+    let link = web_sys::window()
+        .and_then(|w| w.document())
+        .and_then(|d| d.create_element("a").ok())
+        .and_then(|a| wasm_bindgen::JsCast::dyn_into::<web_sys::HtmlAnchorElement>(a).ok());
+    if let Some(a) = link {
+        a.set_href(&url);
+        a.set_download(file);
+        a.click();
+    }
+    // The download has started by then.
+    set_timeout(
+        move || {
+            let _ = web_sys::Url::revoke_object_url(&url);
+        },
+        std::time::Duration::from_secs(5),
+    );
+}
