@@ -430,6 +430,15 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// The value of cookie `name` in one `Cookie` header's text (`a=1; b=2`). The server's access
+/// guard and the page's server-side render read their cookies through this one parser.
+pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(';').find_map(|kv| {
+        let (k, v) = kv.trim().split_once('=')?;
+        (k == name).then_some(v)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -509,13 +518,4 @@ mod tests {
         let old: Event = serde_json::from_str(r#"{"Error":{"message":"x"}}"#).unwrap();
         assert_eq!(old, Event::error(ErrorKind::Internal, "x"));
     }
-}
-
-/// The value of cookie `name` in one `Cookie` header's text (`a=1; b=2`). The server's access
-/// guard and the page's server-side render read their cookies through this one parser.
-pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
-    header.split(';').find_map(|kv| {
-        let (k, v) = kv.trim().split_once('=')?;
-        (k == name).then_some(v)
-    })
 }
