@@ -194,6 +194,8 @@ pub struct AppState {
     /// The stored conversations and which one is open.
     pub conversations: crate::conversation::store::Conversations,
     pub lang: RwSignal<crate::i18n::Lang>,
+    /// The page's reactive owner (the `App` component's), which owns every turn's signals.
+    owner: StoredValue<Option<Owner>>,
 }
 
 impl AppState {
@@ -216,6 +218,23 @@ impl AppState {
             tasks: TaskState::new(),
             conversations: Default::default(),
             lang: RwSignal::new(crate::i18n::Lang::En),
+            owner: StoredValue::new(Owner::current()),
+        }
+    }
+
+    /// A new turn whose signals belong to the page. A turn is often made from a button inside another
+    /// turn's view (Edit, Regenerate); that view is disposed when its turn is dropped, and signals made under
+    /// it would be disposed with it while the new turn still shows them.
+    pub fn new_turn(&self, query: String, answer: String, status: TurnStatus) -> Turn {
+        let make = || Turn {
+            id: self.next_turn_id(),
+            query,
+            answer: RwSignal::new(answer),
+            status: RwSignal::new(status),
+        };
+        match self.owner.get_value() {
+            Some(owner) => owner.with(make),
+            None => make(),
         }
     }
 

@@ -45,12 +45,7 @@ pub fn send(state: AppState, query: String) {
         version: Some(state.settings.version.get_untracked()),
         sampling: state.settings.sampling(),
     };
-    let turn = Turn {
-        id: state.next_turn_id(),
-        query,
-        answer: RwSignal::new(String::new()),
-        status: RwSignal::new(TurnStatus::Waiting),
-    };
+    let turn = state.new_turn(query, String::new(), TurnStatus::Waiting);
     state.turns.update(|t| t.push(turn.clone()));
     state.busy.set(true);
     state.note.set(None);
@@ -165,12 +160,7 @@ pub fn replay(state: AppState, query: String, answer_text: &str) {
     if state.busy.get_untracked() {
         return;
     }
-    let turn = Turn {
-        id: state.next_turn_id(),
-        query,
-        answer: RwSignal::new(String::new()),
-        status: RwSignal::new(TurnStatus::Waiting),
-    };
+    let turn = state.new_turn(query, String::new(), TurnStatus::Waiting);
     state.turns.update(|t| t.push(turn.clone()));
     for piece in answer_text.split_inclusive(' ') {
         apply(

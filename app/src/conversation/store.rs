@@ -203,16 +203,14 @@ pub fn restore(state: AppState, rec: SavedConversation) {
     let turns: Vec<Turn> = rec
         .turns
         .iter()
-        .map(|t| Turn {
-            id: state.next_turn_id(),
-            query: t.query.clone(),
-            answer: RwSignal::new(t.answer.clone()),
-            status: RwSignal::new(match &t.status {
+        .map(|t| {
+            let status = match &t.status {
                 SavedStatus::Done(s) => TurnStatus::Done(s.clone()),
                 SavedStatus::Stopped => TurnStatus::Stopped,
                 SavedStatus::Recorded => TurnStatus::Recorded,
                 SavedStatus::Error(e) => TurnStatus::Error(e.clone()),
-            }),
+            };
+            state.new_turn(t.query.clone(), t.answer.clone(), status)
         })
         .collect();
     if let Some(old) = state.image.get_untracked() {
