@@ -220,7 +220,7 @@ pub const ZH: &[(&str, &str)] = &[
     ("0 (greedy)", "0（贪心）"),
     ("0 = greedy (always the most likely token)", "0 = 贪心（总是选最可能的词元）"),
     ("1 = greedy", "1 = 贪心"),
-    ("0 = no top-k, 1 = greedy", "0 = 不限 top-k，1 = 贪心"),
+    ("0 = no top-k, 1 = greedy", "0 = 不截断候选词，1 = 贪心"),
     ("0 (off)", "0（关闭）"),
     ("Max length", "最大长度"),
     ("Repetition penalty", "重复惩罚"),
