@@ -69,18 +69,10 @@ impl Kind {
 impl std::str::FromStr for Kind {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<Self> {
-        [
-            Kind::Describe,
-            Kind::Color,
-            Kind::Shape,
-            Kind::Count,
-            Kind::Where,
-            Kind::Region,
-            Kind::Captcha,
-            Kind::Cell,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+        Kind::DEFAULT
+            .into_iter()
+            .chain([Kind::Cell])
+            .find(|k| k.as_str() == s)
         .with_context(|| {
             format!(
                 "unknown kind {s:?} (expected describe, color, shape, count, where, region, captcha or cell)"

@@ -537,8 +537,14 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             full: args.full,
             seed: args.seed,
         };
-        if args.save_every > 0 && done % args.save_every == 0 && done < total_steps {
-            let dir = args.out.join(format!("checkpoint-{done}"));
+        // A periodic checkpoint goes to `checkpoint-N/`; the final result to `--out` itself.
+        let periodic = args.save_every > 0 && done % args.save_every == 0 && done < total_steps;
+        if periodic || done == total_steps {
+            let dir = if periodic {
+                args.out.join(format!("checkpoint-{done}"))
+            } else {
+                args.out.clone()
+            };
             save(
                 &dir,
                 args,
@@ -547,19 +553,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
                 adapter.as_ref(),
                 &opt,
                 &state,
-                true,
-            )?;
-        }
-        if done == total_steps {
-            save(
-                &args.out,
-                args,
-                &inputs,
-                &m,
-                adapter.as_ref(),
-                &opt,
-                &state,
-                false,
+                periodic,
             )?;
         }
     }
