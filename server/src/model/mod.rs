@@ -312,6 +312,71 @@ impl CogVlm {
         self.run_prompt(prompt, image, cross, &mut cache, None)
     }
 
+    /// [`Self::forward_train`] for `B` prompts at once: they must have one length (right-padded) and one image
+    /// span, so that one position list, one causal mask and one expert routing serve every row; `images` is the
+    /// tower's output for all of them, `[B, n, hidden]`. Returns hidden states `[B, L, hidden]`. Each row equals
+    /// its prompt's [`Self::forward_train`] at the positions before its padding (attention is causal, so the
+    /// padding after them is never read). CogVLM only: CogAgent's cross-attention keeps one encoder output.
+    pub fn forward_train_batch(
+        &self,
+        prompts: &[PromptInput],
+        images: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let Some(first) = prompts.first() else {
+            candle_core::bail!("an empty training batch");
+        };
+        if self.cross_vision.is_some() {
+            candle_core::bail!(
+                "batched training forward is for CogVLM; CogAgent trains one example at a time"
+            );
+        }
+        let l = first.input_ids.len();
+        if let Some(p) = prompts
+            .iter()
+            .find(|p| p.input_ids.len() != l || p.image_span != first.image_span)
+        {
+            candle_core::bail!(
+                "a training batch needs prompts of one length and image span ({} and {:?} vs {l} and {:?})",
+                p.input_ids.len(),
+                p.image_span,
+                first.image_span
+            );
+        }
+        let b = prompts.len();
+        let ids: Vec<u32> = prompts.iter().flat_map(|p| p.input_ids.clone()).collect();
+        let mut embeds = self.lm.embed(&ids)?.reshape((b, l, ()))?;
+        match (&first.image_span, images) {
+            (Some(span), Some(img)) => {
+                if img.dims()[..2] != [b, span.len()] {
+                    candle_core::bail!(
+                        "images give {:?} embeddings for {b} prompts of {} image slots",
+                        img.dims(),
+                        span.len()
+                    );
+                }
+                let before = embeds.narrow(1, 0, span.start)?;
+                let after = embeds.narrow(1, span.end, l - span.end)?;
+                let img = img.to_dtype(self.dtype)?;
+                let img = if self.place.vision != self.place.layers[0] {
+                    self.place.transfer(&img, self.place.layers[0])?
+                } else {
+                    img
+                };
+                embeds = Tensor::cat(&[&before, &img, &after], 1)?;
+            }
+            (None, None) => {}
+            _ => candle_core::bail!("the prompts' image slots and the images given do not match"),
+        }
+        let mut layers = self.lm.pass_through_cache();
+        self.lm.forward_embeds(
+            &embeds,
+            &first.vision_expert_span(),
+            &first.position_ids,
+            &mut layers,
+            None,
+        )
+    }
+
     /// Hidden states `[N, hidden]` → f32 logits `[N, vocab]`.
     pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
         self.lm.logits(h)

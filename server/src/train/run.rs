@@ -26,7 +26,7 @@ use serde_json::json;
 use tokenizers::Tokenizer;
 
 use super::data::{self, Example};
-use super::loss::{forward_loss, LabeledInput};
+use super::loss::{batchable, forward_loss, forward_loss_batch, LabeledInput};
 use super::optim::{AdamW, Schedule};
 use super::{load_model_in, TrainModel};
 use crate::model::config::Config;
@@ -181,6 +181,28 @@ pub struct Scored {
     pub tokens: usize,
     /// Every answer token (and EOS) is the argmax: greedy decoding would give exactly this answer.
     pub exact: bool,
+}
+
+/// The mean loss of `batch`: one batched forward when the examples allow it (CogVLM, one image span), else
+/// the sum of [`score`]s.
+fn batch_loss(m: &TrainModel, batch: &[Prepared], pad: u32) -> anyhow::Result<Tensor> {
+    let labeled: Vec<&LabeledInput> = batch.iter().map(|p| &p.labeled).collect();
+    if m.model.kind() == ModelKind::CogVlm && batchable(&labeled) {
+        let pixels: Vec<&Tensor> = batch.iter().map(|p| &p.pixels).collect();
+        let images = m.model.encode_image(&Tensor::cat(&pixels, 0)?)?;
+        let with_image = labeled.iter().all(|l| l.input.image_span.is_some());
+        let images = with_image.then_some(&images);
+        return Ok(forward_loss_batch(&m.model, &labeled, images, pad)?.loss);
+    }
+    let mut sum: Option<Tensor> = None;
+    for p in batch {
+        let s = score(m, p)?.loss;
+        sum = Some(match sum {
+            Some(t) => (t + s)?,
+            None => s,
+        });
+    }
+    Ok((sum.context("empty batch")? / batch.len() as f64)?)
 }
 
 /// Forward and loss of one example through `m`.
@@ -478,7 +500,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         let mut grads: Vec<Option<Tensor>> = vec![None; opt.len()];
         let mut step_loss = 0.0;
         for _ in 0..args.grad_accum {
-            let mut sum: Option<Tensor> = None;
+            let mut batch = Vec::with_capacity(args.batch);
             for _ in 0..args.batch {
                 if cursor >= order.len() {
                     order.shuffle(&mut rng);
@@ -490,14 +512,11 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
                 let p = inputs
                     .prepare(ex, round)
                     .with_context(|| format!("example {}", ex.image.display()))?;
-                let s = score(&m, &p)?;
                 tokens_since += p.labeled.input.input_ids.len();
-                sum = Some(match sum {
-                    Some(t) => (t + s.loss)?,
-                    None => s.loss,
-                });
+                batch.push(p);
             }
-            let loss = (sum.context("empty batch")? / per_step as f64)?;
+            let loss =
+                (batch_loss(&m, &batch, inputs.cfg.pad_token_id())? / args.grad_accum as f64)?;
             step_loss += loss.to_scalar::<f32>()? as f64;
             let g = loss.backward()?;
             opt.accumulate(&g, &mut grads)?;
