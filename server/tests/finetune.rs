@@ -385,3 +385,59 @@ fn batched_loss_and_gradients_equal_the_per_example_ones() {
     }
     assert!(checked > 50, "{checked} weights compared");
 }
+
+/// What the optimizer does to a weight (an in-place `Var::set`) reaches the next forward, the stacked MLP
+/// weights included, and the model then computes what a checkpoint of the updated weights computes: the
+/// trained model and its saved file agree.
+#[test]
+fn in_place_updates_reach_the_forward_and_the_saved_model() {
+    use cogvlm::train::loss::forward_loss;
+    use cogvlm::train::run::Inputs;
+
+    let data = tmp("update-data");
+    make_data(&data, vec![Kind::Describe], 1, 4);
+    let model = model_dir("cogvlm_tiny_224");
+    let device = candle_core::Device::Cpu;
+    let inputs = Inputs::new(&model, Some(&tokenizer()), None, device.clone()).unwrap();
+    let (_, examples) = cogvlm::train::data::load(&data).unwrap();
+    let p = inputs.prepare(&examples[0], 0).unwrap();
+    let loss = |m: &cogvlm::train::TrainModel| {
+        let img = m.model.encode_image(&p.pixels).unwrap();
+        forward_loss(&m.model, &p.labeled, Some(&img), None)
+            .unwrap()
+            .loss
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let m = cogvlm::train::load_model(&model, &device, true, None).unwrap();
+    let before = loss(&m);
+    let mut changed = 0;
+    for (name, var) in &m.weights {
+        if name.ends_with("gate_proj.weight") || name.ends_with("up_proj.weight") {
+            var.set(&(var.as_tensor() * 1.5).unwrap()).unwrap();
+            changed += 1;
+        }
+    }
+    assert!(changed >= 4, "{changed} gate/up weights");
+    let after = loss(&m);
+    assert!(
+        (after - before).abs() > 1e-4,
+        "scaling the MLP's gate and up weights left the loss at {before}"
+    );
+
+    let saved = tmp("update-saved");
+    std::fs::create_dir_all(&saved).unwrap();
+    std::fs::copy(model.join("config.json"), saved.join("config.json")).unwrap();
+    let tensors: std::collections::HashMap<String, Tensor> = m
+        .weights
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
+    candle_core::safetensors::save(&tensors, saved.join("model.safetensors")).unwrap();
+    let reloaded = cogvlm::train::load_model(&saved, &device, false, None).unwrap();
+    let again = loss(&reloaded);
+    assert!(
+        (again - after).abs() <= 1e-5 * after.abs(),
+        "in memory {after}, from the saved weights {again}"
+    );
+}

@@ -299,6 +299,25 @@ impl Quantizer {
     }
 
     /// The adapter's pair for each part (by module path), marking it used.
+    /// Whether a weight of `parts`, or an adapter pair for one of them, is a `Var` (training).
+    fn any_trained(&self, in_dim: usize, parts: &[(usize, VarBuilder)]) -> Result<bool> {
+        for (o, vb) in parts {
+            let w =
+                vb.get_with_hints_dtype((*o, in_dim), "weight", Default::default(), vb.dtype())?;
+            if w.is_variable() {
+                return Ok(true);
+            }
+            let pair = self
+                .lora
+                .as_ref()
+                .and_then(|(adapter, _)| adapter.modules.get(&vb.prefix()));
+            if pair.is_some_and(|p| p.a.is_variable() || p.b.is_variable()) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     fn lora_parts(&self, parts: &[(usize, VarBuilder)]) -> Vec<Option<LoraPair>> {
         parts
             .iter()
@@ -387,6 +406,15 @@ impl Quantizer {
         role: Role,
         bias: Option<Tensor>,
     ) -> Result<QLinear> {
+        if parts.len() > 1 && self.any_trained(in_dim, parts)? {
+            // Weights or adapter pairs being trained stay apart: stacking copies them, and the copy would
+            // not follow the optimizer's in-place updates (the forward would keep the values of step 0).
+            let each = parts
+                .iter()
+                .map(|part| self.build(in_dim, std::slice::from_ref(part), role, None))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(QLinear::Parts(each));
+        }
         let pairs = self.lora_parts(parts);
         let merge = matches!(self.lora, Some((_, LoraMode::Merge)));
         let (base, merged) = self.base(in_dim, parts, role, bias, merge.then_some(&pairs[..]))?;
@@ -513,7 +541,14 @@ impl LoraDelta {
         dtype: DType,
     ) -> Result<Self> {
         let present: Vec<&LoraPair> = pairs.iter().flatten().collect();
-        let cast = |t: &Tensor| t.to_dtype(dtype);
+        // A pair being trained is kept as it is (`forward` casts it): a cast copy would not follow its updates.
+        let cast = |t: &Tensor| {
+            if t.is_variable() {
+                Ok(t.clone())
+            } else {
+                t.to_dtype(dtype)
+            }
+        };
         if let ([Some(p)], [_]) = (pairs, outs) {
             return Ok(Self {
                 a: cast(&p.a)?,
@@ -581,6 +616,8 @@ pub enum QLinear {
     Float(Linear),
     Quant(QMatMul, Option<Tensor>),
     Lora(Box<QLinear>, LoraDelta),
+    /// Stacked parts kept apart while trained (see [`Quantizer::stacked_linear`]): the outputs concatenated.
+    Parts(Vec<QLinear>),
 }
 
 impl Module for QLinear {
@@ -599,6 +636,13 @@ impl Module for QLinear {
                 }
             }
             Self::Lora(base, delta) => base.forward(x)? + delta.forward(x)?,
+            Self::Parts(parts) => {
+                let ys = parts
+                    .iter()
+                    .map(|p| p.forward(x))
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&ys, candle_core::D::Minus1)
+            }
         }
     }
 }
