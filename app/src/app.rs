@@ -85,15 +85,17 @@ fn Notice() -> impl IntoView {
     view! {
         {move || demo().then(|| view! {
             <div class="banner" id="demo-notice" role="note">
-                <strong>"Demo checkpoint: a tiny CogVLM trained briefly here on synthetic scenes; mostly wrong."</strong>
-                " It was trained on one to three coloured circles, squares and triangles on a plain background ("
-                <code>"What is in the picture?"</code> ", " <code>"What color is the circle?"</code> ", "
-                <code>"How many shapes are there?"</code> ", " <code>"Where is the red square?"</code>
-                ") and four-character captchas; scenes for it come from " <code>"cogvlm make-data"</code>
-                ". It answers in the right form but is right on about one question in six (BENCHMARKS.md). "
-                "For real answers, put THUDM's " <code>"cogvlm-chat-hf"</code> " or " <code>"cogagent-chat-hf"</code>
-                " in a folder of checkpoints and start " <code>"cogvlm serve --models-dir /path/to/models"</code>
-                "; see the README."
+                <strong>{move || t(state, "Demo checkpoint: a tiny CogVLM trained here on synthetic scenes.")}</strong>
+                " " {move || t(state, "It knows pictures of one to three coloured circles, squares and triangles on a plain background. Ask it")}
+                " " <code>"Describe the image."</code> ", " <code>"What color is the circle?"</code> ", "
+                <code>"How many shapes are there?"</code> ", " <code>"Where is the red square?"</code> " "
+                {move || t(state, "(it answers with a box) or")} " " <code>"What is in the region [[250,000,499,249]]?"</code>
+                {move || t(state, "; make such pictures with")} " " <code>"cogvlm make-data"</code>
+                {move || t(state, ". About anything else its answers mean nothing. For real answers, put THUDM's")}
+                " " <code>"cogvlm-chat-hf"</code> " / " <code>"cogagent-chat-hf"</code> " "
+                {move || t(state, "(Hugging Face) into a folder of checkpoints and start")}
+                " " <code>"cogvlm serve --models-dir /path/to/models"</code> " "
+                {move || t(state, "(add --device cuda on a GPU build); see the README.")}
             </div>
         })}
         {move || bundled().map(|dir| view! {

@@ -2,7 +2,7 @@
 
 use crate::agent;
 use crate::grounding::{self, Shape};
-use crate::protocol::{ModelsState, PromptVersion, Sampling, Stats};
+use crate::protocol::{CheckpointInfo, ModelsState, PromptVersion, Sampling, Stats};
 use crate::tasks::Task;
 use futures::channel::mpsc::UnboundedSender;
 use futures::future::AbortHandle;
@@ -95,6 +95,15 @@ impl SettingsState {
             repetition_penalty: RwSignal::new(f64::from(d.repetition_penalty)),
             seed: RwSignal::new(String::new()),
         }
+    }
+
+    /// The prompt version and sampling settings `ck` starts with (its template, its kind's defaults).
+    pub fn start_with(&self, ck: &CheckpointInfo) {
+        self.version.set(ck.default_version);
+        let d = Sampling::for_kind(ck.kind);
+        self.temperature.set(d.temperature);
+        self.top_p.set(d.top_p);
+        self.top_k.set(d.top_k.unwrap_or(0));
     }
 
     pub fn sampling(&self) -> Sampling {

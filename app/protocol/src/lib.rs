@@ -152,21 +152,32 @@ pub const MAX_TEMPERATURE: f64 = 2.0;
 pub const MAX_REPETITION_PENALTY: f32 = 10.0;
 
 impl Default for Sampling {
-    /// THUDM's web demo: what the page starts with and what the remote backend sends.
+    /// CogVLM's defaults ([`Sampling::for_kind`]): what the remote backend sends.
     fn default() -> Self {
+        Self::for_kind(ModelKind::CogVlm)
+    }
+}
+
+impl Sampling {
+    /// The settings a checkpoint of `kind` starts with on the page, as THUDM's demos start them: CogVLM's Gradio
+    /// web demo (temperature 0.8, top-p 0.4, top-k 10) and CogAgent's composite demo (0.9, 0.8, 5). Both allow
+    /// 2048 tokens in all.
+    pub fn for_kind(kind: ModelKind) -> Self {
+        let (temperature, top_p, top_k) = match kind {
+            ModelKind::CogVlm => (0.8, 0.4, 10),
+            ModelKind::CogAgent => (0.9, 0.8, 5),
+        };
         Self {
-            temperature: 0.8,
-            top_p: 0.4,
-            top_k: Some(10),
+            temperature,
+            top_p,
+            top_k: Some(top_k),
             max_length: 2048,
             max_new_tokens: None,
             repetition_penalty: 1.0,
             seed: None,
         }
     }
-}
 
-impl Sampling {
     /// Greedy decoding, as THUDM's CLI demo and the reference fixtures (`do_sample=False`): the
     /// terminal chat's default, and what parity and the benchmark run.
     pub fn greedy() -> Self {
@@ -260,16 +271,31 @@ pub struct ImageData {
     pub base64: String,
 }
 
-/// One question about one (optional) image, with the conversation so far.
+/// One question about one (optional) image, with the conversation so far. On the wire the image is
+/// [`ImageData`]; the server decodes it and hands the engine the same request with a decoded image
+/// ([`GenerateRequest::with_image`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct GenerateRequest {
-    pub image: Option<ImageData>,
+pub struct GenerateRequest<I = ImageData> {
+    pub image: Option<I>,
     /// Earlier (question, answer) pairs.
     pub history: Vec<(String, String)>,
     pub query: String,
     /// `None`: the checkpoint's default.
     pub version: Option<PromptVersion>,
     pub sampling: Sampling,
+}
+
+impl<I> GenerateRequest<I> {
+    /// This request with `image` in place of its own.
+    pub fn with_image<J>(&self, image: Option<J>) -> GenerateRequest<J> {
+        GenerateRequest {
+            image,
+            history: self.history.clone(),
+            query: self.query.clone(),
+            version: self.version,
+            sampling: self.sampling.clone(),
+        }
+    }
 }
 
 /// Client → server messages of a generation call.
@@ -505,6 +531,13 @@ mod tests {
             assert!(err.message.contains(field), "{}", err.message);
         }
         assert_eq!(Sampling::default().validate(), Ok(()));
+        for kind in [ModelKind::CogVlm, ModelKind::CogAgent] {
+            assert_eq!(Sampling::for_kind(kind).validate(), Ok(()));
+        }
+        assert_ne!(
+            Sampling::for_kind(ModelKind::CogAgent),
+            Sampling::for_kind(ModelKind::CogVlm)
+        );
         assert_eq!(Sampling::greedy().validate(), Ok(()));
         assert!(Sampling::greedy().is_greedy());
     }

@@ -40,10 +40,11 @@ pub fn refresh_models(state: AppState) {
     });
 }
 
-/// Shows `models`: the list, the load error, and the loaded checkpoint's default prompt version.
+/// Shows `models`: the list, the load error, and the loaded checkpoint's default prompt version and sampling
+/// (a later switch sets the version only: sampling the user has set stays).
 pub fn take_models(state: AppState, models: ModelsState) {
     if let Some(ck) = current_info(&models) {
-        state.settings.version.set(ck.default_version);
+        state.settings.start_with(ck);
     }
     state.load_error.set(models.load_error.clone());
     state.models.set(Some(models));

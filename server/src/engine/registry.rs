@@ -13,7 +13,9 @@ pub fn bundled_models_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models")
 }
 
-/// The checkpoint served first from the bundled folder.
+/// The checkpoint served first from the bundled folders: the trained demo.
+pub const DEMO_DEFAULT: &str = "cogvlm-demo";
+/// The checkpoint served first from the random-weight fixtures' folder alone.
 pub const BUNDLED_DEFAULT: &str = "cogvlm_tiny_490";
 
 /// The bundled demo checkpoint (trained here on synthetic scenes; `server/models/cogvlm-demo/README.md`).
@@ -130,9 +132,11 @@ impl Registry {
         self.entries.iter().find(|e| e.name() == name)
     }
 
-    /// The checkpoint to load at startup: the bundled default if present, else the first.
+    /// The checkpoint to load at startup: the demo, else the fixtures' default, else the first.
     pub fn default_entry(&self) -> Option<&Entry> {
-        self.find(BUNDLED_DEFAULT).or(self.entries.first())
+        self.find(DEMO_DEFAULT)
+            .or_else(|| self.find(BUNDLED_DEFAULT))
+            .or(self.entries.first())
     }
 }
 
@@ -185,6 +189,14 @@ mod tests {
         assert_eq!(info.kind, crate::ModelKind::CogAgent);
         assert_eq!(info.image_size, 224);
         assert_eq!(reg.find("cogvlm_tiny_490").unwrap().info().image_size, 490);
+    }
+
+    #[test]
+    fn the_bundled_registry_starts_on_the_demo() {
+        let reg = Registry::bundled().unwrap();
+        assert_eq!(reg.entries[0].name(), DEMO_DEFAULT);
+        assert_eq!(reg.default_entry().unwrap().name(), DEMO_DEFAULT);
+        assert!(reg.find(BUNDLED_DEFAULT).is_some());
     }
 
     #[test]

@@ -157,13 +157,7 @@ pub fn to_chat_request(
         ),
         _ => None,
     };
-    Ok(ChatRequest {
-        image,
-        history: req.history.clone(),
-        query: req.query.clone(),
-        version: req.version,
-        sampling: req.sampling.clone(),
-    })
+    Ok(req.with_image(image))
 }
 
 /// The typed error for a failure inside the worker: the pipeline's refusals of the request keep their

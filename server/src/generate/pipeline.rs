@@ -202,15 +202,8 @@ pub fn load_tokenizer(path: &Path) -> anyhow::Result<Tokenizer> {
         .map_err(|e| anyhow::anyhow!("cannot load tokenizer {}: {e}", path.display()))
 }
 
-#[derive(Debug, Clone)]
-pub struct ChatRequest {
-    pub image: Option<image::DynamicImage>,
-    pub history: Vec<(String, String)>,
-    pub query: String,
-    /// `None` = the checkpoint's default.
-    pub version: Option<PromptVersion>,
-    pub sampling: Sampling,
-}
+/// The protocol's request with its image decoded: what the pipeline runs.
+pub type ChatRequest = protocol::GenerateRequest<image::DynamicImage>;
 
 /// A finished turn: the numbers shown under it ([`Stats`], also readable through `Deref`), its text and ids.
 #[derive(Debug, Clone)]

@@ -20,7 +20,7 @@ use crate::model::quant::{decode_read_bytes, Quantizer};
 use crate::model::weights::{expected_tensors, RandomBackend};
 use crate::model::CogVlm;
 use crate::pipeline::{
-    checkpoint_info, find_tokenizer, load_tokenizer, make_plan, parse_device, parse_dtype,
+    checkpoint_info, find_tokenizer, load_tokenizer, make_plan, parse_device, parse_dtype, Answer,
     ChatRequest, LoadOptions, Pipeline, PlacementRequest, Quant, Sampling,
 };
 
@@ -235,6 +235,189 @@ fn load(args: &BenchArgs, opts: &LoadOptions, dtype: DType) -> anyhow::Result<(P
     })
 }
 
+/// The benchmark's question: ~24 text tokens, as in the reference measurements.
+const QUERY: &str =
+    "Describe this image in detail, including every object, its colour and where it is.";
+
+/// A first turn about `image`, greedy, `n` new tokens.
+fn first_turn(image: image::DynamicImage, n: usize) -> ChatRequest {
+    ChatRequest {
+        image: Some(image),
+        history: vec![],
+        query: QUERY.to_string(),
+        version: None,
+        sampling: Sampling {
+            max_new_tokens: Some(n),
+            max_length: 4096,
+            ..Sampling::greedy()
+        },
+    }
+}
+
+/// The second turn about the same image, after `answer`: only its new tokens run.
+fn follow_up(image: image::DynamicImage, n: usize, answer: &str) -> ChatRequest {
+    ChatRequest {
+        history: vec![(QUERY.to_string(), answer.to_string())],
+        query: "And what is in the top left corner?".into(),
+        ..first_turn(image, n)
+    }
+}
+
+/// The device memory high-water mark, sampled between runs.
+struct DevicePeak {
+    device: Device,
+    peak: Option<u64>,
+}
+
+impl DevicePeak {
+    fn sample(&mut self) {
+        if let Some(u) = device_used_bytes(&self.device) {
+            self.peak = Some(self.peak.map_or(u, |p| p.max(u)));
+        }
+    }
+}
+
+/// A loaded pipeline and what loading it cost.
+struct Loaded {
+    pipe: Pipeline,
+    label: String,
+    load_s: f64,
+    load_peak_anon: u64,
+    used_before: Option<u64>,
+    used_after_load: Option<u64>,
+    /// The `--load-only` report.
+    report: serde_json::Value,
+}
+
+fn gib(b: u64) -> f64 {
+    b as f64 / (1u64 << 30) as f64
+}
+
+/// Loads the model, timing it and sampling the memory it takes on the way.
+fn load_measured(
+    args: &BenchArgs,
+    opts: &LoadOptions,
+    device: &Device,
+    dtype: DType,
+) -> anyhow::Result<Loaded> {
+    device.synchronize()?;
+    let used_before = device_used_bytes(device);
+    let anon_before = rss_anon_bytes();
+    let load_start = Instant::now();
+    // Loading's peak of anonymous memory (what it keeps and what it holds on the way, not the mapped files).
+    let sampler = PeakSampler::start();
+    let (pipe, label) = load(args, opts, dtype)?;
+    device.synchronize()?;
+    let load_s = load_start.elapsed().as_secs_f64();
+    let load_peak_anon = sampler.finish();
+    let used_after_load = device_used_bytes(device);
+    let weight_bytes = pipe.model().weight_bytes();
+    let report = serde_json::json!({
+        "model": label,
+        "device": format!("{device:?}"),
+        "dtype": format!("{dtype:?}").to_lowercase(),
+        "quant": pipe.model().quant_report().mode.to_string(),
+        "quant_vision": args.quant_vision,
+        "weight_gib": gib(weight_bytes),
+        "weight_bytes": weight_bytes,
+        "load_s": load_s,
+        "load_peak_rss_anon_gib": gib(load_peak_anon),
+        "rss_anon_before_load_gib": anon_before.map(gib),
+        "rss_anon_after_load_gib": rss_anon_bytes().map(gib),
+        "plan": serde_json::to_value(pipe.plan())?,
+    });
+    Ok(Loaded {
+        pipe,
+        label,
+        load_s,
+        load_peak_anon,
+        used_before,
+        used_after_load,
+        report,
+    })
+}
+
+/// The medians of the timed first and second turns, and the last run's numbers.
+struct Turns {
+    ttft: f64,
+    prefill: f64,
+    decode: f64,
+    second: f64,
+    stats: Answer,
+    follow: Answer,
+}
+
+/// A warm-up (kernel compilation, allocator, the follow-up path), then `--repeat` timed first and second turns.
+fn timed_turns(
+    pipe: &mut Pipeline,
+    args: &BenchArgs,
+    peak: &mut DevicePeak,
+) -> anyhow::Result<Turns> {
+    let warm = pipe.generate_with(&first_turn(synthetic_image(600), 2), true, &mut |_| true)?;
+    pipe.generate_with(
+        &follow_up(synthetic_image(600), 2, &warm.text),
+        true,
+        &mut |_| true,
+    )?;
+    peak.sample();
+    let (mut ttft, mut prefill, mut decode, mut second) = (vec![], vec![], vec![], vec![]);
+    let mut last = None;
+    for r in 0..args.repeat.max(1) {
+        // A new image each run so neither the image nor the conversation cache hides the first turn's work.
+        let image = synthetic_image(640 + 8 * r as u32);
+        let stats = pipe.generate_with(
+            &first_turn(image.clone(), args.new_tokens.max(1)),
+            true,
+            &mut |_| true,
+        )?;
+        peak.device.synchronize()?;
+        peak.sample();
+        let follow = pipe.generate_with(&follow_up(image, 1, &stats.text), true, &mut |_| true)?;
+        ttft.push(stats.ttft_ms);
+        prefill.push(stats.prefill_ms);
+        decode.push(stats.tokens_per_s);
+        second.push(follow.ttft_ms);
+        last = Some((stats, follow));
+    }
+    let Some((stats, follow)) = last else {
+        bail!("no timed run")
+    };
+    Ok(Turns {
+        ttft: median(ttft),
+        prefill: median(prefill),
+        decode: median(decode),
+        second: median(second),
+        stats,
+        follow,
+    })
+}
+
+/// One round of `c` simultaneous requests per `--concurrency` level, each on a new image (no request continues
+/// another's cache).
+fn concurrency_levels(
+    pipe: &mut Pipeline,
+    args: &BenchArgs,
+    max_batch: usize,
+    peak: &mut DevicePeak,
+) -> anyhow::Result<Vec<crate::bench_concurrency::Level>> {
+    let mut levels = Vec::new();
+    for (round, &c) in args.concurrency.iter().enumerate() {
+        let requests = (0..c)
+            .map(|i| {
+                first_turn(
+                    synthetic_image(520 + 4 * (round * 64 + i) as u32),
+                    args.new_tokens.max(2),
+                )
+            })
+            .collect();
+        let level =
+            crate::bench_concurrency::run_level(pipe, requests, max_batch, args.new_tokens.max(2))?;
+        peak.sample();
+        levels.push(level);
+    }
+    Ok(levels)
+}
+
 pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let first = args.placement.devices.first().unwrap_or(&args.device);
     let device = parse_device(first)?;
@@ -253,104 +436,42 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     } else {
         Some(measure_floors(&device, dtype).context("cannot measure the device's floors")?)
     };
-    device.synchronize()?;
-    let used_before = device_used_bytes(&device);
-    let anon_before = rss_anon_bytes();
-    let load_start = Instant::now();
-    // Loading's peak of anonymous memory (what it keeps and what it holds on the way, not the mapped files).
-    let sampler = PeakSampler::start();
-    let (mut pipe, label) = load(args, &opts, dtype)?;
-    device.synchronize()?;
-    let load_s = load_start.elapsed().as_secs_f64();
-    let load_peak_anon = sampler.finish();
-    let used_after_load = device_used_bytes(&device);
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-    let weight_bytes = pipe.model().weight_bytes();
-    let plan = serde_json::to_value(pipe.plan())?;
-    let loading = serde_json::json!({
-        "model": label,
-        "device": format!("{device:?}"),
-        "dtype": format!("{dtype:?}").to_lowercase(),
-        "quant": pipe.model().quant_report().mode.to_string(),
-        "quant_vision": args.quant_vision,
-        "weight_gib": gib(weight_bytes),
-        "weight_bytes": weight_bytes,
-        "load_s": load_s,
-        "load_peak_rss_anon_gib": gib(load_peak_anon),
-        "rss_anon_before_load_gib": anon_before.map(gib),
-        "rss_anon_after_load_gib": rss_anon_bytes().map(gib),
-        "plan": plan,
-    });
-    if args.load_only {
-        return Ok(loading);
-    }
+    let Loaded {
+        mut pipe,
+        label,
+        load_s,
+        load_peak_anon,
+        used_before,
+        used_after_load,
+        report: loading,
+    } = load_measured(args, &opts, &device, dtype)?;
     let Some(floors) = floors else {
-        bail!("no floors measured")
+        return Ok(loading);
     };
-    let mut peak_used = used_after_load;
-    let mut sample_peak = |device: &Device| {
-        if let Some(u) = device_used_bytes(device) {
-            peak_used = Some(peak_used.map_or(u, |p| p.max(u)));
-        }
+    let mut peak = DevicePeak {
+        device: device.clone(),
+        peak: used_after_load,
     };
+    let Turns {
+        ttft,
+        prefill,
+        decode,
+        second,
+        stats,
+        follow,
+    } = timed_turns(&mut pipe, args, &mut peak)?;
+    let max_batch = args
+        .max_batch
+        .unwrap_or_else(|| crate::engine::default_max_batch(&args.device));
+    let levels = concurrency_levels(&mut pipe, args, max_batch, &mut peak)?;
+
     let summary = pipe.info().clone();
-    let cfg = pipe.model().cfg.clone();
-    let quant = pipe.model().quant_report().clone();
-    // ~24 text tokens, as in the reference measurements.
-    let query =
-        "Describe this image in detail, including every object, its colour and where it is."
-            .to_string();
-    let req = |image: image::DynamicImage, n: usize| ChatRequest {
-        image: Some(image),
-        history: vec![],
-        query: query.clone(),
-        version: None,
-        sampling: Sampling {
-            max_new_tokens: Some(n),
-            max_length: 4096,
-            ..Sampling::greedy()
-        },
-    };
-    // The second turn about the same image, after `answer`: only its new tokens run.
-    let follow_up = |image: image::DynamicImage, n: usize, answer: &str| ChatRequest {
-        history: vec![(query.clone(), answer.to_string())],
-        query: "And what is in the top left corner?".into(),
-        ..req(image, n)
-    };
-    // Warm-up (kernel compilation, allocator, the follow-up path), then the measured runs.
-    let warm = pipe.generate_with(&req(synthetic_image(600), 2), true, &mut |_| true)?;
-    pipe.generate_with(
-        &follow_up(synthetic_image(600), 2, &warm.text),
-        true,
-        &mut |_| true,
-    )?;
-    sample_peak(&device);
-    let (mut ttft, mut prefill, mut decode, mut second) = (vec![], vec![], vec![], vec![]);
-    let mut last = None;
-    for r in 0..args.repeat.max(1) {
-        // A new image each run so neither the image nor the conversation cache hides the first turn's work.
-        let image = synthetic_image(640 + 8 * r as u32);
-        let stats = pipe.generate_with(
-            &req(image.clone(), args.new_tokens.max(1)),
-            true,
-            &mut |_| true,
-        )?;
-        device.synchronize()?;
-        sample_peak(&device);
-        let follow = pipe.generate_with(&follow_up(image, 1, &stats.text), true, &mut |_| true)?;
-        ttft.push(stats.ttft_ms);
-        prefill.push(stats.prefill_ms);
-        decode.push(stats.tokens_per_s);
-        second.push(follow.ttft_ms);
-        last = Some((stats, follow));
-    }
-    let Some((stats, follow)) = last else {
-        bail!("no timed run")
-    };
-    let (ttft, decode, second) = (median(ttft), median(decode), median(second));
-    let read_bytes = decode_read_bytes(&cfg, dtype, args.quant);
+    let cfg = &pipe.model().cfg;
+    let quant = pipe.model().quant_report();
+    let weight_bytes = pipe.model().weight_bytes();
+    let read_bytes = decode_read_bytes(cfg, dtype, args.quant);
     let decode_floor = floors.copy_bytes_per_s / read_bytes as f64;
-    let flops = prefill_flops(&cfg, stats.prompt_tokens);
+    let flops = prefill_flops(cfg, stats.prompt_tokens);
     let prefill_floor_ms = flops / floors.matmul_flop_per_s * 1e3;
     // The towers' dtypes (f16 under a bf16 model) and how many images overflowed f16 and were encoded again.
     let (vision_dtype, cross_dtype) = pipe.model().encoder_dtypes();
@@ -358,29 +479,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         .chain(cross_dtype)
         .map(|d| d.as_str())
         .collect();
-    let mut levels = Vec::new();
-    let max_batch = args
-        .max_batch
-        .unwrap_or_else(|| crate::engine::default_max_batch(&args.device));
-    for (round, &c) in args.concurrency.iter().enumerate() {
-        // A new image per request: no request continues another's cache.
-        let requests = (0..c)
-            .map(|i| {
-                req(
-                    synthetic_image(520 + 4 * (round * 64 + i) as u32),
-                    args.new_tokens.max(2),
-                )
-            })
-            .collect();
-        let level = crate::bench_concurrency::run_level(
-            &mut pipe,
-            requests,
-            max_batch,
-            args.new_tokens.max(2),
-        )?;
-        sample_peak(&device);
-        levels.push(level);
-    }
     let at = |c: usize| levels.iter().find(|l| l.concurrency == c);
     let speedup_8 = match (at(1), at(8)) {
         (Some(one), Some(eight)) => Some(eight.aggregate_decode_tok_s / one.aggregate_decode_tok_s),
@@ -404,7 +502,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         "prompt_tokens": stats.prompt_tokens,
         "new_tokens": stats.generated_tokens,
         "ttft_ms": ttft,
-        "prefill_ms": median(prefill),
+        "prefill_ms": prefill,
         "decode_tok_s": decode,
         "second_turn_ttft_ms": second,
         "second_turn_reused_tokens": follow.reused_tokens,
@@ -421,7 +519,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         "ttft_over_prefill_floor": ttft / prefill_floor_ms,
         "device_used_before_gib": used_before.map(gib),
         "device_resident_after_load_gib": used_after_load.map(gib),
-        "device_peak_gib": peak_used.map(gib),
+        "device_peak_gib": peak.peak.map(gib),
         "peak_rss_gib": peak_rss_bytes().map(gib),
         "max_batch": max_batch,
         "concurrency": levels,
