@@ -102,52 +102,108 @@ struct ServeCmd {
     model: Option<String>,
 }
 
+#[derive(clap::Args)]
+struct ChatCmd {
+    /// Checkpoint folder (config.json + safetensors); with --backend openai, the remote model name.
+    #[arg(long)]
+    model: PathBuf,
+    /// Image to chat about (asked for interactively when omitted).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// chat, chat_old, base or vqa (default: per checkpoint)
+    #[arg(long)]
+    version: Option<PromptVersion>,
+    /// tokenizer.json (default: found next to the checkpoint)
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    dev: DeviceArgs,
+    #[command(flatten)]
+    backend: cogvlm::remote::BackendArgs,
+}
+
+#[derive(clap::Args)]
+struct ParityCmd {
+    #[arg(long)]
+    fixtures: PathBuf,
+    /// Only cases whose id contains this.
+    #[arg(long)]
+    case: Option<String>,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Compare in this dtype (default f32).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// 8 or 4: quantized language model, compared within the quantization's tolerance
+    #[arg(long, default_value = "none")]
+    quant: Quant,
+    /// With --quant: the vision tower quantized too, compared within its own tolerance
+    #[arg(long, requires = "quant")]
+    quant_vision: bool,
+    #[command(flatten)]
+    place: PlaceArgs,
+}
+
+#[derive(clap::Args)]
+struct BenchCmd {
+    #[arg(long, conflicts_with = "config")]
+    model: Option<PathBuf>,
+    /// cogvlm-17b, cogvlm-base-224 or cogagent-18b (with --random-weights)
+    #[arg(long, requires = "random_weights")]
+    config: Option<String>,
+    #[arg(long)]
+    random_weights: bool,
+    #[arg(long, default_value_t = 32)]
+    new_tokens: usize,
+    /// Timed runs, each on a new image (medians are reported)
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Stop after loading: the plan, load time and loading's peak memory only
+    #[arg(long)]
+    load_only: bool,
+    /// Also run N requests at once, decoded together, for each N (e.g. 1,4,8,16)
+    #[arg(long, value_delimiter = ',')]
+    concurrency: Vec<usize>,
+    /// With --concurrency: sequences decoded together at most [default: as `serve`]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
+    max_batch: Option<u64>,
+    #[command(flatten)]
+    dev: DeviceArgs,
+}
+
+#[derive(clap::Args)]
+struct MakeCheckpointCmd {
+    /// cogvlm-17b, cogvlm-base-224, cogagent-18b, … or a config.json
+    #[arg(long)]
+    config: String,
+    /// A new (or empty) folder
+    #[arg(long)]
+    out: PathBuf,
+    /// Largest shard in MB (THUDM's are ~5 GB)
+    #[arg(long, default_value_t = 5000)]
+    shard_mb: u64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Keep only this many decoder layers (a smaller file with full-width tensors)
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Keep only this many EVA2-CLIP layers
+    #[arg(long)]
+    vision_layers: Option<usize>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the chat page (the default).
     Serve(ServeCmd),
     /// Interactive multi-turn chat in the terminal (`clear` starts over with a new image, `stop` quits).
-    Chat {
-        /// Checkpoint folder (config.json + safetensors); with --backend openai, the remote model name.
-        #[arg(long)]
-        model: PathBuf,
-        /// Image to chat about (asked for interactively when omitted).
-        #[arg(long)]
-        image: Option<PathBuf>,
-        /// chat, chat_old, base or vqa (default: per checkpoint)
-        #[arg(long)]
-        version: Option<PromptVersion>,
-        /// tokenizer.json (default: found next to the checkpoint)
-        #[arg(long)]
-        tokenizer: Option<PathBuf>,
-        #[command(flatten)]
-        sampling: SamplingArgs,
-        #[command(flatten)]
-        dev: DeviceArgs,
-        #[command(flatten)]
-        backend: cogvlm::remote::BackendArgs,
-    },
+    Chat(ChatCmd),
     /// Run every case of a reference fixture directory; prints one line per check and `N passed, M failed`.
-    Parity {
-        #[arg(long)]
-        fixtures: PathBuf,
-        /// Only cases whose id contains this.
-        #[arg(long)]
-        case: Option<String>,
-        #[arg(long, default_value = "cpu")]
-        device: String,
-        /// Compare in this dtype (default f32).
-        #[arg(long)]
-        dtype: Option<String>,
-        /// 8 or 4: quantized language model, compared within the quantization's tolerance
-        #[arg(long, default_value = "none")]
-        quant: Quant,
-        /// With --quant: the vision tower quantized too, compared within its own tolerance
-        #[arg(long, requires = "quant")]
-        quant_vision: bool,
-        #[command(flatten)]
-        place: PlaceArgs,
-    },
+    Parity(ParityCmd),
     /// Check one training step per example of a training fixture directory (loss, logits, LoRA and full
     /// fine-tuning gradients against PyTorch + PEFT), f32 on the CPU; one line per check, `N passed, M failed`.
     TrainParity {
@@ -158,53 +214,9 @@ enum Command {
         example: Option<String>,
     },
     /// Time to first token, decode tokens/s and peak memory as one JSON line.
-    Bench {
-        #[arg(long, conflicts_with = "config")]
-        model: Option<PathBuf>,
-        /// cogvlm-17b, cogvlm-base-224 or cogagent-18b (with --random-weights)
-        #[arg(long, requires = "random_weights")]
-        config: Option<String>,
-        #[arg(long)]
-        random_weights: bool,
-        #[arg(long, default_value_t = 32)]
-        new_tokens: usize,
-        /// Timed runs, each on a new image (medians are reported)
-        #[arg(long, default_value_t = 3)]
-        repeat: usize,
-        #[arg(long)]
-        tokenizer: Option<PathBuf>,
-        /// Stop after loading: the plan, load time and loading's peak memory only
-        #[arg(long)]
-        load_only: bool,
-        /// Also run N requests at once, decoded together, for each N (e.g. 1,4,8,16)
-        #[arg(long, value_delimiter = ',')]
-        concurrency: Vec<usize>,
-        /// With --concurrency: sequences decoded together at most [default: as `serve`]
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
-        max_batch: Option<u64>,
-        #[command(flatten)]
-        dev: DeviceArgs,
-    },
+    Bench(BenchCmd),
     /// Write a random-weight checkpoint in the Hugging Face layout (bf16 shards + index), streaming.
-    MakeCheckpoint {
-        /// cogvlm-17b, cogvlm-base-224, cogagent-18b, … or a config.json
-        #[arg(long)]
-        config: String,
-        /// A new (or empty) folder
-        #[arg(long)]
-        out: PathBuf,
-        /// Largest shard in MB (THUDM's are ~5 GB)
-        #[arg(long, default_value_t = 5000)]
-        shard_mb: u64,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Keep only this many decoder layers (a smaller file with full-width tensors)
-        #[arg(long)]
-        layers: Option<usize>,
-        /// Keep only this many EVA2-CLIP layers
-        #[arg(long)]
-        vision_layers: Option<usize>,
-    },
+    MakeCheckpoint(MakeCheckpointCmd),
     /// Write synthetic scenes (shapes, colours, counts, boxes, captchas) in the PEFT data layout.
     MakeData(cogvlm::train::cli::MakeDataCmd),
     /// Fine-tune a checkpoint: LoRA (default, PEFT-format adapter) or --full.
@@ -226,107 +238,104 @@ fn main() {
             None => unreachable!("`serve` parses as a command"),
         },
     };
-    let result = match command {
-        Command::Serve(s) => serve(s),
-        Command::Parity {
-            fixtures,
-            case,
-            device,
-            dtype,
-            quant,
-            quant_vision,
-            place,
-        } => parity(
-            fixtures,
-            case,
-            device,
-            dtype,
-            (quant, quant_vision),
-            place.request(),
-        ),
-        Command::TrainParity { fixtures, example } => train_parity(fixtures, example),
-        Command::MakeData(c) => c.run(),
-        Command::Train(c) => c.run(),
-        Command::Eval(c) => c.run(),
-        Command::Merge(c) => c.run(),
-        Command::Bench {
-            model,
-            config,
-            random_weights: _,
-            new_tokens,
-            repeat,
-            tokenizer,
-            load_only,
-            concurrency,
-            max_batch,
-            dev,
-        } => {
-            let args = cogvlm::bench::BenchArgs {
-                model,
-                config,
-                device: dev.device,
-                dtype: dev.dtype,
-                quant: dev.quant,
-                quant_vision: dev.quant_vision,
-                new_tokens,
-                repeat,
-                tokenizer,
-                placement: dev.place.request(),
-                load_only,
-                concurrency,
-                max_batch: max_batch.map(|n| n as usize),
-                lora: dev.lora,
-            };
-            cogvlm::bench::run(&args).map(|v| println!("{v}"))
-        }
-        Command::MakeCheckpoint {
-            config,
-            out,
-            shard_mb,
-            seed,
-            layers,
-            vision_layers,
-        } => {
-            let args = cogvlm::make_checkpoint::MakeArgs {
-                config,
-                out,
-                shard_bytes: shard_mb * 1_000_000,
-                seed,
-                layers,
-                vision_layers,
-            };
-            cogvlm::make_checkpoint::run(&args).map(|w| {
-                println!("{}", serde_json::json!(w));
-            })
-        }
-        Command::Chat {
-            model,
-            image,
-            version,
-            tokenizer,
-            sampling,
-            dev,
-            backend,
-        } => sampling.sampling().and_then(|sampling| {
-            if !backend.is_local() {
-                let model = model.display().to_string();
-                return cogvlm::remote::cli::chat_with(&backend, model, image, sampling);
-            }
-            let opts = LoadOptions {
-                device: dev.device,
-                dtype: dev.dtype,
-                tokenizer,
-                quant: dev.quant,
-                quant_vision: dev.quant_vision,
-                placement: dev.place.request(),
-                lora: dev.lora,
-            };
-            chat(model, image, version, sampling, opts)
-        }),
-    };
-    if let Err(e) = result {
+    if let Err(e) = command.run() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+impl Command {
+    fn run(self) -> anyhow::Result<()> {
+        match self {
+            Command::Serve(c) => serve(c),
+            Command::Chat(c) => c.run(),
+            Command::Parity(c) => c.run(),
+            Command::TrainParity { fixtures, example } => train_parity(fixtures, example),
+            Command::MakeData(c) => c.run(),
+            Command::Train(c) => c.run(),
+            Command::Eval(c) => c.run(),
+            Command::Merge(c) => c.run(),
+            Command::Bench(c) => c.run(),
+            Command::MakeCheckpoint(c) => c.run(),
+        }
+    }
+}
+
+impl BenchCmd {
+    fn run(self) -> anyhow::Result<()> {
+        let dev = self.dev;
+        let args = cogvlm::bench::BenchArgs {
+            model: self.model,
+            config: self.config,
+            device: dev.device,
+            dtype: dev.dtype,
+            quant: dev.quant,
+            quant_vision: dev.quant_vision,
+            new_tokens: self.new_tokens,
+            repeat: self.repeat,
+            tokenizer: self.tokenizer,
+            placement: dev.place.request(),
+            load_only: self.load_only,
+            concurrency: self.concurrency,
+            max_batch: self.max_batch.map(|n| n as usize),
+            lora: dev.lora,
+        };
+        cogvlm::bench::run(&args).map(|v| println!("{v}"))
+    }
+}
+
+impl MakeCheckpointCmd {
+    fn run(self) -> anyhow::Result<()> {
+        let args = cogvlm::make_checkpoint::MakeArgs {
+            config: self.config,
+            out: self.out,
+            shard_bytes: self.shard_mb * 1_000_000,
+            seed: self.seed,
+            layers: self.layers,
+            vision_layers: self.vision_layers,
+        };
+        cogvlm::make_checkpoint::run(&args).map(|w| println!("{}", serde_json::json!(w)))
+    }
+}
+
+impl ChatCmd {
+    fn run(self) -> anyhow::Result<()> {
+        let sampling = self.sampling.sampling()?;
+        if !self.backend.is_local() {
+            let model = self.model.display().to_string();
+            return cogvlm::remote::cli::chat_with(&self.backend, model, self.image, sampling);
+        }
+        let dev = self.dev;
+        let opts = LoadOptions {
+            device: dev.device,
+            dtype: dev.dtype,
+            tokenizer: self.tokenizer,
+            quant: dev.quant,
+            quant_vision: dev.quant_vision,
+            placement: dev.place.request(),
+            lora: dev.lora,
+        };
+        chat(self.model, self.image, self.version, sampling, opts)
+    }
+}
+
+impl ParityCmd {
+    /// One line per check, then `N passed, M failed`; exits 1 when a check failed.
+    fn run(self) -> anyhow::Result<()> {
+        let (passed, failed) = cogvlm::parity::run_all_placed(
+            &self.fixtures,
+            &self.device,
+            self.dtype.as_deref(),
+            (self.quant, self.quant_vision),
+            self.place.request(),
+            self.case.as_deref(),
+            &mut |c| println!("{c}"),
+        )?;
+        println!("{passed} passed, {failed} failed");
+        if failed > 0 {
+            std::process::exit(1);
+        }
+        Ok(())
     }
 }
 
@@ -360,30 +369,6 @@ fn serve(s: ServeCmd) -> anyhow::Result<()> {
         remote,
         lora: s.dev.lora,
     })
-}
-
-fn parity(
-    fixtures: PathBuf,
-    case: Option<String>,
-    device: String,
-    dtype: Option<String>,
-    (quant, quant_vision): (Quant, bool),
-    placement: cogvlm::pipeline::PlacementRequest,
-) -> anyhow::Result<()> {
-    let (passed, failed) = cogvlm::parity::run_all_placed(
-        &fixtures,
-        &device,
-        dtype.as_deref(),
-        (quant, quant_vision),
-        placement,
-        case.as_deref(),
-        &mut |c| println!("{c}"),
-    )?;
-    println!("{passed} passed, {failed} failed");
-    if failed > 0 {
-        std::process::exit(1);
-    }
-    Ok(())
 }
 
 fn train_parity(fixtures: PathBuf, example: Option<String>) -> anyhow::Result<()> {
