@@ -441,3 +441,82 @@ fn in_place_updates_reach_the_forward_and_the_saved_model() {
         "in memory {after}, from the saved weights {again}"
     );
 }
+
+/// The same for an adapter being trained, on every kind of target (both experts' QKV and dense, the stacked
+/// gate/up, down, the vision tower): pairs updated in place reach the forward, which then equals the forward of
+/// the adapter saved from them and loaded again.
+#[test]
+fn in_place_adapter_updates_reach_the_forward_and_the_saved_adapter() {
+    use cogvlm::train::loss::forward_loss;
+    use cogvlm::train::run::Inputs;
+
+    let data = tmp("lora-update-data");
+    make_data(&data, vec![Kind::Describe], 1, 4);
+    let model = model_dir("cogvlm_tiny_224");
+    let device = candle_core::Device::Cpu;
+    let inputs = Inputs::new(&model, Some(&tokenizer()), None, device.clone()).unwrap();
+    let (_, examples) = cogvlm::train::data::load(&data).unwrap();
+    let p = inputs.prepare(&examples[0], 0).unwrap();
+    let loss = |m: &cogvlm::train::TrainModel| {
+        let img = m.model.encode_image(&p.pixels).unwrap();
+        forward_loss(&m.model, &p.labeled, Some(&img), None)
+            .unwrap()
+            .loss
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let all = targets(&[
+        "language_expert_query_key_value",
+        "vision_expert_query_key_value",
+        "language_expert_dense",
+        "vision_expert_dense",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+        "query_key_value",
+    ]);
+    let lc = LoraConfig::new(4, 8.0, 0.0, &all, "cogvlm_tiny_224");
+    let adapter = new_adapter(lc, &config("cogvlm_tiny_224"), 3).unwrap();
+    let m = cogvlm::train::load_model(&model, &device, false, Some(&adapter)).unwrap();
+    let before = loss(&m);
+    for (i, (_, var)) in m.lora.iter().enumerate() {
+        let noise = Tensor::randn(0f32, 0.3, var.shape(), &device).unwrap();
+        var.set(&(var.as_tensor() + noise).unwrap()).unwrap();
+        assert!(i < 10_000);
+    }
+    let after = loss(&m);
+    assert!(
+        (after - before).abs() > 1e-4,
+        "the adapter's update left the loss at {before}"
+    );
+
+    let mut saved = Adapter::load(
+        &fixtures()
+            .join("training")
+            .join("cogvlm_tiny_224")
+            .join("adapter"),
+    )
+    .unwrap();
+    saved.config = adapter.config.clone();
+    saved.modules = m
+        .lora
+        .chunks(2)
+        .map(|ab| {
+            let module = ab[0]
+                .0
+                .trim_start_matches("base_model.model.")
+                .trim_end_matches(".lora_A.weight");
+            let pair = LoraPair {
+                a: ab[0].1.as_tensor().clone(),
+                b: ab[1].1.as_tensor().clone(),
+            };
+            (module.to_string(), pair)
+        })
+        .collect();
+    let reloaded = cogvlm::train::load_model(&model, &device, false, Some(&saved)).unwrap();
+    let again = loss(&reloaded);
+    assert!(
+        (again - after).abs() <= 1e-5 * after.abs(),
+        "in memory {after}, from the updated pairs {again}"
+    );
+}

@@ -21,7 +21,8 @@ pub struct MakeDataCmd {
     /// Image side in pixels
     #[arg(long, default_value_t = 224)]
     pub size: u32,
-    /// Question kinds (describe, color, shape, count, where, region, captcha, cell); default all but cell
+    /// Question kinds (describe, color, shape, count, where, region, captcha, cell, exists); default all but
+    /// cell and exists
     #[arg(long, value_delimiter = ',')]
     pub kinds: Vec<Kind>,
 }

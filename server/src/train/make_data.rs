@@ -27,9 +27,11 @@ pub enum Kind {
     Where,
     Region,
     Captcha,
-    /// Which grid cell a shape is in, answered as "Row r, column c." (not in the default mix: the LoRA demo's
-    /// new task).
+    /// Which grid cell a shape is in, answered as "Row r, column c." (not in the default mix).
     Cell,
+    /// "Is there a red circle?", answered "Yes." or "No." (half each; not in the default mix: the LoRA demo's
+    /// new task).
+    Exists,
 }
 
 impl Kind {
@@ -53,6 +55,7 @@ impl Kind {
             Kind::Region => "region",
             Kind::Captcha => "captcha",
             Kind::Cell => "cell",
+            Kind::Exists => "exists",
         }
     }
 
@@ -71,11 +74,11 @@ impl std::str::FromStr for Kind {
     fn from_str(s: &str) -> anyhow::Result<Self> {
         Kind::DEFAULT
             .into_iter()
-            .chain([Kind::Cell])
+            .chain([Kind::Cell, Kind::Exists])
             .find(|k| k.as_str() == s)
         .with_context(|| {
             format!(
-                "unknown kind {s:?} (expected describe, color, shape, count, where, region, captcha or cell)"
+                "unknown kind {s:?} (expected describe, color, shape, count, where, region, captcha, cell or exists)"
             )
         })
     }
@@ -296,6 +299,27 @@ fn question(
             format!("Which cell is the {} in?", target.name()),
             format!("Row {}, column {}.", target.row + 1, target.col + 1),
         ),
+        Kind::Exists => {
+            // Half the questions name a shape of the scene, half a pair that is not in it.
+            let (color, shape) = if rng.random_bool(0.5) {
+                (target.color, target.shape)
+            } else {
+                let c = rng.random_range(0..COLORS.len());
+                let s = rng.random_range(0..SHAPES.len());
+                if placed.iter().any(|p| (p.color, p.shape) == (c, s)) {
+                    return None;
+                }
+                (c, s)
+            };
+            let there = placed.iter().any(|p| (p.color, p.shape) == (color, shape));
+            (
+                format!(
+                    "Is there {}?",
+                    with_article(&format!("{} {}", COLORS[color].0, SHAPES[shape]))
+                ),
+                if there { "Yes." } else { "No." }.to_string(),
+            )
+        }
         Kind::Captcha => return None,
     })
 }
@@ -601,6 +625,24 @@ mod tests {
             let g = generate(&mut rng, &[Kind::Where], 224);
             assert!(g.answer.starts_with("[[") && g.answer.ends_with("]]"));
         }
+        let (mut yes, mut no) = (0, 0);
+        for seed in 0..200 {
+            let mut r = StdRng::seed_from_u64(seed);
+            let (_, placed) = scene(&mut r, 224);
+            let Some((q, a)) = question(&mut r, Kind::Exists, &placed, 224) else {
+                continue;
+            };
+            let named = placed
+                .iter()
+                .any(|p| q == format!("Is there {}?", with_article(&p.name())));
+            assert_eq!(a, if named { "Yes." } else { "No." }, "{q} in {placed:?}");
+            if named {
+                yes += 1
+            } else {
+                no += 1
+            }
+        }
+        assert!(yes > 50 && no > 50, "{yes} yes, {no} no");
         assert_eq!(with_article("orange circle"), "an orange circle");
         assert_eq!(with_article("red square"), "a red square");
         assert_eq!(
