@@ -3,11 +3,12 @@ import { ChildProcess, execFileSync, spawn } from "child_process";
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
-import { canvasPixel, ChatPage, isColour, PALETTE } from "./chat_page";
+import { ChatPage } from "./chat_page";
 
-// The bundled demo checkpoint (server/models/cogvlm-demo), trained on synthetic scenes, asked where a shape is
-// in a scene generated here with a seed the training data did not use. Its answer is a real prediction: the
-// test passes when the box the page draws overlaps the shape's true box (IoU ≥ 0.5).
+// The bundled demo checkpoint (server/models/cogvlm-demo), trained on synthetic scenes, asked about scenes
+// generated here with a seed its training data did not use. Its answers are real predictions: the test passes
+// when each equals the generator's label (held out, the demo answers colour and shape questions 100 % right and
+// counts 97 %: BENCHMARKS.md).
 //
 // The suite's server serves the random fixture checkpoints, so this file starts its own `cogvlm serve` on the
 // bundled folders (no --models-dir: the demo is the default) on the next port.
@@ -24,8 +25,10 @@ let data = "";
 test.beforeAll(async () => {
   data = fs.mkdtempSync(path.join(os.tmpdir(), "cogvlm-demo-e2e-"));
   fs.rmSync(data, { recursive: true });
-  // Seed 9001: the demo was trained on seed 1 and evaluated on seed 2.
-  execFileSync(bin, ["make-data", "--out", data, "--seed", "9001", "--count", "8", "--kinds", "where"], { cwd: root });
+  // Seed 9001: the demo was trained on seeds 1, 5 and 6 and evaluated on seed 2.
+  execFileSync(bin, ["make-data", "--out", data, "--seed", "9001", "--count", "4", "--kinds", "color,shape,count"], {
+    cwd: root,
+  });
   server = spawn(bin, ["serve", "--host", "127.0.0.1", "--port", String(port)], { cwd: root, stdio: "ignore" });
   const deadline = Date.now() + 60_000;
   for (;;) {
@@ -44,50 +47,25 @@ test.afterAll(() => {
   server?.kill();
 });
 
-type Box = [number, number, number, number];
-
-const iou = (a: Box, b: Box) => {
-  const w = Math.max(0, Math.min(a[2], b[2]) - Math.max(a[0], b[0]));
-  const h = Math.max(0, Math.min(a[3], b[3]) - Math.max(a[1], b[1]));
-  const area = (r: Box) => (r[2] - r[0]) * (r[3] - r[1]);
-  return (w * h) / (area(a) + area(b) - w * h);
-};
-
-const parseBox = (s: string): Box => {
-  const m = s.match(/\[\[(\d+),(\d+),(\d+),(\d+)\]\]/);
-  if (!m) throw new Error(`no box in ${JSON.stringify(s)}`);
-  return [1, 2, 3, 4].map((i) => Number(m[i])) as Box;
-};
-
-test("the demo checkpoint finds a named shape in an unseen scene", async ({ page }) => {
+test("the demo checkpoint answers questions about unseen scenes", async ({ page }) => {
   test.setTimeout(120_000);
   const chat = new ChatPage(page);
   await chat.open(`http://127.0.0.1:${port}/`);
   await expect(chat.modelSelect()).toHaveValue("cogvlm-demo");
   await expect(page.locator("#demo-notice")).toContainText("synthetic scenes");
   await expect(page.locator("#bundled-notice")).toHaveCount(0);
+  await chat.setGreedy(16);
 
-  const label = JSON.parse(fs.readFileSync(path.join(data, "labels", "000000.json"), "utf8"));
-  const question: string = label.conversations[0].content;
-  const truth = parseBox(label.conversations[1].content);
-  await chat.uploadImage(path.join(data, "images", "000000.png"));
-  await chat.setGreedy(32);
-  await chat.ask(question);
-  await chat.waitDone(90_000);
-
-  // The answer's box, as the page shows it in its chip.
-  const chip = chat.lastAnswer().locator(".gchip").first();
-  await expect(chip).toBeVisible();
-  const answered = parseBox((await chip.locator("code").textContent()) ?? "");
-  expect(iou(answered, truth), `answered ${answered}, true ${truth}`).toBeGreaterThanOrEqual(0.5);
-
-  // And the overlay draws it there: the first group's colour on the box's bottom edge, midway.
-  const fx = (answered[0] + answered[2]) / 2 / 1000;
-  const fy = answered[3] / 1000;
-  let hit = false;
-  for (const dy of [-0.004, 0, 0.004]) {
-    if (isColour(await canvasPixel(page, fx, fy + dy), PALETTE[0], 60)) hit = true;
+  for (const [i, stem] of ["000000", "000001", "000002", "000003"].entries()) {
+    const label = JSON.parse(fs.readFileSync(path.join(data, "labels", `${stem}.json`), "utf8"));
+    const question: string = label.conversations[0].content;
+    const expected: string = label.conversations[1].content;
+    // Each scene in a chat of its own.
+    if (i > 0) await chat.clear().click();
+    await chat.uploadImage(path.join(data, "images", `${stem}.png`));
+    await chat.ask(question);
+    await chat.waitDone(60_000);
+    await expect(chat.lastAnswer(), `${stem}: ${question}`).toHaveText(expected);
   }
-  expect(hit, "box edge drawn on the overlay").toBe(true);
-  await page.screenshot({ path: path.join(shots, "demo-grounding.png") });
+  await page.screenshot({ path: path.join(shots, "demo.png") });
 });
