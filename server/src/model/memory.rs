@@ -114,16 +114,17 @@ impl Drop for PeakSampler {
 mod tests {
     use super::*;
 
-    /// A 64 MiB allocation held while sampling shows in the peak, and the peak outlives its release.
+    /// A 256 MiB allocation held while sampling shows in the peak, and the peak outlives its release. (The
+    /// margin allows for other tests in this process freeing their memory meanwhile.)
     #[test]
     fn sampler_sees_a_held_allocation() {
         let before = rss_anon_bytes().expect("Linux /proc");
         let s = PeakSampler::start();
-        let v = vec![1u8; 64 << 20];
+        let v = vec![1u8; 256 << 20];
         std::thread::sleep(Duration::from_millis(50));
         drop(std::hint::black_box(v));
         let peak = s.finish();
-        assert!(peak >= before + (60 << 20), "peak {peak}, before {before}");
+        assert!(peak >= before + (192 << 20), "peak {peak}, before {before}");
         assert!(mem_available_bytes().is_some_and(|b| b > 0));
     }
 }
