@@ -386,29 +386,36 @@ fn batched_loss_and_gradients_equal_the_per_example_ones() {
     assert!(checked > 50, "{checked} weights compared");
 }
 
+/// One generated "describe" example, prepared for a training forward on the tiny CogVLM.
+fn describe_example(name: &str) -> cogvlm::train::run::Prepared {
+    let data = tmp(name);
+    make_data(&data, vec![Kind::Describe], 1, 4);
+    let model = model_dir("cogvlm_tiny_224");
+    let inputs =
+        cogvlm::train::run::Inputs::new(&model, Some(&tokenizer()), None, candle_core::Device::Cpu)
+            .unwrap();
+    let (_, examples) = cogvlm::train::data::load(&data).unwrap();
+    inputs.prepare(&examples[0], 0).unwrap()
+}
+
+/// `m`'s training loss on `p`.
+fn loss_of(m: &cogvlm::train::TrainModel, p: &cogvlm::train::run::Prepared) -> f32 {
+    let img = m.model.encode_image(&p.pixels).unwrap();
+    cogvlm::train::loss::forward_loss(&m.model, &p.labeled, Some(&img), None)
+        .unwrap()
+        .loss
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 /// What the optimizer does to a weight (an in-place `Var::set`) reaches the next forward, the stacked MLP
 /// weights included, and the model then computes what a checkpoint of the updated weights computes: the
 /// trained model and its saved file agree.
 #[test]
 fn in_place_updates_reach_the_forward_and_the_saved_model() {
-    use cogvlm::train::loss::forward_loss;
-    use cogvlm::train::run::Inputs;
-
-    let data = tmp("update-data");
-    make_data(&data, vec![Kind::Describe], 1, 4);
-    let model = model_dir("cogvlm_tiny_224");
-    let device = candle_core::Device::Cpu;
-    let inputs = Inputs::new(&model, Some(&tokenizer()), None, device.clone()).unwrap();
-    let (_, examples) = cogvlm::train::data::load(&data).unwrap();
-    let p = inputs.prepare(&examples[0], 0).unwrap();
-    let loss = |m: &cogvlm::train::TrainModel| {
-        let img = m.model.encode_image(&p.pixels).unwrap();
-        forward_loss(&m.model, &p.labeled, Some(&img), None)
-            .unwrap()
-            .loss
-            .to_scalar::<f32>()
-            .unwrap()
-    };
+    let p = describe_example("update-data");
+    let (model, device) = (model_dir("cogvlm_tiny_224"), candle_core::Device::Cpu);
+    let loss = |m: &cogvlm::train::TrainModel| loss_of(m, &p);
     let m = cogvlm::train::load_model(&model, &device, true, None).unwrap();
     let before = loss(&m);
     let mut changed = 0;
@@ -447,24 +454,9 @@ fn in_place_updates_reach_the_forward_and_the_saved_model() {
 /// the adapter saved from them and loaded again.
 #[test]
 fn in_place_adapter_updates_reach_the_forward_and_the_saved_adapter() {
-    use cogvlm::train::loss::forward_loss;
-    use cogvlm::train::run::Inputs;
-
-    let data = tmp("lora-update-data");
-    make_data(&data, vec![Kind::Describe], 1, 4);
-    let model = model_dir("cogvlm_tiny_224");
-    let device = candle_core::Device::Cpu;
-    let inputs = Inputs::new(&model, Some(&tokenizer()), None, device.clone()).unwrap();
-    let (_, examples) = cogvlm::train::data::load(&data).unwrap();
-    let p = inputs.prepare(&examples[0], 0).unwrap();
-    let loss = |m: &cogvlm::train::TrainModel| {
-        let img = m.model.encode_image(&p.pixels).unwrap();
-        forward_loss(&m.model, &p.labeled, Some(&img), None)
-            .unwrap()
-            .loss
-            .to_scalar::<f32>()
-            .unwrap()
-    };
+    let p = describe_example("lora-update-data");
+    let (model, device) = (model_dir("cogvlm_tiny_224"), candle_core::Device::Cpu);
+    let loss = |m: &cogvlm::train::TrainModel| loss_of(m, &p);
     let all = targets(&[
         "language_expert_query_key_value",
         "vision_expert_query_key_value",

@@ -21,6 +21,7 @@ pub mod quant;
 pub mod vision;
 pub mod weights;
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device, Result, Tensor};
@@ -354,15 +355,7 @@ impl CogVlm {
                         span.len()
                     );
                 }
-                let before = embeds.narrow(1, 0, span.start)?;
-                let after = embeds.narrow(1, span.end, l - span.end)?;
-                let img = img.to_dtype(self.dtype)?;
-                let img = if self.place.vision != self.place.layers[0] {
-                    self.place.transfer(&img, self.place.layers[0])?
-                } else {
-                    img
-                };
-                embeds = Tensor::cat(&[&before, &img, &after], 1)?;
+                embeds = self.insert_image(&embeds, span.clone(), img)?;
             }
             (None, None) => {}
             _ => candle_core::bail!("the prompts' image slots and the images given do not match"),
@@ -375,6 +368,19 @@ impl CogVlm {
             &mut layers,
             None,
         )
+    }
+
+    /// `embeds` `[B, L, hidden]` with positions `span` replaced by the image embeddings `img` `[B, span, hidden]`,
+    /// moved to the first layer's device in the model dtype.
+    fn insert_image(&self, embeds: &Tensor, span: Range<usize>, img: &Tensor) -> Result<Tensor> {
+        let l = embeds.dim(1)?;
+        let before = embeds.narrow(1, 0, span.start)?;
+        let after = embeds.narrow(1, span.end, l - span.end)?;
+        let mut img = img.to_dtype(self.dtype)?;
+        if self.place.vision != self.place.layers[0] {
+            img = self.place.transfer(&img, self.place.layers[0])?;
+        }
+        Tensor::cat(&[&before, &img, &after], 1)
     }
 
     /// Hidden states `[N, hidden]` → f32 logits `[N, vocab]`.
@@ -398,7 +404,6 @@ impl CogVlm {
                 "the cache ({start} tokens) is not a proper prefix of the prompt ({total} tokens)"
             );
         }
-        let l = total - start;
         if self.cross_vision.is_some() {
             if start == 0 {
                 let enc = cross
@@ -422,14 +427,7 @@ impl CogVlm {
                         span.len()
                     );
                 }
-                let (a, b) = (span.start - start, span.end - start);
-                let before = embeds.narrow(1, 0, a)?;
-                let after = embeds.narrow(1, b, l - b)?;
-                let mut img = img.to_dtype(self.dtype)?;
-                if self.place.vision != self.place.layers[0] {
-                    img = self.place.transfer(&img, self.place.layers[0])?;
-                }
-                embeds = Tensor::cat(&[&before, &img, &after], 1)?;
+                embeds = self.insert_image(&embeds, span.start - start..span.end - start, img)?;
             }
             (Some(_), None) => {
                 candle_core::bail!("the prompt has image slots but no image was encoded")

@@ -244,6 +244,8 @@ pub struct Quantizer {
     /// A LoRA adapter to apply to the layers it names, and the modules it was applied to.
     lora: Option<(Adapter, LoraMode)>,
     lora_used: RefCell<BTreeSet<String>>,
+    /// The model is built for training ([`Self::for_training`]).
+    training: bool,
 }
 
 impl Quantizer {
@@ -258,7 +260,15 @@ impl Quantizer {
             shared_blocks: None,
             lora: None,
             lora_used: RefCell::new(BTreeSet::new()),
+            training: false,
         }
+    }
+
+    /// For a model whose weights or adapter pairs are `Var`s an optimizer updates in place: stacked layers keep
+    /// their parts apart (see [`Self::stacked_linear`]).
+    pub fn for_training(mut self) -> Self {
+        self.training = true;
+        self
     }
 
     /// Applies `adapter` to every linear layer it names ([`LoraMode`]: merged into float weights, or a separate
@@ -299,25 +309,6 @@ impl Quantizer {
     }
 
     /// The adapter's pair for each part (by module path), marking it used.
-    /// Whether a weight of `parts`, or an adapter pair for one of them, is a `Var` (training).
-    fn any_trained(&self, in_dim: usize, parts: &[(usize, VarBuilder)]) -> Result<bool> {
-        for (o, vb) in parts {
-            let w =
-                vb.get_with_hints_dtype((*o, in_dim), "weight", Default::default(), vb.dtype())?;
-            if w.is_variable() {
-                return Ok(true);
-            }
-            let pair = self
-                .lora
-                .as_ref()
-                .and_then(|(adapter, _)| adapter.modules.get(&vb.prefix()));
-            if pair.is_some_and(|p| p.a.is_variable() || p.b.is_variable()) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
     fn lora_parts(&self, parts: &[(usize, VarBuilder)]) -> Vec<Option<LoraPair>> {
         parts
             .iter()
@@ -406,7 +397,7 @@ impl Quantizer {
         role: Role,
         bias: Option<Tensor>,
     ) -> Result<QLinear> {
-        if parts.len() > 1 && self.any_trained(in_dim, parts)? {
+        if parts.len() > 1 && self.training {
             // Weights or adapter pairs being trained stay apart: stacking copies them, and the copy would
             // not follow the optimizer's in-place updates (the forward would keep the values of step 0).
             let each = parts

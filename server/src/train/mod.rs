@@ -77,7 +77,7 @@ pub fn load_model_in(
         tensors.insert(name, t);
     }
     let vb = VarBuilder::from_tensors(tensors, dtype, device);
-    let mut q = Quantizer::new(Quant::Float);
+    let mut q = Quantizer::new(Quant::Float).for_training();
     let mut lora = Vec::new();
     if let Some(a) = adapter {
         let (a, vars) = a.to_vars(device)?;
