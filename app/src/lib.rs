@@ -16,6 +16,7 @@ pub mod state;
 pub mod tasks;
 #[cfg(feature = "hydrate")]
 mod test_hook;
+pub mod upload;
 
 pub use app::{shell, App, OUTPUT_NAME};
 

@@ -2,7 +2,7 @@
 
 use crate::agent;
 use crate::grounding::{self, Shape};
-use crate::protocol::{CheckpointInfo, ModelsState, PromptVersion, Sampling, Stats};
+use crate::protocol::{CheckpointInfo, ModelsState, PromptVersion, Sampling, Stats, UploadRef};
 use crate::tasks::Task;
 use futures::channel::mpsc::UnboundedSender;
 use futures::future::AbortHandle;
@@ -62,9 +62,11 @@ pub struct UploadedImage {
     pub name: String,
     /// `blob:` URL for the preview.
     pub url: String,
-    /// The file, base64, as sent to the server.
+    /// The file, base64 (kept with the conversation on this device).
     pub base64: String,
     pub bytes: usize,
+    /// The server's reference to it once uploaded ([`crate::upload`]).
+    pub upload: Option<UploadRef>,
 }
 
 /// Sampling controls.

@@ -53,11 +53,21 @@ test("a follow-up about the same image continues from the cache (vlm490_chat_his
   await chat.useModel(ref.model);
   await chat.uploadImage(fixtureImage("chelsea.png"));
   await chat.setGreedy(4);
+  // The image goes up once, by the upload server function; the chat socket's frames carry text.
+  const uploads: string[] = [];
+  page.on("request", (r) => {
+    if (r.url().includes("/api/upload_image")) uploads.push(r.method());
+  });
+  const frames: number[] = [];
+  page.on("websocket", (ws) => ws.on("framesent", ({ payload }) => frames.push(payload.length)));
   await chat.ask(ref.history[0][0]);
   await chat.waitDone();
   await chat.ask(ref.history[1][0]);
   const stats = await chat.waitDone();
   await expect(chat.turns()).toHaveCount(2);
+  expect(uploads).toEqual(["POST"]);
+  expect(frames.length).toBeGreaterThanOrEqual(2);
+  for (const size of frames) expect(size).toBeLessThan(4096);
   // BOS, the 1227 image positions and the first turn come from the cache: only the new question runs.
   const cached = Number(/\((\d+) cached\)/.exec(stats)?.[1] ?? "0");
   expect(cached).toBeGreaterThan(ref.first_text_index);

@@ -2,8 +2,9 @@
 //! and the latest turns kept), the stats say how many, and the answer is the one the shorter conversation gets.
 //! The OpenAI API follows the same rule instead of refusing the request.
 
-mod common;
 mod openai_support;
+
+use openai_support::common;
 
 use base64::Engine as _;
 use cogvlm::engine::{bundled_models_dir, EngineHandle, EngineOptions, Registry};

@@ -6,8 +6,9 @@
 //!   JPEG data URL, an assistant turn and a text-only follow-up, `max_tokens` 2048), streaming and
 //!   not, gets 200 and an answer, cut at the context (`finish_reason: "length"`) if it gets there.
 
-mod common;
 mod openai_support;
+
+use openai_support::common;
 
 use base64::Engine as _;
 use cogvlm::engine::{bundled_models_dir, EngineHandle, EngineOptions, Registry};

@@ -7,6 +7,8 @@ mod common;
 use cogvlm::engine::EngineOptions;
 use cogvlm::web::access::Access;
 use common::*;
+use futures::SinkExt;
+use protocol::ClientMsg;
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
@@ -29,6 +31,7 @@ async fn without_the_token_everything_is_401_and_with_it_everything_works() {
         ("GET", "/"),
         ("GET", "/pkg/cogvlm.js"),
         ("POST", "/api/list_models"),
+        ("POST", "/api/upload_image"),
         ("GET", "/v1/models"),
         ("POST", "/v1/chat/completions"),
     ] {
@@ -97,7 +100,11 @@ async fn without_the_token_everything_is_401_and_with_it_everything_works() {
     ] {
         // The helper sets its own client cookie; pass the token one as a second header.
         let mut ws = connect_with_cookies(addr, &headers).await.unwrap();
-        send_generate(&mut ws, &question).await;
+        let upload = upload_with(addr, &headers, question.image.as_ref().unwrap())
+            .await
+            .expect("an upload with the token is taken");
+        let msg = ClientMsg::Generate(Box::new(question.with_image(Some(upload))));
+        ws.send(frame(&msg)).await.unwrap();
         let answer = read_answer(&mut ws).await;
         assert!(answer.stats.is_some(), "{:?}", answer.error);
     }
@@ -158,4 +165,31 @@ async fn without_a_token_the_loopback_server_is_open_and_gives_client_ids() {
             && v.contains("HttpOnly")),
         "{headers:?}"
     );
+}
+
+/// An image's upload id answers only the browser that uploaded it: another client naming it is told
+/// to upload it again (the page then does), and the owner's question about it is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_serves_only_the_client_that_sent_it() {
+    let server = start(EngineOptions::default(), Access::default()).await;
+    let question = greedy(Some(image("coffee.png")), "What is this?", 2);
+    let upload = upload(server.addr, "owner", question.image.as_ref().unwrap())
+        .await
+        .expect("the upload is taken");
+    let named = question.with_image(Some(upload));
+    for (client, answered) in [("stranger", false), ("owner", true)] {
+        let mut ws = connect(server.addr, "/api/chat", client, &[])
+            .await
+            .unwrap();
+        ws.send(frame(&ClientMsg::Generate(Box::new(named.clone()))))
+            .await
+            .unwrap();
+        let answer = read_answer(&mut ws).await;
+        if answered {
+            assert!(answer.stats.is_some(), "{client}: {:?}", answer.error);
+        } else {
+            let error = answer.error.expect("refused");
+            assert!(error.contains("upload it again"), "{error}");
+        }
+    }
 }

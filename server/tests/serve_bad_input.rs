@@ -7,13 +7,20 @@ use cogvlm::engine::EngineOptions;
 use cogvlm::web::access::Access;
 use common::*;
 use futures::SinkExt;
-use protocol::{ClientMsg, GenerateRequest};
+use protocol::{ClientMsg, GenerateRequest, UploadRef};
 use std::io::Cursor;
 use tokio_tungstenite::tungstenite::Message;
 
-/// What a case sends on a fresh websocket.
+/// What a case sends: an upload, or messages on a fresh websocket.
 enum Send {
+    /// The page's upload of an image file.
+    Upload(protocol::ImageData),
+    /// A POST to the upload's address with this content type and body.
+    UploadRaw(&'static str, Vec<u8>),
+    /// A question (its image uploaded first).
     Generate(GenerateRequest),
+    /// A question naming an upload as it is.
+    Named(GenerateRequest<UploadRef>),
     /// To the checkpoint-switch call.
     Load(String),
     Frames(Vec<Message>),
@@ -66,7 +73,7 @@ fn bmp_claiming(w: i32, h: i32) -> Vec<u8> {
 }
 
 fn with_image(name: &str, bytes: &[u8]) -> Send {
-    Send::Generate(greedy(Some(image_bytes(name, bytes)), "What is this?", 2))
+    Send::Upload(image_bytes(name, bytes))
 }
 
 fn with_sampling(f: impl FnOnce(&mut GenerateRequest)) -> Send {
@@ -77,7 +84,7 @@ fn with_sampling(f: impl FnOnce(&mut GenerateRequest)) -> Send {
 
 /// A Generate frame whose JSON is edited as text (values serde would never write).
 fn edited_json(edit: impl FnOnce(String) -> String) -> Send {
-    let req = greedy(None, "hi", 2);
+    let req = greedy(None, "hi", 2).with_image::<UploadRef>(None);
     let json = serde_json::to_string(&ClientMsg::Generate(Box::new(req))).unwrap();
     let mut bytes = vec![0u8];
     bytes.extend(edit(json).into_bytes());
@@ -138,15 +145,31 @@ fn cases() -> Vec<(&'static str, Send, &'static str)> {
         ),
         ("empty_image", with_image("empty.png", b""), "empty"),
         (
-            "not_base64",
-            Send::Generate(GenerateRequest {
-                image: Some(protocol::ImageData {
-                    name: "x.png".into(),
-                    base64: "@@not base64@@".into(),
-                }),
-                ..greedy(None, "hi", 2)
-            }),
-            "base64",
+            "upload_over_the_limit",
+            with_image("big.png", &vec![0u8; 21_000_000]),
+            "the limit",
+        ),
+        (
+            "upload_not_multipart",
+            Send::UploadRaw("application/json", b"{\"image\": 1}".to_vec()),
+            "multipart",
+        ),
+        (
+            "upload_without_an_image_field",
+            Send::UploadRaw(
+                "multipart/form-data; boundary=b",
+                b"--b\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nx\r\n--b--\r\n"
+                    .to_vec(),
+            ),
+            "no `image` file",
+        ),
+        (
+            "upload_unknown_id",
+            Send::Named(greedy(None, "What is this?", 2).with_image(Some(UploadRef {
+                id: "0123456789abcdef".into(),
+                name: "gone.png".into(),
+            }))),
+            "upload it again",
         ),
         (
             "prompt_10mb",
@@ -279,17 +302,73 @@ fn cases() -> Vec<(&'static str, Send, &'static str)> {
             raw(b"\0\"Stop\"".to_vec()),
             "first message",
         ),
+        // Past the websocket's 16 MiB frame limit the connection just closes (the page's frames
+        // carry text only, 256 kB at most); the server goes on serving.
         (
             "frame_17mib_not_json",
             raw(vec![b' '; 17 << 20]),
-            "not a valid request",
+            "the connection closed",
         ),
         (
             "frame_oversized_48mib",
             raw(vec![0u8; 48 << 20]),
-            "too large",
+            "the connection closed",
         ),
     ]
+}
+
+/// The message the server refused `send` with (`Err`: what it answered instead).
+async fn error_of(addr: std::net::SocketAddr, client: &str, send: Send) -> Result<String, String> {
+    let frames = match send {
+        // Refused at upload when its header says so; else by the question about it (a body that
+        // does not decode).
+        Send::Upload(image) => match upload(addr, client, &image).await {
+            Err((400, body)) => return Ok(body),
+            Err(other) => return Err(format!("{other:?}")),
+            Ok(upload) => {
+                let req = greedy(None, "What is this?", 2).with_image(Some(upload));
+                vec![frame(&ClientMsg::Generate(Box::new(req)))]
+            }
+        },
+        Send::UploadRaw(content_type, body) => {
+            let cookie = format!("cogvlm_client={client}");
+            let headers = [("cookie", cookie.as_str()), ("content-type", content_type)];
+            let (status, _, text) =
+                http_bytes(addr, "POST", "/api/upload_image", &headers, &body).await;
+            return if status == 400 {
+                Ok(text)
+            } else {
+                Err(format!("{status}: {text}"))
+            };
+        }
+        Send::Load(name) => {
+            let mut ws = connect(addr, "/api/load_model", client, &[]).await.unwrap();
+            ws.send(frame(&name)).await.unwrap();
+            let answer = read_answer(&mut ws).await;
+            return answer.error.clone().ok_or_else(|| format!("{answer:?}"));
+        }
+        Send::Generate(req) => {
+            let req = uploaded(addr, client, &req).await;
+            vec![frame(&ClientMsg::Generate(Box::new(req)))]
+        }
+        Send::Named(req) => vec![frame(&ClientMsg::Generate(Box::new(req)))],
+        Send::Frames(frames) => frames,
+    };
+    let mut ws = connect(addr, "/api/chat", client, &[]).await.unwrap();
+    for f in frames {
+        // An oversized frame may end the connection while it is being written.
+        let _ = ws.send(f).await;
+    }
+    let answer = read_answer(&mut ws).await;
+    match answer {
+        Answer { error: Some(e), .. } => Ok(e),
+        Answer {
+            stats: None,
+            tokens: 0,
+            ..
+        } => Ok("the connection closed".into()),
+        other => Err(format!("{other:?}")),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -301,29 +380,9 @@ async fn bad_input_gets_a_clear_error_and_the_server_keeps_serving() {
     let mut passed = 0;
     for (i, (name, send, expected)) in cases.into_iter().enumerate() {
         let client = format!("bad{i}");
-        let path = if matches!(send, Send::Load(_)) {
-            "/api/load_model"
-        } else {
-            "/api/chat"
-        };
-        let mut ws = connect(server.addr, path, &client, &[]).await.unwrap();
-        match send {
-            Send::Generate(req) => send_generate(&mut ws, &req).await,
-            Send::Load(name) => ws.send(frame(&name)).await.unwrap(),
-            Send::Frames(frames) => {
-                for f in frames {
-                    // An oversized frame may end the connection while it is being written.
-                    let _ = ws.send(f).await;
-                }
-            }
-        }
-        let answer = read_answer(&mut ws).await;
-        let error = answer.error.unwrap_or_else(|| {
-            panic!(
-                "{name}: no error; got {:?} / {:?}",
-                answer.text, answer.stats
-            )
-        });
+        let error = error_of(server.addr, &client, send)
+            .await
+            .unwrap_or_else(|got| panic!("{name}: no error; got {got}"));
         assert!(
             error.contains(expected),
             "{name}: the error {error:?} does not say {expected:?}"

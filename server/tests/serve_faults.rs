@@ -39,7 +39,13 @@ async fn disconnect_frees_the_worker_within_100_ms() {
         let mut ws = connect(server.addr, "/api/chat", &format!("leaver{round}"), &[])
             .await
             .unwrap();
-        send_generate(&mut ws, &long_question()).await;
+        send_generate(
+            &mut ws,
+            server.addr,
+            &format!("leaver{round}"),
+            &long_question(),
+        )
+        .await;
         until_first_token(&mut ws).await;
         assert!(server.engine.is_busy());
         // Close the connection the rude way: no close frame, just the socket.
@@ -135,12 +141,12 @@ async fn a_full_queue_answers_busy_and_a_client_queues_up_to_its_cap() {
     };
     let server = start(options, Access::default()).await;
     let mut first = connect(server.addr, "/api/chat", "one", &[]).await.unwrap();
-    send_generate(&mut first, &long_question()).await;
+    send_generate(&mut first, server.addr, "one", &long_question()).await;
     until_first_token(&mut first).await;
 
     // The same client's second request waits behind its first instead of being refused.
     let mut again = connect(server.addr, "/api/chat", "one", &[]).await.unwrap();
-    send_generate(&mut again, &greedy(None, "hi", 2)).await;
+    send_generate(&mut again, server.addr, "one", &greedy(None, "hi", 2)).await;
     match next_event(&mut again).await {
         Some(Ok(Event::Queued { position, .. })) => assert_eq!(position, 1),
         other => panic!("expected a queue position, got {other:?}"),
@@ -153,7 +159,7 @@ async fn a_full_queue_answers_busy_and_a_client_queues_up_to_its_cap() {
     assert!(error.contains("too many requests at once"), "{error}");
 
     let mut second = connect(server.addr, "/api/chat", "two", &[]).await.unwrap();
-    send_generate(&mut second, &greedy(None, "hi", 2)).await;
+    send_generate(&mut second, server.addr, "two", &greedy(None, "hi", 2)).await;
     match next_event(&mut second).await {
         Some(Ok(Event::Queued { position, .. })) => assert_eq!(position, 2),
         other => panic!("expected a queue position, got {other:?}"),
@@ -212,10 +218,10 @@ async fn shutdown_cancels_the_running_answer_and_refuses_waiting_ones() {
     };
     let server = start(options, Access::default()).await;
     let mut running = connect(server.addr, "/api/chat", "r", &[]).await.unwrap();
-    send_generate(&mut running, &long_question()).await;
+    send_generate(&mut running, server.addr, "r", &long_question()).await;
     until_first_token(&mut running).await;
     let mut waiting = connect(server.addr, "/api/chat", "w", &[]).await.unwrap();
-    send_generate(&mut waiting, &greedy(None, "hi", 2)).await;
+    send_generate(&mut waiting, server.addr, "w", &greedy(None, "hi", 2)).await;
     assert!(matches!(
         next_event(&mut waiting).await,
         Some(Ok(Event::Queued { .. }))

@@ -2,8 +2,10 @@
 //! OpenAI-compatible API, the remote backend and the model all speak these (serde only; no Leptos,
 //! no candle, no web types).
 //!
-//! One generation is one websocket call: the client sends [`ClientMsg::Generate`] first, may send
-//! [`ClientMsg::Stop`] later, and receives [`Event`]s until [`Event::Done`] or [`Event::Error`].
+//! The page sends its image once, by the upload server function, which answers an [`UploadRef`]; one
+//! generation is then one websocket call: the client sends [`ClientMsg::Generate`] (naming the image by
+//! that reference) first, may send [`ClientMsg::Stop`] later, and receives [`Event`]s until
+//! [`Event::Done`] or [`Event::Error`]. The socket's frames stay small: text and numbers only.
 //! A checkpoint switch is another websocket call that streams [`Event::LoadProgress`] and ends
 //! with [`Event::Loaded`] or [`Event::Error`].
 
@@ -271,9 +273,17 @@ pub struct ImageData {
     pub base64: String,
 }
 
-/// One question about one (optional) image, with the conversation so far. On the wire the image is
-/// [`ImageData`]; the server decodes it and hands the engine the same request with a decoded image
-/// ([`GenerateRequest::with_image`]).
+/// An image the server keeps from an upload, by the id the upload answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRef {
+    pub id: String,
+    /// The file name, for messages.
+    pub name: String,
+}
+
+/// One question about one (optional) image, with the conversation so far. The page's socket names the
+/// image by [`UploadRef`], the API and the remote backend send it inline as [`ImageData`]; the server
+/// hands the engine the same request with a decoded image ([`GenerateRequest::with_image`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GenerateRequest<I = ImageData> {
     pub image: Option<I>,
@@ -301,7 +311,7 @@ impl<I> GenerateRequest<I> {
 /// Client → server messages of a generation call.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ClientMsg {
-    Generate(Box<GenerateRequest>),
+    Generate(Box<GenerateRequest<UploadRef>>),
     Stop,
 }
 
@@ -422,6 +432,22 @@ pub enum ErrorKind {
     Internal,
     /// The server is stopping.
     ShuttingDown,
+    /// The image's upload id is not (or no longer) on the server (it restarted, or forgot the oldest
+    /// uploads): upload the image again.
+    UploadMissing,
+}
+
+impl ErrorKind {
+    /// The HTTP status of a request that failed this way (the API's and the upload's).
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::BadInput | Self::UploadMissing => 400,
+            Self::Busy | Self::RateLimited => 429,
+            Self::NoModel | Self::ShuttingDown => 503,
+            Self::Upstream => 502,
+            Self::Internal => 500,
+        }
+    }
 }
 
 /// A failed request: its [`ErrorKind`] and the message for the user.

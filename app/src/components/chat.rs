@@ -8,8 +8,9 @@ use crate::conversation::record::boxes_json;
 use crate::grounding;
 use crate::i18n::{t, tr, Lang};
 use crate::markdown;
-use crate::protocol::{ClientMsg, ErrorKind, Event, GenerateRequest, ImageData};
+use crate::protocol::{ClientMsg, ErrorKind, Event, GenerateRequest, UploadRef};
 use crate::state::{conversation_groups, AppState, Turn, TurnStatus};
+use crate::upload;
 use futures::StreamExt;
 use leptos::prelude::*;
 use leptos::server_fn::ServerFnError;
@@ -32,14 +33,9 @@ pub fn send(state: AppState, query: String) {
             .map(|t| (t.query.clone(), t.answer.get_untracked()))
             .collect()
     });
-    let image = state.image.with_untracked(|img| {
-        img.as_ref().map(|img| ImageData {
-            name: img.name.clone(),
-            base64: img.base64.clone(),
-        })
-    });
-    let req = GenerateRequest {
-        image,
+    let image = state.image.get_untracked();
+    let req: GenerateRequest<UploadRef> = GenerateRequest {
+        image: None,
         history,
         query: query.clone(),
         version: Some(state.settings.version.get_untracked()),
@@ -50,39 +46,64 @@ pub fn send(state: AppState, query: String) {
     state.busy.set(true);
     state.note.set(None);
 
-    let (tx, rx) = futures::channel::mpsc::unbounded::<Result<ClientMsg, ServerFnError>>();
-    let _ = tx.unbounded_send(Ok(ClientMsg::Generate(Box::new(req))));
-    state.sender.set_value(Some(tx));
-
     let status = turn.status;
     let answer = turn.answer;
     let pending = PendingText::default();
     let shown = pending.clone();
     let run = async move {
-        let mut events = match chat(rx.into()).await {
-            Ok(events) => events,
-            Err(e) => {
-                status.set(TurnStatus::Error(format!(
-                    "could not reach the server: {e}"
-                )));
-                return;
-            }
-        };
-        loop {
-            let event = match events.next().await {
-                Some(Ok(Event::Token { text })) => {
-                    pending.push(&text, answer, status);
-                    continue;
-                }
-                Some(Ok(event)) => event,
-                Some(Err(e)) => Event::error(ErrorKind::Internal, format!("connection lost: {e}")),
-                None => Event::error(ErrorKind::Internal, "the server closed the connection"),
+        // A second try only when the server forgot the image (it restarted): upload it again.
+        for _ in 0..2 {
+            let upload = match &image {
+                Some(img) => match upload::ensure(state, img).await {
+                    Ok(r) => Some(r),
+                    Err(message) => {
+                        status.set(TurnStatus::Error(message));
+                        return;
+                    }
+                },
+                None => None,
             };
-            pending.flush(answer, status);
-            if apply(answer, status, event) {
-                return;
+            let req = req.with_image(upload);
+            let (tx, rx) = futures::channel::mpsc::unbounded::<Result<ClientMsg, ServerFnError>>();
+            let _ = tx.unbounded_send(Ok(ClientMsg::Generate(Box::new(req))));
+            state.sender.set_value(Some(tx));
+            let mut events = match chat(rx.into()).await {
+                Ok(events) => events,
+                Err(e) => {
+                    status.set(TurnStatus::Error(format!(
+                        "could not reach the server: {e}"
+                    )));
+                    return;
+                }
+            };
+            loop {
+                let event = match events.next().await {
+                    Some(Ok(Event::Token { text })) => {
+                        pending.push(&text, answer, status);
+                        continue;
+                    }
+                    Some(Ok(Event::Error {
+                        kind: ErrorKind::UploadMissing,
+                        ..
+                    })) if image.is_some() => {
+                        upload::forget(state);
+                        break;
+                    }
+                    Some(Ok(event)) => event,
+                    Some(Err(e)) => {
+                        Event::error(ErrorKind::Internal, format!("connection lost: {e}"))
+                    }
+                    None => Event::error(ErrorKind::Internal, "the server closed the connection"),
+                };
+                pending.flush(answer, status);
+                if apply(answer, status, event) {
+                    return;
+                }
             }
         }
+        status.set(TurnStatus::Error(
+            "the server forgot the image again right after it was uploaded: try again".into(),
+        ));
     };
     let (run, abort) = futures::future::abortable(run);
     state.aborter.set_value(Some(abort));

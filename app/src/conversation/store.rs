@@ -261,6 +261,7 @@ fn uploaded(img: &SavedImage) -> Option<UploadedImage> {
         url,
         base64: img.base64.clone(),
         bytes: bytes.len(),
+        upload: None,
     })
 }
 

@@ -78,6 +78,14 @@ fn check_image(img: &ImageData, limits: &Limits) -> Result<Vec<u8>> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(img.base64.as_bytes())
         .with_context(|| format!("image {name}: not valid base64"))?;
+    check_image_bytes(&img.name, &bytes, limits)?;
+    Ok(bytes)
+}
+
+/// Checks an encoded image's size, format and pixel count from its header (the upload server
+/// function refuses a bad file with these words before anyone asks about it).
+pub fn check_image_bytes(name: &str, bytes: &[u8], limits: &Limits) -> Result<()> {
+    let name = short(name);
     if bytes.is_empty() {
         bail!("image {name} is empty (0 bytes)");
     }
@@ -88,7 +96,7 @@ fn check_image(img: &ImageData, limits: &Limits) -> Result<Vec<u8>> {
             mb(limits.max_upload_bytes)
         );
     }
-    let reader = image::ImageReader::new(Cursor::new(&bytes))
+    let reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .context("reading the image")?;
     if reader.format().is_none() {
@@ -101,8 +109,7 @@ fn check_image(img: &ImageData, limits: &Limits) -> Result<Vec<u8>> {
             e.to_string().trim()
         )
     })?;
-    check_pixels(&name, w, h, limits)?;
-    Ok(bytes)
+    check_pixels(&name, w, h, limits)
 }
 
 fn check_pixels(name: &str, w: u32, h: u32, limits: &Limits) -> Result<()> {

@@ -59,18 +59,18 @@ impl ApiError {
     /// An error the engine reported (`Event::Error`) before any text was sent: its kind decides
     /// the status, never its wording.
     pub fn from_engine(kind: ErrorKind, message: String) -> Self {
-        let (status, kind, code) = match kind {
-            ErrorKind::BadInput => (StatusCode::BAD_REQUEST, "invalid_request_error", None),
-            ErrorKind::Busy | ErrorKind::RateLimited => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_error",
-                Some("rate_limit_exceeded"),
-            ),
-            ErrorKind::NoModel | ErrorKind::ShuttingDown => {
-                (StatusCode::SERVICE_UNAVAILABLE, "server_error", None)
+        let status =
+            StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let (kind, code) = match kind {
+            // The API sends images inline: an upload id can only come from a client's mistake.
+            ErrorKind::BadInput | ErrorKind::UploadMissing => ("invalid_request_error", None),
+            ErrorKind::Busy | ErrorKind::RateLimited => {
+                ("rate_limit_error", Some("rate_limit_exceeded"))
             }
-            ErrorKind::Upstream => (StatusCode::BAD_GATEWAY, "server_error", None),
-            ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None),
+            ErrorKind::NoModel
+            | ErrorKind::ShuttingDown
+            | ErrorKind::Upstream
+            | ErrorKind::Internal => ("server_error", None),
         };
         Self {
             status,

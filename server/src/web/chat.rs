@@ -1,18 +1,73 @@
-//! One chat session on the page's socket: reads `Generate` (then maybe `Stop`), hands the request
-//! to the backend (the local engine or a remote server) and forwards its events until the final
-//! one. A `Stop`, a frame that cannot be read or the socket closing cancels the generation.
+//! The page's side of the web layer ([`app::backend::Web`]): uploads and chat sessions, for the
+//! client a request comes from.
+//!
+//! One chat session reads `Generate` (then maybe `Stop`), finds the image it names among the
+//! client's uploads, hands the request to the backend (the local engine or a remote server) and
+//! forwards its events until the final one. A `Stop`, a frame that cannot be read or the socket
+//! closing cancels the generation.
 
-use app::backend::Backend;
+use super::access::client_key_of;
+use super::uploads::Uploads;
+use app::backend::{Backend, Web};
+use axum::http::request::Parts;
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
-use protocol::{ClientMsg, ErrorKind, Event};
+use protocol::{ClientMsg, ErrorKind, Event, GenerateRequest, UploadRef};
 use std::sync::Arc;
 use tokio::sync::mpsc;
+
+/// The web layer the server functions call ([`app::backend::WebContext`]).
+pub struct WebLayer {
+    backend: Arc<dyn Backend>,
+    uploads: Arc<Uploads>,
+}
+
+impl WebLayer {
+    pub fn new(backend: Arc<dyn Backend>, uploads: Uploads) -> Self {
+        Self {
+            backend,
+            uploads: Arc::new(uploads),
+        }
+    }
+}
+
+impl Web for WebLayer {
+    fn max_upload_bytes(&self) -> usize {
+        self.uploads.limits().max_upload_bytes
+    }
+
+    fn upload(
+        &self,
+        request: &Parts,
+        name: String,
+        bytes: Vec<u8>,
+    ) -> Result<UploadRef, protocol::Error> {
+        self.uploads.put(&client_key_of(request), name, bytes)
+    }
+
+    fn chat(
+        &self,
+        request: &Parts,
+        input: BoxStream<'static, Result<ClientMsg, String>>,
+    ) -> mpsc::Receiver<Event> {
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(run_chat(
+            input,
+            self.backend.clone(),
+            self.uploads.clone(),
+            client_key_of(request),
+            tx,
+        ));
+        rx
+    }
+}
 
 /// Runs one session: `input` yields the client's messages (an `Err` item is a frame that could not
 /// be read, with the message for the user); the events go to `tx` until the final one.
 pub async fn run_chat(
     mut input: impl Stream<Item = Result<ClientMsg, String>> + Send + Unpin + 'static,
     backend: Arc<dyn Backend>,
+    uploads: Arc<Uploads>,
     client: String,
     tx: mpsc::Sender<Event>,
 ) {
@@ -28,6 +83,13 @@ pub async fn run_chat(
             return;
         }
         None => return,
+    };
+    let req = match with_uploaded_image(&req, &uploads, &client) {
+        Ok(req) => req,
+        Err(e) => {
+            let _ = tx.send(e.into()).await;
+            return;
+        }
     };
     let mut generation = backend.generate(req, &client);
     let cancel = generation.cancel.clone();
@@ -52,4 +114,18 @@ pub async fn run_chat(
         }
     }
     watcher.abort();
+}
+
+/// The request with the image it names in place of the name.
+fn with_uploaded_image(
+    req: &GenerateRequest<UploadRef>,
+    uploads: &Uploads,
+    client: &str,
+) -> Result<GenerateRequest, protocol::Error> {
+    let image = req
+        .image
+        .as_ref()
+        .map(|r| uploads.get(client, r))
+        .transpose()?;
+    Ok(req.with_image(image))
 }

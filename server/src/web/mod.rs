@@ -7,13 +7,13 @@ pub mod access;
 pub mod assets;
 pub mod chat;
 pub mod share;
-pub mod socket;
+pub mod uploads;
 
 use crate::engine::{bundled_models_dir, EngineHandle, EngineOptions, Fairness, Limits, Registry};
 use crate::LoadOptions;
 use access::Access;
 use anyhow::{bail, Context, Result};
-use app::backend::{Backend, BackendContext, CancelHandle, Generation};
+use app::backend::{Backend, BackendContext, CancelHandle, Generation, Web, WebContext};
 use app::{shell, App, OUTPUT_NAME};
 use axum::handler::Handler;
 use axum::Router;
@@ -150,9 +150,15 @@ pub fn find_site_root() -> Result<PathBuf> {
     )
 }
 
-/// Builds the router: pages, server functions (the websocket ones too), the OpenAI-compatible
-/// API (`/v1`) and static files, compressed and with caching headers ([`assets`]).
-pub fn router(backend: Arc<dyn Backend>, site_root: &Path, addr: SocketAddr) -> Router {
+/// Builds the router: pages, server functions (the upload and the websocket ones too), the
+/// OpenAI-compatible API (`/v1`) and static files, compressed and with caching headers
+/// ([`assets`]).
+pub fn router(
+    backend: Arc<dyn Backend>,
+    web: Arc<dyn Web>,
+    site_root: &Path,
+    addr: SocketAddr,
+) -> Router {
     // With hashed bundle names the page links them. Leptos reads the hash file on each render
     // (a rebuild while serving is picked up) from the binary's folder joined with this path,
     // which an absolute path replaces.
@@ -172,6 +178,7 @@ pub fn router(backend: Arc<dyn Backend>, site_root: &Path, addr: SocketAddr) -> 
         .build();
     let openai = crate::openai::router(backend.clone());
     let backend = BackendContext(backend);
+    let web = WebContext(web);
     let shared = share::current();
     let routes = generate_route_list(App);
     let not_found =
@@ -182,6 +189,7 @@ pub fn router(backend: Arc<dyn Backend>, site_root: &Path, addr: SocketAddr) -> 
             routes,
             move || {
                 provide_context(backend.clone());
+                provide_context(web.clone());
                 if let Some(s) = &shared {
                     provide_context(s.clone());
                 }
@@ -199,7 +207,7 @@ pub fn router(backend: Arc<dyn Backend>, site_root: &Path, addr: SocketAddr) -> 
 }
 
 /// The whole app: [`router`] behind the [`access`] guard (token, websocket origin, client id),
-/// with the chat websocket sized for `limits`.
+/// keeping uploads within `limits`.
 pub fn app(
     backend: Arc<dyn Backend>,
     site_root: &Path,
@@ -207,18 +215,9 @@ pub fn app(
     access: Access,
     limits: &Limits,
 ) -> Router {
-    let chat = socket::ChatSocket {
-        max_message_bytes: socket::ChatSocket::message_limit(
-            limits.max_upload_bytes,
-            limits.max_text_bytes,
-        ),
-        backend: backend.clone(),
-    };
-    router(backend, site_root, addr)
-        .layer(axum::middleware::from_fn_with_state(
-            chat,
-            socket::intercept,
-        ))
+    let web = chat::WebLayer::new(backend.clone(), uploads::Uploads::new(limits.clone()));
+    router(backend, Arc::new(web), site_root, addr)
+        .layer(axum::middleware::from_fn(uploads::refuse_malformed))
         // Outermost: nothing is reached without the token.
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(access),

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test file uses a part
 
+#[path = "../common/mod.rs"]
+pub mod common;
 pub mod ws;
 
 use app::backend::Backend;

@@ -79,6 +79,7 @@ pub fn take_file(state: AppState, file: web_sys::File) {
             url,
             base64: base64::engine::general_purpose::STANDARD.encode(&bytes),
             bytes: bytes.len(),
+            upload: None,
         }));
         state.note.set(had_conversation.then(|| {
             tr(
