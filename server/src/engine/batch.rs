@@ -250,11 +250,7 @@ impl Worker {
             self.drain(out);
             return;
         }
-        let panic_now = self
-            .shared
-            .lock()
-            .map(|mut s| std::mem::take(&mut s.panic_next))
-            .unwrap_or(false);
+        let panic_now = self.injected_panic();
         if self.pipeline.is_none() {
             let loading = self.shared.lock().ok().and_then(|s| s.load_error.clone());
             drop(slot);
@@ -311,6 +307,18 @@ impl Worker {
     }
 
     /// Ends the sequences at `failed` (indices into the batch) with their error.
+    /// Whether the test hook asked this job to panic (never, without feature `test-hooks`).
+    fn injected_panic(&self) -> bool {
+        #[cfg(feature = "test-hooks")]
+        return self
+            .shared
+            .lock()
+            .map(|mut s| std::mem::take(&mut s.panic_next))
+            .unwrap_or(false);
+        #[cfg(not(feature = "test-hooks"))]
+        false
+    }
+
     fn fail(&mut self, mut failed: Vec<(usize, Error)>) {
         failed.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
         for (i, error) in failed {

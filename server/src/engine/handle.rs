@@ -256,9 +256,9 @@ impl EngineHandle {
         self.send(Command::Shutdown);
     }
 
-    /// Test hook (not reachable from the network): the next job panics inside the worker, to
-    /// check that the panic is reported and the worker goes on.
-    #[doc(hidden)]
+    /// Test hook (feature `test-hooks`, which only this package's tests turn on): the next job
+    /// panics inside the worker, to check that the panic is reported and the worker goes on.
+    #[cfg(feature = "test-hooks")]
     pub fn panic_on_next_job(&self) {
         if let Ok(mut s) = self.shared.lock() {
             s.panic_next = true;

@@ -30,7 +30,8 @@ pub(crate) struct Shared {
     pub(crate) busy: bool,
     /// The worker has ended (after `Shutdown`).
     pub(crate) stopped: bool,
-    /// Test hook: the next job panics inside the worker.
+    /// Test hook (feature `test-hooks`): the next job panics inside the worker.
+    #[cfg(feature = "test-hooks")]
     pub(crate) panic_next: bool,
     /// The most sequences one decode step has run.
     pub(crate) largest_batch: usize,
