@@ -225,6 +225,12 @@ enum Command {
     Eval(cogvlm::train::cli::EvalCmd),
     /// Merge a LoRA adapter into a checkpoint, writing a normal sharded HF checkpoint.
     Merge(cogvlm::train::cli::MergeCmd),
+    /// How much the vision tower's output depends on where a shape is (cosines between the same square in
+    /// different cells of a 4 × 4 grid), as one JSON line.
+    PositionProbe {
+        #[arg(long)]
+        model: PathBuf,
+    },
 }
 
 fn main() {
@@ -257,6 +263,11 @@ impl Command {
             Command::Merge(c) => c.run(),
             Command::Bench(c) => c.run(),
             Command::MakeCheckpoint(c) => c.run(),
+            Command::PositionProbe { model } => {
+                let report = cogvlm::tools::position_probe::run(&model, &candle_core::Device::Cpu)?;
+                println!("{}", serde_json::json!(report));
+                Ok(())
+            }
         }
     }
 }
