@@ -36,12 +36,7 @@ fn bad_frame(e: &ServerFnError) -> String {
         ServerFnError::Deserialization(m) => m.clone(),
         e => e.to_string(),
     };
-    // Nothing the page sends comes near the socket's frame limit (the image has its own upload).
-    if detail.contains("too long") || detail.contains("Space limit") {
-        "bad request: the message is too large: shorten the question or clear the chat".into()
-    } else {
-        format!("bad request: the message is not a valid request ({detail})")
-    }
+    format!("bad request: the message is not a valid request ({detail})")
 }
 
 /// A failed server function with the message for the user, and its HTTP status from the kind.

@@ -7,21 +7,23 @@ use crate::state::{AppState, UploadedImage};
 use leptos::prelude::*;
 use leptos::server_fn::ServerFnError;
 
-/// The server's reference to `image`: the one kept from an earlier question, else a new upload
-/// (remembered on the page's image while it is still the same picture). `Err`: the message.
-pub async fn ensure(state: AppState, image: &UploadedImage) -> Result<UploadRef, String> {
-    let kept = state.image.with_untracked(|i| {
+/// The server's reference to the page's image shown at `url`: the one kept from an earlier question,
+/// else a new upload (remembered on the image while it is still the same picture). Only an upload reads
+/// the image's bytes. `Err`: the message.
+pub async fn ensure(state: AppState, url: &str) -> Result<UploadRef, String> {
+    let found = state.image.with_untracked(|i| {
         i.as_ref()
-            .filter(|i| i.url == image.url)
-            .and_then(|i| i.upload.clone())
+            .filter(|i| i.url == url)
+            .map(|i| i.upload.clone().ok_or_else(|| form_of(i)))
     });
-    if let Some(r) = kept {
-        return Ok(r);
-    }
-    let form = form_of(image).map_err(|e| format!("could not read the image: {e}"))?;
+    let form = match found {
+        None => return Err("the image was removed before the question went out".into()),
+        Some(Ok(kept)) => return Ok(kept),
+        Some(Err(form)) => form.map_err(|e| format!("could not read the image: {e}"))?,
+    };
     let r = upload_image(form.into()).await.map_err(message)?;
     state.image.update(|i| {
-        if let Some(i) = i.as_mut().filter(|i| i.url == image.url) {
+        if let Some(i) = i.as_mut().filter(|i| i.url == url) {
             i.upload = Some(r.clone());
         }
     });

@@ -33,7 +33,10 @@ pub fn send(state: AppState, query: String) {
             .map(|t| (t.query.clone(), t.answer.get_untracked()))
             .collect()
     });
-    let image = state.image.get_untracked();
+    // The image by its page URL: its bytes are read only if it must be uploaded.
+    let image = state
+        .image
+        .with_untracked(|i| i.as_ref().map(|i| i.url.clone()));
     let req: GenerateRequest<UploadRef> = GenerateRequest {
         image: None,
         history,
@@ -54,7 +57,7 @@ pub fn send(state: AppState, query: String) {
         // A second try only when the server forgot the image (it restarted): upload it again.
         for _ in 0..2 {
             let upload = match &image {
-                Some(img) => match upload::ensure(state, img).await {
+                Some(url) => match upload::ensure(state, url).await {
                     Ok(r) => Some(r),
                     Err(message) => {
                         status.set(TurnStatus::Error(message));
