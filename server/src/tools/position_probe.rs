@@ -25,6 +25,13 @@ pub struct ProbeReport {
     /// The same after the GLU adapter (what the decoder receives).
     pub adapter_cos_other_cell: f32,
     pub adapter_cos_other_colour: f32,
+    /// The same four after subtracting the mean of all the probe's vectors at that stage: a shared offset
+    /// (a large common bias) pushes the plain cosines towards 1 without losing what tells cells apart; these
+    /// stay low then, and go to 1 only when the differences themselves are gone.
+    pub vit_centred_other_cell: f32,
+    pub vit_centred_other_colour: f32,
+    pub adapter_centred_other_cell: f32,
+    pub adapter_centred_other_colour: f32,
 }
 
 const GRID: u32 = 4;
@@ -63,12 +70,18 @@ pub fn probe(model: &CogVlm, device: &Device) -> Result<ProbeReport> {
     let n = (GRID * GRID) as usize;
     let (vit_cell, vit_colour) = cosines(&vit, n);
     let (ad_cell, ad_colour) = cosines(&adapter, n);
+    let (vit_c_cell, vit_c_colour) = cosines(&centred(&vit), n);
+    let (ad_c_cell, ad_c_colour) = cosines(&centred(&adapter), n);
     Ok(ProbeReport {
         vit_norm: vit.iter().map(|f| norm(f)).sum::<f32>() / vit.len() as f32,
         vit_cos_other_cell: vit_cell,
         vit_cos_other_colour: vit_colour,
         adapter_cos_other_cell: ad_cell,
         adapter_cos_other_colour: ad_colour,
+        vit_centred_other_cell: vit_c_cell,
+        vit_centred_other_colour: vit_c_colour,
+        adapter_centred_other_cell: ad_c_cell,
+        adapter_centred_other_colour: ad_c_colour,
     })
 }
 
@@ -102,6 +115,20 @@ fn cos(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>() / (norm(a) * norm(b)).max(f32::MIN_POSITIVE)
 }
 
+/// `v` less its mean vector.
+fn centred(v: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    let dim = v.first().map_or(0, Vec::len);
+    let mut mean = vec![0.0f32; dim];
+    for x in v {
+        for (m, a) in mean.iter_mut().zip(x) {
+            *m += a / v.len() as f32;
+        }
+    }
+    v.iter()
+        .map(|x| x.iter().zip(&mean).map(|(a, m)| a - m).collect())
+        .collect()
+}
+
 /// (mean cosine between cells of one colour, mean cosine between the colours of one cell) over `v`: the
 /// first colour's `n` vectors, then the second's.
 fn cosines(v: &[Vec<f32>], n: usize) -> (f32, f32) {
@@ -132,6 +159,19 @@ mod tests {
             vec![0.0, -1.0],
         ];
         let (cells, colours) = cosines(&v, 2);
+        assert!(cells.abs() < 1e-6, "{cells}");
+        assert!((colours + 1.0).abs() < 1e-6, "{colours}");
+    }
+
+    #[test]
+    fn centring_removes_a_shared_offset() {
+        // The same four vectors far from the origin: plain cosines near 1, centred ones as before.
+        let v: Vec<Vec<f32>> = [[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]]
+            .iter()
+            .map(|p| vec![p[0] + 100.0, p[1] + 100.0])
+            .collect();
+        assert!(cosines(&v, 2).0 > 0.99);
+        let (cells, colours) = cosines(&centred(&v), 2);
         assert!(cells.abs() < 1e-6, "{cells}");
         assert!((colours + 1.0).abs() < 1e-6, "{colours}");
     }
