@@ -142,6 +142,7 @@ fn train_args(model: &Path, data: &Path, out: &Path, full: bool, steps: usize) -
         valid: Some(data.to_path_buf()),
         valid_split: 0.0,
         full,
+        freeze: Vec::new(),
         rank: 4,
         alpha: 8.0,
         dropout: 0.0,
@@ -240,6 +241,47 @@ fn full_steps_lower_the_loss_and_write_a_checkpoint() {
         ..Default::default()
     };
     Pipeline::load(&out, &opts, &mut |_, _| {}).expect("the trained checkpoint loads");
+}
+
+#[test]
+fn freeze_keeps_the_named_weights_as_they_were() {
+    let data = tmp("freeze-data");
+    make_data(&data, vec![Kind::Color], 2, 4);
+    let out = tmp("freeze-out");
+    let model = model_dir("cogvlm_tiny_224");
+    // Three steps: `checkpoint-2` is the periodic save, which keeps every weight in f32.
+    let mut args = train_args(&model, &data, &out, true, 3);
+    args.freeze = vec!["model.vision.".into()];
+    cogvlm::train::run::run(&args).unwrap();
+    let cpu = candle_core::Device::Cpu;
+    let before = candle_core::safetensors::load(model.join("model.safetensors"), &cpu).unwrap();
+    let after =
+        candle_core::safetensors::load(out.join("checkpoint-2").join("model.safetensors"), &cpu)
+            .unwrap();
+    let same = |name: &str| {
+        let a = before[name].to_dtype(candle_core::DType::F32).unwrap();
+        let diff = (a - &after[name]).unwrap().abs().unwrap();
+        diff.max_all().unwrap().to_scalar::<f32>().unwrap() == 0.0
+    };
+    let (mut frozen, mut trained) = (0, 0);
+    for name in before.keys() {
+        if name.starts_with("model.vision.") {
+            assert!(same(name), "{name} moved although frozen");
+            frozen += 1;
+        } else if !same(name) {
+            trained += 1;
+        }
+    }
+    assert!(
+        frozen > 10 && trained > 10,
+        "{frozen} frozen, {trained} trained"
+    );
+
+    // A prefix that names nothing is a mistake, said before any step.
+    args.freeze = vec!["model.vison.".into()];
+    args.out = tmp("freeze-typo");
+    let err = cogvlm::train::run::run(&args).unwrap_err().to_string();
+    assert!(err.contains("--freeze model.vison."), "{err}");
 }
 
 fn greedy(model: &Path, lora: Option<&Path>) -> String {

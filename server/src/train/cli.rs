@@ -61,6 +61,10 @@ pub struct TrainCmd {
     /// Train every weight instead of a LoRA adapter
     #[arg(long)]
     pub full: bool,
+    /// With --full: weights whose names start with one of these prefixes stay as they are (e.g.
+    /// `model.vision.` keeps the vision tower and its adapter at their initial values)
+    #[arg(long, value_delimiter = ',', requires = "full")]
+    pub freeze: Vec<String>,
     #[arg(long, default_value_t = 8)]
     pub rank: usize,
     #[arg(long, default_value_t = 32.0)]
@@ -136,6 +140,7 @@ impl TrainCmd {
             valid: self.valid,
             valid_split: self.valid_split,
             full: self.full,
+            freeze: self.freeze,
             rank: self.rank,
             alpha: self.alpha,
             dropout: self.dropout,

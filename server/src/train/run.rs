@@ -53,6 +53,8 @@ pub struct TrainArgs {
     pub valid: Option<PathBuf>,
     pub valid_split: f64,
     pub full: bool,
+    /// Name prefixes of weights a full fine-tune leaves as they are.
+    pub freeze: Vec<String>,
     pub rank: usize,
     pub alpha: f64,
     pub dropout: f64,
@@ -444,9 +446,18 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         (m, Some(adapter))
     };
     let params: Vec<(String, candle_core::Var)> = if args.full {
+        let frozen = |k: &str| args.freeze.iter().any(|p| k.starts_with(p.as_str()));
+        for p in &args.freeze {
+            ensure!(
+                m.weights.keys().any(|k| k.starts_with(p.as_str())),
+                "--freeze {p}: no weight of {} starts with it",
+                args.model.display()
+            );
+        }
         let mut v: Vec<_> = m
             .weights
             .iter()
+            .filter(|(k, _)| !frozen(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
