@@ -194,6 +194,9 @@ struct MakeCheckpointCmd {
     /// Keep only this many EVA2-CLIP layers
     #[arg(long)]
     vision_layers: Option<usize>,
+    /// Multiply the vision position embedding's draw by this (the bundled demo used 24)
+    #[arg(long, default_value_t = 1.0)]
+    position_scale: f32,
 }
 
 #[derive(Subcommand)]
@@ -304,6 +307,7 @@ impl MakeCheckpointCmd {
             seed: self.seed,
             layers: self.layers,
             vision_layers: self.vision_layers,
+            position_scale: self.position_scale,
         };
         cogvlm::make_checkpoint::run(&args).map(|w| println!("{}", serde_json::json!(w)))
     }

@@ -147,6 +147,7 @@ fn made_checkpoints_load_through_the_normal_loader() {
             seed: 1,
             layers: None,
             vision_layers: None,
+            position_scale: 1.0,
         };
         let written = cogvlm::make_checkpoint::run(&args).expect("make-checkpoint");
         assert!(written.shards >= 3, "{written:?}");
@@ -196,6 +197,7 @@ fn made_checkpoints_load_through_the_normal_loader() {
                 seed: 1,
                 layers: Some(1),
                 vision_layers: None,
+                position_scale: 1.0,
             })
             .is_err()
         );

@@ -26,7 +26,14 @@ pub struct MakeArgs {
     /// Fewer decoder / EVA2-CLIP layers than the config has (full-width tensors in a smaller file).
     pub layers: Option<usize>,
     pub vision_layers: Option<usize>,
+    /// Multiplies the vision tower's position embedding (after its bf16 draw). The default draw (std 0.5) is
+    /// drowned by the patch embedding's output, ~25 per dimension; the bundled demo starts from 24 (std 12)
+    /// so that the tower's output depends on where a patch lies.
+    pub position_scale: f32,
 }
+
+/// The tensor `--position-scale` multiplies.
+pub const POSITION_EMBEDDING: &str = "model.vision.patch_embedding.position_embedding.weight";
 
 /// What was written.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -81,7 +88,7 @@ pub fn run(args: &MakeArgs) -> anyhow::Result<Written> {
     let mut total = 0u64;
     for (i, shard) in shards.iter().enumerate() {
         let file = format!("model-{:05}-of-{n:05}.safetensors", i + 1);
-        total += write_shard(&args.out.join(&file), shard, args.seed)
+        total += write_shard(&args.out.join(&file), shard, args.seed, args.position_scale)
             .with_context(|| format!("cannot write {file}"))?;
         for (name, _) in shard {
             weight_map.insert(name.clone(), file.clone());
@@ -143,7 +150,12 @@ fn plan_shards(tensors: &[(String, Vec<usize>)], max: u64) -> Vec<Vec<(String, V
 
 /// Writes one safetensors file: the 8-byte header length, the JSON header, then each tensor's bf16 bytes drawn
 /// chunk by chunk. Returns the data bytes.
-fn write_shard(path: &Path, tensors: &[(String, Vec<usize>)], seed: u64) -> anyhow::Result<u64> {
+fn write_shard(
+    path: &Path,
+    tensors: &[(String, Vec<usize>)],
+    seed: u64,
+    position_scale: f32,
+) -> anyhow::Result<u64> {
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
     let mut offset = 0u64;
@@ -167,6 +179,7 @@ fn write_shard(path: &Path, tensors: &[(String, Vec<usize>)], seed: u64) -> anyh
     for (name, shape) in tensors {
         let init = RandomInit::for_tensor(name, shape);
         let mut rng = Rng::new(seed ^ fnv1a(name));
+        let scale = (name == POSITION_EMBEDDING && position_scale != 1.0).then_some(position_scale);
         let mut left = shape.iter().product::<usize>();
         while left > 0 {
             let n = left.min(CHUNK);
@@ -177,7 +190,12 @@ fn write_shard(path: &Path, tensors: &[(String, Vec<usize>)], seed: u64) -> anyh
                     RandomInit::Ones => 1.0,
                     RandomInit::Normal { std } => rng.normal() * std,
                 };
-                buf.extend_from_slice(&bf16_bits(x).to_le_bytes());
+                let bits = match scale {
+                    // The scaled bf16 draw, rounded again: the same values whatever the scale's rounding.
+                    Some(f) => bf16_bits(f32::from_bits((bf16_bits(x) as u32) << 16) * f),
+                    None => bf16_bits(x),
+                };
+                buf.extend_from_slice(&bits.to_le_bytes());
             }
             w.write_all(&buf)?;
             left -= n;
