@@ -28,6 +28,9 @@ fn the_probe_sees_position_and_the_demo_has_almost_none() {
     // Content moves the vector (another colour), position hardly (another cell).
     assert!(demo.vit_cos_other_cell > 0.999, "{demo:?}");
     assert!(demo.vit_cos_other_colour < 0.9, "{demo:?}");
+    // Centred, so that a shared offset cannot explain it: the decoder receives the same vector in every cell.
+    assert!(demo.adapter_centred_other_cell > 0.999, "{demo:?}");
+    assert!(demo.adapter_centred_other_colour < -0.99, "{demo:?}");
     assert!(
         loud.vit_cos_other_cell < demo.vit_cos_other_cell - 0.1,
         "{loud:?}"
