@@ -197,6 +197,10 @@ struct MakeCheckpointCmd {
     /// Multiply the vision position embedding's draw by this (the bundled demo used 24)
     #[arg(long, default_value_t = 1.0)]
     position_scale: f32,
+    /// Draw the GLU adapter as a near-identity map with this output scale (the bundled demo used 3 and
+    /// trained with the adapter frozen)
+    #[arg(long)]
+    identity_adapter: Option<f32>,
 }
 
 #[derive(Subcommand)]
@@ -308,6 +312,7 @@ impl MakeCheckpointCmd {
             layers: self.layers,
             vision_layers: self.vision_layers,
             position_scale: self.position_scale,
+            identity_adapter: self.identity_adapter,
         };
         cogvlm::make_checkpoint::run(&args).map(|w| println!("{}", serde_json::json!(w)))
     }

@@ -148,6 +148,7 @@ fn made_checkpoints_load_through_the_normal_loader() {
             layers: None,
             vision_layers: None,
             position_scale: 1.0,
+            identity_adapter: None,
         };
         let written = cogvlm::make_checkpoint::run(&args).expect("make-checkpoint");
         assert!(written.shards >= 3, "{written:?}");
@@ -198,6 +199,7 @@ fn made_checkpoints_load_through_the_normal_loader() {
                 layers: Some(1),
                 vision_layers: None,
                 position_scale: 1.0,
+                identity_adapter: None,
             })
             .is_err()
         );

@@ -30,6 +30,9 @@ pub struct MakeArgs {
     /// drowned by the patch embedding's output, ~25 per dimension; the bundled demo starts from 24 (std 12)
     /// so that the tower's output depends on where a patch lies.
     pub position_scale: f32,
+    /// Draw the GLU adapter as a near-identity map with this output scale instead of at random
+    /// ([`identity_adapter`]); the bundled demo trains with it frozen.
+    pub identity_adapter: Option<f32>,
 }
 
 /// The tensor `--position-scale` multiplies.
@@ -88,7 +91,7 @@ pub fn run(args: &MakeArgs) -> anyhow::Result<Written> {
     let mut total = 0u64;
     for (i, shard) in shards.iter().enumerate() {
         let file = format!("model-{:05}-of-{n:05}.safetensors", i + 1);
-        total += write_shard(&args.out.join(&file), shard, args.seed, args.position_scale)
+        total += write_shard(&args.out.join(&file), shard, args)
             .with_context(|| format!("cannot write {file}"))?;
         for (name, _) in shard {
             weight_map.insert(name.clone(), file.clone());
@@ -153,9 +156,9 @@ fn plan_shards(tensors: &[(String, Vec<usize>)], max: u64) -> Vec<Vec<(String, V
 fn write_shard(
     path: &Path,
     tensors: &[(String, Vec<usize>)],
-    seed: u64,
-    position_scale: f32,
+    args: &MakeArgs,
 ) -> anyhow::Result<u64> {
+    let (seed, position_scale) = (args.seed, args.position_scale);
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
     let mut offset = 0u64;
@@ -180,15 +183,20 @@ fn write_shard(
         let init = RandomInit::for_tensor(name, shape);
         let mut rng = Rng::new(seed ^ fnv1a(name));
         let scale = (name == POSITION_EMBEDDING && position_scale != 1.0).then_some(position_scale);
-        let mut left = shape.iter().product::<usize>();
+        let fixed = args
+            .identity_adapter
+            .and_then(|s| identity_adapter(name, shape, s));
+        let total = shape.iter().product::<usize>();
+        let mut left = total;
         while left > 0 {
             let n = left.min(CHUNK);
             buf.clear();
-            for _ in 0..n {
-                let x = match init {
-                    RandomInit::Zeros => 0.0,
-                    RandomInit::Ones => 1.0,
-                    RandomInit::Normal { std } => rng.normal() * std,
+            for i in total - left..total - left + n {
+                let x = match (&fixed, init) {
+                    (Some(f), _) => f(i),
+                    (None, RandomInit::Zeros) => 0.0,
+                    (None, RandomInit::Ones) => 1.0,
+                    (None, RandomInit::Normal { std }) => rng.normal() * std,
                 };
                 let bits = match scale {
                     // The scaled bf16 draw, rounded again: the same values whatever the scale's rounding.
@@ -203,6 +211,73 @@ fn write_shard(
     }
     w.flush()?;
     Ok(offset)
+}
+
+/// The GLU adapter (`linear_proj`: linear, LayerNorm, GELU, then `down(silu(gate(x)) * up(x))`) drawn so that
+/// it passes the tower's output on almost unchanged, `scale * GELU(GAIN * LayerNorm(v))` in all but the last
+/// dimension, which instead carries a constant (LayerNorm bias [`OPEN`], weight 0) that every gate row reads:
+/// the gates are then one constant and the gated MLP is linear. A random adapter that trains learns to drop
+/// either the patches' place or their colour (BENCHMARKS.md, *The adapter is the bottleneck*); this one,
+/// frozen, keeps both. `None` for tensors outside the adapter. Element `i` of the row-major tensor.
+pub fn identity_adapter(
+    name: &str,
+    shape: &[usize],
+    scale: f32,
+) -> Option<Box<dyn Fn(usize) -> f32>> {
+    const GAIN: f32 = 0.5;
+    const OPEN: f32 = 3.0;
+    let leaf = name.strip_prefix("model.vision.linear_proj.")?;
+    let (rows, cols) = match shape {
+        [r, c] => (*r, *c),
+        [n] => (1, *n),
+        _ => return None,
+    };
+    // The constant dimension: the last of the LayerNorm's output.
+    let last = match leaf {
+        "norm1.weight" | "norm1.bias" => cols - 1,
+        "linear_proj.weight" => rows - 1,
+        "gate_proj.weight" | "dense_h_to_4h.weight" => cols - 1,
+        "dense_4h_to_h.weight" => rows - 1,
+        _ => return None,
+    };
+    let gelu = |x: f32| 0.5 * x * (1.0 + erf(x / std::f32::consts::SQRT_2));
+    let gate = {
+        let g = gelu(OPEN);
+        g / (1.0 + (-g).exp())
+    };
+    let diag = move |i: usize, v: f32| {
+        let (r, c) = (i / cols, i % cols);
+        if r == c && r < last {
+            v
+        } else {
+            0.0
+        }
+    };
+    Some(match leaf {
+        "linear_proj.weight" | "dense_h_to_4h.weight" => Box::new(move |i| diag(i, 1.0)),
+        "dense_4h_to_h.weight" => Box::new(move |i| diag(i, scale / gate)),
+        "gate_proj.weight" => Box::new(move |i| {
+            let (r, c) = (i / cols, i % cols);
+            if c == last && r < last {
+                1.0
+            } else {
+                0.0
+            }
+        }),
+        "norm1.weight" => Box::new(move |i| if i == last { 0.0 } else { GAIN }),
+        _ => Box::new(move |i| if i == last { OPEN } else { 0.0 }),
+    })
+}
+
+/// The error function (Abramowitz–Stegun 7.1.26, |error| < 1.5e-7): enough for a bf16 constant.
+fn erf(x: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
+    let y = 1.0
+        - (((((1.061_405_4 * t - 1.453_152_1) * t) + 1.421_413_8) * t - 0.284_496_74) * t
+            + 0.254_829_6)
+            * t
+            * (-x * x).exp();
+    y.copysign(x)
 }
 
 /// f32 → bf16 bits, rounding to nearest even (the values are finite).
@@ -261,6 +336,69 @@ mod tests {
         assert_eq!(bf16_bits(-2.0), 0xc000);
         // 1 + 2^-8 is halfway between two bf16 values: ties go to the even one (1.0).
         assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3f80);
+    }
+
+    /// The drawn adapter, pushed through the GLU's steps (linear, LayerNorm, GELU, SwiGLU, linear), passes the
+    /// input on as `scale * GELU(0.5 * LayerNorm(x))` with the last dimension zeroed.
+    #[test]
+    fn identity_adapter_passes_the_input_on() {
+        let (h, i, scale) = (8usize, 12usize, 3.0f32);
+        let p = "model.vision.linear_proj.";
+        let mat = |leaf: &str, rows: usize, cols: usize| -> Vec<f32> {
+            let f = identity_adapter(&format!("{p}{leaf}"), &[rows, cols], scale).unwrap();
+            (0..rows * cols).map(f).collect()
+        };
+        let vec1 = |leaf: &str| -> Vec<f32> {
+            let f = identity_adapter(&format!("{p}{leaf}"), &[h], scale).unwrap();
+            (0..h).map(f).collect()
+        };
+        let matvec = |m: &[f32], x: &[f32]| -> Vec<f32> {
+            m.chunks(x.len())
+                .map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum())
+                .collect()
+        };
+        let gelu = |x: f32| 0.5 * x * (1.0 + erf(x / std::f32::consts::SQRT_2));
+        let layer_norm = |x: &[f32]| -> Vec<f32> {
+            let n = x.len() as f32;
+            let mean = x.iter().sum::<f32>() / n;
+            let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n;
+            x.iter().map(|v| (v - mean) / (var + 1e-5).sqrt()).collect()
+        };
+        assert!(identity_adapter("model.vision.boi", &[1, 1, h], scale).is_none());
+
+        let input: Vec<f32> = (0..h).map(|k| (k as f32 * 1.7).sin() * 4.0).collect();
+        let x = matvec(&mat("linear_proj.weight", h, h), &input);
+        let (w, b) = (vec1("norm1.weight"), vec1("norm1.bias"));
+        let ln: Vec<f32> = layer_norm(&x)
+            .iter()
+            .zip(w.iter().zip(&b))
+            .map(|(v, (w, b))| gelu(v * w + b))
+            .collect();
+        let gate = matvec(&mat("gate_proj.weight", i, h), &ln);
+        let up = matvec(&mat("dense_h_to_4h.weight", i, h), &ln);
+        let gated: Vec<f32> = gate
+            .iter()
+            .zip(&up)
+            .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+            .collect();
+        let out = matvec(&mat("dense_4h_to_h.weight", h, i), &gated);
+
+        let mut zeroed = input.clone();
+        zeroed[h - 1] = 0.0;
+        let want: Vec<f32> = layer_norm(&zeroed)
+            .iter()
+            .map(|v| scale * gelu(0.5 * v))
+            .collect();
+        for k in 0..h - 1 {
+            assert!(
+                (out[k] - want[k]).abs() < 1e-4,
+                "{k}: {} vs {}",
+                out[k],
+                want[k]
+            );
+        }
+        assert_eq!(out[h - 1], 0.0);
+        assert!((erf(1.0) - 0.842_700_8).abs() < 1e-6);
     }
 
     #[test]
