@@ -32,6 +32,9 @@ pub enum Kind {
     /// "Is there a red circle?", answered "Yes." or "No." (half each; not in the default mix: the LoRA demo's
     /// new task).
     Exists,
+    /// "Where is the red circle?" answered with the shape named before its box, "The red circle [[…]]." (the
+    /// grounding checkpoints' caption-with-box style; not in the default mix).
+    Named,
 }
 
 impl Kind {
@@ -56,6 +59,7 @@ impl Kind {
             Kind::Captcha => "captcha",
             Kind::Cell => "cell",
             Kind::Exists => "exists",
+            Kind::Named => "named",
         }
     }
 
@@ -74,11 +78,11 @@ impl std::str::FromStr for Kind {
     fn from_str(s: &str) -> anyhow::Result<Self> {
         Kind::DEFAULT
             .into_iter()
-            .chain([Kind::Cell, Kind::Exists])
+            .chain([Kind::Cell, Kind::Exists, Kind::Named])
             .find(|k| k.as_str() == s)
         .with_context(|| {
             format!(
-                "unknown kind {s:?} (expected describe, color, shape, count, where, region, captcha, cell or exists)"
+                "unknown kind {s:?} (expected describe, color, shape, count, where, region, captcha, cell, exists or named)"
             )
         })
     }
@@ -290,6 +294,10 @@ fn question(
         Kind::Where => (
             format!("Where is the {}?", target.name()),
             box_text(target.bbox, size),
+        ),
+        Kind::Named => (
+            format!("Where is the {}?", target.name()),
+            format!("The {} {}.", target.name(), box_text(target.bbox, size)),
         ),
         Kind::Region => (
             format!("What is in the region {}?", box_text(target.bbox, size)),
