@@ -35,6 +35,9 @@ pub enum Kind {
     /// "Where is the red circle?" answered with the shape named before its box, "The red circle [[…]]." (the
     /// grounding checkpoints' caption-with-box style; not in the default mix).
     Named,
+    /// "Where is the red object?" answered with its box, asked only when the colour is the scene's own: the
+    /// shape question's wording, for a place (not in the default mix).
+    Locate,
 }
 
 impl Kind {
@@ -60,6 +63,7 @@ impl Kind {
             Kind::Cell => "cell",
             Kind::Exists => "exists",
             Kind::Named => "named",
+            Kind::Locate => "locate",
         }
     }
 
@@ -78,11 +82,11 @@ impl std::str::FromStr for Kind {
     fn from_str(s: &str) -> anyhow::Result<Self> {
         Kind::DEFAULT
             .into_iter()
-            .chain([Kind::Cell, Kind::Exists, Kind::Named])
+            .chain([Kind::Cell, Kind::Exists, Kind::Named, Kind::Locate])
             .find(|k| k.as_str() == s)
         .with_context(|| {
             format!(
-                "unknown kind {s:?} (expected describe, color, shape, count, where, region, captcha, cell, exists or named)"
+                "unknown kind {s:?} (expected describe, color, shape, count, where, region, captcha, cell, exists, named or locate)"
             )
         })
     }
@@ -295,6 +299,13 @@ fn question(
             format!("Where is the {}?", target.name()),
             box_text(target.bbox, size),
         ),
+        Kind::Locate => {
+            if !unique_by(&|p| p.color, target.color) {
+                return None;
+            }
+            let q = format!("Where is the {} object?", COLORS[target.color].0);
+            (q, box_text(target.bbox, size))
+        }
         Kind::Named => (
             format!("Where is the {}?", target.name()),
             format!("The {} {}.", target.name(), box_text(target.bbox, size)),
@@ -622,6 +633,37 @@ mod tests {
                 assert_eq!(centre.0, COLORS[p.color].1);
             }
         }
+    }
+
+    /// `named` and `locate` box the shape their question names (`locate` only when its colour is the scene's own).
+    #[test]
+    fn grounding_answers_box_the_named_shape() {
+        let (mut named, mut located) = (0, 0);
+        for seed in 0..100 {
+            let mut r = StdRng::seed_from_u64(seed);
+            let (_, placed) = scene(&mut r, 224);
+            if let Some((q, a)) = question(&mut r, Kind::Named, &placed, 224) {
+                let p = placed
+                    .iter()
+                    .find(|p| q == format!("Where is the {}?", p.name()))
+                    .expect("names a shape of the scene");
+                assert_eq!(a, format!("The {} {}.", p.name(), box_text(p.bbox, 224)));
+                named += 1;
+            }
+            if let Some((q, a)) = question(&mut r, Kind::Locate, &placed, 224) {
+                let same: Vec<_> = placed
+                    .iter()
+                    .filter(|p| q == format!("Where is the {} object?", COLORS[p.color].0))
+                    .collect();
+                assert_eq!(same.len(), 1, "{q} in {placed:?}");
+                assert_eq!(a, box_text(same[0].bbox, 224));
+                located += 1;
+            }
+        }
+        assert!(
+            named == 100 && located > 50,
+            "{named} named, {located} located"
+        );
     }
 
     #[test]
