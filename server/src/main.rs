@@ -197,8 +197,8 @@ struct MakeCheckpointCmd {
     /// Multiply the vision position embedding's draw by this (the bundled demo used 24)
     #[arg(long, default_value_t = 1.0)]
     position_scale: f32,
-    /// Draw the GLU adapter as a near-identity map with this output scale (the bundled demo used 3 and
-    /// trained with the adapter frozen)
+    /// Draw the GLU adapter as a near-identity map with this output scale (BENCHMARKS.md's sessions 14–15
+    /// used 3 and trained with the adapter frozen)
     #[arg(long)]
     identity_adapter: Option<f32>,
 }
