@@ -143,6 +143,7 @@ fn train_args(model: &Path, data: &Path, out: &Path, full: bool, steps: usize) -
         valid_split: 0.0,
         full,
         freeze: Vec::new(),
+        zero: Vec::new(),
         rank: 4,
         alpha: 8.0,
         dropout: 0.0,
@@ -282,6 +283,51 @@ fn freeze_keeps_the_named_weights_as_they_were() {
     args.out = tmp("freeze-typo");
     let err = cogvlm::train::run::run(&args).unwrap_err().to_string();
     assert!(err.contains("--freeze model.vison."), "{err}");
+}
+
+#[test]
+fn zero_and_freeze_hold_the_named_weights_at_zero() {
+    let data = tmp("zero-data");
+    make_data(&data, vec![Kind::Color], 2, 4);
+    let out = tmp("zero-out");
+    let model = model_dir("cogvlm_tiny_224");
+    let dense = "model.layers.0.self_attn.vision_expert_dense.";
+    let mut args = train_args(&model, &data, &out, true, 3);
+    args.zero = vec![dense.into()];
+    args.freeze = vec![dense.into()];
+    cogvlm::train::run::run(&args).unwrap();
+    let cpu = candle_core::Device::Cpu;
+    let before = candle_core::safetensors::load(model.join("model.safetensors"), &cpu).unwrap();
+    let after =
+        candle_core::safetensors::load(out.join("checkpoint-2").join("model.safetensors"), &cpu)
+            .unwrap();
+    let max_abs = |t: &candle_core::Tensor| {
+        let t = t.to_dtype(candle_core::DType::F32).unwrap();
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let name = format!("{dense}weight");
+    assert!(
+        max_abs(&before[&name]) > 0.0,
+        "the fixture's {name} is drawn, not zero"
+    );
+    assert_eq!(max_abs(&after[&name]), 0.0, "{name} left zero");
+    // The same layer's vision MLP was not named: it trains (the last layer's vision outputs reach no loss).
+    let other = "model.layers.0.mlp.vision_mlp.down_proj.weight";
+    let moved = (before[other].to_dtype(candle_core::DType::F32).unwrap() - &after[other]).unwrap();
+    assert!(max_abs(&moved) > 0.0, "{other} trained");
+
+    args.zero = vec!["model.layers.0.self_attn.vison".into()];
+    args.out = tmp("zero-typo");
+    let err = cogvlm::train::run::run(&args).unwrap_err().to_string();
+    assert!(
+        err.contains("--zero model.layers.0.self_attn.vison"),
+        "{err}"
+    );
 }
 
 fn greedy(model: &Path, lora: Option<&Path>) -> String {

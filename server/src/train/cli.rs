@@ -65,6 +65,16 @@ pub struct TrainCmd {
     /// `model.vision.` keeps the vision tower and its adapter at their initial values)
     #[arg(long, value_delimiter = ',', requires = "full")]
     pub freeze: Vec<String>,
+    /// With --full, not with --resume: weights whose names start with one of these prefixes start at zero
+    /// (with --freeze, they stay zero: e.g. the vision expert's output projections, so the image tokens
+    /// pass through the language model unmixed)
+    #[arg(
+        long,
+        value_delimiter = ',',
+        requires = "full",
+        conflicts_with = "resume"
+    )]
+    pub zero: Vec<String>,
     #[arg(long, default_value_t = 8)]
     pub rank: usize,
     #[arg(long, default_value_t = 32.0)]
@@ -141,6 +151,7 @@ impl TrainCmd {
             valid_split: self.valid_split,
             full: self.full,
             freeze: self.freeze,
+            zero: self.zero,
             rank: self.rank,
             alpha: self.alpha,
             dropout: self.dropout,

@@ -55,6 +55,8 @@ pub struct TrainArgs {
     pub full: bool,
     /// Name prefixes of weights a full fine-tune leaves as they are.
     pub freeze: Vec<String>,
+    /// Name prefixes of weights a fresh full fine-tune sets to zero first.
+    pub zero: Vec<String>,
     pub rank: usize,
     pub alpha: f64,
     pub dropout: f64,
@@ -445,6 +447,22 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         let m = load_model_in(&args.model, &device, dtype, false, Some(&adapter))?;
         (m, Some(adapter))
     };
+    ensure!(
+        args.zero.is_empty() || (args.full && args.resume.is_none()),
+        "--zero starts a full fine-tune (--full, without --resume)"
+    );
+    for p in &args.zero {
+        let mut hit = false;
+        for (_, v) in m.weights.iter().filter(|(k, _)| k.starts_with(p.as_str())) {
+            v.set(&v.zeros_like()?)?;
+            hit = true;
+        }
+        ensure!(
+            hit,
+            "--zero {p}: no weight of {} starts with it",
+            args.model.display()
+        );
+    }
     let params: Vec<(String, candle_core::Var)> = if args.full {
         let frozen = |k: &str| args.freeze.iter().any(|p| k.starts_with(p.as_str()));
         for p in &args.freeze {
