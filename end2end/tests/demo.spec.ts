@@ -90,13 +90,13 @@ const firstBox = (text: string) => {
   return m ? m.slice(1).map(Number) : null;
 };
 
-// The grounding demo (server/models/cogvlm-demo-grounding) boxes the named shape with IoU ≥ 0.5 in about nine
+// The grounding demo (server/models/cogvlm-demo-boxes) boxes the named shape with IoU ≥ 0.5 in about nine
 // answers out of ten held out (BENCHMARKS.md); these are the first four "where" scenes of an unseen seed.
 test("the grounding demo boxes the named shape in unseen scenes", async ({ page }) => {
   test.setTimeout(180_000);
   const chat = new ChatPage(page);
   await chat.open(`http://127.0.0.1:${port}/`);
-  await chat.useModel("cogvlm-demo-grounding");
+  await chat.useModel("cogvlm-demo-boxes");
   await expect(page.locator("#demo-notice")).toContainText("synthetic scenes");
   await chat.setGreedy(24);
 
