@@ -244,6 +244,22 @@ fn full_steps_lower_the_loss_and_write_a_checkpoint() {
     Pipeline::load(&out, &opts, &mut |_, _| {}).expect("the trained checkpoint loads");
 }
 
+/// The base model's weights and those of the run's `checkpoint-2` (a periodic save: every weight in f32).
+fn weights_before_and_at_step_2(
+    model: &Path,
+    out: &Path,
+) -> (
+    std::collections::HashMap<String, candle_core::Tensor>,
+    std::collections::HashMap<String, candle_core::Tensor>,
+) {
+    let cpu = candle_core::Device::Cpu;
+    let load = |p: std::path::PathBuf| candle_core::safetensors::load(p, &cpu).unwrap();
+    (
+        load(model.join("model.safetensors")),
+        load(out.join("checkpoint-2").join("model.safetensors")),
+    )
+}
+
 #[test]
 fn freeze_keeps_the_named_weights_as_they_were() {
     let data = tmp("freeze-data");
@@ -254,11 +270,7 @@ fn freeze_keeps_the_named_weights_as_they_were() {
     let mut args = train_args(&model, &data, &out, true, 3);
     args.freeze = vec!["model.vision.".into()];
     cogvlm::train::run::run(&args).unwrap();
-    let cpu = candle_core::Device::Cpu;
-    let before = candle_core::safetensors::load(model.join("model.safetensors"), &cpu).unwrap();
-    let after =
-        candle_core::safetensors::load(out.join("checkpoint-2").join("model.safetensors"), &cpu)
-            .unwrap();
+    let (before, after) = weights_before_and_at_step_2(&model, &out);
     let same = |name: &str| {
         let a = before[name].to_dtype(candle_core::DType::F32).unwrap();
         let diff = (a - &after[name]).unwrap().abs().unwrap();
@@ -296,11 +308,7 @@ fn zero_and_freeze_hold_the_named_weights_at_zero() {
     args.zero = vec![dense.into()];
     args.freeze = vec![dense.into()];
     cogvlm::train::run::run(&args).unwrap();
-    let cpu = candle_core::Device::Cpu;
-    let before = candle_core::safetensors::load(model.join("model.safetensors"), &cpu).unwrap();
-    let after =
-        candle_core::safetensors::load(out.join("checkpoint-2").join("model.safetensors"), &cpu)
-            .unwrap();
+    let (before, after) = weights_before_and_at_step_2(&model, &out);
     let max_abs = |t: &candle_core::Tensor| {
         let t = t.to_dtype(candle_core::DType::F32).unwrap();
         t.abs()
