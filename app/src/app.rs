@@ -89,7 +89,7 @@ fn Notice() -> impl IntoView {
                 " " {move || t(state, "It knows pictures of one to three coloured circles, squares and triangles on a plain background. Ask it")}
                 " " <code>"Describe the image."</code> ", " <code>"What color is the circle?"</code> ", "
                 <code>"How many shapes are there?"</code> ", " <code>"Where is the red square?"</code> " "
-                {move || t(state, "(it answers with a box; choose cogvlm-demo-boxes in the model list for boxes that land on the named shape about nine times in ten) or")} " " <code>"What is in the region [[250,000,499,249]]?"</code>
+                {move || t(state, "(it answers with a box, drawn over the image; cogvlm-demo-boxes lands it on the named shape about nine times in ten, cogvlm-demo one time in four) or")} " " <code>"What is in the region [[250,000,499,249]]?"</code>
                 {move || t(state, "; make such pictures with")} " " <code>"cogvlm make-data"</code>
                 {move || t(state, ". About anything else its answers mean nothing. For real answers, put THUDM's")}
                 " " <code>"cogvlm-chat-hf"</code> " / " <code>"cogagent-chat-hf"</code> " "

@@ -206,7 +206,7 @@ pub const ZH: &[(&str, &str)] = &[
     ("bundled test model", "附带的测试模型"),
     ("Demo checkpoint: a tiny CogVLM trained here on synthetic scenes.", "演示检查点：在本机用合成场景训练的小型 CogVLM。"),
     ("It knows pictures of one to three coloured circles, squares and triangles on a plain background. Ask it", "它认识纯色背景上的一到三个彩色圆形、正方形和三角形。可以问它"),
-    ("(it answers with a box; choose cogvlm-demo-boxes in the model list for boxes that land on the named shape about nine times in ten) or", "（它用方框回答；在模型列表中选择 cogvlm-demo-boxes，方框约十次中有九次框中所问的图形）或"),
+    ("(it answers with a box, drawn over the image; cogvlm-demo-boxes lands it on the named shape about nine times in ten, cogvlm-demo one time in four) or", "（它用方框回答，方框画在图上；cogvlm-demo-boxes 约十次中有九次框中所问的图形，cogvlm-demo 约四次中有一次）或"),
     ("; make such pictures with", "；这样的图片可以用下面的命令生成："),
     (". About anything else its answers mean nothing. For real answers, put THUDM's", "。对其他图片，它的回答没有意义。要得到真正的回答，请把智谱的"),
     ("device", "设备"),

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Step 3 of the bundled demo's recipe (server/models/cogvlm-demo/README.md): link the "where"/"locate" examples
-of a make-data folder whose scene has two or more shapes into a new folder, so that a model that already reads a
-lone shape's place must learn which shape the question names. Also `--merge A B OUT` links two folders into one
-(names prefixed with each folder's name). Needs Pillow and NumPy.
+"""Data for the default demo's recipe (server/models/cogvlm-demo-boxes/README.md): link the "where"/"locate"
+examples (or, with --kinds, others) of a make-data folder whose scene has two or more shapes into a new folder, so
+that a model that already reads a lone shape's place must learn which shape the question names. Also
+`--merge A B ... OUT` links folders into one (names prefixed with each folder's name). Needs Pillow and NumPy.
 
-    select_where.py SRC DST
+    select_where.py SRC DST [--kinds color,count]   (default kinds: where,locate)
     select_where.py --merge A B OUT
 """
 import json
@@ -46,6 +46,11 @@ def main(argv):
             for f in os.listdir(f"{src}/labels"):
                 link(src, f[:-5], dst, f"{os.path.basename(src)}_{f[:-5]}")
         return
+    kinds = ("where", "locate")
+    if "--kinds" in argv:
+        i = argv.index("--kinds")
+        kinds = tuple(argv[i + 1].split(","))
+        argv = argv[:i] + argv[i + 2:]
     src, dst = argv
     os.makedirs(f"{dst}/images")
     os.makedirs(f"{dst}/labels")
@@ -54,7 +59,7 @@ def main(argv):
         stem = f[:-5]
         with open(f"{src}/labels/{f}") as fh:
             kind = json.load(fh).get("kind")
-        if kind in ("where", "locate") and shape_count(f"{src}/images/{stem}.png") >= 2:
+        if kind in kinds and shape_count(f"{src}/images/{stem}.png") >= 2:
             link(src, stem, dst, stem)
             kept += 1
     print(f"{kept} examples linked into {dst}")

@@ -13,12 +13,13 @@ pub fn bundled_models_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models")
 }
 
-/// The checkpoint served first from the bundled folders: the trained demo.
-pub const DEMO_DEFAULT: &str = "cogvlm-demo";
+/// The checkpoint served first from the bundled folders: the trained demo that answers every kind of
+/// question it was taught, boxes included (`server/models/cogvlm-demo-boxes/README.md`).
+pub const DEMO_DEFAULT: &str = "cogvlm-demo-boxes";
 /// The checkpoint served first from the random-weight fixtures' folder alone.
 pub const BUNDLED_DEFAULT: &str = "cogvlm_tiny_490";
 
-/// The bundled demo checkpoint (trained here on synthetic scenes; `server/models/cogvlm-demo/README.md`).
+/// The bundled demo checkpoints (trained here on synthetic scenes; `server/models/*/README.md`).
 pub fn demo_models_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
 }
@@ -194,7 +195,9 @@ mod tests {
     #[test]
     fn the_bundled_registry_starts_on_the_demo() {
         let reg = Registry::bundled().unwrap();
-        assert_eq!(reg.entries[0].name(), DEMO_DEFAULT);
+        // Both demos come before the random-weight fixtures; the default is the one that also boxes.
+        assert_eq!(reg.entries[0].name(), "cogvlm-demo");
+        assert_eq!(reg.entries[1].name(), DEMO_DEFAULT);
         assert_eq!(reg.default_entry().unwrap().name(), DEMO_DEFAULT);
         assert!(reg.find(BUNDLED_DEFAULT).is_some());
     }
