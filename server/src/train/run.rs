@@ -427,6 +427,11 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Said before the weights load: on a full-size checkpoint that takes a while.
+    ensure!(
+        args.zero.is_empty() || (args.full && args.resume.is_none()),
+        "--zero starts a full fine-tune (--full, without --resume)"
+    );
     let (m, adapter) = if args.full {
         let dir = args.resume.as_deref().unwrap_or(args.model.as_path());
         (load_model_in(dir, &device, DType::F32, true, None)?, None)
@@ -447,10 +452,6 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         let m = load_model_in(&args.model, &device, dtype, false, Some(&adapter))?;
         (m, Some(adapter))
     };
-    ensure!(
-        args.zero.is_empty() || (args.full && args.resume.is_none()),
-        "--zero starts a full fine-tune (--full, without --resume)"
-    );
     for p in &args.zero {
         let mut hit = false;
         for (_, v) in m.weights.iter().filter(|(k, _)| k.starts_with(p.as_str())) {
