@@ -106,6 +106,7 @@ impl SettingsState {
         self.temperature.set(d.temperature);
         self.top_p.set(d.top_p);
         self.top_k.set(d.top_k.unwrap_or(0));
+        self.max_length.set(d.max_length);
     }
 
     pub fn sampling(&self) -> Sampling {

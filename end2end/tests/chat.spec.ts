@@ -16,6 +16,7 @@ test("the page says the bundled checkpoint is not meaningful", async ({ page }) 
   const options = await chat.modelSelect().locator("option").allTextContents();
   expect(options).toEqual([
     expect.stringContaining("cogagent_tiny — CogAgent · 224 px"),
+    expect.stringContaining("cogvlm2_tiny_224 — CogVLM2 · 224 px"),
     expect.stringContaining("cogvlm_tiny_224 — CogVLM · 224 px"),
     expect.stringContaining("cogvlm_tiny_490 — CogVLM · 490 px"),
   ]);

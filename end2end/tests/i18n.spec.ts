@@ -11,8 +11,8 @@ const shots = path.join(__dirname, "..", "screenshots");
 const ALLOWED = [
   // Example inputs of the tasks, in the models' language.
   /the red cup|Search for CogVLM/g,
-  /cogvlm_tiny_\d+|cogagent_tiny|cogvlm-chat-hf|cogagent-chat-hf|cogvlm-grounding-generalist-hf/g,
-  /\b(CogVLM|CogAgent|THUDM|Hugging Face|README|Markdown|JSON|PNG|GUI|GPU|CPU|cpu|cuda|English)\b/g,
+  /cogvlm2?_tiny_\d+|cogagent_tiny|cogvlm-chat-hf|cogagent-chat-hf|cogvlm-grounding-generalist-hf/g,
+  /\b(CogVLM2|CogVLM|CogAgent|THUDM|Hugging Face|README|Markdown|JSON|PNG|GUI|GPU|CPU|cpu|cuda|English)\b/g,
   /\b(Ctrl\+V|Shift\+Enter|Enter|Esc|Top [kp]|tok\/s|ms|px|KB|MB|s)\b/g,
   /--[a-z-]+|config\.json|\*\.safetensors|chelsea\.png|coffee\.png/g,
   // Prompt templates keep their English (the task templates, the version names' formats).

@@ -65,8 +65,8 @@ pub struct SamplingArgs {
     pub top_k: Option<usize>,
     #[arg(long, default_value_t = 1.0)]
     pub repetition_penalty: f32,
-    /// Total length, image positions included.
-    #[arg(long, default_value_t = 2048)]
+    /// Total length, image positions included (default: the checkpoint's context)
+    #[arg(long, default_value_t = protocol::MAX_CONTEXT)]
     pub max_length: usize,
     #[arg(long)]
     pub max_new_tokens: Option<usize>,

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Tensor;
 use cogvlm::model::config::Config;
 use cogvlm::model::lora::{Adapter, LoraConfig, LoraPair};
+use cogvlm::model::weights::files_without_pt_format;
 use cogvlm::pipeline::{ChatRequest, LoadOptions, Pipeline};
 use cogvlm::train::make_data::{Kind, MakeDataArgs};
 use cogvlm::train::optim::Schedule;
@@ -242,6 +243,12 @@ fn full_steps_lower_the_loss_and_write_a_checkpoint() {
         ..Default::default()
     };
     Pipeline::load(&out, &opts, &mut |_, _| {}).expect("the trained checkpoint loads");
+    // transformers' from_pretrained needs `"format": "pt"` in every file's header (the model, each
+    // checkpoint-N and the optimizer state).
+    assert_eq!(
+        files_without_pt_format(&out).unwrap(),
+        Vec::<PathBuf>::new()
+    );
 }
 
 /// The base model's weights and those of the run's `checkpoint-2` (a periodic save: every weight in f32).
@@ -389,6 +396,14 @@ fn merged_checkpoint_answers_as_lora() {
     .unwrap();
     assert!(m.shards > 1, "{m:?}");
     assert_eq!(m.merged_modules, adapter.modules.len());
+    assert_eq!(
+        files_without_pt_format(&out).unwrap(),
+        Vec::<PathBuf>::new()
+    );
+    assert_eq!(
+        files_without_pt_format(&lora).unwrap(),
+        Vec::<PathBuf>::new()
+    );
     assert!(out.join("model.safetensors.index.json").is_file());
     assert!(out
         .join("model-00001-of-0000".to_string() + &m.shards.to_string() + ".safetensors")
@@ -607,4 +622,22 @@ fn in_place_adapter_updates_reach_the_forward_and_the_saved_adapter() {
         (again - after).abs() <= 1e-5 * after.abs(),
         "in memory {after}, from the updated pairs {again}"
     );
+}
+
+/// The bundled demo checkpoints were written by `train --full`: their files carry `"format": "pt"` too.
+#[test]
+fn bundled_demos_carry_the_pt_format() {
+    let demos = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&demos).unwrap() {
+        let dir = entry.unwrap().path();
+        if dir.join("model.safetensors").is_file() {
+            seen += 1;
+            assert_eq!(
+                files_without_pt_format(&dir).unwrap(),
+                Vec::<PathBuf>::new()
+            );
+        }
+    }
+    assert!(seen >= 2, "{seen} demo checkpoints in {}", demos.display());
 }

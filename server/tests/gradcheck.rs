@@ -90,7 +90,7 @@ impl Example {
             Some(cfg.image_tokens()),
             &text,
         );
-        let input = LabeledInput::new(prompt, &[263, 2654, 8424], cfg.eos_token_id);
+        let input = LabeledInput::new(prompt, &[263, 2654, 8424], cfg.eos());
         let pixels = pixels(cfg.vision_config.image_size, 1);
         let cross = cfg.cross().map(|c| pixels_for_cross(c.image_size));
         Self {

@@ -135,7 +135,7 @@ fn split_runs_transfer_and_equal_the_unsplit_run() {
 
 #[test]
 fn made_checkpoints_load_through_the_normal_loader() {
-    for model in ["cogvlm_tiny_224", "cogagent_tiny"] {
+    for model in ["cogvlm_tiny_224", "cogagent_tiny", "cogvlm2_tiny_224"] {
         let out = std::env::temp_dir().join(format!("cogvlm-make-{model}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&out);
         let config = fixtures().join("models").join(model).join("config.json");
@@ -154,6 +154,10 @@ fn made_checkpoints_load_through_the_normal_loader() {
         assert!(written.shards >= 3, "{written:?}");
         assert!(out.join("model.safetensors.index.json").is_file());
         assert!(out.join("tokenizer.json").is_file());
+        assert_eq!(
+            cogvlm::model::weights::files_without_pt_format(&out).unwrap(),
+            Vec::<PathBuf>::new()
+        );
         // The same bytes twice for one seed.
         let again = out.with_extension("again");
         let _ = std::fs::remove_dir_all(&again);

@@ -73,13 +73,18 @@ impl FromStr for PromptVersion {
 pub enum ModelKind {
     CogVlm,
     CogAgent,
+    /// CogVLM2 (Llama-3 base, 1344 px, grouped-query attention).
+    CogVlm2,
 }
 
 impl ModelKind {
+    pub const ALL: [ModelKind; 3] = [Self::CogVlm, Self::CogAgent, Self::CogVlm2];
+
     pub fn label(self) -> &'static str {
         match self {
             Self::CogVlm => "CogVLM",
             Self::CogAgent => "CogAgent",
+            Self::CogVlm2 => "CogVLM2",
         }
     }
 }
@@ -148,6 +153,10 @@ pub struct Sampling {
     pub seed: Option<u64>,
 }
 
+/// The longest context of any family (CogVLM2's 8192 positions; CogVLM and CogAgent have 2048). A
+/// `max_length` above a checkpoint's context means "up to its context": the engine holds every request to it.
+pub const MAX_CONTEXT: usize = 8192;
+
 /// The largest temperature accepted anywhere (OpenAI's bound; the page's slider ends there too).
 pub const MAX_TEMPERATURE: f64 = 2.0;
 /// The largest repetition penalty accepted.
@@ -163,17 +172,22 @@ impl Default for Sampling {
 impl Sampling {
     /// The settings a checkpoint of `kind` starts with on the page, as THUDM's demos start them: CogVLM's Gradio
     /// web demo (temperature 0.8, top-p 0.4, top-k 10) and CogAgent's composite demo (0.9, 0.8, 5). Both allow
-    /// 2048 tokens in all.
+    /// 2048 tokens in all; CogVLM2 its whole 8192-position context (a 1344 px image alone takes 2306).
     pub fn for_kind(kind: ModelKind) -> Self {
         let (temperature, top_p, top_k) = match kind {
-            ModelKind::CogVlm => (0.8, 0.4, 10),
+            // CogVLM2's demos keep CogVLM's chat settings.
+            ModelKind::CogVlm | ModelKind::CogVlm2 => (0.8, 0.4, 10),
             ModelKind::CogAgent => (0.9, 0.8, 5),
+        };
+        let max_length = match kind {
+            ModelKind::CogVlm2 => MAX_CONTEXT,
+            ModelKind::CogVlm | ModelKind::CogAgent => 2048,
         };
         Self {
             temperature,
             top_p,
             top_k: Some(top_k),
-            max_length: 2048,
+            max_length,
             max_new_tokens: None,
             repetition_penalty: 1.0,
             seed: None,
@@ -181,13 +195,14 @@ impl Sampling {
     }
 
     /// Greedy decoding, as THUDM's CLI demo and the reference fixtures (`do_sample=False`): the
-    /// terminal chat's default, and what parity and the benchmark run.
+    /// terminal chat's default, and what parity and the benchmark run. Its length is the longest context of
+    /// any family (CogVLM2's); the engine holds every request to its checkpoint's own.
     pub fn greedy() -> Self {
         Self {
             temperature: 0.0,
             top_p: 1.0,
             top_k: None,
-            max_length: 2048,
+            max_length: MAX_CONTEXT,
             max_new_tokens: None,
             repetition_penalty: 1.0,
             seed: Some(42),
@@ -557,7 +572,7 @@ mod tests {
             assert!(err.message.contains(field), "{}", err.message);
         }
         assert_eq!(Sampling::default().validate(), Ok(()));
-        for kind in [ModelKind::CogVlm, ModelKind::CogAgent] {
+        for kind in ModelKind::ALL {
             assert_eq!(Sampling::for_kind(kind).validate(), Ok(()));
         }
         assert_ne!(

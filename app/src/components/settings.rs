@@ -285,7 +285,7 @@ pub fn SettingsPanel() -> impl IntoView {
             <Slider id="top-p" label="Top p" min=0.05 max=1.0 step=0.01 value=s.top_p/>
             <Slider id="top-k" label="Top k" min=0.0 max=100.0 step=1.0 value=top_k
                 zero_label="0 (off)" hint="0 = no top-k, 1 = greedy"/>
-            <Slider id="max-length" label="Max length" min=64.0 max=4096.0 step=64.0 value=max_length
+            <Slider id="max-length" label="Max length" min=64.0 max=8192.0 step=64.0 value=max_length
                 hint="prompt, image tokens and answer together"/>
             <details class="advanced">
                 <summary>{move || t(state, "More")}</summary>

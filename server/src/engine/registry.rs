@@ -62,7 +62,10 @@ impl Registry {
                 dir.display()
             );
         }
-        let bundled_root = bundled_models_dir().canonicalize().ok();
+        // Under `fixtures/` (the CogVLM2 fixture is linked into `fixtures/models/` from its own set).
+        let bundled_root = bundled_models_dir()
+            .parent()
+            .and_then(|p| p.canonicalize().ok());
         let is_bundled = |p: &Path| {
             let p = p.canonicalize().ok();
             matches!((&p, &bundled_root), (Some(p), Some(root)) if p.starts_with(root))

@@ -4,3 +4,17 @@
 pub mod pipeline;
 pub mod sampling;
 pub mod text_stream;
+
+use crate::model::Family;
+use protocol::ModelKind;
+
+/// The wire name of a model family (the page and the API see `ModelKind`; the model knows `Family`).
+impl From<Family> for ModelKind {
+    fn from(f: Family) -> Self {
+        match f {
+            Family::CogVlm => ModelKind::CogVlm,
+            Family::CogAgent => ModelKind::CogAgent,
+            Family::CogVlm2 => ModelKind::CogVlm2,
+        }
+    }
+}

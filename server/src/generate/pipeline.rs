@@ -13,7 +13,7 @@ use candle_nn::VarBuilder;
 use tokenizers::Tokenizer;
 
 use crate::history_fit;
-use crate::model::config::Config;
+use crate::model::config::{self, Config};
 use crate::model::lora::{Adapter, LoraMode};
 use crate::model::memory;
 use crate::model::placement::{self, DeviceInfo, Placement, Plan, Sizes};
@@ -23,32 +23,29 @@ use crate::model::prompt::{prompt_text, PromptInput};
 pub use crate::model::quant::Quant;
 use crate::model::quant::Quantizer;
 use crate::model::weights::{Checkpoint, ProgressBackend};
+use crate::model::Family;
 use crate::model::{Cache, CogVlm};
 use crate::sampling::Sampler;
 pub use crate::sampling::Sampling;
 use crate::text_stream::TextStream;
 pub use protocol::{CheckpointInfo, ModelKind, PromptVersion, Stats, StopReason};
 
-/// The checkpoint's default prompt version: the README's "which --version" table by checkpoint name, then
+/// The checkpoint's default prompt version: the README's "which --version" table by family and checkpoint name, then
 /// `template_version` from config.json, then `chat`.
 pub fn default_version(name: &str, cfg: &Config) -> PromptVersion {
     let n = name.to_ascii_lowercase();
-    let by_name = if cfg.is_cogagent() {
-        if n.contains("vqa") {
-            Some(PromptVersion::ChatOld)
-        } else if n.contains("chat") {
-            Some(PromptVersion::Chat)
-        } else {
-            None
+    let by_name = match cfg.family() {
+        Family::CogAgent if n.contains("vqa") => Some(PromptVersion::ChatOld),
+        Family::CogAgent if n.contains("chat") => Some(PromptVersion::Chat),
+        Family::CogAgent => None,
+        Family::CogVlm if n.contains("grounding") || n.contains("base") => {
+            Some(PromptVersion::Base)
         }
-    } else if n.contains("grounding") || n.contains("base") {
-        Some(PromptVersion::Base)
-    } else if n.contains("vqa") {
-        Some(PromptVersion::Vqa)
-    } else if n.contains("chat") {
-        Some(PromptVersion::Chat)
-    } else {
-        None
+        Family::CogVlm if n.contains("vqa") => Some(PromptVersion::Vqa),
+        Family::CogVlm if n.contains("chat") => Some(PromptVersion::Chat),
+        Family::CogVlm => None,
+        // THUDM's CogVLM2 demos ask every checkpoint, English or Chinese, with `chat`, as their configs say.
+        Family::CogVlm2 => None,
     };
     by_name
         .or_else(|| cfg.template_version.as_deref().and_then(|v| v.parse().ok()))
@@ -73,11 +70,7 @@ fn describe(dir: &Path, cfg: &Config) -> CheckpointInfo {
 pub fn checkpoint_info(name: String, cfg: &Config) -> CheckpointInfo {
     CheckpointInfo {
         default_version: default_version(&name, cfg),
-        kind: if cfg.is_cogagent() {
-            ModelKind::CogAgent
-        } else {
-            ModelKind::CogVlm
-        },
+        kind: cfg.family().into(),
         image_size: cfg.vision_config.image_size,
         name,
         bundled: false,
@@ -188,13 +181,32 @@ pub fn find_tokenizer(dir: &Path, explicit: Option<&Path>) -> anyhow::Result<Pat
             candidates.push(grand.join("tokenizer").join("tokenizer.json"));
         }
     }
+    // The message names the tokenizer this folder's family needs (CogVLM's when there is no config).
+    let family = Config::from_file(&dir.join("config.json")).map_or(Family::CogVlm, |c| c.family());
     candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
         anyhow::anyhow!(
-            "no tokenizer.json for {}: put the Vicuna-7B-v1.5 tokenizer.json in the model folder or its parent, \
-             or pass --tokenizer PATH",
-            dir.display()
+            "no tokenizer.json for {} ({family}): put {} in the model folder (or, for CogVLM / CogAgent, in its \
+             parent), or pass --tokenizer PATH",
+            dir.display(),
+            family.tokenizer_source()
         )
     })
+}
+
+/// Refuses a tokenizer of another model family: a Llama-2 tokenizer on CogVLM2 (or Llama-3's on CogVLM)
+/// would load and answer with nonsense ids.
+pub fn check_vocabulary(tokenizer: &Tokenizer, cfg: &Config) -> anyhow::Result<()> {
+    let (tok, model) = (tokenizer.get_vocab_size(true), cfg.vocab_size);
+    // The checkpoints pad their embedding tables a little past the tokenizer; another family's tokenizer is
+    // off by a factor of four.
+    if tok > model || tok * 2 < model {
+        bail!(
+            "vocabulary mismatch: the tokenizer has {tok} ids but this {} checkpoint's vocabulary is {model}; use {}",
+            cfg.family(),
+            cfg.family().tokenizer_source()
+        );
+    }
+    Ok(())
 }
 
 pub fn load_tokenizer(path: &Path) -> anyhow::Result<Tokenizer> {
@@ -247,6 +259,7 @@ pub struct Pipeline {
     image_cache: Option<ImageCache>,
     conversations: Vec<Conversation>,
     plan: Option<Plan>,
+    stop_ids: Arc<[u32]>,
 }
 
 /// The caches' owner for a client id; `0` for the single user of the terminal, bench and parity runs.
@@ -292,6 +305,8 @@ impl Pipeline {
         let cfg = Config::from_file(&dir.join("config.json"))?;
         let info = describe(dir, &cfg);
         let tokenizer = load_tokenizer(&find_tokenizer(dir, opts.tokenizer.as_deref())?)?;
+        check_vocabulary(&tokenizer, &cfg)?;
+        let stop_ids = config::stop_ids(dir, &cfg)?;
         let first = opts.placement.devices.first().unwrap_or(&opts.device);
         let dtype = parse_dtype(opts.dtype.as_deref(), &parse_device(first)?)?;
         let ck = Checkpoint::open(dir, &cfg)?;
@@ -313,7 +328,9 @@ impl Pipeline {
         }
         let model = CogVlm::with_placement(&cfg, vb, quantizer, place)
             .with_context(|| format!("cannot build the model from {}", dir.display()))?;
-        Ok(Self::from_parts(model, tokenizer, info).with_plan(plan))
+        let mut pipe = Self::from_parts(model, tokenizer, info).with_plan(plan);
+        pipe.stop_ids = stop_ids.into();
+        Ok(pipe)
     }
 
     /// Records the device plan the model was built with (shown on the page and in the bench's JSON).
@@ -327,7 +344,9 @@ impl Pipeline {
     }
 
     pub fn from_parts(model: CogVlm, tokenizer: Tokenizer, info: CheckpointInfo) -> Self {
+        let stop_ids = model.cfg.eos_token_id.clone().into();
         Self {
+            stop_ids,
             model,
             tokenizer: Arc::new(tokenizer),
             info,
@@ -383,15 +402,15 @@ impl Pipeline {
         req: &ChatRequest,
         history: &[(String, String)],
     ) -> anyhow::Result<PromptInput> {
-        let kind = self.model.kind();
-        if kind == ModelKind::CogAgent && req.image.is_none() {
+        let family = self.model.family();
+        if family.needs_image() && req.image.is_none() {
             return Err(protocol::Error::bad_input(
                 "CogAgent needs an image: upload one to chat with this checkpoint",
             )
             .into());
         }
         let version = req.version.unwrap_or(self.info.default_version);
-        let text = prompt_text(kind, version, history, &req.query);
+        let text = prompt_text(family, version, history, &req.query);
         let text_ids = self.encode_text(&text)?;
         let cfg = &self.model.cfg;
         Ok(PromptInput::new(
@@ -590,7 +609,7 @@ impl Pipeline {
             logits: Some(prefill.logits),
             next: None,
             budget,
-            eos: self.model.cfg.eos_token_id,
+            stop_ids: self.stop_ids.clone(),
             ignore_eos,
             start,
             prefill_ms: start.elapsed().as_secs_f64() * 1e3,
@@ -737,7 +756,8 @@ pub struct Sequence {
     /// The token just chosen, waiting for its decode step.
     next: Option<u32>,
     budget: usize,
-    eos: u32,
+    /// End-of-sequence ids: config.json's and generation_config.json's (CogVLM2 stops at 128001 and 128009).
+    stop_ids: Arc<[u32]>,
     ignore_eos: bool,
     start: Instant,
     prefill_ms: f64,
@@ -765,7 +785,7 @@ impl Sequence {
             self.ttft_ms = self.start.elapsed().as_secs_f64() * 1e3;
             self.first_token_at = Instant::now();
         }
-        if token == self.eos && !self.ignore_eos {
+        if self.stop_ids.contains(&token) && !self.ignore_eos {
             self.stop = Some(StopReason::Eos);
             return Ok(None);
         }

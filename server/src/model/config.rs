@@ -1,4 +1,5 @@
-//! Serde view of the Hugging Face `config.json` of the THUDM `cogvlm-*-hf` and `cogagent-*-hf` checkpoints.
+//! Serde view of the Hugging Face `config.json` of the THUDM `cogvlm-*-hf`, `cogagent-*-hf` and
+//! `cogvlm2-llama3-*` checkpoints.
 //!
 //! Field names are the ones in the real files (see `configuration_cogvlm.py` / `configuration_cogagent.py`).
 //! CogAgent's high-resolution encoder has no config key in the real checkpoints (its sizes are hard-coded in
@@ -6,6 +7,8 @@
 //! and fall back to the real EVA2-CLIP-L values otherwise.
 
 use serde::Deserialize;
+
+use super::family::Family;
 
 fn default_rms_norm_eps() -> f64 {
     1e-5
@@ -19,8 +22,22 @@ fn default_max_pos() -> usize {
 fn default_bos() -> u32 {
     1
 }
-fn default_eos() -> u32 {
-    2
+fn default_eos() -> Vec<u32> {
+    vec![2]
+}
+
+/// `5` or `[5, 7]`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Ids {
+        One(u32),
+        Many(Vec<u32>),
+    }
+    Ok(match Ids::deserialize(d)? {
+        Ids::One(id) => vec![id],
+        Ids::Many(ids) => ids,
+    })
 }
 fn default_ln_eps() -> f64 {
     1e-6
@@ -122,8 +139,12 @@ pub struct Config {
     pub max_position_embeddings: usize,
     #[serde(default = "default_bos")]
     pub bos_token_id: u32,
-    #[serde(default = "default_eos")]
-    pub eos_token_id: u32,
+    /// One id, or a list (CogVLM2's configs may list several); the first is the one training appends.
+    #[serde(default = "default_eos", deserialize_with = "one_or_many")]
+    pub eos_token_id: Vec<u32>,
+    /// CogVLM2: key/value heads of the grouped-query attention (absent: one per query head).
+    #[serde(default)]
+    pub num_multi_query_heads: Option<usize>,
     #[serde(default)]
     pub pad_token_id: Option<u32>,
     #[serde(default)]
@@ -155,28 +176,52 @@ impl Config {
         Ok(cfg)
     }
 
-    /// CogAgent is recognised by its cross-attention fields (the architecture name may be missing in
-    /// user-converted checkpoints).
-    pub fn is_cogagent(&self) -> bool {
-        self.cross_hidden_size.is_some()
-            || self.architectures.iter().any(|a| a.contains("CogAgent"))
+    /// Which family the checkpoint is ([`Family::of`]).
+    pub fn family(&self) -> Family {
+        Family::of(self)
     }
 
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
 
+    /// Key/value heads: CogVLM2's `num_multi_query_heads`, else one per query head.
+    pub fn kv_heads(&self) -> usize {
+        self.num_multi_query_heads
+            .unwrap_or(self.num_attention_heads)
+    }
+
+    /// Rows of the fused `query_key_value`: q, then k and v over the KV heads.
+    pub fn qkv_rows(&self) -> usize {
+        self.hidden_size + 2 * self.kv_heads() * self.head_dim()
+    }
+
+    /// The first end-of-sequence id (what training appends to an answer).
+    pub fn eos(&self) -> u32 {
+        self.eos_token_id.first().copied().unwrap_or(2)
+    }
+
     pub fn pad_token_id(&self) -> u32 {
         self.pad_token_id.unwrap_or(0)
     }
 
-    /// Image tokens in the LM sequence: boi + patches + eoi.
+    /// Image features the adapter receives: one per patch, or one per 2×2 patches after CogVLM2's conv.
+    pub fn image_features(&self) -> usize {
+        let g = self.vision_config.grid();
+        if self.family().vision_conv() {
+            (g / 2) * (g / 2)
+        } else {
+            g * g
+        }
+    }
+
+    /// Image tokens in the LM sequence: boi + features + eoi.
     pub fn image_tokens(&self) -> usize {
-        self.vision_config.num_patches() + 2
+        self.image_features() + 2
     }
 
     pub fn cross(&self) -> Option<CrossConfig> {
-        if !self.is_cogagent() {
+        if !self.family().has_cross() {
             return None;
         }
         Some(CrossConfig {
@@ -199,6 +244,19 @@ impl Config {
         anyhow::ensure!(
             self.head_dim().is_multiple_of(2),
             "config.json: head dim must be even for RoPE"
+        );
+        anyhow::ensure!(
+            self.kv_heads() > 0 && self.num_attention_heads.is_multiple_of(self.kv_heads()),
+            "config.json: num_attention_heads {} is not a multiple of num_multi_query_heads {}",
+            self.num_attention_heads,
+            self.kv_heads()
+        );
+        anyhow::ensure!(
+            !self.family().vision_conv() || v.grid().is_multiple_of(2),
+            "config.json: the vision grid ({}/{} = {}) must be even for the 2×2 convolution",
+            v.image_size,
+            v.patch_size,
+            v.grid()
         );
         anyhow::ensure!(
             v.patch_size > 0 && v.image_size.is_multiple_of(v.patch_size),
@@ -265,4 +323,28 @@ impl CrossConfig {
     pub fn num_patches(&self) -> usize {
         self.grid() * self.grid()
     }
+}
+
+/// The ids that end an answer: config.json's `eos_token_id` and those of `generation_config.json` beside it
+/// (CogVLM2's lists 128001 and 128009), in that order, without repeats.
+pub fn stop_ids(dir: &std::path::Path, cfg: &Config) -> anyhow::Result<Vec<u32>> {
+    #[derive(Deserialize)]
+    struct Generation {
+        #[serde(default, deserialize_with = "one_or_many")]
+        eos_token_id: Vec<u32>,
+    }
+    let mut ids = cfg.eos_token_id.clone();
+    let path = dir.join("generation_config.json");
+    if path.is_file() {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let g: Generation = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{} is not a generation config: {e}", path.display()))?;
+        for id in g.eos_token_id {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    Ok(ids)
 }

@@ -1,4 +1,5 @@
-//! The visual-expert Llama-2 decoder (`modeling_cogvlm.py` / `modeling_cogagent.py`; tensors under `model.`).
+//! The visual-expert Llama decoder (`modeling_cogvlm.py` / `modeling_cogagent.py`, and CogVLM2's Llama-3 one
+//! with grouped-query attention; tensors under `model.`).
 //!
 //! Every layer holds two copies of QKV, the attention output projection and the MLP: the "vision expert" for
 //! boi and the image patches, the "language expert" for everything else. The reference gathers rows with boolean
@@ -128,38 +129,63 @@ impl Mlp {
 /// cos/sin rows for the (non-contiguous) position ids: the LM's NeoX-style RoPE over the full head dim.
 ///
 /// The rows for every position up to the context length are computed once at load, on the device and in the
-/// model dtype (the same f32 arithmetic and final cast as per call), so a decode step takes a view of one row
+/// model dtype (the same arithmetic and final cast as per call), so a decode step takes a view of one row
 /// instead of uploading its position and recomputing.
 pub struct Rotary {
     inv_freq: Tensor, // [1, head_dim / 2] f32
     cos: Tensor,      // [context, head_dim / 2], model dtype
     sin: Tensor,
+    /// Positions and angles rounded to the model dtype ([`super::family::Family::rope_in_model_dtype`]).
+    in_model_dtype: bool,
 }
 
 impl Rotary {
-    /// Uses the checkpoint's `rotary_emb.inv_freq` buffer when present (bit-parity with the reference),
-    /// else `1 / 10000^(2j / d)` computed in f32 like `RotaryEmbedding.__init__`.
+    /// Uses the checkpoint's `rotary_emb.inv_freq` buffer when present (bit-parity with the reference; CogVLM2
+    /// computes with the stored values), else `1 / base^(2j / d)` computed in f32 like the reference's init.
     pub fn new(cfg: &Config, vb: &VarBuilder, device: &Device) -> Result<Self> {
         let d = cfg.head_dim();
+        let family = cfg.family();
         let name = "layers.0.self_attn.rotary_emb.inv_freq";
         let inv_freq = if vb.contains_tensor(name) {
             vb.get_with_hints_dtype(d / 2, name, Default::default(), DType::F32)?
         } else {
+            let base = family.rope_base();
             let v: Vec<f32> = (0..d / 2)
-                .map(|j| 1.0 / 10000f32.powf((2 * j) as f32 / d as f32))
+                .map(|j| 1.0 / base.powf((2 * j) as f32 / d as f32))
                 .collect();
             Tensor::from_vec(v, d / 2, device)?
         };
+        let in_model_dtype = family.rope_in_model_dtype();
         let inv_freq = inv_freq.reshape((1, d / 2))?;
         let all: Vec<u32> = (0..cfg.max_position_embeddings.max(1) as u32).collect();
-        let (cos, sin) = Self::compute(&inv_freq, &all, vb.dtype())?;
-        Ok(Self { inv_freq, cos, sin })
+        let (cos, sin) = Self::compute(&inv_freq, &all, vb.dtype(), in_model_dtype)?;
+        Ok(Self {
+            inv_freq,
+            cos,
+            sin,
+            in_model_dtype,
+        })
     }
 
-    fn compute(inv_freq: &Tensor, positions: &[u32], dtype: DType) -> Result<(Tensor, Tensor)> {
+    /// `cos`/`sin` of `position · inv_freq`, cast to `dtype`. With `in_model_dtype` (CogVLM2) the positions, the
+    /// frequencies and each product are first rounded to `dtype`, as torch computes them when `inv_freq` is a
+    /// bf16 buffer: above 256 bf16 positions step by 2, and exact positions put the 224 px bf16 fixture's last
+    /// logits 0.22 rel-L2 away from the reference. In f32 the rounding changes nothing.
+    fn compute(
+        inv_freq: &Tensor,
+        positions: &[u32],
+        dtype: DType,
+        in_model_dtype: bool,
+    ) -> Result<(Tensor, Tensor)> {
         let p: Vec<f32> = positions.iter().map(|&p| p as f32).collect();
         let p = Tensor::from_vec(p, (positions.len(), 1), inv_freq.device())?;
-        let angles = p.broadcast_mul(inv_freq)?;
+        let round = |t: Tensor| -> Result<Tensor> {
+            match in_model_dtype && dtype != DType::F32 {
+                true => t.to_dtype(dtype)?.to_dtype(DType::F32),
+                false => Ok(t),
+            }
+        };
+        let angles = round(round(p)?.broadcast_mul(&round(inv_freq.clone())?)?)?;
         Ok((
             angles.cos()?.to_dtype(dtype)?,
             angles.sin()?.to_dtype(dtype)?,
@@ -171,7 +197,7 @@ impl Rotary {
         let first = positions.first().copied().unwrap_or(0) as usize;
         let consecutive = positions.windows(2).all(|w| w[1] == w[0] + 1);
         if dtype != self.cos.dtype() || positions.iter().any(|&p| p as usize >= table) {
-            return Self::compute(&self.inv_freq, positions, dtype);
+            return Self::compute(&self.inv_freq, positions, dtype, self.in_model_dtype);
         }
         if consecutive {
             // A decode step (or a text-only chunk): a view, nothing uploaded.
@@ -186,49 +212,91 @@ impl Rotary {
     }
 }
 
+/// [`sdpa`] for grouped-query attention: `q` `[B, heads, L, d]`, `k`/`v` `[B, kv_heads, T, d]`, query head `i`
+/// reading KV head `i / (heads / kv_heads)` (the reference's `repeat_interleave`). Each group's queries are
+/// stacked along the rows of one matmul over its KV head, so the cache is never repeated.
+fn grouped_sdpa(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, heads, l, d) = q.dims4()?;
+    let kv_heads = k.dim(1)?;
+    if kv_heads == heads {
+        return sdpa(q, k, v, scale, mask);
+    }
+    let g = heads / kv_heads;
+    let q = q.contiguous()?.reshape((b, kv_heads, g * l, d))?;
+    let mask = match mask {
+        Some(m) => Some(Tensor::cat(&vec![m; g], 0)?),
+        None => None,
+    };
+    sdpa(&q, k, v, scale, mask.as_ref())?.reshape((b, heads, l, d))
+}
+
 struct SelfAttention {
     qkv: Experts<QLinear>,
     dense: Experts<QLinear>,
     heads: usize,
+    kv_heads: usize,
     head_dim: usize,
 }
 
 impl SelfAttention {
     fn new(cfg: &Config, vb: VarBuilder, q: &Quantizer) -> Result<Self> {
-        let h = cfg.hidden_size;
+        let (h, rows) = (cfg.hidden_size, cfg.qkv_rows());
         let lin = |i, o, name| q.linear(i, o, Role::Layer, vb.pp(name));
+        let vision_qkv = match cfg.family().vision_expert_qkv_bias() {
+            true => {
+                q.linear_with_bias(h, rows, Role::Layer, vb.pp("vision_expert_query_key_value"))?
+            }
+            false => lin(h, rows, "vision_expert_query_key_value")?,
+        };
         Ok(Self {
             qkv: Experts {
-                language: lin(h, 3 * h, "language_expert_query_key_value")?,
-                vision: lin(h, 3 * h, "vision_expert_query_key_value")?,
+                language: lin(h, rows, "language_expert_query_key_value")?,
+                vision: vision_qkv,
             },
             dense: Experts {
                 language: lin(h, h, "language_expert_dense")?,
                 vision: lin(h, h, "vision_expert_dense")?,
             },
             heads: cfg.num_attention_heads,
+            kv_heads: cfg.kv_heads(),
             head_dim: cfg.head_dim(),
         })
+    }
+
+    /// The fused projection `[.., L, q | k | v]` split into rotated queries and keys `[B, L, heads + kv, d]`
+    /// and values `[B, L, kv, d]`.
+    fn split_rotate(&self, qkv: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, l, _) = qkv.dims3()?;
+        let (heads, kv, d) = (self.heads, self.kv_heads, self.head_dim);
+        // Queries and keys rotated by one kernel in the `[B, L, heads, d]` layout the projection produces. For a
+        // single token every view is already contiguous, so a decode step copies nothing here.
+        let qk = qkv
+            .narrow(D::Minus1, 0, (heads + kv) * d)?
+            .reshape((b, l, heads + kv, d))?;
+        let qk = ops::rope_thd(&qk, cos, sin)?;
+        let v = qkv
+            .narrow(D::Minus1, (heads + kv) * d, kv * d)?
+            .reshape((b, l, kv, d))?;
+        Ok((qk, v))
     }
 
     fn forward(&self, x: &Tensor, chunk: &Chunk, kv: &mut KvBuffer) -> Result<Tensor> {
         let (b, l, h) = x.dims3()?;
         let span = chunk.span;
         let qkv = self.qkv.apply(x, span, |w, x| w.forward(x))?;
-        let (heads, d) = (self.heads, self.head_dim);
-        // Queries and keys rotated by one kernel in the `[B, L, heads, d]` layout the projection produces. For a
-        // single token every view below is already contiguous, so a decode step copies nothing here.
-        let qk = qkv
-            .narrow(D::Minus1, 0, 2 * h)?
-            .reshape((b, l, 2 * heads, d))?;
-        let qk = ops::rope_thd(&qk, &chunk.cos, &chunk.sin)?;
+        let (qk, v) = self.split_rotate(&qkv, &chunk.cos, &chunk.sin)?;
         let by_head = |t: Tensor| t.transpose(1, 2)?.contiguous();
-        let q = by_head(qk.narrow(2, 0, heads)?)?;
-        let k = by_head(qk.narrow(2, heads, heads)?)?;
-        let v = by_head(qkv.narrow(D::Minus1, 2 * h, h)?.reshape((b, l, heads, d))?)?;
-        let (k, v) = kv.append(&k, &v)?;
+        let q = by_head(qk.narrow(2, 0, self.heads)?)?;
+        let k = by_head(qk.narrow(2, self.heads, self.kv_heads)?)?;
+        let (k, v) = kv.append(&k, &by_head(v)?)?;
         let scale = (self.head_dim as f64).powf(-0.5);
-        let ctx = sdpa(&q, &k, &v, scale, chunk.mask.as_ref())?;
+        let ctx = grouped_sdpa(&q, &k, &v, scale, chunk.mask.as_ref())?;
         let ctx = ctx.transpose(1, 2)?.reshape((b, l, h))?;
         self.dense.apply(&ctx, span, |w, x| w.forward(x))
     }
@@ -246,24 +314,20 @@ impl SelfAttention {
         kvs: &mut [&mut KvBuffer],
         rows: &Rows,
     ) -> Result<Tensor> {
-        let (_, b, h) = x.dims3()?;
-        let (heads, d) = (self.heads, self.head_dim);
+        let h = x.dim(2)?;
+        let (heads, kv_heads) = (self.heads, self.kv_heads);
         let qkv = rows.forward(&self.qkv.language, x)?;
-        let qk = qkv
-            .narrow(D::Minus1, 0, 2 * h)?
-            .reshape((1, b, 2 * heads, d))?;
-        let qk = ops::rope_thd(&qk, cos, sin)?;
-        let v_all = qkv.narrow(D::Minus1, 2 * h, h)?.reshape((1, b, heads, d))?;
+        let (qk, v_all) = self.split_rotate(&qkv, cos, sin)?;
         let scale = (self.head_dim as f64).powf(-0.5);
         let by_head = |t: Tensor| t.transpose(1, 2)?.contiguous();
-        let mut ctxs = Vec::with_capacity(b);
+        let mut ctxs = Vec::with_capacity(kvs.len());
         for (i, kv) in kvs.iter_mut().enumerate() {
             let qk_i = qk.narrow(1, i, 1)?;
             let q = by_head(qk_i.narrow(2, 0, heads)?)?;
-            let k = by_head(qk_i.narrow(2, heads, heads)?)?;
+            let k = by_head(qk_i.narrow(2, heads, kv_heads)?)?;
             let v = by_head(v_all.narrow(1, i, 1)?)?;
             let (k, v) = kv.append(&k, &v)?;
-            let ctx = sdpa(&q, &k, &v, scale, None)?;
+            let ctx = grouped_sdpa(&q, &k, &v, scale, None)?;
             ctxs.push(ctx.transpose(1, 2)?.reshape((1, 1, h))?);
         }
         let ctx = Tensor::cat(&ctxs, 1)?;
@@ -786,6 +850,53 @@ mod tests {
             &dev,
         );
         assert!(!RmsNorm::new(96, 1e-5, vb32.pp("n"))?.upcast);
+        Ok(())
+    }
+
+    /// CogVLM2's rule in bf16: positions are bf16 (257 rounds to 256, 259 to 260) and each angle is rounded
+    /// before its cos/sin; in f32, and for CogVLM, positions stay exact.
+    #[test]
+    fn rope_in_model_dtype_rounds_positions_and_angles() -> Result<()> {
+        let inv_freq = Tensor::new(&[[1.0f32, 0.0078125]], &Device::Cpu)?;
+        let cos = |p: u32, dtype, rule| -> Result<Vec<f32>> {
+            let (c, _) = Rotary::compute(&inv_freq, &[p], dtype, rule)?;
+            c.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
+        };
+        assert_eq!(cos(257, DType::BF16, true)?, cos(256, DType::BF16, true)?);
+        assert_eq!(cos(259, DType::BF16, true)?, cos(260, DType::BF16, true)?);
+        assert_ne!(cos(257, DType::BF16, false)?, cos(256, DType::BF16, false)?);
+        assert_eq!(cos(257, DType::F32, true)?, cos(257, DType::F32, false)?);
+        // The angle itself is rounded: 3 · 1.0 is exact, cos(3) then rounds once.
+        let want = Tensor::new(&[3f32.cos()], &Device::Cpu)?
+            .to_dtype(DType::BF16)?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
+        assert_eq!(cos(3, DType::BF16, true)?[0], want[0]);
+        Ok(())
+    }
+
+    /// Grouped-query attention equals plain attention over keys/values repeated per group (the reference's
+    /// `repeat_interleave`), with and without a causal mask.
+    #[test]
+    fn grouped_attention_equals_repeated_kv() -> Result<()> {
+        let dev = Device::Cpu;
+        let (heads, kv, l, t, d) = (6, 2, 3, 5, 4);
+        let q = Tensor::randn(0f32, 1.0, (1, heads, l, d), &dev)?;
+        let k = Tensor::randn(0f32, 1.0, (1, kv, t, d), &dev)?;
+        let v = Tensor::randn(0f32, 1.0, (1, kv, t, d), &dev)?;
+        let repeat = |x: &Tensor| -> Result<Tensor> {
+            let g = heads / kv;
+            x.unsqueeze(2)?
+                .expand((1, kv, g, t, d))?
+                .reshape((1, heads, t, d))
+        };
+        let mask = causal_mask(l, t - l, &dev)?;
+        for m in [None, Some(&mask)] {
+            let grouped = grouped_sdpa(&q, &k, &v, 0.5, m)?;
+            let plain = sdpa(&q, &repeat(&k)?, &repeat(&v)?, 0.5, m)?;
+            let diff = (grouped - plain)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-6, "grouped vs repeated: {diff}");
+        }
         Ok(())
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod cross_vision;
+pub mod family;
 pub mod kv_cache;
 pub mod language;
 pub mod lora;
@@ -29,9 +30,10 @@ use candle_nn::VarBuilder;
 
 use config::Config;
 use cross_vision::CrossVisionModel;
+pub use family::Family;
 use language::{LanguageModel, LayerCache};
 use placement::Placement;
-use prompt::{ModelKind, PromptInput};
+use prompt::PromptInput;
 use quant::{Quant, QuantReport, Quantizer};
 use vision::VisionModel;
 
@@ -171,12 +173,9 @@ impl CogVlm {
         float - self.quant.replaced_float_bytes + self.quant.quantized_bytes
     }
 
-    pub fn kind(&self) -> ModelKind {
-        if self.cross_vision.is_some() {
-            ModelKind::CogAgent
-        } else {
-            ModelKind::CogVlm
-        }
+    /// The checkpoint's family ([`family::Family`]).
+    pub fn family(&self) -> Family {
+        self.cfg.family()
     }
 
     /// Where pixel tensors go (the vision tower's device).
@@ -214,6 +213,11 @@ impl CogVlm {
     /// The ViT output with CLS, before the adapter (parity probes), in the tower's dtype.
     pub fn vit_output(&self, pixels: &Tensor) -> Result<Tensor> {
         self.vision.vit(&pixels.to_dtype(self.vision_dtype)?)
+    }
+
+    /// The adapter's input for a ViT output (CogVLM2: after the 2×2 convolution), for the parity probes.
+    pub fn vision_features(&self, vit: &Tensor) -> Result<Tensor> {
+        self.vision.features(vit)
     }
 
     /// CogAgent: `[1, 3, 1120, 1120]` pixels → encoder output `[1, 6400, cross_hidden]`, in the model dtype.

@@ -182,7 +182,9 @@ impl Sizes {
         }
         let act = dtype.size_in_bytes() as u64;
         let (h, i) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
-        s.layer_kv = 2 * max_length as u64 * h * act;
+        // Keys and values of the KV heads (CogVLM2 keeps 8 of 32).
+        let kv_width = (cfg.kv_heads() * cfg.head_dim()) as u64;
+        s.layer_kv = 2 * max_length as u64 * kv_width * act;
         let cross = cfg.cross();
         if let Some(c) = &cross {
             s.layer_kv += 2 * c.num_patches() as u64 * c.compute as u64 * act;
@@ -207,11 +209,7 @@ impl Sizes {
         let (params, _) = super::weights::parameter_bytes(cfg, dtype);
         s.what = format!(
             "{} ({:.1} B parameters), {}{}",
-            if cross.is_some() {
-                "CogAgent"
-            } else {
-                "CogVLM"
-            },
+            cfg.family(),
             params as f64 / 1e9,
             dtype.as_str(),
             match (quant, qv) {

@@ -3,31 +3,34 @@
 
 use std::ops::Range;
 
-pub use protocol::{ModelKind, PromptVersion};
+pub use protocol::PromptVersion;
+
+use super::family::Family;
 
 /// The text given to the tokenizer (after BOS and the image block).
 pub fn prompt_text(
-    kind: ModelKind,
+    family: Family,
     version: PromptVersion,
     history: &[(String, String)],
     query: &str,
 ) -> String {
     let mut s = String::new();
-    match (kind, version) {
+    match (family, version) {
         (_, PromptVersion::Base) => s.push_str(query),
-        (ModelKind::CogVlm, PromptVersion::Chat | PromptVersion::ChatOld) => {
+        // CogVLM2 keeps CogVLM's templates (its `chat` is the `Question: … Answer:` one).
+        (Family::CogVlm | Family::CogVlm2, PromptVersion::Chat | PromptVersion::ChatOld) => {
             for (q, r) in history {
                 s.push_str(&format!("Question: {q} Answer: {r}\n"));
             }
             s.push_str(&format!("Question: {query} Answer:"));
         }
-        (ModelKind::CogVlm, PromptVersion::Vqa) => {
+        (Family::CogVlm | Family::CogVlm2, PromptVersion::Vqa) => {
             for (q, r) in history {
                 s.push_str(&format!("Question: {q} Short answer: {r}\n"));
             }
             s.push_str(&format!("Question: {query} Short answer:"));
         }
-        (ModelKind::CogAgent, PromptVersion::Chat) => {
+        (Family::CogAgent, PromptVersion::Chat) => {
             s.push_str(" [INST] ");
             for (q, r) in history {
                 s.push_str(&format!("{q} [/INST] {r} [INST] "));
@@ -35,14 +38,14 @@ pub fn prompt_text(
             s.push_str(&format!("{query} [/INST] "));
         }
         // The HF CogAgent code keeps the literal `<EOI>` in the text (SAT used it as the image marker).
-        (ModelKind::CogAgent, PromptVersion::ChatOld) => {
+        (Family::CogAgent, PromptVersion::ChatOld) => {
             s.push_str("<EOI>Question: ");
             for (q, r) in history {
                 s.push_str(&format!("{q} Answer: {r}\nQuestion: "));
             }
             s.push_str(&format!("{query} Answer:"));
         }
-        (ModelKind::CogAgent, PromptVersion::Vqa) => {
+        (Family::CogAgent, PromptVersion::Vqa) => {
             s.push_str(&format!("<EOI>Question: {query} Short answer:"));
         }
     }
@@ -154,15 +157,15 @@ mod tests {
     fn templates_match_the_reference_strings() {
         let h = vec![("What is it?".to_string(), "A cat.".to_string())];
         assert_eq!(
-            prompt_text(ModelKind::CogVlm, PromptVersion::Chat, &h, "What color?"),
+            prompt_text(Family::CogVlm, PromptVersion::Chat, &h, "What color?"),
             "Question: What is it? Answer: A cat.\nQuestion: What color? Answer:"
         );
         assert_eq!(
-            prompt_text(ModelKind::CogAgent, PromptVersion::Chat, &[], "Hi"),
+            prompt_text(Family::CogAgent, PromptVersion::Chat, &[], "Hi"),
             " [INST] Hi [/INST] "
         );
         assert_eq!(
-            prompt_text(ModelKind::CogAgent, PromptVersion::Vqa, &h, "Q"),
+            prompt_text(Family::CogAgent, PromptVersion::Vqa, &h, "Q"),
             "<EOI>Question: Q Short answer:"
         );
         assert_eq!(

@@ -359,6 +359,19 @@ impl Quantizer {
         self.stacked_linear(in_dim, &[(out_dim, vb)], role)
     }
 
+    /// As [`Self::linear`] with `vb`'s `bias` (CogVLM2's vision-expert `query_key_value`), kept in the model
+    /// dtype.
+    pub fn linear_with_bias(
+        &self,
+        in_dim: usize,
+        out_dim: usize,
+        role: Role,
+        vb: VarBuilder,
+    ) -> Result<QLinear> {
+        let bias = vb.get(out_dim, "bias")?;
+        self.build(in_dim, &[(out_dim, vb)], role, Some(bias))
+    }
+
     /// One bias-free linear layer whose output rows are those of `parts` (each `(out_dim, vb)`) in order: the
     /// MLP's gate and up projections become one matmul, one kernel launch per decode step instead of two.
     /// Each part is reported under its own name.

@@ -216,6 +216,8 @@ pub struct VisionModel {
     layers: Vec<Layer>,
     /// CogAgent adds a learned table to the patch features before the adapter.
     extra_pos: Option<Tensor>,
+    /// CogVLM2's 2×2 stride-2 convolution over the patch grid (a patchify + matmul, as the patch embedding).
+    conv: Option<PatchEmbed>,
     glu: Glu,
     boi: Tensor,
     eoi: Tensor,
@@ -229,10 +231,19 @@ impl VisionModel {
         let layers = (0..v.num_hidden_layers)
             .map(|i| Layer::new(v, vb.pp("transformer").pp("layers").pp(i), q))
             .collect::<Result<_>>()?;
-        let extra_pos = if cfg.is_cogagent() {
-            Some(vb.get((v.num_patches(), v.hidden_size), "pos_embed")?)
-        } else {
-            None
+        let family = cfg.family();
+        let extra_pos = match family.vision_extra_pos() {
+            true => Some(vb.get((v.num_patches(), v.hidden_size), "pos_embed")?),
+            false => None,
+        };
+        let conv = match family.vision_conv() {
+            true => Some(PatchEmbed::new(
+                v.hidden_size,
+                v.hidden_size,
+                2,
+                vb.pp("conv"),
+            )?),
+            false => None,
         };
         Ok(Self {
             patch_embed: PatchEmbed::new(
@@ -248,6 +259,7 @@ impl VisionModel {
             )?,
             layers,
             extra_pos,
+            conv,
             glu: Glu::new(v.hidden_size, cfg, vb.pp("linear_proj"), q)?,
             boi: vb.get((1, 1, cfg.hidden_size), "boi")?,
             eoi: vb.get((1, 1, cfg.hidden_size), "eoi")?,
@@ -269,13 +281,25 @@ impl VisionModel {
         Ok(x)
     }
 
-    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
-        let x = self.vit(pixels)?;
-        let n = x.dim(1)? - 1;
-        let mut x = x.narrow(1, 1, n)?;
+    /// What the adapter receives from the ViT output `vit` (CLS row dropped): `[B, features, vision_hidden]`,
+    /// after CogAgent's position table or CogVLM2's convolution (the parity probe's `conv_output`).
+    pub fn features(&self, vit: &Tensor) -> Result<Tensor> {
+        let n = vit.dim(1)? - 1;
+        let mut x = vit.narrow(1, 1, n)?;
         if let Some(p) = &self.extra_pos {
             x = x.broadcast_add(&like(p, &x)?)?;
         }
+        if let Some(conv) = &self.conv {
+            let (b, _, h) = x.dims3()?;
+            let g = (n as f64).sqrt() as usize;
+            let grid = x.reshape((b, g, g, h))?.permute((0, 3, 1, 2))?;
+            x = conv.forward(&grid)?;
+        }
+        Ok(x)
+    }
+
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let x = self.features(&self.vit(pixels)?)?;
         let x = self.glu.forward(&x)?;
         let b = x.dim(0)?;
         let h = x.dim(D::Minus1)?;

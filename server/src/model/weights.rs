@@ -13,6 +13,59 @@ use candle_nn::var_builder::SimpleBackend;
 
 use super::config::Config;
 
+/// Writes `tensors` as one safetensors file with the `{"format": "pt"}` header metadata: transformers'
+/// `from_pretrained` refuses a file without it (4.36 raises `AttributeError`), so everything the project writes
+/// goes through here.
+pub fn save_pt(tensors: &HashMap<String, Tensor>, path: &Path) -> anyhow::Result<()> {
+    let mut cpu: Vec<(&str, Tensor)> = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        cpu.push((name, t.to_device(&Device::Cpu)?.contiguous()?));
+    }
+    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    safetensors::tensor::serialize_to_file(cpu.iter().map(|(n, t)| (*n, t)), Some(meta), path)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The `__metadata__` map of a safetensors file's header (empty when it has none).
+pub fn header_metadata(path: &Path) -> anyhow::Result<HashMap<String, String>> {
+    use std::io::Read;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)?;
+    let len = u64::from_le_bytes(len);
+    anyhow::ensure!(len < 100 << 20, "{}: header of {len} bytes", path.display());
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header)?;
+    let json: serde_json::Value = serde_json::from_slice(&header)
+        .with_context(|| format!("{}: the header is not JSON", path.display()))?;
+    Ok(json
+        .get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// The safetensors files under `dir` (recursively) whose header lacks `"format": "pt"`.
+pub fn files_without_pt_format(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut bad = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            bad.extend(files_without_pt_format(&path)?);
+        } else if path.extension().is_some_and(|e| e == "safetensors")
+            && header_metadata(&path)?.get("format").map(String::as_str) != Some("pt")
+        {
+            bad.push(path);
+        }
+    }
+    Ok(bad)
+}
+
 /// The safetensors files of a checkpoint directory.
 pub fn weight_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
@@ -85,14 +138,21 @@ pub fn expected_tensors(cfg: &Config) -> Vec<(String, Vec<usize>)> {
     add("model.norm.weight".into(), &[h]);
     add("lm_head.weight".into(), &[v, h]);
     let cross = cfg.cross();
+    let family = cfg.family();
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
         add(format!("{p}.input_layernorm.weight"), &[h]);
         add(format!("{p}.post_attention_layernorm.weight"), &[h]);
+        if family.vision_expert_qkv_bias() {
+            add(
+                format!("{p}.self_attn.vision_expert_query_key_value.bias"),
+                &[cfg.qkv_rows()],
+            );
+        }
         for e in ["language", "vision"] {
             add(
                 format!("{p}.self_attn.{e}_expert_query_key_value.weight"),
-                &[3 * h, h],
+                &[cfg.qkv_rows(), h],
             );
             add(format!("{p}.self_attn.{e}_expert_dense.weight"), &[h, h]);
             add(format!("{p}.mlp.{e}_mlp.gate_proj.weight"), &[i, h]);
@@ -149,6 +209,10 @@ pub fn expected_tensors(cfg: &Config) -> Vec<(String, Vec<usize>)> {
     add(format!("{pl}.dense_4h_to_h.weight"), &[h, i]);
     add(format!("{pv}.boi"), &[1, 1, h]);
     add(format!("{pv}.eoi"), &[1, 1, h]);
+    if family.vision_conv() {
+        add(format!("{pv}.conv.weight"), &[vh, vh, 2, 2]);
+        add(format!("{pv}.conv.bias"), &[vh]);
+    }
     if let Some(c) = &cross {
         add(format!("{pv}.pos_embed"), &[vc.num_patches(), vh]);
         let w = c.vision.vision_cfg.width;
@@ -257,11 +321,7 @@ impl Checkpoint {
             bail!(
                 "{} does not match its config.json ({}): {}",
                 dir.display(),
-                if cfg.is_cogagent() {
-                    "CogAgent"
-                } else {
-                    "CogVLM"
-                },
+                cfg.family(),
                 problems.join("; ")
             );
         }

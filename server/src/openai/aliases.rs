@@ -5,11 +5,18 @@
 //! The rule: a checkpoint folder named like a THUDM Hugging Face repo (`cogvlm-…-hf`,
 //! `cogagent-…-hf`) answers to `THUDM/<folder>`, to `<name>-17b` (CogVLM) or `<name>-18b`
 //! (CogAgent), and to `<name>`, where `<name>` is the folder without `-hf`. Names are compared
-//! without regard to case.
+//! without regard to case. A CogVLM2 folder named like its repo (`cogvlm2-llama3-chat-19B`,
+//! `cogvlm2-llama3-chinese-chat-19B`) answers to `THUDM/<folder>` and to `<folder>` without `-19B`.
 
 /// The other names `checkpoint` answers to (none unless it is named like a THUDM repo).
 pub fn aliases(checkpoint: &str) -> Vec<String> {
     let lower = checkpoint.to_ascii_lowercase();
+    if let Some(base) = lower
+        .strip_suffix("-19b")
+        .filter(|b| b.starts_with("cogvlm2-"))
+    {
+        return vec![format!("THUDM/{checkpoint}"), base.to_string()];
+    }
     let Some(base) = lower.strip_suffix("-hf") else {
         return Vec::new();
     };
@@ -51,6 +58,7 @@ mod tests {
             "cogvlm-chat-hf",
             "cogagent-chat-hf",
             "cogvlm-base-490-hf",
+            "cogvlm2-llama3-chinese-chat-19B",
             "mine",
         ]
         .map(String::from)
@@ -64,6 +72,15 @@ mod tests {
             ("THUDM/cogvlm-base-490-hf", Some("cogvlm-base-490-hf")),
             ("cogvlm-base-490-17b", Some("cogvlm-base-490-hf")),
             ("mine", Some("mine")),
+            (
+                "THUDM/cogvlm2-llama3-chinese-chat-19B",
+                Some("cogvlm2-llama3-chinese-chat-19B"),
+            ),
+            (
+                "cogvlm2-llama3-chinese-chat",
+                Some("cogvlm2-llama3-chinese-chat-19B"),
+            ),
+            ("cogvlm2-llama3-chat", None),
             ("cogagent-chat-17b", None),
             ("cogvlm-grounding-generalist-17b", None),
             ("THUDM/mine", None),

@@ -127,8 +127,8 @@ impl ChatCompletionRequest {
             top_p: self.top_p.unwrap_or(DEFAULT_TOP_P),
             // Absent and 0 (vLLM's "off") both mean no top-k, as everywhere.
             top_k: self.top_k,
-            // The engine's total-length default stays; max_tokens bounds the answer alone.
-            max_length: Sampling::default().max_length,
+            // max_tokens bounds the answer alone; the prompt may use the checkpoint's whole context.
+            max_length: protocol::MAX_CONTEXT,
             max_new_tokens: self.max_completion_tokens.or(self.max_tokens),
             repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
             seed: self.seed,
@@ -395,7 +395,7 @@ mod tests {
             (s.temperature, s.max_new_tokens, s.seed, s.top_k),
             (0.0, Some(12), Some(7), Some(3))
         );
-        assert_eq!(s.max_length, 2048);
+        assert_eq!(s.max_length, protocol::MAX_CONTEXT);
         assert_eq!(p.stops, vec!["\n".to_string()]);
     }
 

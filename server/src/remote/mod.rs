@@ -119,7 +119,10 @@ impl RemoteBackend {
 
     fn checkpoint(&self) -> CheckpointInfo {
         let name = self.config.model.to_ascii_lowercase();
-        let (kind, image_size) = if name.contains("agent") {
+        // The upstream has no config to read: the family follows THUDM's names.
+        let (kind, image_size) = if name.contains("cogvlm2") {
+            (ModelKind::CogVlm2, 1344)
+        } else if name.contains("agent") {
             (ModelKind::CogAgent, 1120)
         } else if name.contains("224") {
             (ModelKind::CogVlm, 224)

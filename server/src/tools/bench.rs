@@ -18,7 +18,7 @@ use crate::model::memory::{
 use crate::model::placement::Placement;
 use crate::model::quant::{decode_read_bytes, Quantizer};
 use crate::model::weights::{expected_tensors, RandomBackend};
-use crate::model::CogVlm;
+use crate::model::{CogVlm, Family};
 use crate::pipeline::{
     checkpoint_info, find_tokenizer, load_tokenizer, make_plan, parse_device, parse_dtype, Answer,
     ChatRequest, LoadOptions, Pipeline, PlacementRequest, Quant, Sampling,
@@ -31,12 +31,18 @@ pub fn named_config(name: &str) -> anyhow::Result<Config> {
 
 /// A named configuration as its `config.json` holds it.
 pub fn named_config_json(name: &str) -> anyhow::Result<serde_json::Value> {
+    if matches!(
+        name,
+        "cogvlm2-19b" | "cogvlm2-chat" | "cogvlm2-llama3-chat-19b"
+    ) {
+        return Ok(cogvlm2_config_json());
+    }
     let (image_size, cogagent) = match name {
         "cogvlm-17b" | "cogvlm-chat" | "cogvlm-base-490" => (490, false),
         "cogvlm-base-224" => (224, false),
         "cogagent-18b" | "cogagent-chat" | "cogagent-vqa" => (224, true),
         other => {
-            bail!("unknown config {other:?} (expected cogvlm-17b, cogvlm-base-224 or cogagent-18b)")
+            bail!("unknown config {other:?} (expected cogvlm-17b, cogvlm-base-224, cogagent-18b or cogvlm2-19b)")
         }
     };
     let grid = image_size / 14;
@@ -54,6 +60,21 @@ pub fn named_config_json(name: &str) -> anyhow::Result<serde_json::Value> {
         json["architectures"] = serde_json::json!(["CogAgentForCausalLM"]);
     }
     Ok(json)
+}
+
+/// `THUDM/cogvlm2-llama3-chat-19B`'s config.json (the Chinese checkpoint has the same shapes): Llama-3-8B with
+/// 8 KV heads, the 1344 px EVA2-CLIP-E tower.
+fn cogvlm2_config_json() -> serde_json::Value {
+    serde_json::json!({
+        "architectures": ["CogVLMForCausalLM"],
+        "hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32, "num_multi_query_heads": 8,
+        "num_hidden_layers": 32, "rms_norm_eps": 1e-5, "vocab_size": 128256, "max_position_embeddings": 8192,
+        "bos_token_id": 128000, "eos_token_id": 128001, "pad_token_id": 128002, "template_version": "chat",
+        "hidden_act": "silu", "torch_dtype": "bfloat16",
+        "vision_config": {"hidden_size": 1792, "image_size": 1344, "in_channels": 3, "intermediate_size": 15360,
+            "layer_norm_eps": 1e-6, "num_heads": 16, "num_hidden_layers": 63, "num_positions": 9217,
+            "patch_size": 14, "hidden_act": "gelu", "dropout_prob": 0.0}
+    })
 }
 
 pub struct BenchArgs {
@@ -224,7 +245,10 @@ fn load(args: &BenchArgs, opts: &LoadOptions, dtype: DType) -> anyhow::Result<(P
                 Quantizer::for_random_weights(args.quant).with_vision(args.quant_vision);
             let model = CogVlm::with_placement(&cfg, vb, quantizer, place)
                 .context("cannot build the random-weight model")?;
-            let tok_path = find_tokenizer(&default_tokenizer_anchor(), args.tokenizer.as_deref())?;
+            let tok_path = find_tokenizer(
+                &default_tokenizer_anchor(cfg.family()),
+                args.tokenizer.as_deref(),
+            )?;
             let summary = checkpoint_info(name.clone(), &cfg);
             (
                 Pipeline::from_parts(model, load_tokenizer(&tok_path)?, summary).with_plan(plan),
@@ -535,12 +559,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     Ok(out)
 }
 
-/// Where the bundled tokenizer lives (for random-weight runs with no model folder).
-pub fn default_tokenizer_anchor() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join("models")
-        .join("cogvlm_tiny_490")
+/// Where the bundled tokenizer of `family` lives (for random-weight runs with no model folder): Vicuna's for
+/// CogVLM and CogAgent, Llama-3's for CogVLM2.
+pub fn default_tokenizer_anchor(family: Family) -> PathBuf {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    match family {
+        Family::CogVlm2 => fixtures
+            .join("cogvlm2")
+            .join("models")
+            .join("cogvlm2_tiny_224"),
+        _ => fixtures.join("models").join("cogvlm_tiny_490"),
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 
 use crate::model::config::Config;
 use crate::model::weights::{expected_tensors, RandomInit};
+use crate::model::Family;
 
 pub struct MakeArgs {
     /// A named configuration (`cogvlm-17b`, `cogagent-18b`, …) or a `config.json` path.
@@ -103,11 +104,22 @@ pub fn run(args: &MakeArgs) -> anyhow::Result<Written> {
         args.out.join("model.safetensors.index.json"),
         serde_json::to_string_pretty(&index)?,
     )?;
-    // The THUDM repos ship no tokenizer; the bundled Vicuna one makes the folder usable as it is.
+    // The CogVLM / CogAgent repos ship no tokenizer, CogVLM2's do: the bundled one of the family (Vicuna's or
+    // Llama-3's) makes the folder usable as it is.
+    let family = cfg.family();
     if let Ok(tok) =
-        crate::pipeline::find_tokenizer(&crate::bench::default_tokenizer_anchor(), None)
+        crate::pipeline::find_tokenizer(&crate::bench::default_tokenizer_anchor(family), None)
     {
         std::fs::copy(&tok, args.out.join("tokenizer.json"))?;
+    }
+    if family == Family::CogVlm2 {
+        // As THUDM's folder: an answer ends at <|end_of_text|> or <|eot_id|>.
+        let generation = serde_json::json!({"bos_token_id": 128000, "eos_token_id": [128001, 128009],
+            "pad_token_id": 128002});
+        std::fs::write(
+            args.out.join("generation_config.json"),
+            serde_json::to_string_pretty(&generation)?,
+        )?;
     }
     Ok(Written {
         shards: n,
@@ -124,9 +136,10 @@ fn hf_config(mut j: serde_json::Value) -> serde_json::Value {
         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "hidden_act": "silu",
         "max_position_embeddings": 2048, "torch_dtype": "bfloat16", "use_cache": true,
     });
+    // A config that names its own ids and context (CogVLM2's) keeps them.
     if let (Some(o), Some(e)) = (j.as_object_mut(), extra.as_object()) {
         for (k, v) in e {
-            o.insert(k.clone(), v.clone());
+            o.entry(k.clone()).or_insert_with(|| v.clone());
         }
     }
     j

@@ -236,13 +236,19 @@ impl Runner {
             .unwrap_or_default())
     }
 
-    fn pipeline(&mut self, model_dir: &str) -> anyhow::Result<&mut Pipeline> {
-        if !self.pipelines.contains_key(model_dir) {
+    /// The pipeline of `model_dir` in `dtype`, loaded on first use (keyed by the folder alone in the run's
+    /// dtype, so placement checks find it by name).
+    fn pipeline(&mut self, model_dir: &str, dtype: DType) -> anyhow::Result<&mut Pipeline> {
+        let key = match dtype == self.dtype {
+            true => model_dir.to_string(),
+            false => format!("{model_dir}@{}", dtype_name(dtype)),
+        };
+        if !self.pipelines.contains_key(&key) {
             let dir = self.dir.join(model_dir);
             let tok = self.dir.join("tokenizer").join("tokenizer.json");
             let opts = LoadOptions {
                 device: self.device_name.clone(),
-                dtype: Some(dtype_name(self.dtype).to_string()),
+                dtype: Some(dtype_name(dtype).to_string()),
                 tokenizer: tok.is_file().then_some(tok),
                 quant: self.quant,
                 quant_vision: self.quant_vision,
@@ -250,9 +256,9 @@ impl Runner {
                 lora: None,
             };
             let p = Pipeline::load(&dir, &opts, &mut |_, _| {})?;
-            self.pipelines.insert(model_dir.to_string(), p);
+            self.pipelines.insert(key.clone(), p);
         }
-        Ok(self.pipelines.get_mut(model_dir).expect("inserted above"))
+        Ok(self.pipelines.get_mut(&key).expect("inserted above"))
     }
 
     /// Tokenizer checks from `tokenizer/tokenizer_checks.json` (fast-tokenizer ids where they differ).
@@ -322,8 +328,8 @@ impl Runner {
 
     /// How strictly this run judges: the vision towers within the dtype's tolerance, or the quantization's
     /// when they are quantized too; everything after them within the looser of that and the language model's.
-    fn judging(&self) -> Judging {
-        let mut vtol = rel_tolerance(self.dtype);
+    fn judging(&self, dtype: DType) -> Judging {
+        let mut vtol = rel_tolerance(dtype);
         if self.quant_vision {
             vtol = vtol.max(self.quant.vision_tolerance());
         }
@@ -331,16 +337,22 @@ impl Runner {
             vtol,
             tol: vtol.max(self.quant.logit_tolerance()),
             quant_vision: self.quant_vision,
-            exact: self.dtype == DType::F32 && self.quant == Quant::Float,
+            exact: dtype == DType::F32 && self.quant == Quant::Float,
             tie: near_tie(self.quant),
         }
     }
 
     fn case_inner(&mut self, case: &Value, rec: &mut Recorder) -> anyhow::Result<()> {
-        let judge = self.judging();
+        // A case whose reference ran in bf16 (`"dtype": "bf16"`) runs in bf16 and is judged against it with
+        // the bf16 budgets; the others run in the run's dtype against their f32 reference.
+        let dtype = match case.get("dtype").and_then(Value::as_str) {
+            Some("bf16") => DType::BF16,
+            _ => self.dtype,
+        };
+        let judge = self.judging(dtype);
         let dir = self.dir.clone();
         let c = Case::read(case, &dir)?;
-        let pipe = self.pipeline(&c.model_dir)?;
+        let pipe = self.pipeline(&c.model_dir, dtype)?;
         check_prompt_text(pipe, case, &c, rec)?;
         if let (Some(img), Some(vfile)) =
             (&c.image, case.get("vision_file").and_then(|v| v.as_str()))
@@ -448,14 +460,24 @@ fn check_prompt_text(
     c: &Case,
     rec: &mut Recorder,
 ) -> anyhow::Result<()> {
-    let text = prompt_text(pipe.model().kind(), c.version, &c.history, &c.query);
+    let text = prompt_text(pipe.model().family(), c.version, &c.history, &c.query);
     let want_text = str_field(case, "prompt_text")?;
     rec.check("prompt_text", text == want_text, format!("{text:?}"));
-    rec.equal(
-        "prompt_text_ids",
-        &pipe.encode_text(&text)?,
-        &ids_field(case, "prompt_text_ids")?,
-    );
+    // The text's ids as listed, else as they sit in the reference's input_ids (the CogVLM2 set).
+    let want_ids = match case.get("prompt_text_ids") {
+        Some(_) => ids_field(case, "prompt_text_ids")?,
+        None => {
+            let first =
+                case.get("first_text_index")
+                    .and_then(Value::as_u64)
+                    .context("case field \"first_text_index\" missing")? as usize;
+            u32s(get(&c.data, "input_ids")?)?
+                .get(first..)
+                .context("first_text_index is past the input ids")?
+                .to_vec()
+        }
+    };
+    rec.equal("prompt_text_ids", &pipe.encode_text(&text)?, &want_ids);
     Ok(())
 }
 
@@ -511,9 +533,16 @@ fn check_vision(
         get(vision, "vit_output_rows_index"),
         get(vision, "vit_output_rows"),
     ) {
-        let vit = pipe.model().vit_output(&pixels)?.squeeze(0)?;
-        let got = vit.index_select(&idx.to_dtype(DType::U32)?.to_device(&device)?, 0)?;
+        let vit = pipe.model().vit_output(&pixels)?;
+        let got = vit
+            .squeeze(0)?
+            .index_select(&idx.to_dtype(DType::U32)?.to_device(&device)?, 0)?;
         rec.close("vit_output_rows", rel_l2(&got, rows), vtol);
+        // CogVLM2: the grid after the 2×2 convolution, before the adapter.
+        if let Ok(conv) = get(vision, "conv_output") {
+            let ours = pipe.model().vision_features(&vit)?.squeeze(0)?;
+            rec.close("conv_output", rel_l2(&ours, conv), vtol);
+        }
     }
     let embeds = pipe.model().encode_image(&pixels)?;
     rec.close(
@@ -744,6 +773,14 @@ fn check_decode(
         let lse = log_sum_exp_rows(&step_logits.unsqueeze(0)?)?;
         worst_lse = worst_lse.max(rel_l2(&lse, &want_lse.i(s..s + 1)?)?);
     }
+    // The CogVLM sets list the position of each step's last input (step 0: the prompt's last); the CogVLM2 set
+    // lists the position each generated token is fed at (one later). Which one a set uses shows in its first
+    // entry.
+    let prompt_last = positions[0];
+    if want_pos.first() == Some(&(prompt_last + 1)) {
+        positions.remove(0);
+        positions.push(cache.last_position() + 1);
+    }
     rec.equal("decode_position_ids", &positions, &want_pos);
     rec.close("decode_topk_logits", Ok(worst), tol);
     rec.close("decode_logsumexp", Ok(worst_lse), tol);
@@ -819,7 +856,8 @@ fn check_generation(
         g.same_tokens(rec, "follow_up_greedy_ids", &follow.generated_ids);
     }
     if g.judge.exact {
-        let want = str_field(case, "generated_text_skip_special")?;
+        let want = str_field(case, "generated_text_skip_special")
+            .or_else(|_| str_field(case, "generated_text"))?;
         rec.check(
             "greedy_text",
             answer.text == want,

@@ -109,8 +109,7 @@ pub fn write_sharded(
             map.insert(name, t);
         }
         let path = out.join(&file);
-        candle_core::safetensors::save(&map, &path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        crate::model::weights::save_pt(&map, &path)?;
     }
     let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
     std::fs::write(

@@ -159,8 +159,7 @@ impl AdamW {
             "t".to_string(),
             Tensor::new(&[self.t as i64], &Device::Cpu)?,
         );
-        candle_core::safetensors::save(&map, path)
-            .with_context(|| format!("cannot write {}", path.display()))
+        crate::model::weights::save_pt(&map, path)
     }
 
     /// Reads what [`Self::save`] wrote for the same parameters.

@@ -157,11 +157,7 @@ impl TrainingRunner {
             .join(format!("{}.png", str_field(&ex, "image")?));
         let tokenizer = load_tokenizer(&self.dir.join("../tokenizer/tokenizer.json"))?;
         let cfg = Config::from_file(&model_dir.join("config.json"))?;
-        let kind = if cfg.is_cogagent() {
-            crate::model::prompt::ModelKind::CogAgent
-        } else {
-            crate::model::prompt::ModelKind::CogVlm
-        };
+        let family = cfg.family();
         let version: PromptVersion = match ex.get("template_version").and_then(Value::as_str) {
             Some(v) => v.parse()?,
             None => default_version(model_name, &cfg),
@@ -175,7 +171,12 @@ impl TrainingRunner {
                 .get_ids()
                 .to_vec())
         };
-        let text = prompt_text(kind, version, &history_field(&ex), str_field(&ex, "query")?);
+        let text = prompt_text(
+            family,
+            version,
+            &history_field(&ex),
+            str_field(&ex, "query")?,
+        );
         rec.check(
             "prompt_text",
             text == str_field(&ex, "prompt_text")?,
@@ -194,7 +195,7 @@ impl TrainingRunner {
             Some(cfg.image_tokens()),
             &text_ids,
         );
-        let example = LabeledInput::new(prompt, &answer_ids, cfg.eos_token_id);
+        let example = LabeledInput::new(prompt, &answer_ids, cfg.eos());
         rec.equal(
             "answer_ids_with_eos",
             &example.input.input_ids[example.prompt_len..],

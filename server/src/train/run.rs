@@ -32,7 +32,8 @@ use super::{load_model_in, TrainModel};
 use crate::model::config::Config;
 use crate::model::lora::{target_linears, Adapter, LoraConfig, LoraPair};
 use crate::model::preprocess;
-use crate::model::prompt::{prompt_text, ModelKind, PromptInput, PromptVersion};
+use crate::model::prompt::{prompt_text, PromptInput, PromptVersion};
+use crate::model::Family;
 use crate::pipeline::{default_version, find_tokenizer, load_tokenizer, parse_device, parse_dtype};
 
 /// The PEFT demo's target modules.
@@ -87,7 +88,7 @@ pub struct TrainArgs {
 /// Everything needed to turn an example into model inputs.
 pub struct Inputs {
     pub cfg: Config,
-    pub kind: ModelKind,
+    pub family: Family,
     pub version: PromptVersion,
     pub tokenizer: Tokenizer,
     pub device: Device,
@@ -113,7 +114,7 @@ impl Inputs {
     /// The prompt of round `round` of `ex` (its earlier rounds as history).
     pub fn prompt(&self, ex: &Example, round: usize) -> anyhow::Result<(PromptInput, String)> {
         let (history, query, answer) = ex.round(round);
-        let text = prompt_text(self.kind, self.version, &history, query);
+        let text = prompt_text(self.family, self.version, &history, query);
         let ids = self.encode(&text)?;
         let p = PromptInput::new(
             self.cfg.bos_token_id,
@@ -139,7 +140,7 @@ impl Inputs {
     pub fn prepare(&self, ex: &Example, round: usize) -> anyhow::Result<Prepared> {
         let (prompt, answer) = self.prompt(ex, round)?;
         let answer_ids = self.encode(&answer)?;
-        let labeled = LabeledInput::new(prompt, &answer_ids, self.cfg.eos_token_id);
+        let labeled = LabeledInput::new(prompt, &answer_ids, self.cfg.eos());
         let (pixels, cross_pixels) = self.pixels(&ex.image)?;
         Ok(Prepared {
             labeled,
@@ -163,14 +164,9 @@ impl Inputs {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let version = version.unwrap_or_else(|| default_version(&name, &cfg));
-        let kind = if cfg.is_cogagent() {
-            ModelKind::CogAgent
-        } else {
-            ModelKind::CogVlm
-        };
         Ok(Self {
+            family: cfg.family(),
             cfg,
-            kind,
             version,
             tokenizer,
             device,
@@ -191,7 +187,7 @@ pub struct Scored {
 /// the sum of [`score`]s.
 fn batch_loss(m: &TrainModel, batch: &[Prepared], pad: u32) -> anyhow::Result<Tensor> {
     let labeled: Vec<&LabeledInput> = batch.iter().map(|p| &p.labeled).collect();
-    if m.model.kind() == ModelKind::CogVlm && batchable(&labeled) {
+    if !m.model.family().has_cross() && batchable(&labeled) {
         let pixels: Vec<&Tensor> = batch.iter().map(|p| &p.pixels).collect();
         let images = m.model.encode_image(&Tensor::cat(&pixels, 0)?)?;
         let with_image = labeled.iter().all(|l| l.input.image_span.is_some());
@@ -293,8 +289,7 @@ fn save(
             map.insert(name.clone(), t.to_dtype(dtype)?);
         }
         let path = dir.join("model.safetensors");
-        candle_core::safetensors::save(&map, &path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        crate::model::weights::save_pt(&map, &path)?;
         std::fs::copy(args.model.join("config.json"), dir.join("config.json"))?;
         let tok = find_tokenizer(&args.model, args.tokenizer.as_deref())?;
         std::fs::copy(tok, dir.join("tokenizer.json"))?;
