@@ -331,7 +331,7 @@ async fn error_of(addr: std::net::SocketAddr, client: &str, send: Send) -> Resul
             }
         },
         Send::UploadRaw(content_type, body) => {
-            let cookie = format!("cogvlm_client={client}");
+            let cookie = cogvlm::web::access::client_cookie(client);
             let headers = [("cookie", cookie.as_str()), ("content-type", content_type)];
             let (status, _, text) =
                 http_bytes(addr, "POST", "/api/upload_image", &headers, &body).await;

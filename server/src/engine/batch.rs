@@ -84,18 +84,29 @@ struct Active {
 /// The generations running together, and the final events still on their way.
 pub(crate) struct Batch {
     max: usize,
+    /// Sequences one client may run at once: a few clients that stop reading cannot hold every
+    /// place (their answers pause until the connection's write deadline cancels them).
+    per_client: usize,
     active: Vec<Active>,
     draining: Vec<Outbox>,
 }
 
 impl Batch {
     pub fn new(max: usize) -> Self {
+        let max = max.max(1);
         Self {
-            max: max.max(1),
+            max,
+            per_client: default_per_client(max),
             active: Vec::new(),
             draining: Vec::new(),
         }
     }
+}
+
+/// Three quarters of the batch (at least one): another client always finds a place when one
+/// client's answers fill the rest.
+pub(crate) fn default_per_client(max_batch: usize) -> usize {
+    (max_batch - max_batch / 4).max(1)
 }
 
 impl Worker {
@@ -126,6 +137,12 @@ impl Worker {
         }
     }
 
+    /// Whether the switch cooldown since the last switch has passed.
+    fn cooled_down(&self) -> bool {
+        self.last_switch
+            .is_none_or(|at| at.elapsed() >= self.switch_cooldown)
+    }
+
     fn take(&mut self, cmd: Command) {
         let announce = matches!(cmd, Command::Generate { .. } | Command::Cancel { .. });
         self.queue.accept(cmd);
@@ -141,6 +158,14 @@ impl Worker {
 
     /// One turn of the loop; `false` when nothing could move.
     fn tick(&mut self) -> bool {
+        #[cfg(feature = "test-hooks")]
+        if self
+            .shared
+            .lock()
+            .is_ok_and(|mut s| std::mem::take(&mut s.panic_loop))
+        {
+            panic!("test-only injected panic in the worker's loop");
+        }
         let mut moved = false;
         self.batch.draining.retain_mut(|out| {
             let before = out.pending.len();
@@ -157,14 +182,19 @@ impl Worker {
         }
         moved |= self.retire_finished();
         if self.batch.active.len() < self.batch.max {
-            if let Some(job) = self.queue.next_job() {
+            let running = &self.batch.active;
+            let cap = self.batch.per_client;
+            let full =
+                |client: &str| running.iter().filter(|a| a.slot.client() == client).count() >= cap;
+            if let Some(job) = self.queue.next_job(full) {
                 self.start(job);
                 self.announce();
                 moved = true;
-            } else if self.batch.active.is_empty() {
+            } else if self.batch.active.is_empty() && self.cooled_down() {
                 if let Some(load) = self.queue.next_load() {
                     self.set_shared(|s| s.busy = true);
-                    self.load(&load.name, &load.events);
+                    self.load(&load.name, &load.listeners);
+                    self.last_switch = Some(Instant::now());
                     self.announce();
                     moved = true;
                 }

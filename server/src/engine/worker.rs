@@ -28,8 +28,13 @@ pub(crate) struct Shared {
     pub(crate) load_error: Option<String>,
     /// A generation or a load is running.
     pub(crate) busy: bool,
-    /// The worker has ended (after `Shutdown`).
+    /// The worker has ended (after `Shutdown`, or a panic in its loop).
     pub(crate) stopped: bool,
+    /// What ended the worker, when a panic did.
+    pub(crate) crashed: Option<String>,
+    /// Test hook (feature `test-hooks`): the loop panics on its next turn.
+    #[cfg(feature = "test-hooks")]
+    pub(crate) panic_loop: bool,
     /// Test hook (feature `test-hooks`): the next job panics inside the worker.
     #[cfg(feature = "test-hooks")]
     pub(crate) panic_next: bool,
@@ -50,12 +55,21 @@ pub(crate) struct Worker {
     pub(crate) opts: LoadOptions,
     pub(crate) limits: Arc<Limits>,
     pub(crate) shared: Arc<Mutex<Shared>>,
+    /// When the last checkpoint switch ended, and the least time before the next starts.
+    pub(crate) last_switch: Option<std::time::Instant>,
+    pub(crate) switch_cooldown: std::time::Duration,
 }
 
 impl Worker {
-    pub(crate) fn load(&mut self, name: &str, events: &mpsc::Sender<Event>) {
+    /// Loads checkpoint `name`, telling every listener (the switches merged into this one).
+    pub(crate) fn load(&mut self, name: &str, listeners: &[mpsc::Sender<Event>]) {
+        let tell = |event: Event| {
+            for events in listeners {
+                let _ = events.blocking_send(event.clone());
+            }
+        };
         let Some(entry) = self.registry.find(name).cloned() else {
-            let _ = events.blocking_send(Event::error(
+            tell(Event::error(
                 ErrorKind::BadInput,
                 format!(
                     "no checkpoint named {name:?} in {}",
@@ -65,7 +79,7 @@ impl Worker {
             return;
         };
         if self.current.as_ref().map(Entry::name) == Some(name) && self.pipeline.is_some() {
-            let _ = events.blocking_send(Event::Loaded {
+            tell(Event::Loaded {
                 checkpoint: entry.info(),
             });
             return;
@@ -85,7 +99,9 @@ impl Worker {
                 last_pct = pct;
                 last_sent = std::time::Instant::now();
                 // Never block a load on a slow or closed listener.
-                let _ = events.try_send(Event::LoadProgress { done, total });
+                for events in listeners {
+                    let _ = events.try_send(Event::LoadProgress { done, total });
+                }
             }
         };
         let mut opts = self.opts.clone();
@@ -114,7 +130,7 @@ impl Worker {
                     "checkpoint {name} loaded in {:.1} s",
                     started.elapsed().as_secs_f64()
                 );
-                let _ = events.blocking_send(Event::Loaded {
+                tell(Event::Loaded {
                     checkpoint: entry.info(),
                 });
             }
@@ -124,7 +140,7 @@ impl Worker {
                     s.loading = None;
                     s.load_error = Some(format!("{name}: {message}"));
                 });
-                let _ = events.blocking_send(Event::error(ErrorKind::Internal, message));
+                tell(Event::error(ErrorKind::Internal, message));
             }
         }
     }
