@@ -20,6 +20,9 @@ const TOKEN: &str = "hostile-test-token-0123456789";
 /// How long the well-behaved client may wait for its answer while an attack runs.
 const GOOD_BOUND: Duration = Duration::from_secs(90);
 
+/// One attack at a time in this binary: the RSS bound and the timing bounds measure one server.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn server(options: EngineOptions, access: Access, conn: ConnLimits) -> TestServer {
     start_full(&bundled_models_dir(), options, access, conn).await
 }
@@ -94,6 +97,7 @@ fn completion(query: &str, max_tokens: usize) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn web_pages_cannot_reach_the_server_through_the_browser() {
+    let _serial = SERIAL.lock().await;
     let s = server(
         EngineOptions::default(),
         Access::default(),
@@ -166,6 +170,7 @@ async fn web_pages_cannot_reach_the_server_through_the_browser() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_token_link_redirects_only_on_this_site() {
+    let _serial = SERIAL.lock().await;
     let access = Access {
         token: Some(TOKEN.into()),
         ..Access::default()
@@ -219,6 +224,7 @@ fn rss() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_80_mb_upload_without_its_boundary_is_cut_off() {
+    let _serial = SERIAL.lock().await;
     let s = server(
         EngineOptions::default(),
         Access::default(),
@@ -280,6 +286,7 @@ async fn an_80_mb_upload_without_its_boundary_is_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_hundred_thousand_empty_turns_are_refused_before_the_worker() {
+    let _serial = SERIAL.lock().await;
     let s = server(
         EngineOptions::default(),
         Access::default(),
@@ -310,6 +317,7 @@ async fn three_hundred_thousand_empty_turns_are_refused_before_the_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn four_megabyte_stop_strings_are_refused() {
+    let _serial = SERIAL.lock().await;
     let s = server(
         EngineOptions::default(),
         Access::default(),
@@ -342,6 +350,7 @@ async fn four_megabyte_stop_strings_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_storm_of_forty_model_switches_is_bounded() {
+    let _serial = SERIAL.lock().await;
     let s = server(
         EngineOptions::default(),
         Access::default(),
@@ -349,6 +358,9 @@ async fn a_storm_of_forty_model_switches_is_bounded() {
     )
     .await;
     let addr = s.addr;
+    let loads_before = s.engine.loads_run();
+    // All 40 sockets open first, then every name is sent at once.
+    let go = std::sync::Arc::new(tokio::sync::Barrier::new(40));
     let mut storm = Vec::new();
     for i in 0..40 {
         let name = if i % 2 == 0 {
@@ -356,14 +368,15 @@ async fn a_storm_of_forty_model_switches_is_bounded() {
         } else {
             CHECKPOINT
         };
+        let go = go.clone();
         storm.push(tokio::spawn(async move {
             let mut ws = connect(addr, "/api/load_model", &format!("switcher{i}"), &[])
                 .await
                 .unwrap();
+            go.wait().await;
             ws.send(frame(&name.to_string())).await.unwrap();
-            let deadline = Duration::from_secs(120);
             loop {
-                match tokio::time::timeout(deadline, next_event(&mut ws)).await {
+                match tokio::time::timeout(Duration::from_secs(120), next_event(&mut ws)).await {
                     Ok(Some(Ok(Event::Loaded { .. }))) => return Ok(()),
                     Ok(Some(Ok(Event::Error { message, .. }))) => return Err(message),
                     Ok(Some(Ok(_))) => {}
@@ -372,7 +385,8 @@ async fn a_storm_of_forty_model_switches_is_bounded() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let good = good_question(addr);
     let (mut loaded, mut busy) = (0, 0);
     for t in storm {
@@ -382,9 +396,16 @@ async fn a_storm_of_forty_model_switches_is_bounded() {
             Err(m) => panic!("unexpected refusal: {m}"),
         }
     }
-    println!("{loaded} switches answered Loaded, {busy} refused as busy");
-    assert!(busy >= 20, "only {busy} of 40 switches were refused");
-    assert!(loaded >= 1);
+    let took = started.elapsed();
+    let loads = s.engine.loads_run() - loads_before;
+    println!(
+        "{loaded} switches answered Loaded, {busy} refused as busy; {loads} loads ran in {took:?}"
+    );
+    // Every switch got its answer: merged into a queued one (Loaded) or refused as busy.
+    assert_eq!(loaded + busy, 40);
+    assert!(busy >= 1, "the cap on waiting switches never applied");
+    // Forty requests, but only the one running and the four queued when the storm hit load.
+    assert!(loads <= 1 + 4, "{loads} loads ran");
     println!("good client answered in {:?}", good.await.unwrap());
 }
 
@@ -410,6 +431,7 @@ async fn stalled_stream(addr: SocketAddr) -> tokio::net::TcpStream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_four_streams_that_never_read_do_not_hold_the_server() {
+    let _serial = SERIAL.lock().await;
     let conn = ConnLimits {
         write_stall: Duration::from_secs(2),
         idle: Duration::from_secs(5),
@@ -447,10 +469,16 @@ async fn twenty_four_streams_that_never_read_do_not_hold_the_server() {
         }
     }
     println!("{closed} unread streams closed by the server, {cut} of them cut before their end");
+    // An answer longer than the socket buffers can hold is cut at the write deadline.
+    assert!(
+        cut >= 1,
+        "no unread stream was cut: the write deadline never applied"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_hundred_half_sent_headers_are_closed_in_time() {
+    let _serial = SERIAL.lock().await;
     let conn = ConnLimits {
         header_read: Duration::from_secs(2),
         ..ConnLimits::default()
@@ -486,6 +514,7 @@ async fn three_hundred_half_sent_headers_are_closed_in_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn new_cookies_on_every_request_do_not_escape_the_limits_in_share_mode() {
+    let _serial = SERIAL.lock().await;
     let options = EngineOptions {
         fairness: Fairness {
             rate_limit: true,
@@ -557,6 +586,7 @@ async fn new_cookies_on_every_request_do_not_escape_the_limits_in_share_mode() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_panic_in_the_worker_loop_fails_requests_fast() {
+    let _serial = SERIAL.lock().await;
     let s = server(
         EngineOptions::default(),
         Access::default(),

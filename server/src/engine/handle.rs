@@ -280,6 +280,12 @@ impl EngineHandle {
         self.shared.lock().map(|s| s.largest_batch).unwrap_or(0)
     }
 
+    /// Checkpoint loads the worker has run (tests, bench): merged, refused or no-op switches
+    /// are not counted.
+    pub fn loads_run(&self) -> u64 {
+        self.shared.lock().map(|s| s.loads_run).unwrap_or(0)
+    }
+
     /// True while the worker runs a generation or a load.
     pub fn is_busy(&self) -> bool {
         self.shared.lock().map(|s| s.busy).unwrap_or(false)

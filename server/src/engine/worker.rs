@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     pub(crate) panic_next: bool,
     /// The most sequences one decode step has run.
     pub(crate) largest_batch: usize,
+    /// Checkpoint loads run (not counting switches to the checkpoint already loaded).
+    pub(crate) loads_run: u64,
     /// The loaded model's device plan: a one-line summary when split, and the full plan.
     pub(crate) plan: (Option<String>, Option<String>),
 }
@@ -87,6 +89,7 @@ impl Worker {
         self.set_shared(|s| {
             s.loading = Some(name.into());
             s.load_error = None;
+            s.loads_run += 1;
         });
         let started = std::time::Instant::now();
         let mut last_sent = std::time::Instant::now() - std::time::Duration::from_secs(1);
