@@ -4,14 +4,16 @@
 //! (127.0.0.2 is a second "address" on the same machine for the share-mode tests).
 
 mod common;
+mod hostile_support;
 
 use cogvlm::engine::{bundled_models_dir, EngineOptions, Fairness};
 use cogvlm::net::conn::ConnLimits;
 use cogvlm::web::access::{client_cookie, Access};
 use common::*;
 use futures::SinkExt;
+use hostile_support::*;
 use protocol::Event;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,61 +40,6 @@ fn good_question(addr: SocketAddr) -> tokio::task::JoinHandle<Duration> {
         assert!(answer.stats.is_some(), "good client: {:?}", answer.error);
         started.elapsed()
     })
-}
-
-/// A raw HTTP/1.1 exchange from `source` (any 127.x address), the request given whole; returns
-/// (status, lower-case headers, body).
-async fn raw(
-    addr: SocketAddr,
-    source: IpAddr,
-    request: &[u8],
-) -> (u16, Vec<(String, String)>, String) {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(source, 0)).unwrap();
-    let mut stream = socket.connect(addr).await.unwrap();
-    let _ = stream.write_all(request).await;
-    let mut bytes = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut bytes)).await;
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    (status, headers, body.to_string())
-}
-
-fn request(method: &str, path: &str, host: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    let mut out = head.into_bytes();
-    out.extend_from_slice(body);
-    out
-}
-
-fn local() -> IpAddr {
-    "127.0.0.1".parse().unwrap()
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-fn completion(query: &str, max_tokens: usize) -> Value {
-    json!({"model": CHECKPOINT, "temperature": 0, "max_tokens": max_tokens,
-           "messages": [{"role": "user", "content": query}]})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -212,16 +159,6 @@ async fn the_token_link_redirects_only_on_this_site() {
     assert!(started.elapsed() < GOOD_BOUND);
 }
 
-/// This process's resident memory, in bytes (the server runs in it).
-fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_80_mb_upload_without_its_boundary_is_cut_off() {
     let _serial = SERIAL.lock().await;
@@ -237,9 +174,9 @@ async fn an_80_mb_upload_without_its_boundary_is_cut_off() {
     // Chunked: no length announced, so only the cap on the stream can stop it.
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
-        "POST /api/upload_image HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{}\r\n\
+        "POST /api/upload_image HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nCookie: {}\r\n\
          Content-Type: multipart/form-data; boundary=never-sent\r\nTransfer-Encoding: chunked\r\n\r\n",
-        format!("Cookie: {}", client_cookie("uploader")),
+        client_cookie("uploader"),
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     let chunk = vec![b'a'; 1 << 20];
@@ -407,26 +344,6 @@ async fn a_storm_of_forty_model_switches_is_bounded() {
     // Forty requests, but only the one running and the four queued when the storm hit load.
     assert!(loads <= 1 + 4, "{loads} loads ran");
     println!("good client answered in {:?}", good.await.unwrap());
-}
-
-/// Opens an SSE completion whose client never reads (a 4 KB receive window).
-async fn stalled_stream(addr: SocketAddr) -> tokio::net::TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(addr).await.unwrap();
-    let mut body = completion("Describe everything at length.", 1800);
-    body["stream"] = json!(true);
-    let body = body.to_string();
-    let headers = [("Content-Type", "application/json")];
-    let req = request(
-        "POST",
-        "/v1/chat/completions",
-        &addr.to_string(),
-        &headers,
-        body.as_bytes(),
-    );
-    stream.write_all(&req).await.unwrap();
-    stream
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
