@@ -419,7 +419,6 @@ fn serve(s: ServeCmd) -> anyhow::Result<()> {
             write_stall: Duration::from_secs(s.write_timeout.max(1)),
             max_connections: s.max_connections.max(1),
             per_address: s.max_connections_per_address.max(1),
-            ..Default::default()
         },
         limits: cogvlm::engine::Limits {
             max_upload_bytes: (s.max_upload_mb * 1e6) as usize,

@@ -528,3 +528,43 @@ async fn a_panic_in_the_worker_loop_fails_requests_fast() {
     let (status, _, _) = http(s.addr, "GET", "/v1/models", &[], "").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shared_server_shows_peers_no_paths_of_its_disk() {
+    let _serial = SERIAL.lock().await;
+    let access = Access {
+        token: Some(TOKEN.into()),
+        ..Access::default()
+    };
+    let s = server(EngineOptions::default(), access, ConnLimits::default()).await;
+    let dir = bundled_models_dir().display().to_string();
+    let token_cookie = format!("cogvlm_token={TOKEN}");
+    // The model list the page shows.
+    let headers = [("Cookie", token_cookie.as_str())];
+    let (status, _, models) = http(s.addr, "POST", "/api/list_models", &headers, "").await;
+    assert_eq!(status, 200, "{models}");
+    assert!(models.contains(CHECKPOINT), "{models}");
+    assert!(!models.contains(&dir), "{models}");
+    // A failed switch (the worker's message names the models folder).
+    let headers = [("cookie", token_cookie.as_str())];
+    let mut ws = connect(s.addr, "/api/load_model", "peer", &headers)
+        .await
+        .unwrap();
+    ws.send(frame(&"no-such-checkpoint".to_string()))
+        .await
+        .unwrap();
+    let error = read_answer(&mut ws).await.error.expect("refused");
+    assert!(error.contains("no checkpoint named"), "{error}");
+    assert!(!error.contains(&dir), "{error}");
+    // The server goes on answering.
+    let mut ws = connect(s.addr, "/api/chat", "peer", &headers)
+        .await
+        .unwrap();
+    ws.send(frame(&protocol::ClientMsg::Generate(Box::new(
+        greedy(None, "Hello.", 3).with_image(None),
+    ))))
+    .await
+    .unwrap();
+    let answer = tokio::time::timeout(GOOD_BOUND, read_answer(&mut ws)).await;
+    assert!(answer.unwrap().stats.is_some());
+}

@@ -87,19 +87,38 @@ pub(crate) struct Batch {
     /// Sequences one client may run at once: a few clients that stop reading cannot hold every
     /// place (their answers pause until the connection's write deadline cancels them).
     per_client: usize,
+    /// Whether `per_client` counts each address as one client (shared servers).
+    per_address: bool,
     active: Vec<Active>,
     draining: Vec<Outbox>,
 }
 
 impl Batch {
-    pub fn new(max: usize) -> Self {
+    pub fn new(max: usize, per_address: bool) -> Self {
         let max = max.max(1);
         Self {
             max,
             per_client: default_per_client(max),
+            per_address,
             active: Vec::new(),
             draining: Vec::new(),
         }
+    }
+}
+
+impl Batch {
+    /// Whether `client` already runs its share of the batch. On a shared server new client ids
+    /// are free, so an address counts as one client.
+    fn runs_its_most(&self, client: &str) -> bool {
+        let key = |c: &'_ str| -> String {
+            match c.rsplit_once('@') {
+                Some((_, address)) if self.per_address => address.to_string(),
+                _ => c.to_string(),
+            }
+        };
+        let k = key(client);
+        let running = self.active.iter().filter(|a| key(a.slot.client()) == k);
+        running.count() >= self.per_client
     }
 }
 
@@ -182,11 +201,8 @@ impl Worker {
         }
         moved |= self.retire_finished();
         if self.batch.active.len() < self.batch.max {
-            let running = &self.batch.active;
-            let cap = self.batch.per_client;
-            let full =
-                |client: &str| running.iter().filter(|a| a.slot.client() == client).count() >= cap;
-            if let Some(job) = self.queue.next_job(full) {
+            let batch = &self.batch;
+            if let Some(job) = self.queue.next_job(|client| batch.runs_its_most(client)) {
                 self.start(job);
                 self.announce();
                 moved = true;

@@ -105,9 +105,10 @@ impl EngineHandle {
             .max_batch
             .unwrap_or_else(|| default_max_batch(&opts.device))
             .clamp(1, crate::model::language::Rows::MAX);
-        let (max_switches, switch_cooldown) = (
+        let (max_switches, switch_cooldown, per_address) = (
             options.fairness.max_queued_switches,
             options.fairness.switch_cooldown,
+            options.fairness.per_address,
         );
         let handle = EngineHandle {
             commands,
@@ -125,7 +126,7 @@ impl EngineHandle {
                 let worker = Worker {
                     rx,
                     queue: Queue::new(max_switches),
-                    batch: Batch::new(max_batch),
+                    batch: Batch::new(max_batch, per_address),
                     pipeline: None,
                     current: None,
                     registry,

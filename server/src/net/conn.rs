@@ -17,7 +17,8 @@ use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 
 /// Connection limits of `cogvlm serve` (flags `--header-timeout`, `--idle-timeout`,
-/// `--write-timeout`, `--first-message-timeout`, `--max-connections`).
+/// `--write-timeout`, `--max-connections`, `--max-connections-per-address`). A socket's first
+/// message has its own deadline in the chat session (`web::chat::FIRST_MESSAGE`).
 #[derive(Clone, Debug)]
 pub struct ConnLimits {
     /// A request's header must arrive within this (slowloris).
@@ -26,8 +27,6 @@ pub struct ConnLimits {
     pub idle: Duration,
     /// A write the client takes no byte of for this long closes the connection.
     pub write_stall: Duration,
-    /// A websocket's first message (the question, the checkpoint name) must come within this.
-    pub first_message: Duration,
     /// Open connections, all clients together.
     pub max_connections: usize,
     /// Open connections from one address other than loopback.
@@ -42,7 +41,6 @@ impl Default for ConnLimits {
             // when they change); SSE keep-alives come every 15 s.
             idle: Duration::from_secs(300),
             write_stall: Duration::from_secs(30),
-            first_message: Duration::from_secs(10),
             max_connections: 1024,
             per_address: 64,
         }
