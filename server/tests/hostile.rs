@@ -568,3 +568,38 @@ async fn a_shared_server_shows_peers_no_paths_of_its_disk() {
     let answer = tokio::time::timeout(GOOD_BOUND, read_answer(&mut ws)).await;
     assert!(answer.unwrap().stats.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn open_websockets_count_toward_the_connection_cap() {
+    let _serial = SERIAL.lock().await;
+    let conn = ConnLimits {
+        max_connections: 4,
+        ..ConnLimits::default()
+    };
+    let s = server(EngineOptions::default(), Access::default(), conn).await;
+    let mut sockets = Vec::new();
+    for i in 0..4 {
+        sockets.push(
+            connect(s.addr, "/api/chat", &format!("holder{i}"), &[])
+                .await
+                .unwrap(),
+        );
+    }
+    // A fifth connection is closed at once, without an answer.
+    let (status, _, _) = http(s.addr, "GET", "/v1/models", &[], "").await;
+    assert_eq!(status, 0, "over the cap");
+    // One socket closes: its place is free again, and a question is answered.
+    drop(sockets.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, _) = http(s.addr, "GET", "/v1/models", &[], "").await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed socket's place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -124,18 +124,33 @@ pub async fn serve(
             peer,
             closing: closing_rx.clone(),
         };
-        let per_address = per_address.clone();
-        tokio::spawn(async move {
-            conn.run(stream).await;
-            per_address.leave(peer.ip());
-            drop(slot);
-        });
+        // The connection's places are given back when its socket closes, which for a websocket
+        // is after its upgrade: open sockets count, whatever protocol they speak.
+        let hold = Hold {
+            _slot: slot,
+            per_address: per_address.clone(),
+            ip: peer.ip(),
+        };
+        tokio::spawn(conn.run(stream, hold));
     }
     let _ = closing.send(true);
     // Every connection gives its slot back when it ends.
     let all = u32::try_from(limits.max_connections.max(1)).unwrap_or(u32::MAX);
     let _ = slots.acquire_many(all).await;
     Ok(())
+}
+
+/// A connection's places under the caps, freed when dropped (with its socket).
+struct Hold {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    per_address: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.per_address.leave(self.ip);
+    }
 }
 
 struct Connection {
@@ -146,7 +161,7 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(mut self, stream: tokio::net::TcpStream) {
+    async fn run(mut self, stream: tokio::net::TcpStream, hold: Hold) {
         let cap = ReadCap::default();
         let io = Guarded::new(
             stream,
@@ -155,7 +170,8 @@ impl Connection {
                 write_stall: self.limits.write_stall,
             },
             cap.clone(),
-        );
+        )
+        .holding(Box::new(hold));
         let (app, peer) = (self.app.clone(), self.peer);
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
@@ -182,6 +198,25 @@ impl Connection {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_address_counts_other_machines_only() {
+        let p = PerAddress::default();
+        let peer: IpAddr = "192.168.1.9".parse().unwrap();
+        assert!(p.enter(peer, 2) && p.enter(peer, 2));
+        assert!(!p.enter(peer, 2), "a third connection from one address");
+        assert!(p.enter("192.168.1.10".parse().unwrap(), 2));
+        p.leave(peer);
+        assert!(p.enter(peer, 2));
+        for _ in 0..10 {
+            assert!(p.enter("127.0.0.1".parse().unwrap(), 2), "the host itself");
         }
     }
 }

@@ -57,6 +57,8 @@ pub struct Guarded<T> {
     /// Set while a write waits for the client to take bytes.
     stalled: Option<Pin<Box<Sleep>>>,
     cap: ReadCap,
+    /// Whatever must live as long as the socket (its places under the connection caps).
+    _hold: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl<T> Guarded<T> {
@@ -67,7 +69,14 @@ impl<T> Guarded<T> {
             idle: Box::pin(tokio::time::sleep(deadlines.idle)),
             stalled: None,
             cap,
+            _hold: None,
         }
+    }
+
+    /// Keeps `hold` until the socket is dropped.
+    pub fn holding(mut self, hold: Box<dyn std::any::Any + Send + Sync>) -> Self {
+        self._hold = Some(hold);
+        self
     }
 
     fn progressed(&mut self) {
