@@ -14,32 +14,16 @@ use futures::SinkExt;
 use hostile_support::*;
 use protocol::Event;
 use serde_json::json;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "hostile-test-token-0123456789";
-/// How long the well-behaved client may wait for its answer while an attack runs.
-const GOOD_BOUND: Duration = Duration::from_secs(90);
-
 /// One attack at a time in this binary: the RSS bound and the timing bounds measure one server.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn server(options: EngineOptions, access: Access, conn: ConnLimits) -> TestServer {
     start_full(&bundled_models_dir(), options, access, conn).await
-}
-
-/// A well-behaved question on its own socket, as client `good`; panics past [`GOOD_BOUND`].
-fn good_question(addr: SocketAddr) -> tokio::task::JoinHandle<Duration> {
-    tokio::spawn(async move {
-        let started = Instant::now();
-        let answer =
-            tokio::time::timeout(GOOD_BOUND, ask(addr, "good", &greedy(None, "Hello.", 3)))
-                .await
-                .expect("the well-behaved question was not answered in time");
-        assert!(answer.stats.is_some(), "good client: {:?}", answer.error);
-        started.elapsed()
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -7,8 +7,24 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The checkpoint the serving tests talk to (as `common::CHECKPOINT`).
-const CHECKPOINT: &str = "cogvlm_tiny_224";
+use crate::common::{ask, greedy, CHECKPOINT};
+use std::time::Instant;
+
+/// How long the well-behaved client may wait for its answer while an attack runs.
+pub const GOOD_BOUND: Duration = Duration::from_secs(90);
+
+/// A well-behaved question on its own socket, as client `good`; panics past [`GOOD_BOUND`].
+pub fn good_question(addr: SocketAddr) -> tokio::task::JoinHandle<Duration> {
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let answer =
+            tokio::time::timeout(GOOD_BOUND, ask(addr, "good", &greedy(None, "Hello.", 3)))
+                .await
+                .expect("the well-behaved question was not answered in time");
+        assert!(answer.stats.is_some(), "good client: {:?}", answer.error);
+        started.elapsed()
+    })
+}
 
 /// A raw HTTP/1.1 exchange from `source` (any 127.x address), the request given whole; returns
 /// (status, lower-case headers, body).
