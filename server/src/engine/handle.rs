@@ -55,6 +55,28 @@ pub struct EngineHandle {
     max_batch: usize,
 }
 
+/// Runs `worker` on its own thread. A panic outside the per-job guards (sampling, finishing,
+/// loading, the loop itself) ends the worker: its requests' channels close with it, and the engine
+/// is marked stopped so that new requests fail at once instead of waiting.
+fn spawn_worker(worker: Worker) -> Result<()> {
+    let shared = worker.shared.clone();
+    std::thread::Builder::new()
+        .name("cogvlm-worker".into())
+        .spawn(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run()));
+            let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(panic) = outcome {
+                let what = super::worker::panic_message(panic.as_ref());
+                tracing::error!("the model worker stopped after an internal error: {what}");
+                s.crashed = Some(what);
+            }
+            s.stopped = true;
+            s.busy = false;
+        })
+        .map_err(|e| anyhow!("starting the model worker thread: {e}"))?;
+    Ok(())
+}
+
 /// How the engine is run: where the model goes, and what it accepts.
 #[derive(Clone, Debug, Default)]
 pub struct EngineOptions {
@@ -120,37 +142,19 @@ impl EngineHandle {
             admission: Admission::new(options.fairness),
             max_batch,
         };
-        std::thread::Builder::new()
-            .name("cogvlm-worker".into())
-            .spawn(move || {
-                let worker = Worker {
-                    rx,
-                    queue: Queue::new(max_switches),
-                    batch: Batch::new(max_batch, per_address),
-                    pipeline: None,
-                    current: None,
-                    registry,
-                    opts,
-                    limits,
-                    shared: shared.clone(),
-                    last_switch: None,
-                    switch_cooldown,
-                };
-                // A panic outside the per-job guards (sampling, finishing, loading, the loop
-                // itself) ends the worker: its requests' channels close with it, and the engine
-                // is marked stopped so that new requests fail at once instead of waiting.
-                let outcome =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run()));
-                let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
-                if let Err(panic) = outcome {
-                    let what = super::worker::panic_message(panic.as_ref());
-                    tracing::error!("the model worker stopped after an internal error: {what}");
-                    s.crashed = Some(what);
-                }
-                s.stopped = true;
-                s.busy = false;
-            })
-            .map_err(|e| anyhow!("starting the model worker thread: {e}"))?;
+        spawn_worker(Worker {
+            rx,
+            queue: Queue::new(max_switches),
+            batch: Batch::new(max_batch, per_address),
+            pipeline: None,
+            current: None,
+            registry,
+            opts,
+            limits,
+            shared: shared.clone(),
+            last_switch: None,
+            switch_cooldown,
+        })?;
         if let Some(name) = initial {
             // Nobody listens to the startup load: progress goes to the log, the state to
             // `models()`.

@@ -103,33 +103,7 @@ impl Queue {
                     told: None,
                 });
             }
-            Command::Load { name, events } => {
-                if self.shutting_down {
-                    let _ = events.try_send(shutting_down());
-                    return;
-                }
-                // The same checkpoint as the last queued switch: one load serves both, and the
-                // requests queued in between run on it as they would have.
-                if let Some(last) = self.loads.back_mut().filter(|l| l.name == name) {
-                    last.listeners.push(events);
-                    return;
-                }
-                if self.loads.len() >= self.max_switches {
-                    let message = format!(
-                        "the server is busy: {} checkpoint switches are waiting (the limit is {}); \
-                         try again in a minute",
-                        self.loads.len(),
-                        self.max_switches
-                    );
-                    let _ = events.try_send(Event::error(ErrorKind::Busy, message));
-                    return;
-                }
-                self.loads_received += 1;
-                self.loads.push_back(Load {
-                    name,
-                    listeners: vec![events],
-                });
-            }
+            Command::Load { name, events } => self.accept_load(name, events),
             Command::Shutdown => {
                 self.shutting_down = true;
                 for (_, jobs) in self.clients.drain() {
@@ -162,6 +136,34 @@ impl Queue {
                 }
             }
         }
+    }
+
+    /// Queues a switch: merged into the last queued one when it goes to the same checkpoint (the
+    /// requests queued in between run on it as they would have), refused past the cap.
+    fn accept_load(&mut self, name: String, events: mpsc::Sender<Event>) {
+        if self.shutting_down {
+            let _ = events.try_send(shutting_down());
+            return;
+        }
+        if let Some(last) = self.loads.back_mut().filter(|l| l.name == name) {
+            last.listeners.push(events);
+            return;
+        }
+        if self.loads.len() >= self.max_switches {
+            let message = format!(
+                "the server is busy: {} checkpoint switches are waiting (the limit is {}); \
+                 try again in a minute",
+                self.loads.len(),
+                self.max_switches
+            );
+            let _ = events.try_send(Event::error(ErrorKind::Busy, message));
+            return;
+        }
+        self.loads_received += 1;
+        self.loads.push_back(Load {
+            name,
+            listeners: vec![events],
+        });
     }
 
     fn forget(&mut self, client: &str) {

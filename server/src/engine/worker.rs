@@ -92,21 +92,7 @@ impl Worker {
             s.loads_run += 1;
         });
         let started = std::time::Instant::now();
-        let mut last_sent = std::time::Instant::now() - std::time::Duration::from_secs(1);
-        let mut last_pct = u64::MAX;
-        let mut progress = |done: u64, total: u64| {
-            let pct = (done * 100).checked_div(total).unwrap_or(0);
-            if pct != last_pct
-                && (last_sent.elapsed() >= std::time::Duration::from_millis(100) || done >= total)
-            {
-                last_pct = pct;
-                last_sent = std::time::Instant::now();
-                // Never block a load on a slow or closed listener.
-                for events in listeners {
-                    let _ = events.try_send(Event::LoadProgress { done, total });
-                }
-            }
-        };
+        let mut progress = progress_to(listeners);
         let mut opts = self.opts.clone();
         if entry.lora.is_some() {
             opts.lora = entry.lora.clone();
@@ -151,6 +137,25 @@ impl Worker {
     pub(crate) fn set_shared(&self, f: impl FnOnce(&mut Shared)) {
         if let Ok(mut s) = self.shared.lock() {
             f(&mut s);
+        }
+    }
+}
+
+/// Load progress for `listeners`: at most every 100 ms and on each whole percent, never blocking
+/// the load on a slow or closed listener.
+fn progress_to(listeners: &[mpsc::Sender<Event>]) -> impl FnMut(u64, u64) + '_ {
+    let mut last_sent = std::time::Instant::now() - std::time::Duration::from_secs(1);
+    let mut last_pct = u64::MAX;
+    move |done: u64, total: u64| {
+        let pct = (done * 100).checked_div(total).unwrap_or(0);
+        if pct != last_pct
+            && (last_sent.elapsed() >= std::time::Duration::from_millis(100) || done >= total)
+        {
+            last_pct = pct;
+            last_sent = std::time::Instant::now();
+            for events in listeners {
+                let _ = events.try_send(Event::LoadProgress { done, total });
+            }
         }
     }
 }

@@ -301,14 +301,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
 async fn run(args: ServeArgs) -> Result<()> {
     if let Some(remote) = args.remote.clone() {
         let source = format!("remote {}", remote.endpoint);
-        let fairness = Fairness {
-            rate_limit: args.fairness.rate_limit || is_shared(&args),
-            per_address: args.fairness.per_address || is_shared(&args),
-            ..args.fairness.clone()
-        };
         let backend = Arc::new(crate::remote::RemoteBackend::new(remote)?.with_rules(
             args.limits.clone(),
-            fairness,
+            fairness_for(&args),
             crate::remote::REQUEST_TIMEOUT,
         ));
         return listen(&args, backend, &source, None).await;
@@ -341,13 +336,7 @@ async fn run(args: ServeArgs) -> Result<()> {
                 lora: args.lora.clone(),
             },
             limits: args.limits.clone(),
-            // A peer can make new client ids at will: on a shared server its address is held to
-            // the per-client limits too.
-            fairness: Fairness {
-                rate_limit: args.fairness.rate_limit || is_shared(&args),
-                per_address: args.fairness.per_address || is_shared(&args),
-                ..args.fairness.clone()
-            },
+            fairness: fairness_for(&args),
             max_batch: args.max_batch,
         },
         initial.as_deref(),
@@ -359,6 +348,26 @@ async fn run(args: ServeArgs) -> Result<()> {
 /// Whether other machines can reach the server (`--share`, or a host other than loopback).
 fn is_shared(args: &ServeArgs) -> bool {
     args.share || !matches!(args.host.parse::<IpAddr>(), Ok(ip) if ip.is_loopback())
+}
+
+/// The access token: `--token` (checked), else a random one for anything reachable from other
+/// machines, even without `--share`.
+fn token_for(args: &ServeArgs, ip: IpAddr) -> Result<Option<String>> {
+    Ok(match &args.token {
+        Some(t) => Some(access::check_token(t)?),
+        None if args.share || !ip.is_loopback() => Some(access::new_token()),
+        None => None,
+    })
+}
+
+/// The queue rules with what a shared server adds: a rate limit, and per-address limits (a peer
+/// can make new client ids at will).
+fn fairness_for(args: &ServeArgs) -> Fairness {
+    Fairness {
+        rate_limit: args.fairness.rate_limit || is_shared(args),
+        per_address: args.fairness.per_address || is_shared(args),
+        ..args.fairness.clone()
+    }
 }
 
 /// Serves `backend` (the local worker or a remote server) until Ctrl+C; `engine`, when local,
@@ -375,12 +384,7 @@ async fn listen(
         .parse()
         .with_context(|| format!("--host {host:?} is not an IP address"))?;
     let addr = SocketAddr::new(ip, args.port);
-    // Anything reachable from other machines gets a token, even without --share.
-    let token = match &args.token {
-        Some(t) => Some(access::check_token(t)?),
-        None if args.share || !ip.is_loopback() => Some(access::new_token()),
-        None => None,
-    };
+    let token = token_for(args, ip)?;
     let access = Access {
         token: token.clone(),
         allowed_hosts: args.allowed_hosts.clone(),
