@@ -141,7 +141,15 @@ pub async fn load_model(
                 return;
             }
         };
-        let name = match input.next().await {
+        // One message is all this socket takes: its name, within a few seconds of opening.
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), input.next());
+        let first = first.await.unwrap_or_else(|_| {
+            Some(Err(ServerFnError::Deserialization(
+                "no checkpoint name came within 10 s".into(),
+            )))
+        });
+        drop(input);
+        let name = match first {
             Some(Ok(name)) => name,
             Some(Err(e)) => {
                 let message = bad_frame(&e);

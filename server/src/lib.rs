@@ -7,6 +7,7 @@ pub mod engine;
 pub mod generate;
 pub mod history_fit;
 pub mod model;
+pub mod net;
 pub mod openai;
 pub mod remote;
 pub mod terminal;

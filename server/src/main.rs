@@ -1,6 +1,7 @@
 //! `cogvlm`: chat with a CogVLM / CogAgent checkpoint, check it against reference fixtures, benchmark it.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -65,9 +66,42 @@ struct ServeCmd {
     /// Share on the LAN: bind all interfaces, require an access token, print the link.
     #[arg(long)]
     share: bool,
-    /// The access token (default with --share: a random one, printed in the link).
+    /// The access token, 16–256 of [A-Za-z0-9-._~] (default with --share: a random one, printed
+    /// in the link). Visible in the process list: prefer --token-file or COGVLM_TOKEN.
     #[arg(long)]
     token: Option<String>,
+    /// A file holding the access token.
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// A host name the server also answers to besides localhost and IP addresses (e.g. box.local);
+    /// repeatable. Other names get 421 (DNS rebinding).
+    #[arg(long)]
+    allow_host: Vec<String>,
+    /// Whether an API request's `model` may switch the loaded checkpoint: never, loopback (from
+    /// this machine only) or always.
+    #[arg(long, default_value = "loopback")]
+    api_switch: cogvlm::openai::ApiSwitch,
+    /// Checkpoint switches waiting at once; more are refused as busy.
+    #[arg(long, default_value_t = 4)]
+    max_queued_switches: usize,
+    /// Least time between two checkpoint switches, in ms.
+    #[arg(long, default_value_t = 500)]
+    switch_cooldown_ms: u64,
+    /// Seconds a request's header may take to arrive.
+    #[arg(long, default_value_t = 10)]
+    header_timeout: u64,
+    /// Seconds a connection may stay without a byte read or written.
+    #[arg(long, default_value_t = 300)]
+    idle_timeout: u64,
+    /// Seconds a client may leave an answer unread before it is cancelled.
+    #[arg(long, default_value_t = 30)]
+    write_timeout: u64,
+    /// Open connections, all clients together.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Open connections from one address (other than this machine's).
+    #[arg(long, default_value_t = 64)]
+    max_connections_per_address: usize,
     /// Folder of checkpoints (each a subfolder with config.json + safetensors); default: the bundled tiny ones.
     #[arg(long)]
     models_dir: Option<PathBuf>,
@@ -372,7 +406,20 @@ fn serve(s: ServeCmd) -> anyhow::Result<()> {
         quant_vision: s.dev.quant_vision,
         placement: s.dev.place.request(),
         share: s.share,
-        token: s.token,
+        token: cogvlm::web::access::token_from(
+            s.token,
+            s.token_file.as_deref(),
+            std::env::var("COGVLM_TOKEN").ok(),
+        )?,
+        allowed_hosts: s.allow_host,
+        api_switch: s.api_switch,
+        conn: cogvlm::net::conn::ConnLimits {
+            header_read: Duration::from_secs(s.header_timeout.max(1)),
+            idle: Duration::from_secs(s.idle_timeout.max(1)),
+            write_stall: Duration::from_secs(s.write_timeout.max(1)),
+            max_connections: s.max_connections.max(1),
+            per_address: s.max_connections_per_address.max(1),
+        },
         limits: cogvlm::engine::Limits {
             max_upload_bytes: (s.max_upload_mb * 1e6) as usize,
             max_pixels: (s.max_megapixels * 1e6) as u64,
@@ -384,6 +431,10 @@ fn serve(s: ServeCmd) -> anyhow::Result<()> {
             rate_limit: s.rate_per_minute.is_some() || s.rate_burst.is_some(),
             per_minute: s.rate_per_minute.unwrap_or(60),
             burst: s.rate_burst.unwrap_or(20),
+            // Turned on by the server when it is shared.
+            per_address: false,
+            max_queued_switches: s.max_queued_switches.max(1),
+            switch_cooldown: Duration::from_millis(s.switch_cooldown_ms),
         },
         max_batch: s.max_batch.map(|n| n as usize),
         remote,

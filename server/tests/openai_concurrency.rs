@@ -49,7 +49,7 @@ fn body(i: usize) -> String {
 async fn post(addr: SocketAddr, body: &str, cookie: Option<&str>) -> (u16, Value) {
     let mut headers = vec![("Content-Type", "application/json".to_string())];
     if let Some(c) = cookie {
-        headers.push(("Cookie", format!("cogvlm_client={c}")));
+        headers.push(("Cookie", cogvlm::web::access::client_cookie(c)));
     }
     let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (status, _, text) =

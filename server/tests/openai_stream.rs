@@ -182,9 +182,18 @@ async fn an_engine_refusal_is_an_http_error_streaming_or_not() {
             "{body}"
         );
     }
-    // A body that is not JSON.
+    // A body not sent as JSON (a cross-site form or text/plain post looks like this): 415.
     let response = client
         .post(format!("http://{addr}/v1/chat/completions"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    // A body sent as JSON that is not JSON.
+    let response = client
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .header("content-type", "application/json")
         .body("{not json")
         .send()
         .await

@@ -18,6 +18,7 @@ async fn without_the_token_everything_is_401_and_with_it_everything_works() {
         EngineOptions::default(),
         Access {
             token: Some(TOKEN.into()),
+            ..Access::default()
         },
     )
     .await;

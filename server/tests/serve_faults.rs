@@ -1,6 +1,7 @@
 //! Faults and fairness: a client that leaves frees the worker at once, a panic in the worker
 //! is reported and the worker goes on, a failed load keeps the model, a full queue says busy,
-//! a client's requests queue up to its cap, a request rate per client, shutdown ends everything.
+//! a client's requests queue up to its cap, a request rate per client, shutdown ends everything, a socket
+//! that never sends its first message is closed after 10 s.
 
 mod common;
 
@@ -244,4 +245,36 @@ async fn shutdown_cancels_the_running_answer_and_refuses_waiting_ones() {
         assert!(Instant::now() < deadline, "the worker did not end");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A socket opened without its first message (the question, the checkpoint name) is answered with
+/// an error and closed after the first-message deadline, instead of holding a task and a connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_socket_without_its_first_message_is_closed_in_time() {
+    let server = start(EngineOptions::default(), Access::default()).await;
+    let started = Instant::now();
+    let mut chat = connect(server.addr, "/api/chat", "silent", &[])
+        .await
+        .unwrap();
+    let mut load = connect(server.addr, "/api/load_model", "silent", &[])
+        .await
+        .unwrap();
+    let chat_error = read_answer(&mut chat).await.error.expect("an error");
+    let load_error = read_answer(&mut load).await.error.expect("an error");
+    let took = started.elapsed();
+    assert!(
+        chat_error.contains("no question came within 10 s"),
+        "{chat_error}"
+    );
+    assert!(
+        load_error.contains("no checkpoint name came within 10 s"),
+        "{load_error}"
+    );
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(20),
+        "{took:?}"
+    );
+    // The server goes on answering.
+    let answer = ask(server.addr, "after", &greedy(None, "Hello.", 3)).await;
+    assert!(answer.stats.is_some(), "{:?}", answer.error);
 }

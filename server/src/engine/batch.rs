@@ -84,18 +84,48 @@ struct Active {
 /// The generations running together, and the final events still on their way.
 pub(crate) struct Batch {
     max: usize,
+    /// Sequences one client may run at once: a few clients that stop reading cannot hold every
+    /// place (their answers pause until the connection's write deadline cancels them).
+    per_client: usize,
+    /// Whether `per_client` counts each address as one client (shared servers).
+    per_address: bool,
     active: Vec<Active>,
     draining: Vec<Outbox>,
 }
 
 impl Batch {
-    pub fn new(max: usize) -> Self {
+    pub fn new(max: usize, per_address: bool) -> Self {
+        let max = max.max(1);
         Self {
-            max: max.max(1),
+            max,
+            per_client: default_per_client(max),
+            per_address,
             active: Vec::new(),
             draining: Vec::new(),
         }
     }
+}
+
+impl Batch {
+    /// Whether `client` already runs its share of the batch. On a shared server new client ids
+    /// are free, so an address counts as one client.
+    fn runs_its_most(&self, client: &str) -> bool {
+        let key = |c: &'_ str| -> String {
+            match c.rsplit_once('@') {
+                Some((_, address)) if self.per_address => address.to_string(),
+                _ => c.to_string(),
+            }
+        };
+        let k = key(client);
+        let running = self.active.iter().filter(|a| key(a.slot.client()) == k);
+        running.count() >= self.per_client
+    }
+}
+
+/// Three quarters of the batch (at least one): another client always finds a place when one
+/// client's answers fill the rest.
+pub(crate) fn default_per_client(max_batch: usize) -> usize {
+    (max_batch - max_batch / 4).max(1)
 }
 
 impl Worker {
@@ -126,6 +156,12 @@ impl Worker {
         }
     }
 
+    /// Whether the switch cooldown since the last switch has passed.
+    fn cooled_down(&self) -> bool {
+        self.last_switch
+            .is_none_or(|at| at.elapsed() >= self.switch_cooldown)
+    }
+
     fn take(&mut self, cmd: Command) {
         let announce = matches!(cmd, Command::Generate { .. } | Command::Cancel { .. });
         self.queue.accept(cmd);
@@ -141,6 +177,14 @@ impl Worker {
 
     /// One turn of the loop; `false` when nothing could move.
     fn tick(&mut self) -> bool {
+        #[cfg(feature = "test-hooks")]
+        if self
+            .shared
+            .lock()
+            .is_ok_and(|mut s| std::mem::take(&mut s.panic_loop))
+        {
+            panic!("test-only injected panic in the worker's loop");
+        }
         let mut moved = false;
         self.batch.draining.retain_mut(|out| {
             let before = out.pending.len();
@@ -157,14 +201,16 @@ impl Worker {
         }
         moved |= self.retire_finished();
         if self.batch.active.len() < self.batch.max {
-            if let Some(job) = self.queue.next_job() {
+            let batch = &self.batch;
+            if let Some(job) = self.queue.next_job(|client| batch.runs_its_most(client)) {
                 self.start(job);
                 self.announce();
                 moved = true;
-            } else if self.batch.active.is_empty() {
+            } else if self.batch.active.is_empty() && self.cooled_down() {
                 if let Some(load) = self.queue.next_load() {
                     self.set_shared(|s| s.busy = true);
-                    self.load(&load.name, &load.events);
+                    self.load(&load.name, &load.listeners);
+                    self.last_switch = Some(Instant::now());
                     self.announce();
                     moved = true;
                 }

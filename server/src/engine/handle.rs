@@ -55,6 +55,28 @@ pub struct EngineHandle {
     max_batch: usize,
 }
 
+/// Runs `worker` on its own thread. A panic outside the per-job guards (sampling, finishing,
+/// loading, the loop itself) ends the worker: its requests' channels close with it, and the engine
+/// is marked stopped so that new requests fail at once instead of waiting.
+fn spawn_worker(worker: Worker) -> Result<()> {
+    let shared = worker.shared.clone();
+    std::thread::Builder::new()
+        .name("cogvlm-worker".into())
+        .spawn(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run()));
+            let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(panic) = outcome {
+                let what = super::worker::panic_message(panic.as_ref());
+                tracing::error!("the model worker stopped after an internal error: {what}");
+                s.crashed = Some(what);
+            }
+            s.stopped = true;
+            s.busy = false;
+        })
+        .map_err(|e| anyhow!("starting the model worker thread: {e}"))?;
+    Ok(())
+}
+
 /// How the engine is run: where the model goes, and what it accepts.
 #[derive(Clone, Debug, Default)]
 pub struct EngineOptions {
@@ -105,6 +127,11 @@ impl EngineHandle {
             .max_batch
             .unwrap_or_else(|| default_max_batch(&opts.device))
             .clamp(1, crate::model::language::Rows::MAX);
+        let (max_switches, switch_cooldown, per_address) = (
+            options.fairness.max_queued_switches,
+            options.fairness.switch_cooldown,
+            options.fairness.per_address,
+        );
         let handle = EngineHandle {
             commands,
             shared: shared.clone(),
@@ -115,27 +142,19 @@ impl EngineHandle {
             admission: Admission::new(options.fairness),
             max_batch,
         };
-        std::thread::Builder::new()
-            .name("cogvlm-worker".into())
-            .spawn(move || {
-                let worker = Worker {
-                    rx,
-                    queue: Queue::default(),
-                    batch: Batch::new(max_batch),
-                    pipeline: None,
-                    current: None,
-                    registry,
-                    opts,
-                    limits,
-                    shared: shared.clone(),
-                };
-                worker.run();
-                if let Ok(mut s) = shared.lock() {
-                    s.stopped = true;
-                    s.busy = false;
-                }
-            })
-            .map_err(|e| anyhow!("starting the model worker thread: {e}"))?;
+        spawn_worker(Worker {
+            rx,
+            queue: Queue::new(max_switches),
+            batch: Batch::new(max_batch, per_address),
+            pipeline: None,
+            current: None,
+            registry,
+            opts,
+            limits,
+            shared: shared.clone(),
+            last_switch: None,
+            switch_cooldown,
+        })?;
         if let Some(name) = initial {
             // Nobody listens to the startup load: progress goes to the log, the state to
             // `models()`.
@@ -179,8 +198,11 @@ impl EngineHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cancel = Arc::new(AtomicBool::new(false));
         let (events, rx) = mpsc::channel(EVENT_BUFFER);
-        let admitted = check_request(&req, &self.limits)
-            .map_err(|e| Error::bad_input(format!("{e:#}")))
+        let admitted = self
+            .refuse_if_stopped()
+            .and_then(|()| {
+                check_request(&req, &self.limits).map_err(|e| Error::bad_input(format!("{e:#}")))
+            })
             .and_then(|image| Ok((image, self.admission.admit(client)?)));
         match admitted {
             Ok((image, slot)) => self.send(Command::Generate {
@@ -207,14 +229,37 @@ impl EngineHandle {
         }
     }
 
-    /// Queues a checkpoint switch; see [`Command::Load`].
+    /// Queues a checkpoint switch; see [`Command::Load`]. The worker merges it with a queued
+    /// switch to the same checkpoint, refuses it past the cap on waiting switches, and starts it
+    /// no sooner than the cooldown after the previous one ([`Fairness`]).
     pub fn load(&self, name: &str) -> mpsc::Receiver<Event> {
         let (events, rx) = mpsc::channel(EVENT_BUFFER);
+        if let Err(e) = self.refuse_if_stopped() {
+            let _ = events.try_send(e.into());
+            return rx;
+        }
         self.send(Command::Load {
             name: name.into(),
             events,
         });
         rx
+    }
+
+    /// The error for every request once the worker has stopped (after a crash or `shutdown`).
+    fn refuse_if_stopped(&self) -> Result<(), Error> {
+        let s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(what) = &s.crashed {
+            return Err(Error::internal(format!(
+                "the model worker stopped after an internal error ({what}); restart the server"
+            )));
+        }
+        if s.stopped {
+            return Err(Error::new(
+                protocol::ErrorKind::ShuttingDown,
+                "the server is shutting down",
+            ));
+        }
+        Ok(())
     }
 
     pub fn registry(&self) -> &Registry {
@@ -240,6 +285,12 @@ impl EngineHandle {
         self.shared.lock().map(|s| s.largest_batch).unwrap_or(0)
     }
 
+    /// Checkpoint loads the worker has run (tests, bench): merged, refused or no-op switches
+    /// are not counted.
+    pub fn loads_run(&self) -> u64 {
+        self.shared.lock().map(|s| s.loads_run).unwrap_or(0)
+    }
+
     /// True while the worker runs a generation or a load.
     pub fn is_busy(&self) -> bool {
         self.shared.lock().map(|s| s.busy).unwrap_or(false)
@@ -263,6 +314,16 @@ impl EngineHandle {
         if let Ok(mut s) = self.shared.lock() {
             s.panic_next = true;
         }
+    }
+
+    /// Test hook: the worker's loop itself panics on its next turn (outside any job's guard).
+    #[cfg(feature = "test-hooks")]
+    pub fn panic_in_loop(&self) {
+        if let Ok(mut s) = self.shared.lock() {
+            s.panic_loop = true;
+        }
+        // Wake the worker if it waits for a command.
+        self.send(Command::Cancel { id: 0 });
     }
 
     /// The checkpoint list and what is loaded.

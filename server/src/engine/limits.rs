@@ -16,10 +16,18 @@ pub struct Limits {
     pub max_upload_bytes: usize,
     /// Decoded width × height.
     pub max_pixels: u64,
-    /// Question plus history, in bytes (the token count is checked against the model's
-    /// context by the pipeline; this bound keeps tokenizing cheap).
+    /// Question plus history, in bytes, each turn counted with [`TURN_TEMPLATE_BYTES`] more for
+    /// its template (the token count is checked against the model's context by the pipeline;
+    /// this bound keeps tokenizing cheap).
     pub max_text_bytes: usize,
+    /// Turns of history: hundreds of thousands of empty turns are tiny in bytes but each one
+    /// costs the tokenizer and the prompt builder a template.
+    pub max_turns: usize,
 }
+
+/// What one turn of history adds to the prompt besides its text ("Question: … Answer: …", the
+/// `[INST]` markers): counted toward [`Limits::max_text_bytes`], so empty turns are not free.
+pub const TURN_TEMPLATE_BYTES: usize = 32;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -28,6 +36,7 @@ impl Default for Limits {
             // A 64-megapixel camera photo fits; a 30000×30000 bomb does not.
             max_pixels: 64_000_000,
             max_text_bytes: 256 * 1024,
+            max_turns: 512,
         }
     }
 }
@@ -42,11 +51,19 @@ fn mb(bytes: usize) -> String {
 
 /// Checks everything that can be checked without the model; returns the image's bytes.
 pub fn check_request(req: &GenerateRequest, limits: &Limits) -> Result<Option<Vec<u8>>> {
+    // Counted before anything else, and cheaply: a request of 300 000 empty turns stops here.
+    if req.history.len() > limits.max_turns {
+        bail!(
+            "the conversation has {} turns; the limit is {}: clear the chat or start a new one",
+            req.history.len(),
+            limits.max_turns
+        );
+    }
     let text_bytes = req.query.len()
         + req
             .history
             .iter()
-            .map(|(q, a)| q.len() + a.len())
+            .map(|(q, a)| q.len() + a.len() + TURN_TEMPLATE_BYTES)
             .sum::<usize>();
     if text_bytes > limits.max_text_bytes {
         bail!(
@@ -211,6 +228,24 @@ mod tests {
         };
         let err = check_request(&request(&png(3, 2)), &limits).unwrap_err();
         assert!(err.to_string().contains("the limit is"), "{err}");
+    }
+
+    #[test]
+    fn empty_turns_count_toward_the_limits() {
+        let limits = Limits::default();
+        let mut req = request(&png(3, 2));
+        req.history = vec![(String::new(), String::new()); limits.max_turns];
+        // Under the turn cap, but each empty turn costs its template bytes.
+        let small = Limits {
+            max_text_bytes: limits.max_turns * TURN_TEMPLATE_BYTES - 1,
+            ..limits.clone()
+        };
+        let err = check_request(&req, &small).unwrap_err();
+        assert!(err.to_string().contains("the limit is"), "{err}");
+        assert!(check_request(&req, &limits).is_ok());
+        req.history.push((String::new(), String::new()));
+        let err = check_request(&req, &limits).unwrap_err();
+        assert!(err.to_string().contains("turns"), "{err}");
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //! request just started goes to the back of the rotation, so one client's sixteen requests delay
 //! another client's single one by at most one start. A switch (`Load`) is a barrier: the requests
 //! queued before it start (and finish) on the old checkpoint, those queued after it on the new one.
+//! Switches are admitted too: one to the checkpoint the last queued switch already goes to joins it,
+//! and past `max_switches` waiting ones a switch is refused as busy.
 
 use super::admission::Slot;
 use super::command::{cancelled_done, shutting_down, Command};
-use protocol::{Event, GenerateRequest};
+use protocol::{ErrorKind, Event, GenerateRequest};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -27,14 +29,16 @@ pub(crate) struct Waiting {
     told: Option<usize>,
 }
 
-/// A queued checkpoint switch.
+/// A queued checkpoint switch, and everyone who asked for it.
 pub(crate) struct Load {
     pub name: String,
-    pub events: mpsc::Sender<Event>,
+    pub listeners: Vec<mpsc::Sender<Event>>,
 }
 
 #[derive(Default)]
 pub(crate) struct Queue {
+    /// Switches that may wait at once.
+    max_switches: usize,
     /// Each client's waiting requests, oldest first.
     clients: HashMap<String, VecDeque<Waiting>>,
     /// Clients with waiting requests, in the order they get the next free place.
@@ -49,6 +53,13 @@ pub(crate) struct Queue {
 }
 
 impl Queue {
+    pub fn new(max_switches: usize) -> Self {
+        Self {
+            max_switches: max_switches.max(1),
+            ..Self::default()
+        }
+    }
+
     pub fn record_job_time(&mut self, ms: f64) {
         self.avg_job_ms = Some(match self.avg_job_ms {
             Some(avg) => 0.7 * avg + 0.3 * ms,
@@ -92,14 +103,7 @@ impl Queue {
                     told: None,
                 });
             }
-            Command::Load { name, events } => {
-                if self.shutting_down {
-                    let _ = events.try_send(shutting_down());
-                    return;
-                }
-                self.loads_received += 1;
-                self.loads.push_back(Load { name, events });
-            }
+            Command::Load { name, events } => self.accept_load(name, events),
             Command::Shutdown => {
                 self.shutting_down = true;
                 for (_, jobs) in self.clients.drain() {
@@ -109,7 +113,9 @@ impl Queue {
                 }
                 self.rotation.clear();
                 for load in self.loads.drain(..) {
-                    let _ = load.events.try_send(shutting_down());
+                    for events in load.listeners {
+                        let _ = events.try_send(shutting_down());
+                    }
                 }
             }
             Command::Cancel { id } => {
@@ -132,19 +138,50 @@ impl Queue {
         }
     }
 
+    /// Queues a switch: merged into the last queued one when it goes to the same checkpoint (the
+    /// requests queued in between run on it as they would have), refused past the cap.
+    fn accept_load(&mut self, name: String, events: mpsc::Sender<Event>) {
+        if self.shutting_down {
+            let _ = events.try_send(shutting_down());
+            return;
+        }
+        if let Some(last) = self.loads.back_mut().filter(|l| l.name == name) {
+            last.listeners.push(events);
+            return;
+        }
+        if self.loads.len() >= self.max_switches {
+            let message = format!(
+                "the server is busy: {} checkpoint switches are waiting (the limit is {}); \
+                 try again in a minute",
+                self.loads.len(),
+                self.max_switches
+            );
+            let _ = events.try_send(Event::error(ErrorKind::Busy, message));
+            return;
+        }
+        self.loads_received += 1;
+        self.loads.push_back(Load {
+            name,
+            listeners: vec![events],
+        });
+    }
+
     fn forget(&mut self, client: &str) {
         self.clients.remove(client);
         self.rotation.retain(|c| c != client);
     }
 
     /// The next request that may start now: the first client in the rotation whose oldest request
-    /// belongs to the current checkpoint; that client moves to the back.
-    pub fn next_job(&mut self) -> Option<Waiting> {
+    /// belongs to the current checkpoint and who is not `full` (running its most already); that
+    /// client moves to the back.
+    pub fn next_job(&mut self, full: impl Fn(&str) -> bool) -> Option<Waiting> {
         let at = self.rotation.iter().position(|c| {
-            self.clients
-                .get(c)
-                .and_then(|jobs| jobs.front())
-                .is_some_and(|j| j.epoch == self.loads_done)
+            !full(c)
+                && self
+                    .clients
+                    .get(c)
+                    .and_then(|jobs| jobs.front())
+                    .is_some_and(|j| j.epoch == self.loads_done)
         })?;
         let client = self.rotation.remove(at)?;
         let jobs = self.clients.get_mut(&client)?;

@@ -28,13 +28,20 @@ pub(crate) struct Shared {
     pub(crate) load_error: Option<String>,
     /// A generation or a load is running.
     pub(crate) busy: bool,
-    /// The worker has ended (after `Shutdown`).
+    /// The worker has ended (after `Shutdown`, or a panic in its loop).
     pub(crate) stopped: bool,
+    /// What ended the worker, when a panic did.
+    pub(crate) crashed: Option<String>,
+    /// Test hook (feature `test-hooks`): the loop panics on its next turn.
+    #[cfg(feature = "test-hooks")]
+    pub(crate) panic_loop: bool,
     /// Test hook (feature `test-hooks`): the next job panics inside the worker.
     #[cfg(feature = "test-hooks")]
     pub(crate) panic_next: bool,
     /// The most sequences one decode step has run.
     pub(crate) largest_batch: usize,
+    /// Checkpoint loads run (not counting switches to the checkpoint already loaded).
+    pub(crate) loads_run: u64,
     /// The loaded model's device plan: a one-line summary when split, and the full plan.
     pub(crate) plan: (Option<String>, Option<String>),
 }
@@ -50,12 +57,21 @@ pub(crate) struct Worker {
     pub(crate) opts: LoadOptions,
     pub(crate) limits: Arc<Limits>,
     pub(crate) shared: Arc<Mutex<Shared>>,
+    /// When the last checkpoint switch ended, and the least time before the next starts.
+    pub(crate) last_switch: Option<std::time::Instant>,
+    pub(crate) switch_cooldown: std::time::Duration,
 }
 
 impl Worker {
-    pub(crate) fn load(&mut self, name: &str, events: &mpsc::Sender<Event>) {
+    /// Loads checkpoint `name`, telling every listener (the switches merged into this one).
+    pub(crate) fn load(&mut self, name: &str, listeners: &[mpsc::Sender<Event>]) {
+        let tell = |event: Event| {
+            for events in listeners {
+                let _ = events.blocking_send(event.clone());
+            }
+        };
         let Some(entry) = self.registry.find(name).cloned() else {
-            let _ = events.blocking_send(Event::error(
+            tell(Event::error(
                 ErrorKind::BadInput,
                 format!(
                     "no checkpoint named {name:?} in {}",
@@ -65,7 +81,7 @@ impl Worker {
             return;
         };
         if self.current.as_ref().map(Entry::name) == Some(name) && self.pipeline.is_some() {
-            let _ = events.blocking_send(Event::Loaded {
+            tell(Event::Loaded {
                 checkpoint: entry.info(),
             });
             return;
@@ -73,21 +89,10 @@ impl Worker {
         self.set_shared(|s| {
             s.loading = Some(name.into());
             s.load_error = None;
+            s.loads_run += 1;
         });
         let started = std::time::Instant::now();
-        let mut last_sent = std::time::Instant::now() - std::time::Duration::from_secs(1);
-        let mut last_pct = u64::MAX;
-        let mut progress = |done: u64, total: u64| {
-            let pct = (done * 100).checked_div(total).unwrap_or(0);
-            if pct != last_pct
-                && (last_sent.elapsed() >= std::time::Duration::from_millis(100) || done >= total)
-            {
-                last_pct = pct;
-                last_sent = std::time::Instant::now();
-                // Never block a load on a slow or closed listener.
-                let _ = events.try_send(Event::LoadProgress { done, total });
-            }
-        };
+        let mut progress = progress_to(listeners);
         let mut opts = self.opts.clone();
         if entry.lora.is_some() {
             opts.lora = entry.lora.clone();
@@ -114,7 +119,7 @@ impl Worker {
                     "checkpoint {name} loaded in {:.1} s",
                     started.elapsed().as_secs_f64()
                 );
-                let _ = events.blocking_send(Event::Loaded {
+                tell(Event::Loaded {
                     checkpoint: entry.info(),
                 });
             }
@@ -124,7 +129,7 @@ impl Worker {
                     s.loading = None;
                     s.load_error = Some(format!("{name}: {message}"));
                 });
-                let _ = events.blocking_send(Event::error(ErrorKind::Internal, message));
+                tell(Event::error(ErrorKind::Internal, message));
             }
         }
     }
@@ -132,6 +137,25 @@ impl Worker {
     pub(crate) fn set_shared(&self, f: impl FnOnce(&mut Shared)) {
         if let Ok(mut s) = self.shared.lock() {
             f(&mut s);
+        }
+    }
+}
+
+/// Load progress for `listeners`: at most every 100 ms and on each whole percent, never blocking
+/// the load on a slow or closed listener.
+fn progress_to(listeners: &[mpsc::Sender<Event>]) -> impl FnMut(u64, u64) + '_ {
+    let mut last_sent = std::time::Instant::now() - std::time::Duration::from_secs(1);
+    let mut last_pct = u64::MAX;
+    move |done: u64, total: u64| {
+        let pct = (done * 100).checked_div(total).unwrap_or(0);
+        if pct != last_pct
+            && (last_sent.elapsed() >= std::time::Duration::from_millis(100) || done >= total)
+        {
+            last_pct = pct;
+            last_sent = std::time::Instant::now();
+            for events in listeners {
+                let _ = events.try_send(Event::LoadProgress { done, total });
+            }
         }
     }
 }

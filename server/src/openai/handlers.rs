@@ -4,9 +4,11 @@ use super::aliases;
 use super::error::ApiError;
 use super::request::ChatCompletionRequest;
 use super::run::{Out, Run};
+use crate::net::body::BodyError;
 use app::backend::Backend;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
+use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -18,8 +20,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub type SharedBackend = Arc<dyn Backend>;
 
-pub async fn list_models(State(backend): State<SharedBackend>) -> Json<Value> {
-    let state = backend.models();
+/// The API routes' state.
+#[derive(Clone)]
+pub struct Api {
+    pub backend: SharedBackend,
+    pub options: Arc<super::ApiOptions>,
+}
+
+pub async fn list_models(State(api): State<Api>) -> Json<Value> {
+    let state = api.backend.models();
     let mut data = Vec::new();
     for c in &state.checkpoints {
         // The checkpoint, then THUDM's names for it (`root` says which checkpoint answers).
@@ -46,36 +55,77 @@ pub async fn not_found() -> ApiError {
     }
 }
 
-/// The largest request body read: room for a 20 MB image in base64 and a long conversation;
-/// the engine's own limits then apply (and say what they are).
-const MAX_BODY_BYTES: usize = 64 << 20;
-
-pub async fn chat_completions(State(backend): State<SharedBackend>, req: Request) -> Response {
+pub async fn chat_completions(State(api): State<Api>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
+    // A cross-site page can post `text/plain` (or no type) without asking the browser first;
+    // JSON needs a CORS preflight, which this server never grants.
+    if !is_json(&parts.headers) {
+        let mut e = ApiError::invalid(
+            "the request body must be JSON, sent as Content-Type: application/json",
+            None,
+        );
+        e.status = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+        return e.into_response();
+    }
     // API callers share the page's fairness rules, keyed by address (or client cookie).
     let client = crate::web::access::client_key_of(&parts);
-    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(body) => body,
-        Err(_) => {
-            let mut e = ApiError::invalid(
-                format!("the request body is over {} MB", MAX_BODY_BYTES >> 20),
-                None,
-            );
-            e.status = axum::http::StatusCode::PAYLOAD_TOO_LARGE;
-            return e.into_response();
-        }
+    let may_switch = match api.options.switch {
+        super::ApiSwitch::Never => false,
+        super::ApiSwitch::Loopback => crate::web::access::is_loopback(&parts),
+        super::ApiSwitch::Always => true,
     };
-    match complete(backend, &body, &client).await {
-        Ok(response) => response,
-        Err(e) => e.into_response(),
-    }
+    let length = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let max = api.options.max_body;
+    let (body, held) = match api.options.bodies.read(body, length, max).await {
+        Ok(read) => read,
+        Err(e) => return body_error(e).into_response(),
+    };
+    let request = parse(&body);
+    // The request is parsed: its body's bytes go back to the budget.
+    drop((body, held));
+    let result = match request {
+        Ok(req) => complete(api.backend, req, &client, may_switch).await,
+        Err(e) => Err(e),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn complete(
-    backend: SharedBackend,
-    body: &Bytes,
-    client: &str,
-) -> Result<Response, ApiError> {
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn body_error(e: BodyError) -> ApiError {
+    let (status, message) = match e {
+        BodyError::TooLarge(max) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is over {} MB", max >> 20),
+        ),
+        BodyError::Busy(total) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the server is reading {} MB of other requests' bodies, its limit; try again \
+                 in a few seconds",
+                total >> 20
+            ),
+        ),
+        BodyError::Read(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("the request body could not be read: {e}"),
+        ),
+    };
+    let mut e = ApiError::invalid(message, None);
+    e.status = status;
+    e
+}
+
+fn parse(body: &Bytes) -> Result<(ChatCompletionRequest, super::request::Prepared), ApiError> {
     let req: ChatCompletionRequest = serde_json::from_slice(body).map_err(|e| {
         ApiError::invalid(
             format!("the body is not a valid chat completion request: {e}"),
@@ -83,7 +133,16 @@ async fn complete(
         )
     })?;
     let prepared = req.prepare()?;
-    ensure_model(backend.as_ref(), &req.model).await?;
+    Ok((req, prepared))
+}
+
+async fn complete(
+    backend: SharedBackend,
+    (req, prepared): (ChatCompletionRequest, super::request::Prepared),
+    client: &str,
+    may_switch: bool,
+) -> Result<Response, ApiError> {
+    ensure_model(backend.as_ref(), &req.model, may_switch).await?;
     let mut run = Run::start(backend.as_ref(), prepared.generate, client, prepared.stops);
     // Wait for the first text (or the end) before answering, so that a refused request gets
     // a 4xx/5xx status instead of an error inside a 200 stream.
@@ -112,7 +171,11 @@ async fn complete(
 /// `model` must name a scanned checkpoint (or be one of THUDM's names for it, [`aliases`]);
 /// another one than the loaded one is loaded first (queued like a switch from the page, so it
 /// affects the page too).
-async fn ensure_model(backend: &dyn Backend, requested: &str) -> Result<(), ApiError> {
+async fn ensure_model(
+    backend: &dyn Backend,
+    requested: &str,
+    may_switch: bool,
+) -> Result<(), ApiError> {
     let state = backend.models();
     let known: Vec<String> = state.checkpoints.into_iter().map(|c| c.name).collect();
     let Some(name) = aliases::resolve(requested, &known) else {
@@ -120,6 +183,20 @@ async fn ensure_model(backend: &dyn Backend, requested: &str) -> Result<(), ApiE
     };
     if state.current.as_deref() == Some(name) {
         return Ok(());
+    }
+    if !may_switch {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: format!(
+                "this server does not let API requests switch the checkpoint ({} is loaded): \
+                 ask for it, or switch on the page; its operator can allow switching with \
+                 --api-switch",
+                state.current.as_deref().unwrap_or("none")
+            ),
+            kind: "invalid_request_error",
+            param: Some("model".into()),
+            code: Some("model_switch_not_allowed"),
+        });
     }
     let mut events = backend.load(name.to_string());
     while let Some(event) = events.recv().await {

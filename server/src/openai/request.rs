@@ -89,6 +89,9 @@ const DEFAULT_TEMPERATURE: f64 = 1.0;
 const DEFAULT_TOP_P: f64 = 1.0;
 /// OpenAI accepts at most four stop sequences.
 const MAX_STOPS: usize = 4;
+/// Longest stop sequence, in bytes: the stop matcher holds back up to this much of the answer and
+/// scans it on every piece, so a 4 MB stop string would cost 4 MB of scanning per token.
+pub const MAX_STOP_BYTES: usize = 256;
 
 /// What the handler needs besides the engine request.
 #[derive(Debug)]
@@ -151,6 +154,15 @@ impl ChatCompletionRequest {
         if stops.len() > MAX_STOPS {
             return Err(ApiError::invalid(
                 format!("at most {MAX_STOPS} stop sequences are allowed"),
+                Some("stop"),
+            ));
+        }
+        if let Some(long) = stops.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(ApiError::invalid(
+                format!(
+                    "a stop sequence is {} bytes long; the limit is {MAX_STOP_BYTES}",
+                    long.len()
+                ),
                 Some("stop"),
             ));
         }
@@ -397,6 +409,18 @@ mod tests {
         );
         assert_eq!(s.max_length, protocol::MAX_CONTEXT);
         assert_eq!(p.stops, vec!["\n".to_string()]);
+    }
+
+    #[test]
+    fn a_long_stop_sequence_is_refused() {
+        let long = "x".repeat(MAX_STOP_BYTES + 1);
+        let r = req(serde_json::json!({
+            "model": "m", "stop": [long],
+            "messages": [{"role": "user", "content": "Q"}]
+        }));
+        let err = r.prepare().unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("stop"), "{}", err.message);
+        assert!(err.message.contains("limit is 256"), "{}", err.message);
     }
 
     #[test]

@@ -5,6 +5,9 @@
 pub mod cli;
 mod sse;
 
+use crate::engine::admission::Admission;
+use crate::engine::limits::check_request;
+use crate::engine::{Fairness, Limits};
 use app::backend::{Backend, CancelHandle, Generation};
 use protocol::{
     CheckpointInfo, Error, ErrorKind, Event, GenerateRequest, ModelKind, ModelsState,
@@ -88,7 +91,15 @@ pub struct RemoteBackend {
     /// `<endpoint>/chat/completions`.
     url: reqwest::Url,
     client: reqwest::Client,
+    /// The local engine's checks and queue rules, applied before any upstream call: token
+    /// holders must not get unlimited calls on the operator's key.
+    limits: Limits,
+    admission: Arc<Admission>,
+    timeout: Duration,
 }
+
+/// The longest one upstream answer may take, start to end.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Capacity of a request's event channel (as the local worker's).
 const EVENT_BUFFER: usize = 256;
@@ -114,7 +125,18 @@ impl RemoteBackend {
             config,
             url,
             client,
+            limits: Limits::default(),
+            admission: Admission::new(Fairness::default()),
+            timeout: REQUEST_TIMEOUT,
         })
+    }
+
+    /// The request limits, queue rules and per-request timeout to apply.
+    pub fn with_rules(mut self, limits: Limits, fairness: Fairness, timeout: Duration) -> Self {
+        self.limits = limits;
+        self.admission = Admission::new(fairness);
+        self.timeout = timeout;
+        self
     }
 
     fn checkpoint(&self) -> CheckpointInfo {
@@ -150,14 +172,25 @@ impl Backend for RemoteBackend {
         }
     }
 
-    // The remote server applies its own fairness rules; `client` is not forwarded.
-    fn generate(&self, req: GenerateRequest, _client: &str) -> Generation {
+    // Checked and admitted here as the local engine would; `client` is not forwarded.
+    fn generate(&self, req: GenerateRequest, client: &str) -> Generation {
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let stop = Arc::new(Notify::new());
         let cancel = {
             let stop = stop.clone();
             CancelHandle::new(move || stop.notify_one())
         };
+        let admitted = check_request(&req, &self.limits)
+            .map_err(|e| Error::bad_input(format!("{e:#}")))
+            .and_then(|_| self.admission.admit(client));
+        let slot = match admitted {
+            Ok(slot) => slot,
+            Err(e) => {
+                let _ = tx.try_send(e.into());
+                return Generation { events: rx, cancel };
+            }
+        };
+        let timeout = self.timeout;
         let call = Call {
             request: self
                 .client
@@ -171,9 +204,18 @@ impl Backend for RemoteBackend {
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(async move {
+                    // The queue place is held until the answer ends.
+                    let _slot = slot;
                     let mut meter = Meter::new();
                     tokio::select! {
                         _ = call.run(&mut meter) => {}
+                        _ = tokio::time::sleep(timeout) => {
+                            let message = format!(
+                                "the remote server did not finish the answer within {} s",
+                                timeout.as_secs()
+                            );
+                            let _ = tx.send(Event::error(ErrorKind::Upstream, message)).await;
+                        }
                         _ = stop.notified() => {
                             // Dropping the request future closed the HTTP stream.
                             let stats = meter.stats(&model, StopReason::Cancelled);

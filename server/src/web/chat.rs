@@ -14,20 +14,33 @@ use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use protocol::{ClientMsg, ErrorKind, Event, GenerateRequest, UploadRef};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// The web layer the server functions call ([`app::backend::WebContext`]).
 pub struct WebLayer {
     backend: Arc<dyn Backend>,
     uploads: Arc<Uploads>,
+    first_message: Duration,
 }
+
+/// How long a chat socket may stay open without its question.
+pub const FIRST_MESSAGE: Duration = Duration::from_secs(10);
 
 impl WebLayer {
     pub fn new(backend: Arc<dyn Backend>, uploads: Uploads) -> Self {
         Self {
             backend,
             uploads: Arc::new(uploads),
+            first_message: FIRST_MESSAGE,
         }
+    }
+
+    /// A socket whose question does not come within `deadline` is answered with an error and
+    /// closed (an open socket holds a connection and a task).
+    pub fn with_first_message(mut self, deadline: Duration) -> Self {
+        self.first_message = deadline;
+        self
     }
 }
 
@@ -51,6 +64,7 @@ impl Web for WebLayer {
         input: BoxStream<'static, Result<ClientMsg, String>>,
     ) -> mpsc::Receiver<Event> {
         let (tx, rx) = mpsc::channel(256);
+        let input = first_within(input, self.first_message);
         tokio::spawn(run_chat(
             input,
             self.backend.clone(),
@@ -114,6 +128,27 @@ pub async fn run_chat(
         }
     }
     watcher.abort();
+}
+
+/// `input`, whose first item becomes an error when it does not come within `deadline`.
+fn first_within(
+    input: BoxStream<'static, Result<ClientMsg, String>>,
+    deadline: Duration,
+) -> BoxStream<'static, Result<ClientMsg, String>> {
+    let first = futures::stream::once(async move {
+        let mut input = input;
+        let first = match tokio::time::timeout(deadline, input.next()).await {
+            Ok(first) => first,
+            Err(_) => Some(Err(format!(
+                "bad request: no question came within {} s of opening the socket",
+                deadline.as_secs()
+            ))),
+        };
+        (first, input)
+    });
+    first
+        .flat_map(|(first, rest)| futures::stream::iter(first).chain(rest))
+        .boxed()
 }
 
 /// The request with the image it names in place of the name.

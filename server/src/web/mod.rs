@@ -6,6 +6,7 @@
 pub mod access;
 pub mod assets;
 pub mod chat;
+pub mod redacted;
 pub mod share;
 pub mod uploads;
 
@@ -46,8 +47,15 @@ pub struct ServeArgs {
     pub placement: crate::pipeline::PlacementRequest,
     /// Bind every interface and require an access token (`token`, or a generated one).
     pub share: bool,
-    /// The access token; `None` with `share` (or a non-loopback host): a random one.
+    /// The access token (checked by [`access::check_token`]); `None` with `share` (or a
+    /// non-loopback host): a random one.
     pub token: Option<String>,
+    /// Host names accepted besides loopback and IP addresses (`--allow-host`).
+    pub allowed_hosts: Vec<String>,
+    /// Connection deadlines and caps.
+    pub conn: crate::net::conn::ConnLimits,
+    /// Whether the API's `model` field may switch the checkpoint (`--api-switch`).
+    pub api_switch: crate::openai::ApiSwitch,
     pub limits: Limits,
     /// The queue's rules; the rate limit is turned on for a shared server (`share`, or a host
     /// other than loopback) whatever `fairness.rate_limit` says.
@@ -73,6 +81,9 @@ impl Default for ServeArgs {
             placement: Default::default(),
             share: false,
             token: None,
+            allowed_hosts: Vec::new(),
+            conn: Default::default(),
+            api_switch: Default::default(),
             limits: Limits::default(),
             fairness: Fairness::default(),
             max_batch: None,
@@ -158,6 +169,7 @@ pub fn router(
     web: Arc<dyn Web>,
     site_root: &Path,
     addr: SocketAddr,
+    api: crate::openai::ApiOptions,
 ) -> Router {
     // With hashed bundle names the page links them. Leptos reads the hash file on each render
     // (a rebuild while serving is picked up) from the binary's folder joined with this path,
@@ -176,7 +188,7 @@ pub fn router(
                 .into(),
         )
         .build();
-    let openai = crate::openai::router(backend.clone());
+    let openai = crate::openai::router(backend.clone(), api);
     let backend = BackendContext(backend);
     let web = WebContext(web);
     let shared = share::current();
@@ -206,8 +218,8 @@ pub fn router(
         .layer(assets::compression())
 }
 
-/// The whole app: [`router`] behind the [`access`] guard (token, websocket origin, client id),
-/// keeping uploads within `limits`.
+/// The whole app: [`router`] behind the [`access`] guard (host, origin, token, client id),
+/// keeping uploads within `limits`, with the API's default options.
 pub fn app(
     backend: Arc<dyn Backend>,
     site_root: &Path,
@@ -215,28 +227,57 @@ pub fn app(
     access: Access,
     limits: &Limits,
 ) -> Router {
-    let web = chat::WebLayer::new(backend.clone(), uploads::Uploads::new(limits.clone()));
-    router(backend, Arc::new(web), site_root, addr)
-        .layer(axum::middleware::from_fn(uploads::refuse_malformed))
-        // Outermost: nothing is reached without the token.
+    app_with(backend, site_root, addr, access, limits, Default::default())
+}
+
+/// [`app`] with these API options.
+pub fn app_with(
+    backend: Arc<dyn Backend>,
+    site_root: &Path,
+    addr: SocketAddr,
+    access: Access,
+    limits: &Limits,
+    api: crate::openai::ApiOptions,
+) -> Router {
+    // With a token the server is shared: peers on other machines read its messages (no paths of
+    // the host's disk), and can make new client ids, so each address is held to a share of the
+    // upload store.
+    let shared = access.token.is_some();
+    let backend: Arc<dyn Backend> = if shared {
+        Arc::new(redacted::Redacted(backend))
+    } else {
+        backend
+    };
+    let uploads = uploads::Uploads::new(limits.clone()).per_address(shared);
+    let web = chat::WebLayer::new(backend.clone(), uploads);
+    let guard = access::Guard {
+        access,
+        bound: addr.ip(),
+        // A question's text JSON-escaped at worst (`\uXXXX`, six bytes a byte), and room for the
+        // rest of the frame.
+        websocket_input: limits.max_text_bytes.saturating_mul(6) + (64 << 10),
+    };
+    let max_upload = limits.max_upload_bytes;
+    router(backend, Arc::new(web), site_root, addr, api)
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                uploads::refuse_malformed(max_upload, req, next)
+            },
+        ))
+        // Outermost: nothing is reached without the host check and the token.
         .layer(axum::middleware::from_fn_with_state(
-            Arc::new(access),
+            Arc::new(guard),
             access::guard,
         ))
 }
 
-/// Serves `app` on `listener` with the peer addresses the client ids fall back to.
+/// Serves `app` on `listener` with the default connection limits ([`crate::net::conn`]).
 pub async fn serve_app(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    crate::net::conn::serve(listener, app, Default::default(), shutdown).await
 }
 
 /// This machine's address on the network (the one a LAN peer would reach), if any. Opening
@@ -260,7 +301,11 @@ pub fn serve(args: ServeArgs) -> Result<()> {
 async fn run(args: ServeArgs) -> Result<()> {
     if let Some(remote) = args.remote.clone() {
         let source = format!("remote {}", remote.endpoint);
-        let backend = Arc::new(crate::remote::RemoteBackend::new(remote)?);
+        let backend = Arc::new(crate::remote::RemoteBackend::new(remote)?.with_rules(
+            args.limits.clone(),
+            fairness_for(&args),
+            crate::remote::REQUEST_TIMEOUT,
+        ));
         return listen(&args, backend, &source, None).await;
     }
     let models_dir = args.models_dir.clone().unwrap_or_else(bundled_models_dir);
@@ -291,10 +336,7 @@ async fn run(args: ServeArgs) -> Result<()> {
                 lora: args.lora.clone(),
             },
             limits: args.limits.clone(),
-            fairness: Fairness {
-                rate_limit: args.fairness.rate_limit || is_shared(&args),
-                ..args.fairness.clone()
-            },
+            fairness: fairness_for(&args),
             max_batch: args.max_batch,
         },
         initial.as_deref(),
@@ -306,6 +348,26 @@ async fn run(args: ServeArgs) -> Result<()> {
 /// Whether other machines can reach the server (`--share`, or a host other than loopback).
 fn is_shared(args: &ServeArgs) -> bool {
     args.share || !matches!(args.host.parse::<IpAddr>(), Ok(ip) if ip.is_loopback())
+}
+
+/// The access token: `--token` (checked), else a random one for anything reachable from other
+/// machines, even without `--share`.
+fn token_for(args: &ServeArgs, ip: IpAddr) -> Result<Option<String>> {
+    Ok(match &args.token {
+        Some(t) => Some(access::check_token(t)?),
+        None if args.share || !ip.is_loopback() => Some(access::new_token()),
+        None => None,
+    })
+}
+
+/// The queue rules with what a shared server adds: a rate limit, and per-address limits (a peer
+/// can make new client ids at will).
+fn fairness_for(args: &ServeArgs) -> Fairness {
+    Fairness {
+        rate_limit: args.fairness.rate_limit || is_shared(args),
+        per_address: args.fairness.per_address || is_shared(args),
+        ..args.fairness.clone()
+    }
 }
 
 /// Serves `backend` (the local worker or a remote server) until Ctrl+C; `engine`, when local,
@@ -322,15 +384,10 @@ async fn listen(
         .parse()
         .with_context(|| format!("--host {host:?} is not an IP address"))?;
     let addr = SocketAddr::new(ip, args.port);
-    // Anything reachable from other machines gets a token, even without --share.
-    let token = match &args.token {
-        Some(t) if t.trim().is_empty() => bail!("--token must not be empty"),
-        Some(t) => Some(t.trim().to_string()),
-        None if args.share || !ip.is_loopback() => Some(access::new_token()),
-        None => None,
-    };
+    let token = token_for(args, ip)?;
     let access = Access {
         token: token.clone(),
+        allowed_hosts: args.allowed_hosts.clone(),
     };
     let query = token
         .as_deref()
@@ -345,7 +402,11 @@ async fn listen(
         // Before the router is built: the host's page offers it with its QR code.
         share::set_link(link);
     }
-    let app = app(backend, &site_root, addr, access, &args.limits);
+    let api = crate::openai::ApiOptions {
+        switch: args.api_switch,
+        ..Default::default()
+    };
+    let app = app_with(backend, &site_root, addr, access, &args.limits, api);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} (is another server running? try --port)")
     })?;
@@ -382,7 +443,7 @@ async fn listen(
             std::process::exit(0);
         });
     };
-    serve_app(listener, app, shutdown)
+    crate::net::conn::serve(listener, app, args.conn.clone(), shutdown)
         .await
         .context("serving")?;
     Ok(())

@@ -43,6 +43,16 @@ pub async fn start(options: EngineOptions, access: Access) -> TestServer {
 
 /// As [`start`], on the checkpoints of `models_dir` (which must hold `CHECKPOINT`).
 pub async fn start_in(models_dir: &Path, options: EngineOptions, access: Access) -> TestServer {
+    start_full(models_dir, options, access, Default::default()).await
+}
+
+/// As [`start_in`], with these connection limits.
+pub async fn start_full(
+    models_dir: &Path,
+    options: EngineOptions,
+    access: Access,
+    conn: cogvlm::net::conn::ConnLimits,
+) -> TestServer {
     let registry = Registry::scan(models_dir).expect("models folder");
     let engine = EngineHandle::start_with(registry, options, Some(CHECKPOINT)).expect("engine");
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -59,7 +69,7 @@ pub async fn start_in(models_dir: &Path, options: EngineOptions, access: Access)
     let app = cogvlm::web::app(Arc::new(engine.clone()), &site, addr, access, &limits);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        let _ = cogvlm::web::serve_app(listener, app, async {
+        let _ = cogvlm::net::conn::serve(listener, app, conn, async {
             let _ = stopped.await;
         })
         .await;
@@ -120,7 +130,10 @@ pub async fn connect(
         .into_client_request()
         .map_err(|e| e.to_string())?;
     let h = request.headers_mut();
-    h.insert("cookie", format!("cogvlm_client={client}").parse().unwrap());
+    h.insert(
+        "cookie",
+        cogvlm::web::access::client_cookie(client).parse().unwrap(),
+    );
     for (k, v) in headers {
         h.insert(
             http_name(k),
@@ -151,7 +164,7 @@ pub async fn upload(
     client: &str,
     image: &ImageData,
 ) -> Result<UploadRef, (u16, String)> {
-    let cookie = format!("cogvlm_client={client}");
+    let cookie = cogvlm::web::access::client_cookie(client);
     upload_with(addr, &[("cookie", &cookie)], image).await
 }
 
