@@ -179,12 +179,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bundled_folder_lists_the_three_tiny_checkpoints() {
+    fn bundled_folder_lists_the_four_tiny_checkpoints() {
         let reg = Registry::scan(&bundled_models_dir()).unwrap();
         let names: Vec<&str> = reg.entries.iter().map(Entry::name).collect();
         assert_eq!(
             names,
-            ["cogagent_tiny", "cogvlm_tiny_224", "cogvlm_tiny_490"]
+            [
+                "cogagent_tiny",
+                "cogvlm2_tiny_224",
+                "cogvlm_tiny_224",
+                "cogvlm_tiny_490"
+            ]
+        );
+        // The CogVLM2 fixture is linked in from its own set: found by its config, bundled all the same.
+        let v2 = reg.find("cogvlm2_tiny_224").unwrap().info();
+        assert_eq!(
+            (v2.kind, v2.image_size, v2.default_version),
+            (crate::ModelKind::CogVlm2, 224, crate::PromptVersion::Chat)
         );
         assert!(reg.entries.iter().all(|e| e.info.bundled));
         assert!(reg.skipped.is_empty(), "{:?}", reg.skipped);
