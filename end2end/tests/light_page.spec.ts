@@ -178,7 +178,7 @@ test("the server-rendered page is useful without its bundle and does not move wh
   await before.goto("/");
   await expect(before.locator("#app")).toHaveAttribute("data-hydrated", "false");
   // What a phone shows while the bundle is on its way: the checkpoint list and the notice.
-  await expect(before.locator("#model-select option")).toHaveCount(3);
+  await expect(before.locator("#model-select option")).toHaveCount(4);
   await expect(before.locator("#bundled-notice")).toContainText("not meaningful");
   await expect(before.locator("#generate")).toBeVisible();
   const ssr = await layout(before);
