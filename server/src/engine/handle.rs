@@ -63,7 +63,14 @@ pub struct EngineOptions {
     pub fairness: Fairness,
     /// Generations decoded together; `None`: [`default_max_batch`] for the device.
     pub max_batch: Option<usize>,
+    /// `--prefill-chunk`: prompt positions prefilled between two decode steps; `None`:
+    /// [`DEFAULT_PREFILL_CHUNK`]; `Some(0)`: a whole prompt at once.
+    pub prefill_chunk: Option<usize>,
 }
+
+/// Prompt positions prefilled between two decode steps by default: the longest pause a running
+/// stream sees while another request's prompt is prefilled (measured in BENCHMARKS.md).
+pub const DEFAULT_PREFILL_CHUNK: usize = 256;
 
 /// Generations decoded together by default: 8 on the CPU (decode there is bound by per-operation
 /// overhead and memory reads, which a batch shares); 16 on a GPU (each sequence keeps its own
@@ -105,6 +112,10 @@ impl EngineHandle {
             .max_batch
             .unwrap_or_else(|| default_max_batch(&opts.device))
             .clamp(1, crate::model::language::Rows::MAX);
+        let prefill_chunk = match options.prefill_chunk.unwrap_or(DEFAULT_PREFILL_CHUNK) {
+            0 => None,
+            n => Some(n),
+        };
         let handle = EngineHandle {
             commands,
             shared: shared.clone(),
@@ -121,7 +132,8 @@ impl EngineHandle {
                 let worker = Worker {
                     rx,
                     queue: Queue::default(),
-                    batch: Batch::new(max_batch),
+                    batch: Batch::new(max_batch, prefill_chunk, options.max_batch.is_none()),
+                    max_batch,
                     pipeline: None,
                     current: None,
                     registry,
@@ -230,9 +242,14 @@ impl EngineHandle {
         self.admission.pending()
     }
 
-    /// Generations decoded together.
+    /// Generations decoded together: `--max-batch`, else what the loaded model's memory left room
+    /// for (up to the device's default).
     pub fn max_batch(&self) -> usize {
-        self.max_batch
+        self.shared
+            .lock()
+            .ok()
+            .and_then(|s| s.max_batch)
+            .unwrap_or(self.max_batch)
     }
 
     /// The most sequences one decode step has run so far (tests, bench).
