@@ -393,23 +393,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         stats,
         follow,
     } = timed_turns(&mut pipe, args, &mut peak)?;
-    let max_batch = match args.max_batch {
-        Some(n) => n,
-        None => {
-            let ceiling = crate::engine::default_max_batch(&args.device);
-            let kept = crate::pipeline::KEPT_CONVERSATIONS;
-            let fit = crate::engine::batch_size::from_memory(&pipe, ceiling, kept);
-            if let Some(f) = &fit {
-                eprintln!("{f}");
-            }
-            fit.map_or(ceiling, |f| f.max_batch)
-        }
-    };
-    // The single-stream turns above prefill whole prompts (nothing runs beside them); the rounds chunk them.
-    let chunk = args
-        .prefill_chunk
-        .unwrap_or(crate::engine::DEFAULT_PREFILL_CHUNK);
-    pipe.set_prefill_chunk((chunk > 0).then_some(chunk));
+    let (max_batch, chunk) = batch_settings(&mut pipe, args);
     let levels = concurrency_levels(&mut pipe, args, max_batch, &mut peak)?;
 
     let summary = pipe.info().clone();
@@ -485,6 +469,26 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         o.insert("transfers".into(), moved.into());
     }
     Ok(out)
+}
+
+/// The `--concurrency` rounds' batch size (`--max-batch`, else what memory holds, printed as the server prints
+/// it) and prefill chunk, set on `pipe`. The single-stream turns run before this and prefill whole prompts
+/// (nothing runs beside them).
+fn batch_settings(pipe: &mut Pipeline, args: &BenchArgs) -> (usize, usize) {
+    let max_batch = args.max_batch.unwrap_or_else(|| {
+        let ceiling = crate::engine::default_max_batch(&args.device);
+        let kept = crate::pipeline::KEPT_CONVERSATIONS;
+        let fit = crate::engine::batch_size::from_memory(pipe, ceiling, kept);
+        if let Some(f) = &fit {
+            eprintln!("{f}");
+        }
+        fit.map_or(ceiling, |f| f.max_batch)
+    });
+    let chunk = args
+        .prefill_chunk
+        .unwrap_or(crate::engine::DEFAULT_PREFILL_CHUNK);
+    pipe.set_prefill_chunk((chunk > 0).then_some(chunk));
+    (max_batch, chunk)
 }
 
 /// Where the bundled tokenizer lives (for random-weight runs with no model folder).
