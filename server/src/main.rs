@@ -24,7 +24,8 @@ struct DeviceArgs {
     /// f32, bf16 or f16 (default: bf16 on CUDA, f32 on CPU)
     #[arg(long)]
     dtype: Option<String>,
-    /// 8 or 4: int8 (Q8_0) / int4 (Q4K) weights for the language model; the vision towers stay float
+    /// 8 or 4: int8 (Q8_0) / int4 (Q4K; Q4_0 on x86 CPUs) weights for the language model; the vision towers
+    /// stay float
     #[arg(long, default_value = "none")]
     quant: Quant,
     /// With --quant: the EVA2-CLIP vision tower's linear layers in the same format (CogVLM int4 in ~10 GB)
@@ -127,6 +128,10 @@ struct ServeCmd {
     /// Answers generated together (continuous batching) [default: 8 on CPU, 16 on CUDA; at most 64]
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
     max_batch: Option<u64>,
+    /// Prompt positions prefilled between two decode steps of the running answers; 0: a whole
+    /// prompt at once [default: 256]
+    #[arg(long)]
+    prefill_chunk: Option<usize>,
     #[command(flatten)]
     dev: DeviceArgs,
     #[command(flatten)]
@@ -205,6 +210,16 @@ struct BenchCmd {
     /// With --concurrency: sequences decoded together at most [default: as `serve`]
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
     max_batch: Option<u64>,
+    /// With --quant 4: q4k, q4_0 or q4_1 instead of the device's choice (to compare formats)
+    #[arg(long, requires = "quant", value_parser = cogvlm::model::qformat::parse_int4_format)]
+    int4_format: Option<candle_core::quantized::GgmlDType>,
+    /// A text prompt of exactly N positions and no image (prefill comparable with text-only engines)
+    #[arg(long, value_name = "N")]
+    text_only: Option<usize>,
+    /// With --concurrency: prompt positions prefilled between two decode steps; 0: whole prompts
+    /// [default: as `serve`]
+    #[arg(long)]
+    prefill_chunk: Option<usize>,
     #[command(flatten)]
     dev: DeviceArgs,
 }
@@ -331,6 +346,9 @@ impl BenchCmd {
             concurrency: self.concurrency,
             max_batch: self.max_batch.map(|n| n as usize),
             lora: dev.lora,
+            int4_format: self.int4_format,
+            text_only: self.text_only,
+            prefill_chunk: self.prefill_chunk,
         };
         cogvlm::bench::run(&args).map(|v| println!("{v}"))
     }
@@ -368,6 +386,7 @@ impl ChatCmd {
             quant_vision: dev.quant_vision,
             placement: dev.place.request(),
             lora: dev.lora,
+            int4_format: None,
         };
         chat(self.model, self.image, self.version, sampling, opts)
     }
@@ -437,6 +456,7 @@ fn serve(s: ServeCmd) -> anyhow::Result<()> {
             switch_cooldown: Duration::from_millis(s.switch_cooldown_ms),
         },
         max_batch: s.max_batch.map(|n| n as usize),
+        prefill_chunk: s.prefill_chunk,
         remote,
         lora: s.dev.lora,
     })

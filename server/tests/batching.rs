@@ -1,6 +1,7 @@
 //! Continuous batching: a request's text is the same whether it ran alone or decoded together with
 //! seven others (different lengths, images, prompt versions, stop points, a seeded sampler), on
-//! the CogVLM and CogAgent tiny checkpoints; stopping one stream leaves the others' text unchanged;
+//! the CogVLM and CogAgent tiny checkpoints, and whether its prompt was prefilled at once or in chunks
+//! between the others' decode steps; stopping one stream leaves the others' text unchanged;
 //! and a client with many queued requests does not hold back another client's single one.
 
 mod common;
@@ -11,9 +12,16 @@ use protocol::{Event, GenerateRequest, PromptVersion, StopReason};
 use std::time::{Duration, Instant};
 
 fn engine(checkpoint: &str, max_batch: usize) -> EngineHandle {
+    engine_chunked(checkpoint, max_batch, None)
+}
+
+/// An engine prefilling `chunk` prompt positions between two decode steps (`None`: the default,
+/// `Some(0)`: whole prompts).
+fn engine_chunked(checkpoint: &str, max_batch: usize, chunk: Option<usize>) -> EngineHandle {
     let registry = Registry::scan(&bundled_models_dir()).unwrap();
     let options = EngineOptions {
         max_batch: Some(max_batch),
+        prefill_chunk: chunk,
         ..EngineOptions::default()
     };
     let engine = EngineHandle::start_with(registry, options, Some(checkpoint)).unwrap();
@@ -108,8 +116,15 @@ fn questions(cogagent: bool) -> Vec<GenerateRequest> {
     ]
 }
 
-async fn alone_then_together(checkpoint: &str, cogagent: bool) {
-    let engine = engine(checkpoint, 8);
+/// Each question alone on an engine prefilling `alone_chunk` positions a turn, then all eight together
+/// on one prefilling `together_chunk` (the same engine when they are equal).
+async fn alone_then_together(
+    checkpoint: &str,
+    cogagent: bool,
+    alone_chunk: Option<usize>,
+    together_chunk: Option<usize>,
+) {
+    let mut engine = engine_chunked(checkpoint, 8, alone_chunk);
     let questions = questions(cogagent);
     let mut alone = Vec::new();
     for (i, q) in questions.iter().enumerate() {
@@ -124,16 +139,22 @@ async fn alone_then_together(checkpoint: &str, cogagent: bool) {
         alone.push(out);
     }
     assert_eq!(engine.largest_batch(), 1, "alone means one sequence a step");
+    if together_chunk != alone_chunk {
+        engine.shutdown();
+        engine = engine_chunked(checkpoint, 8, together_chunk);
+    }
 
     // Together, each as another client (no cache of the solo runs is reused); #6 is stopped
-    // after three pieces.
+    // after eight pieces (of at least nine; late enough that #7, started after it and prefilled in
+    // a few turns, joins it in the batch first).
     const STOPPED: usize = 6;
+    const STOP_AFTER: usize = 8;
     let tasks: Vec<_> = questions
         .iter()
         .enumerate()
         .map(|(i, q)| {
             let ticket = engine.generate(q.clone(), &format!("batch{i}"));
-            tokio::spawn(finish(ticket, (i == STOPPED).then_some(3)))
+            tokio::spawn(finish(ticket, (i == STOPPED).then_some(STOP_AFTER)))
         })
         .collect();
     let mut together = Vec::new();
@@ -164,20 +185,34 @@ async fn alone_then_together(checkpoint: &str, cogagent: bool) {
         assert_eq!(b.stop, a.stop, "{checkpoint} #{i}");
     }
     println!(
-        "{checkpoint}: 8 requests, the same text alone and in a batch of 8 ({} stopped after 3 pieces)",
-        STOPPED
+        "{checkpoint}: 8 requests, the same text alone and in a batch of 8 ({STOPPED} stopped after \
+         {STOP_AFTER} pieces)"
     );
     engine.shutdown();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cogvlm_text_is_the_same_alone_and_in_a_batch() {
-    alone_then_together("cogvlm_tiny_224", false).await;
+    alone_then_together("cogvlm_tiny_224", false, None, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cogagent_text_is_the_same_alone_and_in_a_batch() {
-    alone_then_together("cogagent_tiny", true).await;
+    alone_then_together("cogagent_tiny", true, None, None).await;
+}
+
+/// Prompts prefilled whole and alone, then in chunks of 100 positions between the batch's decode
+/// steps (chunk ends inside the 258-position image and inside the history): the same greedy text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cogvlm_chunked_prefill_gives_the_text_of_a_whole_one() {
+    alone_then_together("cogvlm_tiny_224", false, Some(0), Some(100)).await;
+}
+
+/// As above on CogAgent (its cross-attention keys are set by the first chunk), chunks of 150. (Smaller
+/// chunks take so many turns per request that the first answers end before the eighth decodes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cogagent_chunked_prefill_gives_the_text_of_a_whole_one() {
+    alone_then_together("cogagent_tiny", true, Some(0), Some(150)).await;
 }
 
 /// A client that queued sixteen requests delays another client's single request by at most one

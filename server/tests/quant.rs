@@ -34,6 +34,7 @@ fn load(model: &str, quant: Quant, quant_vision: bool) -> Pipeline {
         quant_vision,
         placement: Default::default(),
         lora: None,
+        int4_format: None,
     };
     Pipeline::load(
         &fixtures().join("models").join(model),

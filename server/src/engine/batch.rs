@@ -1,7 +1,8 @@
 //! Continuous batching: the worker's loop over the generations running together.
 //!
 //! Each turn of the loop takes new commands, starts at most one waiting request (its image encoding
-//! and prefill run between two decode steps, so the running answers keep flowing), lets every
+//! runs between two decode steps, then its prefill one chunk per turn, so the running answers keep
+//! flowing: `--prefill-chunk` bounds their pause), lets every
 //! running sequence choose its next token with its own sampler, and runs all the chosen tokens
 //! through the model in one batched decode step ([`Pipeline::step`]). A sequence that finishes, fails
 //! or is cancelled leaves the batch at once, its cache kept for its client's next question.
@@ -89,20 +90,52 @@ pub(crate) struct Batch {
     per_client: usize,
     /// Whether `per_client` counts each address as one client (shared servers).
     per_address: bool,
+    /// `max` is the device's ceiling, lowered after each load to what memory holds (no `--max-batch`).
+    from_memory: bool,
+    /// Prompt positions prefilled per turn (`None`: a whole prompt).
+    chunk: Option<usize>,
     active: Vec<Active>,
     draining: Vec<Outbox>,
 }
 
 impl Batch {
-    pub fn new(max: usize, per_address: bool) -> Self {
+    pub fn new(max: usize, chunk: Option<usize>, from_memory: bool, per_address: bool) -> Self {
         let max = max.max(1);
         Self {
             max,
             per_client: default_per_client(max),
             per_address,
+            from_memory,
+            chunk,
             active: Vec::new(),
             draining: Vec::new(),
         }
+    }
+
+    pub fn prefill_chunk(&self) -> Option<usize> {
+        self.chunk
+    }
+
+    /// After a load: without `--max-batch`, as many sequences as the memory left holds, at most `ceiling`
+    /// (printed); returns the batch size.
+    pub fn fit_memory(&mut self, pipeline: &crate::Pipeline, ceiling: usize) -> usize {
+        if !self.from_memory {
+            return self.max;
+        }
+        let kept = crate::pipeline::KEPT_CONVERSATIONS;
+        match super::batch_size::from_memory(pipeline, ceiling, kept) {
+            Some(fit) => {
+                tracing::info!("{fit}");
+                self.max = fit.max_batch;
+            }
+            None => self.max = ceiling,
+        }
+        self.per_client = default_per_client(self.max);
+        self.max
+    }
+
+    fn prefilling(&self) -> bool {
+        self.active.iter().any(|a| a.seq.is_prefilling())
     }
 }
 
@@ -200,7 +233,11 @@ impl Worker {
             }
         }
         moved |= self.retire_finished();
-        if self.batch.active.len() < self.batch.max {
+        // One prompt at a time is prefilled, one chunk a turn: a new one starts when the last is in.
+        let prefilling = self.batch.prefilling();
+        if prefilling {
+            moved |= self.prefill_chunk();
+        } else if self.batch.active.len() < self.batch.max {
             let batch = &self.batch;
             if let Some(job) = self.queue.next_job(|client| batch.runs_its_most(client)) {
                 self.start(job);
@@ -274,7 +311,26 @@ impl Worker {
         true
     }
 
-    /// Starts a waiting request: its image encoding and prefill, then it joins the batch.
+    /// The next chunk of the prompt being prefilled.
+    fn prefill_chunk(&mut self) -> bool {
+        let Some(pipeline) = self.pipeline.as_mut() else {
+            return false;
+        };
+        let Some(i) = self.batch.active.iter().position(|a| a.seq.is_prefilling()) else {
+            return false;
+        };
+        let seq = &mut self.batch.active[i].seq;
+        let error = match catch_unwind(AssertUnwindSafe(|| pipeline.prefill_step(seq))) {
+            Ok(Ok(())) => return true,
+            Ok(Err(e)) => classify(&e),
+            Err(panic) => after_panic(panic.as_ref(), pipeline),
+        };
+        self.fail(vec![(i, error)]);
+        true
+    }
+
+    /// Starts a waiting request: its image encoding (and its whole prefill when not chunked), then it
+    /// joins the batch.
     fn start(&mut self, job: Waiting) {
         let Waiting {
             req,

@@ -85,7 +85,14 @@ pub struct EngineOptions {
     pub fairness: Fairness,
     /// Generations decoded together; `None`: [`default_max_batch`] for the device.
     pub max_batch: Option<usize>,
+    /// `--prefill-chunk`: prompt positions prefilled between two decode steps; `None`:
+    /// [`DEFAULT_PREFILL_CHUNK`]; `Some(0)`: a whole prompt at once.
+    pub prefill_chunk: Option<usize>,
 }
+
+/// Prompt positions prefilled between two decode steps by default: the longest pause a running
+/// stream sees while another request's prompt is prefilled (measured in BENCHMARKS.md).
+pub const DEFAULT_PREFILL_CHUNK: usize = 256;
 
 /// Generations decoded together by default: 8 on the CPU (decode there is bound by per-operation
 /// overhead and memory reads, which a batch shares); 16 on a GPU (each sequence keeps its own
@@ -132,6 +139,11 @@ impl EngineHandle {
             options.fairness.switch_cooldown,
             options.fairness.per_address,
         );
+        let from_memory = options.max_batch.is_none();
+        let prefill_chunk = match options.prefill_chunk.unwrap_or(DEFAULT_PREFILL_CHUNK) {
+            0 => None,
+            n => Some(n),
+        };
         let handle = EngineHandle {
             commands,
             shared: shared.clone(),
@@ -145,7 +157,8 @@ impl EngineHandle {
         spawn_worker(Worker {
             rx,
             queue: Queue::new(max_switches),
-            batch: Batch::new(max_batch, per_address),
+            batch: Batch::new(max_batch, prefill_chunk, from_memory, per_address),
+            max_batch,
             pipeline: None,
             current: None,
             registry,
@@ -275,9 +288,14 @@ impl EngineHandle {
         self.admission.pending()
     }
 
-    /// Generations decoded together.
+    /// Generations decoded together: `--max-batch`, else what the loaded model's memory left room
+    /// for (up to the device's default).
     pub fn max_batch(&self) -> usize {
-        self.max_batch
+        self.shared
+            .lock()
+            .ok()
+            .and_then(|s| s.max_batch)
+            .unwrap_or(self.max_batch)
     }
 
     /// The most sequences one decode step has run so far (tests, bench).

@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     pub(crate) loads_run: u64,
     /// The loaded model's device plan: a one-line summary when split, and the full plan.
     pub(crate) plan: (Option<String>, Option<String>),
+    /// The batch size set after the last load.
+    pub(crate) max_batch: Option<usize>,
 }
 
 /// The worker thread's state.
@@ -51,6 +53,8 @@ pub(crate) struct Worker {
     pub(crate) rx: std_mpsc::Receiver<Command>,
     pub(crate) queue: Queue,
     pub(crate) batch: Batch,
+    /// `--max-batch`, else the device's default: the ceiling of the batch fitted to memory.
+    pub(crate) max_batch: usize,
     pub(crate) pipeline: Option<Pipeline>,
     pub(crate) current: Option<Entry>,
     pub(crate) registry: Arc<Registry>,
@@ -108,10 +112,14 @@ impl Worker {
                 let plan = pipeline
                     .plan()
                     .map(|p| (p.is_split().then(|| p.short()), p.to_string()));
+                let mut pipeline = pipeline;
+                pipeline.set_prefill_chunk(self.batch.prefill_chunk());
+                let max_batch = self.batch.fit_memory(&pipeline, self.max_batch);
                 self.pipeline = Some(pipeline);
                 self.current = Some(entry.clone());
                 self.set_shared(|s| {
                     s.current = Some(name.into());
+                    s.max_batch = Some(max_batch);
                     s.loading = None;
                     s.plan = plan.map_or((None, None), |(a, b)| (a, Some(b)));
                 });

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use tokenizers::Tokenizer;
@@ -93,6 +94,8 @@ pub struct LoadOptions {
     /// `--lora DIR`: a PEFT adapter, merged into float weights at load, a separate low-rank product on
     /// quantized ones.
     pub lora: Option<PathBuf>,
+    /// `bench --int4-format`: with `--quant 4`, this 4-bit format instead of the device's choice (`qformat`).
+    pub int4_format: Option<GgmlDType>,
 }
 
 pub fn parse_device(s: &str) -> anyhow::Result<Device> {
@@ -250,7 +253,7 @@ struct Conversation {
 
 /// Conversations whose caches are kept (least recently used dropped first). Each holds its KV cache: at full
 /// size ~0.5 MB per position in bf16 (~1 GB for a 2048-position chat) plus CogAgent's ~0.8 GB of encoder K/V.
-const KEPT_CONVERSATIONS: usize = 2;
+pub const KEPT_CONVERSATIONS: usize = 2;
 
 pub struct Pipeline {
     model: CogVlm,
@@ -260,6 +263,8 @@ pub struct Pipeline {
     conversations: Vec<Conversation>,
     plan: Option<Plan>,
     stop_ids: Arc<[u32]>,
+    /// `--prefill-chunk`: prompt positions prefilled per [`Self::prefill_step`] (`None`: the whole prompt).
+    prefill_chunk: Option<usize>,
 }
 
 /// The caches' owner for a client id; `0` for the single user of the terminal, bench and parity runs.
@@ -321,13 +326,16 @@ impl Pipeline {
                 .device(plan.layers.first().copied().unwrap_or(0))
                 .clone(),
         );
-        let mut quantizer = Quantizer::new(opts.quant).with_vision(opts.quant_vision);
+        let mut quantizer = Quantizer::new(opts.quant)
+            .with_vision(opts.quant_vision)
+            .with_int4_format(opts.int4_format);
         if let Some(lora) = &opts.lora {
             let adapter = Adapter::load(lora)?;
             quantizer = quantizer.with_lora(adapter, LoraMode::Merge);
         }
         let model = CogVlm::with_placement(&cfg, vb, quantizer, place)
             .with_context(|| format!("cannot build the model from {}", dir.display()))?;
+        tracing::info!("{}: {}", info.name, model.resident_summary());
         let mut pipe = Self::from_parts(model, tokenizer, info).with_plan(plan);
         pipe.stop_ids = stop_ids.into();
         Ok(pipe)
@@ -353,6 +361,7 @@ impl Pipeline {
             image_cache: None,
             conversations: Vec::new(),
             plan: None,
+            prefill_chunk: None,
         }
     }
 
@@ -548,6 +557,9 @@ impl Pipeline {
         seq: &mut Sequence,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> anyhow::Result<()> {
+        while seq.is_prefilling() {
+            self.prefill_step(seq)?;
+        }
         while !seq.is_finished() {
             if let Some(piece) = seq.sample()? {
                 // An empty piece (a character still incomplete) lets the caller cancel anyway.
@@ -580,7 +592,7 @@ impl Pipeline {
         let image = rgb.as_ref().map(|rgb| image_key(owner, rgb));
         let prompt_len = input.input_ids.len();
         let budget = self.token_budget(&input, &req.sampling)?;
-        let mut cache = self.resume(owner, image, &input, prompt_len + budget);
+        let cache = self.resume(owner, image, &input, prompt_len + budget);
         let reused_tokens = cache.len();
         // The vision towers run only when the image is not in the reused prefix.
         let (embeds, cross) = match (&rgb, image) {
@@ -590,29 +602,26 @@ impl Pipeline {
             }
             _ => (None, None),
         };
-        let prefill = self.model.prefill(
-            &input,
-            embeds.as_ref(),
-            cross.as_ref(),
-            &mut cache,
-            false,
-            None,
-        )?;
-        Ok(Sequence {
+        let mut seq = Sequence {
             owner,
             image,
             cache,
             sampler: Sampler::new(req.sampling.clone()),
-            all_ids: input.input_ids,
+            all_ids: input.input_ids.clone(),
             generated: Vec::new(),
             stream: TextStream::new(self.tokenizer.clone()),
-            logits: Some(prefill.logits),
+            logits: None,
+            pending: Some(Pending {
+                input,
+                image: embeds,
+                cross,
+            }),
             next: None,
             budget,
             stop_ids: self.stop_ids.clone(),
             ignore_eos,
             start,
-            prefill_ms: start.elapsed().as_secs_f64() * 1e3,
+            prefill_ms: 0.0,
             ttft_ms: 0.0,
             first_token_at: Instant::now(),
             stop: None,
@@ -620,7 +629,44 @@ impl Pipeline {
             reused_tokens,
             dropped_turns,
             context,
-        })
+        };
+        // Chunked, the prompt runs in the turns after this one, which encoded the image.
+        if self.prefill_chunk.is_none() {
+            self.prefill_step(&mut seq)?;
+        }
+        Ok(seq)
+    }
+
+    /// Prefills the next chunk of `seq`'s prompt (`--prefill-chunk` positions, or all that is left), so that a
+    /// long prompt interleaves with the running batch's decode steps; the last chunk gives its first logits.
+    /// Nothing to do once the prompt is in.
+    pub fn prefill_step(&self, seq: &mut Sequence) -> anyhow::Result<()> {
+        let Some(p) = seq.pending.as_ref() else {
+            return Ok(());
+        };
+        let total = p.input.input_ids.len();
+        let end = match self.prefill_chunk {
+            Some(n) => (seq.cache.len() + n.max(1)).min(total),
+            None => total,
+        };
+        let logits = self.model.prefill_chunk(
+            &p.input,
+            end,
+            p.image.as_ref(),
+            p.cross.as_ref(),
+            &mut seq.cache,
+        )?;
+        if let Some(logits) = logits {
+            seq.pending = None;
+            seq.logits = Some(logits);
+            seq.prefill_ms = seq.start.elapsed().as_secs_f64() * 1e3;
+        }
+        Ok(())
+    }
+
+    /// `--prefill-chunk`: how many prompt positions each [`Self::prefill_step`] runs (`None`: the whole prompt).
+    pub fn set_prefill_chunk(&mut self, chunk: Option<usize>) {
+        self.prefill_chunk = chunk;
     }
 
     /// How many new tokens the prompt leaves room for: up to `max_length` (at most the checkpoint's context,
@@ -740,6 +786,13 @@ impl Pipeline {
     }
 }
 
+/// What the rest of a chunked prefill needs: the prompt, and the encoded image while its span is not all in.
+struct Pending {
+    input: PromptInput,
+    image: Option<Tensor>,
+    cross: Option<Tensor>,
+}
+
 /// One turn being generated, between decode steps: its cache, sampler and text so far. Made by
 /// [`Pipeline::begin_for`]; several of them decode together through [`Pipeline::step`].
 pub struct Sequence {
@@ -753,6 +806,8 @@ pub struct Sequence {
     stream: TextStream,
     /// The logits the next token is chosen from (after the prefill or a decode step).
     logits: Option<Tensor>,
+    /// The prompt while it is prefilled in chunks ([`Pipeline::prefill_step`]).
+    pending: Option<Pending>,
     /// The token just chosen, waiting for its decode step.
     next: Option<u32>,
     budget: usize,
@@ -808,6 +863,11 @@ impl Sequence {
 
     pub fn is_finished(&self) -> bool {
         self.stop.is_some()
+    }
+
+    /// Part of its prompt is still to be prefilled ([`Pipeline::prefill_step`]).
+    pub fn is_prefilling(&self) -> bool {
+        self.stop.is_none() && self.pending.is_some()
     }
 
     /// It has logits to choose its next token from ([`Self::sample`]).

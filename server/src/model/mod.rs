@@ -18,6 +18,7 @@ pub mod placement;
 pub mod precision;
 pub mod preprocess;
 pub mod prompt;
+pub mod qformat;
 pub mod quant;
 pub mod vision;
 pub mod weights;
@@ -173,6 +174,23 @@ impl CogVlm {
         float - self.quant.replaced_float_bytes + self.quant.quantized_bytes
     }
 
+    /// What the weights will hold once every matrix has run: [`Self::weight_bytes`] plus the tiles candle's CPU
+    /// kernels keep beside some quantized formats ([`qformat::Kernels`]).
+    pub fn expected_resident_bytes(&self) -> u64 {
+        self.weight_bytes() + self.quant.repacked_bytes
+    }
+
+    /// One line for the loader: the expected resident size and what it is made of.
+    pub fn resident_summary(&self) -> String {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        format!(
+            "expected resident {:.2} GiB: weights {:.2} GiB + candle's repacked tiles {:.2} GiB",
+            gib(self.expected_resident_bytes()),
+            gib(self.weight_bytes()),
+            gib(self.quant.repacked_bytes)
+        )
+    }
+
     /// The checkpoint's family ([`family::Family`]).
     pub fn family(&self) -> Family {
         self.cfg.family()
@@ -289,7 +307,8 @@ impl CogVlm {
         all_logits: bool,
         hidden: Option<&mut Vec<Tensor>>,
     ) -> Result<Prefill> {
-        let h = self.run_prompt(prompt, image, cross, cache, hidden)?;
+        let end = prompt.input_ids.len();
+        let h = self.run_prompt(prompt, end, image, cross, cache, hidden)?;
         let l = h.dim(0)?;
         let logits = if all_logits {
             self.lm.logits(&h)?
@@ -314,7 +333,14 @@ impl CogVlm {
             tokens: Vec::new(),
             positions: Vec::new(),
         };
-        self.run_prompt(prompt, image, cross, &mut cache, None)
+        self.run_prompt(
+            prompt,
+            prompt.input_ids.len(),
+            image,
+            cross,
+            &mut cache,
+            None,
+        )
     }
 
     /// [`Self::forward_train`] for `B` prompts at once: they must have one length (right-padded) and one image
@@ -392,10 +418,33 @@ impl CogVlm {
         self.lm.logits(h)
     }
 
-    /// [`Self::prefill`] up to the final norm: hidden states `[L, hidden]` of the positions run.
+    /// One chunk of a prefill: the prompt's positions after those in `cache` up to `end` (the same arguments as
+    /// [`Self::prefill`]; `image` is needed while the chunk overlaps the image span). Returns the last
+    /// position's f32 logits `[V]` once `end` is the prompt's end, else `None`. A prompt run in chunks gives the
+    /// cache and logits of one run at once, up to rounding: attention over the cached chunks is the same causal
+    /// attention.
+    pub fn prefill_chunk(
+        &self,
+        prompt: &PromptInput,
+        end: usize,
+        image: Option<&Tensor>,
+        cross: Option<&Tensor>,
+        cache: &mut Cache,
+    ) -> Result<Option<Tensor>> {
+        let h = self.run_prompt(prompt, end, image, cross, cache, None)?;
+        if end < prompt.input_ids.len() {
+            return Ok(None);
+        }
+        let l = h.dim(0)?;
+        Ok(Some(self.lm.logits(&h.narrow(0, l - 1, 1)?)?.squeeze(0)?))
+    }
+
+    /// [`Self::prefill`] up to the final norm, for the positions from the cache's end to `end`: hidden states
+    /// `[L, hidden]` of the positions run.
     fn run_prompt(
         &self,
         prompt: &PromptInput,
+        end: usize,
         image: Option<&Tensor>,
         cross: Option<&Tensor>,
         cache: &mut Cache,
@@ -403,9 +452,9 @@ impl CogVlm {
     ) -> Result<Tensor> {
         let start = cache.len();
         let total = prompt.input_ids.len();
-        if start >= total || prompt.input_ids[..start] != cache.tokens[..] {
+        if start >= end || end > total || prompt.input_ids[..start] != cache.tokens[..] {
             candle_core::bail!(
-                "the cache ({start} tokens) is not a proper prefix of the prompt ({total} tokens)"
+                "the cache ({start} tokens) is not a proper prefix of the prompt's first {end} of {total} tokens"
             );
         }
         if self.cross_vision.is_some() {
@@ -417,10 +466,13 @@ impl CogVlm {
                 candle_core::bail!("CogAgent's cache has no cross-encoder keys to continue from");
             }
         }
-        let mut embeds = self.lm.embed(&prompt.input_ids[start..])?;
-        let span = prompt.image_span.as_ref().filter(|s| s.end > start);
+        let mut embeds = self.lm.embed(&prompt.input_ids[start..end])?;
+        let span = prompt
+            .image_span
+            .as_ref()
+            .filter(|s| s.end > start && s.start < end);
         match (span, image) {
-            (Some(span), _) if span.start < start => {
+            (Some(span), None) if span.start < start => {
                 candle_core::bail!("the cache ends inside the image ({start} of {span:?})")
             }
             (Some(span), Some(img)) => {
@@ -431,7 +483,10 @@ impl CogVlm {
                         span.len()
                     );
                 }
-                embeds = self.insert_image(&embeds, span.start - start..span.end - start, img)?;
+                // The image rows this chunk holds.
+                let (lo, hi) = (span.start.max(start), span.end.min(end));
+                let rows = img.narrow(1, lo - span.start, hi - lo)?;
+                embeds = self.insert_image(&embeds, lo - start..hi - start, &rows)?;
             }
             (Some(_), None) => {
                 candle_core::bail!("the prompt has image slots but no image was encoded")
@@ -445,13 +500,15 @@ impl CogVlm {
         // The vision expert's span within this chunk.
         let expert = prompt
             .vision_expert_span()
-            .map(|s| s.start.max(start) - start..s.end.max(start) - start)
+            .map(|s| s.start.clamp(start, end) - start..s.end.clamp(start, end) - start)
             .filter(|s| !s.is_empty());
-        let positions = &prompt.position_ids[start..];
+        let positions = &prompt.position_ids[start..end];
         let h = self
             .lm
             .forward_embeds(&embeds, &expert, positions, &mut cache.layers, hidden)?;
-        cache.tokens.extend_from_slice(&prompt.input_ids[start..]);
+        cache
+            .tokens
+            .extend_from_slice(&prompt.input_ids[start..end]);
         cache.positions.extend_from_slice(positions);
         h.squeeze(0)
     }

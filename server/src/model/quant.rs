@@ -7,7 +7,8 @@
 //! A matrix is quantized along its inner (input) dimension in blocks, so one whose inner dim is not a multiple of
 //! the block size cannot be; it stays float and its name is reported. Choices per mode:
 //! - `Q8`: Q8_0 (blocks of 32) everywhere.
-//! - `Q4`: Q4K (blocks of 256), or Q4_0 (blocks of 32) where the inner dim is a multiple of 32 but not of 256.
+//! - `Q4`: Q4K (blocks of 256), or Q4_0 (blocks of 32) where the inner dim is a multiple of 32 but not of 256; Q4_0
+//!   on CPUs whose candle kernels would keep a second, repacked copy of Q4K (`qformat`).
 //! - `lm_head` is Q8_0 in both modes: it is 1.6 % of the weights and the logits are the most sensitive output
 //!   (llama.cpp's Q4 files keep it at 6 bits or more for the same reason).
 
@@ -22,6 +23,7 @@ use candle_nn::{Linear, VarBuilder};
 
 use super::config::Config;
 use super::lora::{self, Adapter, LoraMode, LoraPair};
+use super::qformat::Kernels;
 use super::weights::expected_tensors;
 
 /// The weight format of the language model's linear layers.
@@ -102,20 +104,6 @@ pub enum Role {
     Vision,
 }
 
-impl Quant {
-    /// The block format for a matrix with inner dim `k`, or `None` when it stays float.
-    pub fn format(self, role: Role, k: usize) -> Option<GgmlDType> {
-        let fits = |d: GgmlDType| k.is_multiple_of(d.block_size()).then_some(d);
-        match (self, role) {
-            (Self::Float, _) => None,
-            (Self::Q8, _) | (Self::Q4, Role::LmHead) => fits(GgmlDType::Q8_0),
-            (Self::Q4, Role::Layer | Role::Vision) => {
-                fits(GgmlDType::Q4K).or_else(|| fits(GgmlDType::Q4_0))
-            }
-        }
-    }
-}
-
 /// What loading did to each matrix of the language model.
 #[derive(Debug, Clone, Default)]
 pub struct QuantReport {
@@ -128,6 +116,9 @@ pub struct QuantReport {
     pub replaced_float_bytes: u64,
     /// Bytes the quantized matrices take.
     pub quantized_bytes: u64,
+    /// Bytes of the tiles candle's CPU kernels will keep beside the quantized matrices once they run
+    /// ([`Kernels::repacked_bytes`]).
+    pub repacked_bytes: u64,
 }
 
 impl QuantReport {
@@ -207,7 +198,8 @@ pub fn tensor_bytes(name: &str, shape: &[usize], dtype: DType, quant: Quant, vis
         _ if vision && is_vision_linear(name) && shape.len() == 2 => Some(Role::Vision),
         _ => None,
     };
-    (match role.and_then(|r| quant.format(r, shape[1])) {
+    // Q4K and Q4_0 take the same bytes per weight and Q4K falls back to Q4_0, so the device does not matter here.
+    (match role.and_then(|r| quant.format(r, shape[1], Kernels::Blocks)) {
         Some(d) => n / d.block_size() * d.type_size(),
         None => n * dtype.size_in_bytes(),
     }) as u64
@@ -246,6 +238,8 @@ pub struct Quantizer {
     lora_used: RefCell<BTreeSet<String>>,
     /// The model is built for training ([`Self::for_training`]).
     training: bool,
+    /// `--int4-format`: the 4-bit format used instead of the device's choice.
+    int4: Option<GgmlDType>,
 }
 
 impl Quantizer {
@@ -261,6 +255,7 @@ impl Quantizer {
             lora: None,
             lora_used: RefCell::new(BTreeSet::new()),
             training: false,
+            int4: None,
         }
     }
 
@@ -336,6 +331,12 @@ impl Quantizer {
     /// Quantizes the vision tower's and adapter's linear layers as well (`--quant-vision`).
     pub fn with_vision(mut self, vision: bool) -> Self {
         self.vision = vision;
+        self
+    }
+
+    /// Forces `format` for the 4-bit layers where it fits (else they stay float), instead of the device's choice.
+    pub fn with_int4_format(mut self, format: Option<GgmlDType>) -> Self {
+        self.int4 = format;
         self
     }
 
@@ -496,7 +497,14 @@ impl Quantizer {
         if self.mode == Quant::Float || (role == Role::Vision && !self.vision) {
             return float(vb.dtype());
         }
-        let Some(format) = self.mode.format(role, in_dim) else {
+        let kernels = Kernels::of(vb.device());
+        let format = match (self.int4, self.mode, role) {
+            (Some(f), Quant::Q4, Role::Layer | Role::Vision) => {
+                in_dim.is_multiple_of(f.block_size()).then_some(f)
+            }
+            _ => self.mode.format(role, in_dim, kernels),
+        };
+        let Some(format) = format else {
             self.report.borrow_mut().kept_float.extend(names());
             return float(vb.dtype());
         };
@@ -520,6 +528,7 @@ impl Quantizer {
         let mut r = self.report.borrow_mut();
         r.replaced_float_bytes += (in_dim * out_dim * vb.dtype().size_in_bytes()) as u64;
         r.quantized_bytes += q.storage_size_in_bytes() as u64;
+        r.repacked_bytes += kernels.repacked_bytes(format, out_dim, in_dim);
         r.quantized.extend(names().map(|n| (n, format)));
         Ok((QLinear::Quant(QMatMul::from_qtensor(q)?, bias), false))
     }
@@ -613,6 +622,19 @@ impl LoraDelta {
     }
 }
 
+/// Rows from which a CPU matmul on a 4-bit format candle does not repack runs on the matrix dequantized for the
+/// call: candle's kernel for those formats does one block dot product per row and column, several times slower
+/// than its float matmul for a prefill. Decode steps (a row per sequence) keep the quantized kernel.
+const DEQUANTIZED_PREFILL_ROWS: usize = 64;
+
+/// Whether `x` @ `q`ᵀ runs on `q` dequantized: a prefill on the CPU, in Q4_0 or Q4_1.
+fn dequantized_prefill(q: &QTensor, x: &Tensor) -> bool {
+    let rows = x.elem_count() / x.dim(candle_core::D::Minus1).unwrap_or(1).max(1);
+    x.device().is_cpu()
+        && rows >= DEQUANTIZED_PREFILL_ROWS
+        && matches!(q.dtype(), GgmlDType::Q4_0 | GgmlDType::Q4_1)
+}
+
 /// A linear layer: float weights, or a quantized matrix and an optional float bias; either may carry a LoRA
 /// adapter's separate low-rank product.
 #[derive(Debug, Clone)]
@@ -633,7 +655,14 @@ impl Module for QLinear {
             // kernels quantize them to q8_1 whatever their float type, and its CPU path widens bf16 once. So no
             // casts around it: at decode each would be a kernel launch per matmul.
             Self::Quant(m, bias) => {
-                let y = m.forward(&x.contiguous()?)?;
+                let x = x.contiguous()?;
+                let y = match m {
+                    QMatMul::QTensor(q) if dequantized_prefill(q, &x) => {
+                        let w = q.dequantize(x.device())?;
+                        x.broadcast_matmul(&w.to_dtype(x.dtype())?.t()?)?
+                    }
+                    _ => m.forward(&x)?,
+                };
                 match bias {
                     Some(b) => y.broadcast_add(b),
                     None => Ok(y),
@@ -660,21 +689,6 @@ mod tests {
         let num = (a - b).unwrap().sqr().unwrap().sum_all().unwrap();
         let den = b.sqr().unwrap().sum_all().unwrap();
         (num.to_scalar::<f32>().unwrap() / den.to_scalar::<f32>().unwrap()).sqrt()
-    }
-
-    #[test]
-    fn formats_follow_the_block_sizes() {
-        use GgmlDType::*;
-        assert_eq!(Quant::Q8.format(Role::Layer, 4096), Some(Q8_0));
-        assert_eq!(Quant::Q8.format(Role::Layer, 48), None);
-        // The real models' inner dims (4096, 11008 = 43 × 256, 1024) all take Q4K.
-        assert_eq!(Quant::Q4.format(Role::Layer, 11008), Some(Q4K));
-        assert_eq!(Quant::Q4.format(Role::Layer, 4096), Some(Q4K));
-        assert_eq!(Quant::Q4.format(Role::Layer, 128), Some(Q4_0));
-        assert_eq!(Quant::Q4.format(Role::LmHead, 4096), Some(Q8_0));
-        assert_eq!(Quant::Float.format(Role::Layer, 4096), None);
-        assert_eq!("8".parse::<Quant>(), Ok(Quant::Q8));
-        assert!("3".parse::<Quant>().is_err());
     }
 
     /// A 256 × 512 weight (fits every block size): the quantized matmul is close to the float one, in f32 and

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device, Tensor};
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 use crate::model::config::Config;
@@ -17,12 +18,13 @@ use crate::model::memory::{
 };
 use crate::model::placement::Placement;
 use crate::model::quant::{decode_read_bytes, Quantizer};
-use crate::model::weights::{expected_tensors, RandomBackend};
+use crate::model::weights::RandomBackend;
 use crate::model::{CogVlm, Family};
 use crate::pipeline::{
     checkpoint_info, find_tokenizer, load_tokenizer, make_plan, parse_device, parse_dtype, Answer,
     ChatRequest, LoadOptions, Pipeline, PlacementRequest, Quant, Sampling,
 };
+use crate::tools::bench_floors::{measure_floors, median, prefill_flops};
 
 /// Named full-size configurations (the shapes of THUDM's released checkpoints).
 pub fn named_config(name: &str) -> anyhow::Result<Config> {
@@ -99,112 +101,13 @@ pub struct BenchArgs {
     pub max_batch: Option<usize>,
     /// `--lora DIR`: a PEFT adapter applied at load.
     pub lora: Option<PathBuf>,
-}
-
-/// This device's ceilings, measured through candle in the model's dtype.
-#[derive(Debug, Clone, Copy)]
-pub struct Floors {
-    /// Device-to-device copy, bytes read + written per second.
-    pub copy_bytes_per_s: f64,
-    /// Square matmul, FLOP per second.
-    pub matmul_flop_per_s: f64,
-    pub matmul_n: usize,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-/// Median seconds of `runs` calls of `f`, after one warm-up, synchronised with the device.
-fn time_median(
-    device: &Device,
-    runs: usize,
-    mut f: impl FnMut() -> candle_core::Result<()>,
-) -> anyhow::Result<f64> {
-    f()?;
-    device.synchronize()?;
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let t = Instant::now();
-        f()?;
-        device.synchronize()?;
-        times.push(t.elapsed().as_secs_f64());
-    }
-    Ok(median(times))
-}
-
-/// A 1 GiB copy and an 8192² matmul on a GPU (256 MiB and 1024² on a CPU).
-pub fn measure_floors(device: &Device, dtype: DType) -> anyhow::Result<Floors> {
-    let (copy_bytes, n) = if device.is_cpu() {
-        (256usize << 20, 1024)
-    } else {
-        (1usize << 30, 8192)
-    };
-    let x = Tensor::zeros(copy_bytes / dtype.size_in_bytes(), dtype, device)?;
-    let copy_s = time_median(device, 5, || x.copy().map(drop))?;
-    drop(x);
-    let a = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
-    let b = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
-    let mm_s = time_median(device, 5, || a.matmul(&b).map(drop))?;
-    Ok(Floors {
-        copy_bytes_per_s: 2.0 * copy_bytes as f64 / copy_s,
-        matmul_flop_per_s: 2.0 * (n as f64).powi(3) / mm_s,
-        matmul_n: n,
-    })
-}
-
-/// FLOPs of a prefill with an image: every weight matrix times the rows it is applied to (language tokens,
-/// image tokens, ViT patches, CogAgent's 6400 high-resolution patches), plus the attention score and context
-/// products. The vision expert and the language expert have the same shapes, so each token counts once.
-pub fn prefill_flops(cfg: &Config, prompt_tokens: usize) -> f64 {
-    let l = prompt_tokens as f64;
-    let image = cfg.image_tokens() as f64;
-    let patches = (cfg.vision_config.num_patches() + 1) as f64;
-    let cross_patches = cfg.cross().map_or(0.0, |c| (c.num_patches() + 1) as f64);
-    let matrices: f64 = expected_tensors(cfg)
-        .iter()
-        .filter(|(name, shape)| {
-            shape.len() >= 2
-                && name.ends_with("weight")
-                && !name.contains("embed_tokens")
-                && !name.contains("position_embedding")
-        })
-        .map(|(name, shape)| {
-            let params = shape.iter().product::<usize>() as f64;
-            let rows = if name == "lm_head.weight" {
-                1.0
-            } else if name.starts_with("model.cross_vision.")
-                || name.contains("cross_attn.key_value")
-            {
-                cross_patches
-            } else if name.starts_with("model.vision.") {
-                patches
-            } else if name.contains("vision_expert") || name.contains("vision_mlp") {
-                image
-            } else if name.contains("language_expert") || name.contains("language_mlp") {
-                l - image
-            } else {
-                l
-            };
-            2.0 * params * rows
-        })
-        .sum();
-    let layers = cfg.num_hidden_layers as f64;
-    let h = cfg.hidden_size as f64;
-    let vc = &cfg.vision_config;
-    let mut attention = 4.0 * layers * l * l * h
-        + 4.0 * vc.num_hidden_layers as f64 * patches * patches * vc.hidden_size as f64;
-    if let Some(c) = cfg.cross() {
-        let w = c.vision.vision_cfg.width as f64;
-        attention += 4.0 * c.vision.vision_cfg.layers as f64 * cross_patches * cross_patches * w;
-        attention += 4.0 * layers * l * cross_patches * c.compute as f64;
-    }
-    matrices + attention
+    /// `--int4-format`: with `--quant 4`, this format instead of the device's choice.
+    pub int4_format: Option<GgmlDType>,
+    /// `--text-only N`: a text prompt of N positions and no image (to compare prefill with text-only engines).
+    pub text_only: Option<usize>,
+    /// `--prefill-chunk`: prompt positions prefilled per turn in `--concurrency` rounds (`None`: the server's
+    /// default, `Some(0)`: whole prompts).
+    pub prefill_chunk: Option<usize>,
 }
 
 /// A deterministic test card: gradients and a few rectangles, so the image is not constant.
@@ -241,8 +144,9 @@ fn load(args: &BenchArgs, opts: &LoadOptions, dtype: DType) -> anyhow::Result<(P
                     .device(plan.layers.first().copied().unwrap_or(0))
                     .clone(),
             );
-            let quantizer =
-                Quantizer::for_random_weights(args.quant).with_vision(args.quant_vision);
+            let quantizer = Quantizer::for_random_weights(args.quant)
+                .with_vision(args.quant_vision)
+                .with_int4_format(args.int4_format);
             let model = CogVlm::with_placement(&cfg, vb, quantizer, place)
                 .context("cannot build the random-weight model")?;
             let tok_path = find_tokenizer(
@@ -265,10 +169,15 @@ const QUERY: &str =
 
 /// A first turn about `image`, greedy, `n` new tokens.
 fn first_turn(image: image::DynamicImage, n: usize) -> ChatRequest {
+    text_turn(Some(image), QUERY.to_string(), n)
+}
+
+/// A first turn asking `query` (about `image`, if any), greedy, `n` new tokens.
+fn text_turn(image: Option<image::DynamicImage>, query: String, n: usize) -> ChatRequest {
     ChatRequest {
-        image: Some(image),
+        image,
         history: vec![],
-        query: QUERY.to_string(),
+        query,
         version: None,
         sampling: Sampling {
             max_new_tokens: Some(n),
@@ -279,12 +188,41 @@ fn first_turn(image: image::DynamicImage, n: usize) -> ChatRequest {
 }
 
 /// The second turn about the same image, after `answer`: only its new tokens run.
-fn follow_up(image: image::DynamicImage, n: usize, answer: &str) -> ChatRequest {
+fn follow_up(first: &ChatRequest, n: usize, answer: &str) -> ChatRequest {
     ChatRequest {
-        history: vec![(QUERY.to_string(), answer.to_string())],
+        history: vec![(first.query.clone(), answer.to_string())],
         query: "And what is in the top left corner?".into(),
-        ..first_turn(image, n)
+        ..text_turn(first.image.clone(), String::new(), n)
     }
+}
+
+/// Timed run `r`'s first turn: about a new image each run, or with `--text-only N` a new text prompt of exactly
+/// N positions (so that neither the image nor the conversation cache hides the first turn's work).
+fn run_request(
+    pipe: &mut Pipeline,
+    args: &BenchArgs,
+    r: usize,
+    n: usize,
+) -> anyhow::Result<ChatRequest> {
+    let Some(positions) = args.text_only else {
+        return Ok(first_turn(synthetic_image(640 + 8 * r as u32), n));
+    };
+    // " a" is one token of the Llama tokenizer: pad a run-specific opening with as many as the length needs.
+    let query = |pad: usize| format!("Run {r}.{}", " a".repeat(pad));
+    let len = |pipe: &mut Pipeline, pad: usize| -> anyhow::Result<usize> {
+        Ok(pipe
+            .prepare(&text_turn(None, query(pad), n))?
+            .input
+            .input_ids
+            .len())
+    };
+    let overhead = len(pipe, 0)?;
+    let pad = positions.saturating_sub(overhead);
+    let got = len(pipe, pad)?;
+    if got != positions {
+        bail!("--text-only {positions}: the prompt takes {got} positions (at least {overhead})");
+    }
+    Ok(text_turn(None, query(pad), n))
 }
 
 /// The device memory high-water mark, sampled between runs.
@@ -336,6 +274,7 @@ fn load_measured(
     let load_peak_anon = sampler.finish();
     let used_after_load = device_used_bytes(device);
     let weight_bytes = pipe.model().weight_bytes();
+    eprintln!("{label}: {}", pipe.model().resident_summary());
     let report = serde_json::json!({
         "model": label,
         "device": format!("{device:?}"),
@@ -344,6 +283,7 @@ fn load_measured(
         "quant_vision": args.quant_vision,
         "weight_gib": gib(weight_bytes),
         "weight_bytes": weight_bytes,
+        "expected_resident_gib": gib(pipe.model().expected_resident_bytes()),
         "load_s": load_s,
         "load_peak_rss_anon_gib": gib(load_peak_anon),
         "rss_anon_before_load_gib": anon_before.map(gib),
@@ -377,26 +317,18 @@ fn timed_turns(
     args: &BenchArgs,
     peak: &mut DevicePeak,
 ) -> anyhow::Result<Turns> {
-    let warm = pipe.generate_with(&first_turn(synthetic_image(600), 2), true, &mut |_| true)?;
-    pipe.generate_with(
-        &follow_up(synthetic_image(600), 2, &warm.text),
-        true,
-        &mut |_| true,
-    )?;
+    let first = run_request(pipe, args, 1000, 2)?;
+    let warm = pipe.generate_with(&first, true, &mut |_| true)?;
+    pipe.generate_with(&follow_up(&first, 2, &warm.text), true, &mut |_| true)?;
     peak.sample();
     let (mut ttft, mut prefill, mut decode, mut second) = (vec![], vec![], vec![], vec![]);
     let mut last = None;
     for r in 0..args.repeat.max(1) {
-        // A new image each run so neither the image nor the conversation cache hides the first turn's work.
-        let image = synthetic_image(640 + 8 * r as u32);
-        let stats = pipe.generate_with(
-            &first_turn(image.clone(), args.new_tokens.max(1)),
-            true,
-            &mut |_| true,
-        )?;
+        let first = run_request(pipe, args, r, args.new_tokens.max(1))?;
+        let stats = pipe.generate_with(&first, true, &mut |_| true)?;
         peak.device.synchronize()?;
         peak.sample();
-        let follow = pipe.generate_with(&follow_up(image, 1, &stats.text), true, &mut |_| true)?;
+        let follow = pipe.generate_with(&follow_up(&first, 1, &stats.text), true, &mut |_| true)?;
         ttft.push(stats.ttft_ms);
         prefill.push(stats.prefill_ms);
         decode.push(stats.tokens_per_s);
@@ -454,6 +386,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         quant_vision: args.quant_vision,
         placement: args.placement.clone(),
         lora: args.lora.clone(),
+        int4_format: args.int4_format,
     };
     let floors = if args.load_only {
         None
@@ -484,9 +417,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         stats,
         follow,
     } = timed_turns(&mut pipe, args, &mut peak)?;
-    let max_batch = args
-        .max_batch
-        .unwrap_or_else(|| crate::engine::default_max_batch(&args.device));
+    let (max_batch, chunk) = batch_settings(&mut pipe, args);
     let levels = concurrency_levels(&mut pipe, args, max_batch, &mut peak)?;
 
     let summary = pipe.info().clone();
@@ -552,11 +483,36 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     // The device plan and loading's peak (the `json!` above is at its macro recursion limit).
     if let Some(o) = out.as_object_mut() {
         o.insert("load_peak_rss_anon_gib".into(), gib(load_peak_anon).into());
+        let resident = gib(pipe.model().expected_resident_bytes());
+        o.insert("expected_resident_gib".into(), resident.into());
+        o.insert("quant_summary".into(), quant.summary().into());
+        o.insert("text_only".into(), args.text_only.into());
+        o.insert("prefill_chunk".into(), chunk.into());
         o.insert("plan".into(), loading["plan"].clone());
         let moved = pipe.model().placement().transfers();
         o.insert("transfers".into(), moved.into());
     }
     Ok(out)
+}
+
+/// The `--concurrency` rounds' batch size (`--max-batch`, else what memory holds, printed as the server prints
+/// it) and prefill chunk, set on `pipe`. The single-stream turns run before this and prefill whole prompts
+/// (nothing runs beside them).
+fn batch_settings(pipe: &mut Pipeline, args: &BenchArgs) -> (usize, usize) {
+    let max_batch = args.max_batch.unwrap_or_else(|| {
+        let ceiling = crate::engine::default_max_batch(&args.device);
+        let kept = crate::pipeline::KEPT_CONVERSATIONS;
+        let fit = crate::engine::batch_size::from_memory(pipe, ceiling, kept);
+        if let Some(f) = &fit {
+            eprintln!("{f}");
+        }
+        fit.map_or(ceiling, |f| f.max_batch)
+    });
+    let chunk = args
+        .prefill_chunk
+        .unwrap_or(crate::engine::DEFAULT_PREFILL_CHUNK);
+    pipe.set_prefill_chunk((chunk > 0).then_some(chunk));
+    (max_batch, chunk)
 }
 
 /// Where the bundled tokenizer of `family` lives (for random-weight runs with no model folder): Vicuna's for

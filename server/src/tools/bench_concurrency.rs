@@ -1,6 +1,6 @@
 //! `cogvlm bench --concurrency 1,4,8,16`: several requests arrive at once and decode together, as the server's
-//! worker runs them (one image encoding and prefill between two decode steps, then one batched decode step for
-//! every running sequence, [`Pipeline::step`]). For each level: aggregate tokens/s (end to end, and over the
+//! worker runs them (one image encoding and prefill chunk between two decode steps, then one batched decode step
+//! for every running sequence, [`Pipeline::step`]). For each level: aggregate tokens/s (end to end, and over the
 //! decode steps alone), per-stream decode tokens/s, time to first token from arrival (p50 / p95), and the
 //! longest pause a running stream saw while others were prefilled.
 
@@ -57,7 +57,10 @@ pub fn run_level(
     let (mut ttfts, mut rates, mut stalls) = (Vec::new(), Vec::new(), Vec::new());
     let (mut decode_s, mut decode_tokens, mut total_tokens) = (0.0, 0usize, 0usize);
     while !waiting.is_empty() || !running.is_empty() {
-        if running.len() < max_batch {
+        // As the worker: one prompt prefilled at a time, one chunk a turn (`--prefill-chunk`).
+        if let Some(s) = running.iter_mut().find(|s| s.seq.is_prefilling()) {
+            pipe.prefill_step(&mut s.seq)?;
+        } else if running.len() < max_batch {
             if let Some(req) = waiting.pop_front() {
                 let seq = pipe.begin_bench(&req)?;
                 running.push(Stream {

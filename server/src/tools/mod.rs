@@ -3,6 +3,7 @@
 //! (`cogvlm make-checkpoint`) and the vision tower's position probe (`cogvlm position-probe`).
 pub mod bench;
 pub mod bench_concurrency;
+pub mod bench_floors;
 pub mod make_checkpoint;
 pub mod parity;
 pub mod position_probe;

@@ -254,6 +254,7 @@ impl Runner {
                 quant_vision: self.quant_vision,
                 placement: self.placement.clone(),
                 lora: None,
+                int4_format: None,
             };
             let p = Pipeline::load(&dir, &opts, &mut |_, _| {})?;
             self.pipelines.insert(key.clone(), p);

@@ -62,6 +62,8 @@ pub struct ServeArgs {
     pub fairness: Fairness,
     /// Answers generated together; `None`: the device's default.
     pub max_batch: Option<usize>,
+    /// `--prefill-chunk`; `None`: the engine's default, `Some(0)`: whole prompts.
+    pub prefill_chunk: Option<usize>,
     /// `--backend openai`: answer from this remote server instead of a local worker.
     pub remote: Option<crate::remote::RemoteConfig>,
     /// `--lora DIR`: an adapter applied to every checkpoint served.
@@ -87,6 +89,7 @@ impl Default for ServeArgs {
             limits: Limits::default(),
             fairness: Fairness::default(),
             max_batch: None,
+            prefill_chunk: None,
             remote: None,
             lora: None,
         }
@@ -334,10 +337,12 @@ async fn run(args: ServeArgs) -> Result<()> {
                 quant_vision: args.quant_vision,
                 placement: args.placement.clone(),
                 lora: args.lora.clone(),
+                int4_format: None,
             },
             limits: args.limits.clone(),
             fairness: fairness_for(&args),
             max_batch: args.max_batch,
+            prefill_chunk: args.prefill_chunk,
         },
         initial.as_deref(),
     )?;
