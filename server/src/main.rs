@@ -189,9 +189,15 @@ struct ParityCmd {
 struct BenchCmd {
     #[arg(long, conflicts_with = "config")]
     model: Option<PathBuf>,
-    /// cogvlm-17b, cogvlm-base-224 or cogagent-18b (with --random-weights)
+    /// cogvlm-17b, cogvlm-base-224, cogagent-18b or cogvlm2-19b (with --random-weights)
     #[arg(long, requires = "random_weights")]
     config: Option<String>,
+    /// With --config: this many decoder layers instead of the checkpoint's (full width, reduced depth)
+    #[arg(long, requires = "config")]
+    layers: Option<usize>,
+    /// With --config: this many vision-tower layers instead of the checkpoint's
+    #[arg(long, requires = "config")]
+    vision_layers: Option<usize>,
     #[arg(long)]
     random_weights: bool,
     #[arg(long, default_value_t = 32)]
@@ -349,6 +355,7 @@ impl BenchCmd {
             int4_format: self.int4_format,
             text_only: self.text_only,
             prefill_chunk: self.prefill_chunk,
+            depth: (self.layers, self.vision_layers),
         };
         cogvlm::bench::run(&args).map(|v| println!("{v}"))
     }

@@ -64,6 +64,18 @@ pub fn named_config_json(name: &str) -> anyhow::Result<serde_json::Value> {
     Ok(json)
 }
 
+/// The named configuration with `depth`'s decoder and tower layer counts, where given.
+fn reduced_config(name: &str, depth: (Option<usize>, Option<usize>)) -> anyhow::Result<Config> {
+    let mut json = named_config_json(name)?;
+    if let Some(n) = depth.0 {
+        json["num_hidden_layers"] = n.into();
+    }
+    if let Some(n) = depth.1 {
+        json["vision_config"]["num_hidden_layers"] = n.into();
+    }
+    Ok(serde_json::from_value(json)?)
+}
+
 /// `THUDM/cogvlm2-llama3-chat-19B`'s config.json (the Chinese checkpoint has the same shapes): Llama-3-8B with
 /// 8 KV heads, the 1344 px EVA2-CLIP-E tower.
 fn cogvlm2_config_json() -> serde_json::Value {
@@ -108,6 +120,9 @@ pub struct BenchArgs {
     /// `--prefill-chunk`: prompt positions prefilled per turn in `--concurrency` rounds (`None`: the server's
     /// default, `Some(0)`: whole prompts).
     pub prefill_chunk: Option<usize>,
+    /// `--layers` / `--vision-layers` with `--config`: the full-width model at reduced depth (per-layer costs
+    /// for a full-depth figure on a machine that cannot hold it).
+    pub depth: (Option<usize>, Option<usize>),
 }
 
 /// A deterministic test card: gradients and a few rectangles, so the image is not constant.
@@ -132,7 +147,7 @@ fn load(args: &BenchArgs, opts: &LoadOptions, dtype: DType) -> anyhow::Result<(P
             dir.display().to_string(),
         ),
         (None, Some(name)) => {
-            let cfg = named_config(name)?;
+            let cfg = reduced_config(name, args.depth)?;
             // Refused here, before any weight is made, when it cannot fit.
             let plan = make_plan(&cfg, dtype, opts)?;
             eprint!("{name}: {plan}");
@@ -156,7 +171,13 @@ fn load(args: &BenchArgs, opts: &LoadOptions, dtype: DType) -> anyhow::Result<(P
             let summary = checkpoint_info(name.clone(), &cfg);
             (
                 Pipeline::from_parts(model, load_tokenizer(&tok_path)?, summary).with_plan(plan),
-                format!("{name} (random weights)"),
+                match args.depth {
+                    (None, None) => format!("{name} (random weights)"),
+                    _ => format!(
+                        "{name} (random weights, {} decoder and {} tower layers)",
+                        cfg.num_hidden_layers, cfg.vision_config.num_hidden_layers
+                    ),
+                },
             )
         }
         (None, None) => bail!("bench needs --model DIR or --config NAME --random-weights"),
