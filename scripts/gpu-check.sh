@@ -47,6 +47,10 @@ step cogvlm-bf16 180 $B --config cogvlm-17b
 step parity-bf16 120 parity --fixtures server/fixtures --device cuda --dtype bf16
 step parity-f32 120 parity --fixtures server/fixtures --device cuda --dtype f32
 step cogagent-bf16 150 $B --config cogagent-18b
+# CogVLM2 (issue 38): the 1344 px tower at full size, and its parity set in bf16 (the f32 cases against their f32
+# reference within 2e-2, the two bf16 cases against the bf16 reference).
+step cogvlm2-bf16 150 $B --config cogvlm2-19b --tokenizer server/fixtures/cogvlm2/tokenizer/tokenizer.json
+step cogvlm2-parity-bf16 90 parity --fixtures server/fixtures/cogvlm2 --device cuda --dtype bf16
 step cogvlm-int4 150 $B --config cogvlm-17b --quant 4
 step cogvlm-int4-vision 150 $B --config cogvlm-17b --quant 4 --quant-vision
 step cogvlm-int8 150 $B --config cogvlm-17b --quant 8
