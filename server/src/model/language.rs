@@ -214,7 +214,8 @@ impl Rotary {
 
 /// [`sdpa`] for grouped-query attention: `q` `[B, heads, L, d]`, `k`/`v` `[B, kv_heads, T, d]`, query head `i`
 /// reading KV head `i / (heads / kv_heads)` (the reference's `repeat_interleave`). Each group's queries are
-/// stacked along the rows of one matmul over its KV head, so the cache is never repeated.
+/// stacked along the rows of one matmul over its KV head, so the cache is never repeated; `mask` is the causal
+/// mask made for those stacked rows ([`grouped_mask`]).
 fn grouped_sdpa(
     q: &Tensor,
     k: &Tensor,
@@ -227,13 +228,19 @@ fn grouped_sdpa(
     if kv_heads == heads {
         return sdpa(q, k, v, scale, mask);
     }
-    let g = heads / kv_heads;
-    let q = q.contiguous()?.reshape((b, kv_heads, g * l, d))?;
-    let mask = match mask {
-        Some(m) => Some(Tensor::cat(&vec![m; g], 0)?),
-        None => None,
-    };
-    sdpa(&q, k, v, scale, mask.as_ref())?.reshape((b, heads, l, d))
+    let q = q
+        .contiguous()?
+        .reshape((b, kv_heads, heads / kv_heads * l, d))?;
+    sdpa(&q, k, v, scale, mask)?.reshape((b, heads, l, d))
+}
+
+/// The causal mask `[L, T]` repeated for the `groups` query heads [`grouped_sdpa`] stacks per KV head: made once
+/// per chunk, not in every layer.
+fn grouped_mask(mask: Tensor, groups: usize) -> Result<Tensor> {
+    match groups {
+        1 => Ok(mask),
+        g => Tensor::cat(&vec![&mask; g], 0),
+    }
 }
 
 struct SelfAttention {
@@ -557,6 +564,8 @@ pub struct LanguageModel {
     rotary: Vec<Option<Rotary>>,
     place: Placement,
     rows: Rows,
+    /// Query heads per KV head (CogVLM2's grouped-query attention; 1 for CogVLM).
+    groups: usize,
 }
 
 impl LanguageModel {
@@ -594,6 +603,7 @@ impl LanguageModel {
             place: place.clone(),
             // The narrowest output of a decode matmul: the hidden size (dense, down_proj) or CogAgent's
             // cross-attention width.
+            groups: cfg.num_attention_heads / cfg.kv_heads(),
             rows: Rows::new(
                 cfg.cross()
                     .map_or(cfg.hidden_size, |c| c.compute.min(cfg.hidden_size)),
@@ -726,7 +736,8 @@ impl LanguageModel {
         };
         let (cos, sin) = rotary.cos_sin(positions, dtype)?;
         let mask = if l > 1 {
-            Some(causal_mask(l, past, self.place.device(slot))?)
+            let mask = causal_mask(l, past, self.place.device(slot))?;
+            Some(grouped_mask(mask, self.groups)?)
         } else {
             None
         };
@@ -891,8 +902,9 @@ mod tests {
                 .reshape((1, heads, t, d))
         };
         let mask = causal_mask(l, t - l, &dev)?;
-        for m in [None, Some(&mask)] {
-            let grouped = grouped_sdpa(&q, &k, &v, 0.5, m)?;
+        let stacked = grouped_mask(mask.clone(), heads / kv)?;
+        for (m, g) in [(None, None), (Some(&mask), Some(&stacked))] {
+            let grouped = grouped_sdpa(&q, &k, &v, 0.5, g)?;
             let plain = sdpa(&q, &repeat(&k)?, &repeat(&v)?, 0.5, m)?;
             let diff = (grouped - plain)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(diff < 1e-6, "grouped vs repeated: {diff}");
