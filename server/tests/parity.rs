@@ -5,43 +5,17 @@
 
 use std::path::PathBuf;
 
-use cogvlm::parity::{Check, Runner};
+mod parity_support;
+
+use cogvlm::parity::Runner;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
-/// Runs one case in `dtype` (bf16: within bf16's tolerances, `parity::Runner`) and fails with every failed
-/// check listed.
+/// Runs one case in `dtype` (bf16: within bf16's tolerances, `parity::Runner`).
 fn run(id: &str, dtype: &str) {
-    // Models load in a few ms; one runner per test keeps the tests independent and parallel.
-    let mut runner = Runner::new(&fixtures(), "cpu", Some(dtype)).expect("fixture runner");
-    let case = runner
-        .cases()
-        .expect("cases.json")
-        .into_iter()
-        .find(|c| c.get("id").and_then(|v| v.as_str()) == Some(id))
-        .unwrap_or_else(|| panic!("case {id} not in cases.json"));
-    let checks = runner.run_case(&case, &mut |_| {});
-    assert_report(id, &checks);
-}
-
-fn assert_report(id: &str, checks: &[Check]) {
-    let failed: Vec<String> = checks
-        .iter()
-        .filter(|c| !c.ok)
-        .map(|c| c.to_string())
-        .collect();
-    for c in checks {
-        println!("{c}");
-    }
-    assert!(checks.len() >= 10, "{id}: only {} checks ran", checks.len());
-    assert!(
-        failed.is_empty(),
-        "{id}: {} failed check(s):\n{}",
-        failed.len(),
-        failed.join("\n")
-    );
+    parity_support::run(&fixtures(), id, dtype);
 }
 
 #[test]
@@ -103,13 +77,7 @@ mod bf16 {
 
 #[test]
 fn every_fixture_case_has_a_test() {
-    let runner = Runner::new(&fixtures(), "cpu", Some("f32")).expect("fixture runner");
-    let ids: Vec<String> = runner
-        .cases()
-        .expect("cases.json")
-        .iter()
-        .filter_map(|c| c.get("id").and_then(|v| v.as_str()).map(str::to_string))
-        .collect();
+    let ids = parity_support::case_ids(&fixtures());
     let src = include_str!("parity.rs");
     for id in &ids {
         assert!(

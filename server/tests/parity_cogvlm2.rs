@@ -5,9 +5,9 @@
 //! the two bf16 cases run in bf16 against the bf16 reference within the bf16 budgets (2e-2, argmax up to
 //! near-ties). One test per case so failures name the case.
 
-use std::path::PathBuf;
+mod parity_support;
 
-use cogvlm::parity::{Check, Runner};
+use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/cogvlm2")
@@ -15,33 +15,7 @@ fn fixtures() -> PathBuf {
 
 /// Runs one case (in f32, or in bf16 when the case's reference is bf16) and fails with every failed check.
 fn run(id: &str) {
-    let mut runner = Runner::new(&fixtures(), "cpu", Some("f32")).expect("fixture runner");
-    let case = runner
-        .cases()
-        .expect("cases.json")
-        .into_iter()
-        .find(|c| c.get("id").and_then(|v| v.as_str()) == Some(id))
-        .unwrap_or_else(|| panic!("case {id} not in cases.json"));
-    let checks = runner.run_case(&case, &mut |_| {});
-    assert_report(id, &checks);
-}
-
-fn assert_report(id: &str, checks: &[Check]) {
-    let failed: Vec<String> = checks
-        .iter()
-        .filter(|c| !c.ok)
-        .map(|c| c.to_string())
-        .collect();
-    for c in checks {
-        println!("{c}");
-    }
-    assert!(checks.len() >= 10, "{id}: only {} checks ran", checks.len());
-    assert!(
-        failed.is_empty(),
-        "{id}: {} failed check(s):\n{}",
-        failed.len(),
-        failed.join("\n")
-    );
+    parity_support::run(&fixtures(), id, "f32");
 }
 
 macro_rules! cases {
@@ -72,13 +46,7 @@ cases!(
 
 #[test]
 fn every_fixture_case_has_a_test() {
-    let runner = Runner::new(&fixtures(), "cpu", Some("f32")).expect("fixture runner");
-    let ids: Vec<String> = runner
-        .cases()
-        .expect("cases.json")
-        .iter()
-        .filter_map(|c| c.get("id").and_then(|v| v.as_str()).map(str::to_string))
-        .collect();
+    let ids = parity_support::case_ids(&fixtures());
     let src = include_str!("parity_cogvlm2.rs");
     for id in &ids {
         assert!(
