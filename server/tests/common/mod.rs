@@ -326,7 +326,12 @@ pub async fn http_bytes(
     let _ = stream.write_all(&req).await;
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw).await;
-    let raw = String::from_utf8_lossy(&raw).into_owned();
+    parse_response(&raw)
+}
+
+/// An HTTP/1.1 response's bytes as (status, lower-case headers, body); status 0 when there was none.
+pub fn parse_response(raw: &[u8]) -> (u16, Vec<(String, String)>, String) {
+    let raw = String::from_utf8_lossy(raw).into_owned();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
     let mut lines = head.lines();
     let status = lines
