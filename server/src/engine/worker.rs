@@ -116,6 +116,8 @@ impl Worker {
                 pipeline.set_prefill_chunk(self.batch.prefill_chunk());
                 let max_batch = self.batch.fit_memory(&pipeline, self.max_batch);
                 self.pipeline = Some(pipeline);
+                // The old checkpoint was dropped just now.
+                crate::model::memory::release_freed();
                 self.current = Some(entry.clone());
                 self.set_shared(|s| {
                     s.current = Some(name.into());
@@ -132,6 +134,8 @@ impl Worker {
                 });
             }
             Err(e) => {
+                // What the failed load had read so far.
+                crate::model::memory::release_freed();
                 let message = format!("{e:#}");
                 self.set_shared(|s| {
                     s.loading = None;

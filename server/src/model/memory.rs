@@ -65,6 +65,20 @@ pub fn peak_rss_bytes() -> Option<u64> {
     kb_field("/proc/self/status", "VmHWM:")
 }
 
+/// Hands memory the allocator keeps after a large free back to the system.
+///
+/// A dropped checkpoint frees hundreds of tensors at once. glibc raises its mmap threshold to the largest
+/// chunk freed, so later tensors of that size come from the heap arenas, and their freed pages stay resident:
+/// a server alternating between two tiny checkpoints grew from 52 to 171 MB (plateauing there) while holding
+/// one. `malloc_trim` returns every free page of every arena. Call it after big frees only; it walks the heaps.
+pub fn release_freed() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers and only returns free pages of glibc's own heaps to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Samples [`rss_anon_bytes`] every few milliseconds on a thread until [`Self::finish`], keeping the maximum.
 pub struct PeakSampler {
     stop: Arc<AtomicBool>,
