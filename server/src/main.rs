@@ -226,6 +226,9 @@ struct BenchCmd {
     /// [default: as `serve`]
     #[arg(long)]
     prefill_chunk: Option<usize>,
+    /// Skip the untimed warm-up turn (a full-size CPU turn takes an hour; the CPU compiles no kernels)
+    #[arg(long)]
+    no_warmup: bool,
     #[command(flatten)]
     dev: DeviceArgs,
 }
@@ -356,6 +359,7 @@ impl BenchCmd {
             text_only: self.text_only,
             prefill_chunk: self.prefill_chunk,
             depth: (self.layers, self.vision_layers),
+            warmup: !self.no_warmup,
         };
         cogvlm::bench::run(&args).map(|v| println!("{v}"))
     }

@@ -123,6 +123,9 @@ pub struct BenchArgs {
     /// `--layers` / `--vision-layers` with `--config`: the full-width model at reduced depth (per-layer costs
     /// for a full-depth figure on a machine that cannot hold it).
     pub depth: (Option<usize>, Option<usize>),
+    /// `--no-warmup`: time the first turns cold (for full-size CPU runs where one turn takes an hour; the CPU
+    /// has no kernels to compile, so the warm-up only doubles the run).
+    pub warmup: bool,
 }
 
 /// A deterministic test card: gradients and a few rectangles, so the image is not constant.
@@ -330,6 +333,8 @@ struct Turns {
     second: f64,
     stats: Answer,
     follow: Answer,
+    /// The highest anonymous resident set during the first timed turn (image encode, prefill and decode).
+    first_turn_peak_anon: u64,
 }
 
 /// A warm-up (kernel compilation, allocator, the follow-up path), then `--repeat` timed first and second turns.
@@ -338,17 +343,24 @@ fn timed_turns(
     args: &BenchArgs,
     peak: &mut DevicePeak,
 ) -> anyhow::Result<Turns> {
-    let first = run_request(pipe, args, 1000, 2)?;
-    let warm = pipe.generate_with(&first, true, &mut |_| true)?;
-    pipe.generate_with(&follow_up(&first, 2, &warm.text), true, &mut |_| true)?;
-    peak.sample();
+    if args.warmup {
+        let first = run_request(pipe, args, 1000, 2)?;
+        let warm = pipe.generate_with(&first, true, &mut |_| true)?;
+        pipe.generate_with(&follow_up(&first, 2, &warm.text), true, &mut |_| true)?;
+        peak.sample();
+    }
     let (mut ttft, mut prefill, mut decode, mut second) = (vec![], vec![], vec![], vec![]);
     let mut last = None;
+    let mut first_turn_peak_anon = 0;
     for r in 0..args.repeat.max(1) {
         let first = run_request(pipe, args, r, args.new_tokens.max(1))?;
+        let sampler = (r == 0).then(PeakSampler::start);
         let stats = pipe.generate_with(&first, true, &mut |_| true)?;
         peak.device.synchronize()?;
         peak.sample();
+        if let Some(s) = sampler {
+            first_turn_peak_anon = s.finish();
+        }
         let follow = pipe.generate_with(&follow_up(&first, 1, &stats.text), true, &mut |_| true)?;
         ttft.push(stats.ttft_ms);
         prefill.push(stats.prefill_ms);
@@ -366,6 +378,7 @@ fn timed_turns(
         second: median(second),
         stats,
         follow,
+        first_turn_peak_anon,
     })
 }
 
@@ -426,6 +439,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let Some(floors) = floors else {
         return Ok(loading);
     };
+    let anon_after_load = rss_anon_bytes();
     let mut peak = DevicePeak {
         device: device.clone(),
         peak: used_after_load,
@@ -437,6 +451,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         second,
         stats,
         follow,
+        first_turn_peak_anon,
     } = timed_turns(&mut pipe, args, &mut peak)?;
     let (max_batch, chunk) = batch_settings(&mut pipe, args);
     let levels = concurrency_levels(&mut pipe, args, max_batch, &mut peak)?;
@@ -504,6 +519,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     // The device plan and loading's peak (the `json!` above is at its macro recursion limit).
     if let Some(o) = out.as_object_mut() {
         o.insert("load_peak_rss_anon_gib".into(), gib(load_peak_anon).into());
+        // The image encode's and prefill's working memory: the first turn's peak over what loading left.
+        o.insert(
+            "first_turn_peak_rss_anon_gib".into(),
+            gib(first_turn_peak_anon).into(),
+        );
+        let over = anon_after_load.map(|a| gib(first_turn_peak_anon.saturating_sub(a)));
+        o.insert("first_turn_anon_over_loaded_gib".into(), over.into());
+        o.insert("warmup".into(), args.warmup.into());
         let resident = gib(pipe.model().expected_resident_bytes());
         o.insert("expected_resident_gib".into(), resident.into());
         o.insert("quant_summary".into(), quant.summary().into());
