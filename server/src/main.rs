@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use cogvlm::pipeline::{ChatRequest, LoadOptions, Pipeline, PromptVersion, Quant, Sampling};
+use cogvlm::generate::{ChatRequest, LoadOptions, Pipeline, Sampling};
+use cogvlm::model::quant::Quant;
 use cogvlm::terminal::{converse, Io, Reply, SamplingArgs};
+use protocol::PromptVersion;
 
 #[derive(Parser)]
 #[command(name = "cogvlm", version, about = "CogVLM / CogAgent in Rust (candle)")]
@@ -48,12 +50,12 @@ struct PlaceArgs {
     /// N decoder layers (and the towers) on the GPU, the rest on the CPU (or the second of --devices);
     /// `auto`: as many as fit (the default when the model does not fit the GPU)
     #[arg(long)]
-    gpu_layers: Option<cogvlm::pipeline::GpuLayers>,
+    gpu_layers: Option<cogvlm::model::placement::GpuLayers>,
 }
 
 impl PlaceArgs {
-    fn request(&self) -> cogvlm::pipeline::PlacementRequest {
-        cogvlm::pipeline::PlacementRequest::parse(self.devices.as_deref(), self.gpu_layers)
+    fn request(&self) -> cogvlm::model::placement::PlacementRequest {
+        cogvlm::model::placement::PlacementRequest::parse(self.devices.as_deref(), self.gpu_layers)
     }
 }
 
@@ -340,7 +342,7 @@ impl Command {
 impl BenchCmd {
     fn run(self) -> anyhow::Result<()> {
         let dev = self.dev;
-        let args = cogvlm::bench::BenchArgs {
+        let args = cogvlm::tools::bench::BenchArgs {
             model: self.model,
             config: self.config,
             device: dev.device,
@@ -361,13 +363,13 @@ impl BenchCmd {
             depth: (self.layers, self.vision_layers),
             warmup: !self.no_warmup,
         };
-        cogvlm::bench::run(&args).map(|v| println!("{v}"))
+        cogvlm::tools::bench::run(&args).map(|v| println!("{v}"))
     }
 }
 
 impl MakeCheckpointCmd {
     fn run(self) -> anyhow::Result<()> {
-        let args = cogvlm::make_checkpoint::MakeArgs {
+        let args = cogvlm::tools::make_checkpoint::MakeArgs {
             config: self.config,
             out: self.out,
             shard_bytes: self.shard_mb * 1_000_000,
@@ -377,7 +379,7 @@ impl MakeCheckpointCmd {
             position_scale: self.position_scale,
             identity_adapter: self.identity_adapter,
         };
-        cogvlm::make_checkpoint::run(&args).map(|w| println!("{}", serde_json::json!(w)))
+        cogvlm::tools::make_checkpoint::run(&args).map(|w| println!("{}", serde_json::json!(w)))
     }
 }
 
@@ -406,7 +408,7 @@ impl ChatCmd {
 impl ParityCmd {
     /// One line per check, then `N passed, M failed`; exits 1 when a check failed.
     fn run(self) -> anyhow::Result<()> {
-        let (passed, failed) = cogvlm::parity::run_all_placed(
+        let (passed, failed) = cogvlm::tools::parity::run_all_placed(
             &self.fixtures,
             &self.device,
             self.dtype.as_deref(),

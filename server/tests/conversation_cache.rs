@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use cogvlm::pipeline::{Answer, ChatRequest, LoadOptions, Pipeline, Sampling};
+use cogvlm::generate::{Answer, ChatRequest, LoadOptions, Pipeline, Sampling};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")

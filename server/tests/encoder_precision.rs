@@ -11,7 +11,7 @@ use cogvlm::model::config::Config;
 use cogvlm::model::preprocess::pixel_values;
 use cogvlm::model::quant::{Quant, Quantizer};
 use cogvlm::model::CogVlm;
-use cogvlm::parity::rel_l2;
+use cogvlm::tools::parity::rel_l2;
 
 fn model_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

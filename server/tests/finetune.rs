@@ -7,10 +7,10 @@ use protocol::Sampling;
 use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
+use cogvlm::generate::{ChatRequest, LoadOptions, Pipeline};
 use cogvlm::model::config::Config;
 use cogvlm::model::lora::{Adapter, LoraConfig, LoraPair};
 use cogvlm::model::weights::files_without_pt_format;
-use cogvlm::pipeline::{ChatRequest, LoadOptions, Pipeline};
 use cogvlm::train::make_data::{Kind, MakeDataArgs};
 use cogvlm::train::optim::Schedule;
 use cogvlm::train::run::{new_adapter, TrainArgs, DEFAULT_TARGETS};

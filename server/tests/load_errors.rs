@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use cogvlm::pipeline::{LoadOptions, Pipeline};
+use cogvlm::generate::{LoadOptions, Pipeline};
 
 fn fixture_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/cogvlm_tiny_224")
@@ -143,7 +143,7 @@ fn cogagent_without_image_is_a_clear_error() {
         ..Default::default()
     };
     let mut p = Pipeline::load(&dir, &opts, &mut |_, _| {}).expect("bundled cogagent loads");
-    let req = cogvlm::ChatRequest {
+    let req = cogvlm::generate::ChatRequest {
         image: None,
         history: vec![],
         query: "hi".into(),

@@ -8,8 +8,8 @@ use openai_support::common;
 
 use base64::Engine as _;
 use cogvlm::engine::{bundled_models_dir, EngineHandle, EngineOptions, Registry};
-use cogvlm::history_fit::ANSWER_ROOM;
-use cogvlm::pipeline::{ChatRequest, LoadOptions, Pipeline};
+use cogvlm::generate::history_fit::ANSWER_ROOM;
+use cogvlm::generate::{ChatRequest, LoadOptions, Pipeline};
 use protocol::Sampling;
 use serde_json::{json, Value};
 use std::sync::Arc;

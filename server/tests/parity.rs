@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 mod parity_support;
 
-use cogvlm::parity::Runner;
+use cogvlm::tools::parity::Runner;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")

@@ -6,7 +6,8 @@
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use cogvlm::pipeline::{GpuLayers, LoadOptions, Pipeline, PlacementRequest};
+use cogvlm::generate::{LoadOptions, Pipeline};
+use cogvlm::model::placement::{GpuLayers, PlacementRequest};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
@@ -23,7 +24,7 @@ fn tower_and_first_layer() -> PlacementRequest {
 
 fn parity_passes(req: PlacementRequest) {
     let mut lines = Vec::new();
-    let (passed, failed) = cogvlm::parity::run_all_placed(
+    let (passed, failed) = cogvlm::tools::parity::run_all_placed(
         &fixtures(),
         "cpu",
         Some("f32"),
@@ -67,12 +68,12 @@ fn load(model: &str, placement: PlacementRequest) -> Pipeline {
 /// All positions' logits of a prompt with an image, then three decode steps' logits.
 fn logits(pipe: &mut Pipeline) -> Vec<Tensor> {
     let image = image::open(fixtures().join("images").join("coffee.png")).expect("fixture image");
-    let req = cogvlm::ChatRequest {
+    let req = cogvlm::generate::ChatRequest {
         image: Some(image),
         history: Vec::new(),
         query: "What is on the table?".into(),
         version: None,
-        sampling: cogvlm::Sampling::greedy(),
+        sampling: cogvlm::generate::Sampling::greedy(),
     };
     let prep = pipe.prepare(&req).expect("prompt");
     let model = pipe.model();
@@ -139,7 +140,7 @@ fn made_checkpoints_load_through_the_normal_loader() {
         let out = std::env::temp_dir().join(format!("cogvlm-make-{model}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&out);
         let config = fixtures().join("models").join(model).join("config.json");
-        let args = cogvlm::make_checkpoint::MakeArgs {
+        let args = cogvlm::tools::make_checkpoint::MakeArgs {
             config: config.display().to_string(),
             out: out.clone(),
             // Small shards, so the tiny model is written as several, like the real ones.
@@ -150,7 +151,7 @@ fn made_checkpoints_load_through_the_normal_loader() {
             position_scale: 1.0,
             identity_adapter: None,
         };
-        let written = cogvlm::make_checkpoint::run(&args).expect("make-checkpoint");
+        let written = cogvlm::tools::make_checkpoint::run(&args).expect("make-checkpoint");
         assert!(written.shards >= 3, "{written:?}");
         assert!(out.join("model.safetensors.index.json").is_file());
         assert!(out.join("tokenizer.json").is_file());
@@ -161,7 +162,7 @@ fn made_checkpoints_load_through_the_normal_loader() {
         // The same bytes twice for one seed.
         let again = out.with_extension("again");
         let _ = std::fs::remove_dir_all(&again);
-        cogvlm::make_checkpoint::run(&cogvlm::make_checkpoint::MakeArgs {
+        cogvlm::tools::make_checkpoint::run(&cogvlm::tools::make_checkpoint::MakeArgs {
             out: again.clone(),
             config: args.config.clone(),
             ..args
@@ -180,14 +181,14 @@ fn made_checkpoints_load_through_the_normal_loader() {
             };
             let mut pipe = Pipeline::load(&out, &opts, &mut |_, _| {}).expect("made checkpoint");
             let image = image::open(fixtures().join("images").join("coffee.png")).unwrap();
-            let req = cogvlm::ChatRequest {
+            let req = cogvlm::generate::ChatRequest {
                 image: Some(image),
                 history: Vec::new(),
                 query: "What is it?".into(),
                 version: None,
-                sampling: cogvlm::Sampling {
+                sampling: cogvlm::generate::Sampling {
                     max_new_tokens: Some(3),
-                    ..cogvlm::Sampling::greedy()
+                    ..cogvlm::generate::Sampling::greedy()
                 },
             };
             let st = pipe.generate(&req, &mut |_| true).expect("answer");
@@ -195,7 +196,7 @@ fn made_checkpoints_load_through_the_normal_loader() {
         }
         // A folder that is not empty is refused.
         assert!(
-            cogvlm::make_checkpoint::run(&cogvlm::make_checkpoint::MakeArgs {
+            cogvlm::tools::make_checkpoint::run(&cogvlm::tools::make_checkpoint::MakeArgs {
                 config: args.config.clone(),
                 out: out.clone(),
                 shard_bytes: 1_000_000,

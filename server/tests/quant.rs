@@ -17,9 +17,10 @@ use std::path::PathBuf;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::DType;
+use cogvlm::generate::{LoadOptions, Pipeline};
 use cogvlm::model::quant::estimated_weight_bytes;
-use cogvlm::parity::Runner;
-use cogvlm::pipeline::{LoadOptions, Pipeline, Quant};
+use cogvlm::model::quant::Quant;
+use cogvlm::tools::parity::Runner;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use cogvlm::pipeline::load_tokenizer;
-use cogvlm::text_stream::TextStream;
+use cogvlm::generate::load_tokenizer;
+use cogvlm::generate::text_stream::TextStream;
 
 #[test]
 fn multibyte_characters_are_never_split_and_the_end_is_flushed() {

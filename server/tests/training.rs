@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use cogvlm::parity::Check;
+use cogvlm::tools::parity::Check;
 use cogvlm::train::parity::TrainingRunner;
 
 fn fixtures() -> PathBuf {

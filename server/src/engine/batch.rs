@@ -14,7 +14,7 @@ use super::admission::Slot;
 use super::command::{cancelled_done, Command};
 use super::queue::Waiting;
 use super::worker::{classify, panic_message, to_chat_request, Worker};
-use crate::pipeline::Sequence;
+use crate::generate::Sequence;
 use protocol::{Error, ErrorKind, Event};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -118,11 +118,11 @@ impl Batch {
 
     /// After a load: without `--max-batch`, as many sequences as the memory left holds, at most `ceiling`
     /// (printed); returns the batch size.
-    pub fn fit_memory(&mut self, pipeline: &crate::Pipeline, ceiling: usize) -> usize {
+    pub fn fit_memory(&mut self, pipeline: &crate::generate::Pipeline, ceiling: usize) -> usize {
         if !self.from_memory {
             return self.max;
         }
-        let kept = crate::pipeline::KEPT_CONVERSATIONS;
+        let kept = crate::generate::KEPT_CONVERSATIONS;
         match super::batch_size::from_memory(pipeline, ceiling, kept) {
             Some(fit) => {
                 tracing::info!("{fit}");
@@ -507,7 +507,7 @@ fn recovered(what: &str) -> Error {
 /// half made.
 fn after_panic(
     panic: &(dyn std::any::Any + Send),
-    pipeline: &mut crate::pipeline::Pipeline,
+    pipeline: &mut crate::generate::Pipeline,
 ) -> Error {
     let what = panic_message(panic);
     tracing::error!("the model worker recovered from a panic: {what}");

@@ -1,9 +1,9 @@
 //! The default `--max-batch` from the memory loading left: every running answer holds its own KV cache, which
 //! at full size and the full context is the largest thing after the weights.
 
+use crate::generate::Pipeline;
 use crate::model::memory;
 use crate::model::placement::Sizes;
-use crate::Pipeline;
 
 /// Kept free beside the caches: allocator slack and what else the process makes.
 const MARGIN: u64 = 512 << 20;
@@ -79,11 +79,11 @@ mod tests {
     #[test]
     fn the_batch_is_what_the_caches_leave_room_for() {
         let gib = 1u64 << 30;
-        let cfg = crate::bench::named_config("cogvlm-17b").unwrap();
+        let cfg = crate::tools::bench::named_config("cogvlm-17b").unwrap();
         let s = Sizes::new(
             &cfg,
             candle_core::DType::BF16,
-            crate::pipeline::Quant::Q4,
+            crate::model::quant::Quant::Q4,
             true,
             2048,
         );

@@ -9,7 +9,7 @@ use super::limits::{check_request, Limits};
 use super::queue::Queue;
 use super::registry::{Entry, Registry};
 use super::worker::{Shared, Worker};
-use crate::LoadOptions;
+use crate::generate::LoadOptions;
 use anyhow::{anyhow, Result};
 use protocol::{Error, Event, GenerateRequest, ModelsState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -4,8 +4,9 @@
 //! folders. Each is identified by [`crate::probe_checkpoint`], which reads `config.json` only,
 //! so scanning is cheap; folders that fail are listed with the reason.
 
-use crate::{probe_checkpoint, CheckpointInfo};
+use crate::generate::probe_checkpoint;
 use anyhow::{bail, Context, Result};
+use protocol::CheckpointInfo;
 use std::path::{Path, PathBuf};
 
 /// The bundled tiny checkpoints (random weights, real architecture and tokenizer).
@@ -195,13 +196,17 @@ mod tests {
         let v2 = reg.find("cogvlm2_tiny_224").unwrap().info();
         assert_eq!(
             (v2.kind, v2.image_size, v2.default_version),
-            (crate::ModelKind::CogVlm2, 224, crate::PromptVersion::Chat)
+            (
+                protocol::ModelKind::CogVlm2,
+                224,
+                protocol::PromptVersion::Chat
+            )
         );
         assert!(reg.entries.iter().all(|e| e.info.bundled));
         assert!(reg.skipped.is_empty(), "{:?}", reg.skipped);
         assert_eq!(reg.default_entry().unwrap().name(), BUNDLED_DEFAULT);
         let info = reg.find("cogagent_tiny").unwrap().info();
-        assert_eq!(info.kind, crate::ModelKind::CogAgent);
+        assert_eq!(info.kind, protocol::ModelKind::CogAgent);
         assert_eq!(info.image_size, 224);
         assert_eq!(reg.find("cogvlm_tiny_490").unwrap().info().image_size, 490);
     }

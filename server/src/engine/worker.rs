@@ -14,7 +14,7 @@ use super::command::Command;
 use super::limits::{decode_image, Limits};
 use super::queue::Queue;
 use super::registry::{Entry, Registry};
-use crate::{ChatRequest, LoadOptions, Pipeline};
+use crate::generate::{ChatRequest, LoadOptions, Pipeline};
 use anyhow::Result;
 use protocol::{Error, ErrorKind, Event, GenerateRequest};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};

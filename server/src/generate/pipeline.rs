@@ -2,220 +2,34 @@
 //! prompt building, prefill, the decode loop, stop rules and stats. No web types here, and no candle types in
 //! the public signatures, so the worker and the CLI share it.
 
-use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
-use candle_core::quantized::GgmlDType;
-use candle_core::{DType, Device, Tensor};
+use anyhow::Context;
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use tokenizers::Tokenizer;
 
-use crate::history_fit;
+use super::cache::{
+    common_prefix, image_key, owner_key, Conversation, ImageCache, KEPT_CONVERSATIONS,
+};
+use super::checkpoint::describe;
+use super::history_fit;
+use super::load::{make_plan, parse_device, parse_dtype, LoadOptions};
+use super::sampling::{Sampler, Sampling};
+use super::sequence::{Pending, Sequence};
+use super::text_stream::TextStream;
+use super::tokenizer::{check_vocabulary, find_tokenizer, load_tokenizer};
 use crate::model::config::{self, Config};
 use crate::model::lora::{Adapter, LoraMode};
-use crate::model::memory;
-use crate::model::placement::{self, DeviceInfo, Placement, Plan, Sizes};
-pub use crate::model::placement::{GpuLayers, PlacementRequest};
+use crate::model::placement::{Placement, Plan};
 use crate::model::preprocess;
 use crate::model::prompt::{prompt_text, PromptInput};
-pub use crate::model::quant::Quant;
 use crate::model::quant::Quantizer;
 use crate::model::weights::{Checkpoint, ProgressBackend};
-use crate::model::Family;
 use crate::model::{Cache, CogVlm};
-use crate::sampling::Sampler;
-pub use crate::sampling::Sampling;
-use crate::text_stream::TextStream;
-pub use protocol::{CheckpointInfo, ModelKind, PromptVersion, Stats, StopReason};
-
-/// The checkpoint's default prompt version: the README's "which --version" table by family and checkpoint name, then
-/// `template_version` from config.json, then `chat`.
-pub fn default_version(name: &str, cfg: &Config) -> PromptVersion {
-    let n = name.to_ascii_lowercase();
-    let by_name = match cfg.family() {
-        Family::CogAgent if n.contains("vqa") => Some(PromptVersion::ChatOld),
-        Family::CogAgent if n.contains("chat") => Some(PromptVersion::Chat),
-        Family::CogAgent => None,
-        Family::CogVlm if n.contains("grounding") || n.contains("base") => {
-            Some(PromptVersion::Base)
-        }
-        Family::CogVlm if n.contains("vqa") => Some(PromptVersion::Vqa),
-        Family::CogVlm if n.contains("chat") => Some(PromptVersion::Chat),
-        Family::CogVlm => None,
-        // THUDM's CogVLM2 demos ask every checkpoint, English or Chinese, with `chat`, as their configs say.
-        Family::CogVlm2 => None,
-    };
-    by_name
-        .or_else(|| cfg.template_version.as_deref().and_then(|v| v.parse().ok()))
-        .unwrap_or(PromptVersion::Chat)
-}
-
-/// What the page lists about the checkpoint in `dir`, read from `config.json` alone.
-pub fn probe_checkpoint(dir: &Path) -> anyhow::Result<CheckpointInfo> {
-    let cfg = Config::from_file(&dir.join("config.json"))?;
-    Ok(describe(dir, &cfg))
-}
-
-fn describe(dir: &Path, cfg: &Config) -> CheckpointInfo {
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| dir.display().to_string());
-    checkpoint_info(name, cfg)
-}
-
-/// A checkpoint called `name` with config `cfg` (`bundled` is the registry's to set).
-pub fn checkpoint_info(name: String, cfg: &Config) -> CheckpointInfo {
-    CheckpointInfo {
-        default_version: default_version(&name, cfg),
-        kind: cfg.family().into(),
-        image_size: cfg.vision_config.image_size,
-        name,
-        bundled: false,
-    }
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct LoadOptions {
-    /// `cpu`, `cuda` or `cuda:N`.
-    pub device: String,
-    /// `f32`, `bf16` or `f16`; `None` = bf16 on CUDA, f32 on CPU.
-    pub dtype: Option<String>,
-    pub tokenizer: Option<PathBuf>,
-    /// int8 / int4 weights for the language model (default: float).
-    pub quant: Quant,
-    /// With `quant`, the vision tower's and adapter's linear layers in the same format.
-    pub quant_vision: bool,
-    /// `--devices` / `--gpu-layers`: where the modules go (default: all on `device`, offloaded when too big).
-    pub placement: PlacementRequest,
-    /// `--lora DIR`: a PEFT adapter, merged into float weights at load, a separate low-rank product on
-    /// quantized ones.
-    pub lora: Option<PathBuf>,
-    /// `bench --int4-format`: with `--quant 4`, this 4-bit format instead of the device's choice (`qformat`).
-    pub int4_format: Option<GgmlDType>,
-}
-
-pub fn parse_device(s: &str) -> anyhow::Result<Device> {
-    match s {
-        "" | "cpu" => Ok(Device::Cpu),
-        s if s == "cuda" || s.starts_with("cuda:") => {
-            let ordinal = match s.strip_prefix("cuda:") {
-                Some(n) => n
-                    .parse::<usize>()
-                    .with_context(|| format!("bad CUDA device {s:?}"))?,
-                None => 0,
-            };
-            if !candle_core::utils::cuda_is_available() {
-                bail!("--device {s}: this binary was built without the `cuda` feature (cargo build --features cuda)");
-            }
-            Device::new_cuda(ordinal).with_context(|| format!("cannot open CUDA device {ordinal}"))
-        }
-        other => bail!("unknown device {other:?} (expected cpu, cuda or cuda:N)"),
-    }
-}
-
-/// The device plan for `cfg` under `opts`: the devices named by `--devices` (else `--device`) with their free
-/// memory and the host's, the KV cache sized for the config's context.
-pub fn make_plan(cfg: &Config, dtype: DType, opts: &LoadOptions) -> anyhow::Result<Plan> {
-    let names: Vec<String> = if opts.placement.devices.is_empty() {
-        vec![opts.device.clone()]
-    } else {
-        opts.placement.devices.clone()
-    };
-    let mut devices = Vec::new();
-    for n in &names {
-        let dev = parse_device(n)?;
-        let name = match &dev {
-            Device::Cpu => "cpu".to_string(),
-            _ => format!("cuda:{}", n.strip_prefix("cuda:").unwrap_or("0")),
-        };
-        let free = memory::free_bytes(&dev).unwrap_or(u64::MAX / 4);
-        devices.push(DeviceInfo { name, free });
-    }
-    let cpu = DeviceInfo {
-        name: "cpu".into(),
-        free: memory::mem_available_bytes().unwrap_or(u64::MAX / 4),
-    };
-    let sizes = Sizes::new(
-        cfg,
-        dtype,
-        opts.quant,
-        opts.quant_vision,
-        cfg.max_position_embeddings,
-    );
-    Ok(placement::plan(&sizes, &opts.placement, &devices, &cpu)?)
-}
-
-pub fn parse_dtype(s: Option<&str>, device: &Device) -> anyhow::Result<DType> {
-    Ok(match s {
-        None => {
-            if device.is_cuda() {
-                DType::BF16
-            } else {
-                DType::F32
-            }
-        }
-        Some("f32") => DType::F32,
-        Some("bf16") => DType::BF16,
-        Some("f16") => DType::F16,
-        Some(o) => bail!("unknown dtype {o:?} (expected f32, bf16 or f16)"),
-    })
-}
-
-/// `--tokenizer`, else `tokenizer.json` in the model dir, its parent (a models folder), or a sibling
-/// `tokenizer/` folder (the fixture layout).
-pub fn find_tokenizer(dir: &Path, explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = explicit {
-        if p.is_file() {
-            return Ok(p.to_path_buf());
-        }
-        if p.join("tokenizer.json").is_file() {
-            return Ok(p.join("tokenizer.json"));
-        }
-        bail!("tokenizer {} not found", p.display());
-    }
-    let mut candidates = vec![dir.join("tokenizer.json")];
-    if let Some(parent) = dir.parent() {
-        candidates.push(parent.join("tokenizer.json"));
-        if let Some(grand) = parent.parent() {
-            candidates.push(grand.join("tokenizer").join("tokenizer.json"));
-        }
-    }
-    // The message names the tokenizer this folder's family needs (CogVLM's when there is no config).
-    let family = Config::from_file(&dir.join("config.json")).map_or(Family::CogVlm, |c| c.family());
-    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
-        anyhow::anyhow!(
-            "no tokenizer.json for {} ({family}): put {} in the model folder (or, for CogVLM / CogAgent, in its \
-             parent), or pass --tokenizer PATH",
-            dir.display(),
-            family.tokenizer_source()
-        )
-    })
-}
-
-/// Refuses a tokenizer of another model family: a Llama-2 tokenizer on CogVLM2 (or Llama-3's on CogVLM)
-/// would load and answer with nonsense ids.
-pub fn check_vocabulary(tokenizer: &Tokenizer, cfg: &Config) -> anyhow::Result<()> {
-    let (tok, model) = (tokenizer.get_vocab_size(true), cfg.vocab_size);
-    // The checkpoints pad their embedding tables a little past the tokenizer; another family's tokenizer is
-    // off by a factor of four.
-    if tok > model || tok * 2 < model {
-        bail!(
-            "vocabulary mismatch: the tokenizer has {tok} ids but this {} checkpoint's vocabulary is {model}; use {}",
-            cfg.family(),
-            cfg.family().tokenizer_source()
-        );
-    }
-    Ok(())
-}
-
-pub fn load_tokenizer(path: &Path) -> anyhow::Result<Tokenizer> {
-    Tokenizer::from_file(path)
-        .map_err(|e| anyhow::anyhow!("cannot load tokenizer {}: {e}", path.display()))
-}
+use protocol::{CheckpointInfo, Stats, StopReason};
 
 /// The protocol's request with its image decoded: what the pipeline runs.
 pub type ChatRequest = protocol::GenerateRequest<image::DynamicImage>;
@@ -235,26 +49,6 @@ impl std::ops::Deref for Answer {
     }
 }
 
-/// Encoded image, kept so that follow-up questions about the same image skip the vision towers.
-struct ImageCache {
-    key: u64,
-    embeds: Tensor,
-    cross: Option<Tensor>,
-}
-
-/// The decoding cache a turn ended with, kept so the next question of the same conversation only runs its
-/// new tokens: the image and the earlier turns are already in it.
-struct Conversation {
-    /// Who asked ([`owner_key`]): only they continue it.
-    owner: u64,
-    image: Option<u64>,
-    cache: Cache,
-}
-
-/// Conversations whose caches are kept (least recently used dropped first). Each holds its KV cache: at full
-/// size ~0.5 MB per position in bf16 (~1 GB for a 2048-position chat) plus CogAgent's ~0.8 GB of encoder K/V.
-pub const KEPT_CONVERSATIONS: usize = 2;
-
 pub struct Pipeline {
     model: CogVlm,
     tokenizer: Arc<Tokenizer>,
@@ -265,33 +59,6 @@ pub struct Pipeline {
     stop_ids: Arc<[u32]>,
     /// `--prefill-chunk`: prompt positions prefilled per [`Self::prefill_step`] (`None`: the whole prompt).
     prefill_chunk: Option<usize>,
-}
-
-/// The caches' owner for a client id; `0` for the single user of the terminal, bench and parity runs.
-///
-/// Caches are per client: were they shared, one client could tell from a fast first token that another had
-/// already asked the same thing about the same image.
-fn owner_key(client: &str) -> u64 {
-    if client.is_empty() {
-        return 0;
-    }
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    client.hash(&mut h);
-    h.finish() | 1
-}
-
-/// The image's cache key for `owner`: the same picture from another client is another key, so neither the
-/// encoding nor a conversation is shared.
-fn image_key(owner: u64, rgb: &image::RgbImage) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    owner.hash(&mut h);
-    (rgb.width(), rgb.height()).hash(&mut h);
-    rgb.as_raw().hash(&mut h);
-    h.finish()
-}
-
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// A prepared prompt: ids, routing and the encoded image.
@@ -783,110 +550,5 @@ impl Pipeline {
     /// Fresh cache sized for a prompt plus `extra` tokens (parity, bench).
     pub fn new_cache(&self, len: usize) -> Cache {
         self.model.new_cache(len)
-    }
-}
-
-/// What the rest of a chunked prefill needs: the prompt, and the encoded image while its span is not all in.
-struct Pending {
-    input: PromptInput,
-    image: Option<Tensor>,
-    cross: Option<Tensor>,
-}
-
-/// One turn being generated, between decode steps: its cache, sampler and text so far. Made by
-/// [`Pipeline::begin_for`]; several of them decode together through [`Pipeline::step`].
-pub struct Sequence {
-    owner: u64,
-    image: Option<u64>,
-    cache: Cache,
-    sampler: Sampler,
-    /// Prompt and generated ids (the repetition penalty's history).
-    all_ids: Vec<u32>,
-    generated: Vec<u32>,
-    stream: TextStream,
-    /// The logits the next token is chosen from (after the prefill or a decode step).
-    logits: Option<Tensor>,
-    /// The prompt while it is prefilled in chunks ([`Pipeline::prefill_step`]).
-    pending: Option<Pending>,
-    /// The token just chosen, waiting for its decode step.
-    next: Option<u32>,
-    budget: usize,
-    /// End-of-sequence ids: config.json's and generation_config.json's (CogVLM2 stops at 128001 and 128009).
-    stop_ids: Arc<[u32]>,
-    ignore_eos: bool,
-    start: Instant,
-    prefill_ms: f64,
-    ttft_ms: f64,
-    first_token_at: Instant,
-    stop: Option<StopReason>,
-    prompt_len: usize,
-    reused_tokens: usize,
-    dropped_turns: usize,
-    context: usize,
-}
-
-impl Sequence {
-    /// Chooses the next token from the pending logits. Returns the newly complete text (empty when the token
-    /// completes no character), or `None` when the sequence has ended (EOS here, or earlier).
-    pub fn sample(&mut self) -> anyhow::Result<Option<String>> {
-        if self.stop.is_some() {
-            return Ok(None);
-        }
-        let Some(logits) = self.logits.take() else {
-            bail!("internal error: a sequence was sampled twice without a decode step");
-        };
-        let token = self.sampler.sample_tensor(&logits, &self.all_ids)?;
-        if self.generated.is_empty() {
-            self.ttft_ms = self.start.elapsed().as_secs_f64() * 1e3;
-            self.first_token_at = Instant::now();
-        }
-        if self.stop_ids.contains(&token) && !self.ignore_eos {
-            self.stop = Some(StopReason::Eos);
-            return Ok(None);
-        }
-        self.generated.push(token);
-        self.all_ids.push(token);
-        let piece = self.stream.push(token)?.unwrap_or_default();
-        if self.generated.len() >= self.budget {
-            self.stop = Some(StopReason::Length);
-        } else {
-            self.next = Some(token);
-        }
-        Ok(Some(piece))
-    }
-
-    /// Stops here: no further token is produced.
-    pub fn cancel(&mut self) {
-        self.stop = Some(StopReason::Cancelled);
-        self.next = None;
-    }
-
-    pub fn is_finished(&self) -> bool {
-        self.stop.is_some()
-    }
-
-    /// Part of its prompt is still to be prefilled ([`Pipeline::prefill_step`]).
-    pub fn is_prefilling(&self) -> bool {
-        self.stop.is_none() && self.pending.is_some()
-    }
-
-    /// It has logits to choose its next token from ([`Self::sample`]).
-    pub fn is_ready(&self) -> bool {
-        self.stop.is_none() && self.logits.is_some()
-    }
-
-    /// It has chosen a token that waits for its decode step ([`Pipeline::step`]).
-    pub fn has_token(&self) -> bool {
-        self.stop.is_none() && self.next.is_some()
-    }
-
-    /// Tokens generated so far.
-    pub fn generated(&self) -> usize {
-        self.generated.len()
-    }
-
-    /// Text held back while incomplete, released at the end of every turn (finished, cancelled or failed).
-    pub fn rest(&mut self) -> Option<String> {
-        self.stream.finish()
     }
 }

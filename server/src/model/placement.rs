@@ -770,7 +770,7 @@ impl Placement {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::named_config;
+    use crate::tools::bench::named_config;
 
     const GB: u64 = 1_000_000_000;
 

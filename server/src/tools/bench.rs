@@ -12,18 +12,19 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
+use crate::generate::{
+    checkpoint_info, find_tokenizer, load_tokenizer, make_plan, parse_device, parse_dtype, Answer,
+    ChatRequest, LoadOptions, Pipeline, Sampling,
+};
 use crate::model::config::Config;
 use crate::model::memory::{
     peak_rss_bytes, rss_anon_bytes, used_bytes as device_used_bytes, PeakSampler,
 };
 use crate::model::placement::Placement;
-use crate::model::quant::{decode_read_bytes, Quantizer};
+use crate::model::placement::PlacementRequest;
+use crate::model::quant::{decode_read_bytes, Quant, Quantizer};
 use crate::model::weights::RandomBackend;
 use crate::model::{CogVlm, Family};
-use crate::pipeline::{
-    checkpoint_info, find_tokenizer, load_tokenizer, make_plan, parse_device, parse_dtype, Answer,
-    ChatRequest, LoadOptions, Pipeline, PlacementRequest, Quant, Sampling,
-};
 use crate::tools::bench_floors::{measure_floors, median, prefill_flops};
 
 /// Named full-size configurations (the shapes of THUDM's released checkpoints).
@@ -389,7 +390,7 @@ fn concurrency_levels(
     args: &BenchArgs,
     max_batch: usize,
     peak: &mut DevicePeak,
-) -> anyhow::Result<Vec<crate::bench_concurrency::Level>> {
+) -> anyhow::Result<Vec<crate::tools::bench_concurrency::Level>> {
     let mut levels = Vec::new();
     for (round, &c) in args.concurrency.iter().enumerate() {
         let requests = (0..c)
@@ -400,8 +401,12 @@ fn concurrency_levels(
                 )
             })
             .collect();
-        let level =
-            crate::bench_concurrency::run_level(pipe, requests, max_batch, args.new_tokens.max(2))?;
+        let level = crate::tools::bench_concurrency::run_level(
+            pipe,
+            requests,
+            max_batch,
+            args.new_tokens.max(2),
+        )?;
         peak.sample();
         levels.push(level);
     }
@@ -545,7 +550,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
 fn batch_settings(pipe: &mut Pipeline, args: &BenchArgs) -> (usize, usize) {
     let max_batch = args.max_batch.unwrap_or_else(|| {
         let ceiling = crate::engine::default_max_batch(&args.device);
-        let kept = crate::pipeline::KEPT_CONVERSATIONS;
+        let kept = crate::generate::KEPT_CONVERSATIONS;
         let fit = crate::engine::batch_size::from_memory(pipe, ceiling, kept);
         if let Some(f) = &fit {
             eprintln!("{f}");

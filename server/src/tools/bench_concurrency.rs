@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use crate::pipeline::{ChatRequest, Pipeline, Sequence};
+use crate::generate::{ChatRequest, Pipeline, Sequence};
 
 /// One concurrency level's numbers.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -51,7 +51,7 @@ pub struct Written {
 const CHUNK: usize = 1 << 20;
 
 pub fn run(args: &MakeArgs) -> anyhow::Result<Written> {
-    let json = match crate::bench::named_config_json(&args.config) {
+    let json = match crate::tools::bench::named_config_json(&args.config) {
         Ok(j) => hf_config(j),
         Err(named) => {
             let path = Path::new(&args.config);
@@ -107,9 +107,10 @@ pub fn run(args: &MakeArgs) -> anyhow::Result<Written> {
     // The CogVLM / CogAgent repos ship no tokenizer, CogVLM2's do: the bundled one of the family (Vicuna's or
     // Llama-3's) makes the folder usable as it is.
     let family = cfg.family();
-    if let Ok(tok) =
-        crate::pipeline::find_tokenizer(&crate::bench::default_tokenizer_anchor(family), None)
-    {
+    if let Ok(tok) = crate::generate::find_tokenizer(
+        &crate::tools::bench::default_tokenizer_anchor(family),
+        None,
+    ) {
         std::fs::copy(&tok, args.out.join("tokenizer.json"))?;
     }
     if family == Family::CogVlm2 {

@@ -9,10 +9,11 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use serde_json::Value;
 
+use crate::generate::{ChatRequest, LoadOptions, Pipeline, Prepared, Sampling};
 use crate::model::preprocess;
 use crate::model::prompt::{prompt_text, vision_expert_mask, PromptInput, PromptVersion};
+use crate::model::quant::Quant;
 use crate::model::Cache;
-use crate::pipeline::{ChatRequest, LoadOptions, Pipeline, Prepared, Quant, Sampling};
 
 #[derive(Debug, Clone)]
 pub struct Check {
@@ -174,15 +175,15 @@ pub struct Runner {
     dtype: DType,
     quant: Quant,
     quant_vision: bool,
-    placement: crate::pipeline::PlacementRequest,
+    placement: crate::model::placement::PlacementRequest,
     pipelines: HashMap<String, Pipeline>,
 }
 
 impl Runner {
     pub fn new(dir: &Path, device: &str, dtype: Option<&str>) -> anyhow::Result<Self> {
-        let dev = crate::pipeline::parse_device(device)?;
+        let dev = crate::generate::parse_device(device)?;
         // The reference values are f32: compare in f32 unless asked otherwise.
-        let dtype = crate::pipeline::parse_dtype(Some(dtype.unwrap_or("f32")), &dev)?;
+        let dtype = crate::generate::parse_dtype(Some(dtype.unwrap_or("f32")), &dev)?;
         if !dir.join("cases.json").is_file() {
             bail!(
                 "{} has no cases.json (expected a fixture directory)",
@@ -201,7 +202,7 @@ impl Runner {
     }
 
     /// Loads the models placed as `req` asks (`--devices`, `--gpu-layers`).
-    pub fn with_placement(mut self, req: crate::pipeline::PlacementRequest) -> Self {
+    pub fn with_placement(mut self, req: crate::model::placement::PlacementRequest) -> Self {
         self.placement = req;
         self
     }
@@ -274,7 +275,7 @@ impl Runner {
             return Ok(rec.out);
         }
         let tok =
-            crate::pipeline::load_tokenizer(&self.dir.join("tokenizer").join("tokenizer.json"))?;
+            crate::generate::load_tokenizer(&self.dir.join("tokenizer").join("tokenizer.json"))?;
         let items: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
         let mut ok = 0;
         let mut failures = Vec::new();
@@ -911,7 +912,7 @@ pub fn run_all_placed(
     device: &str,
     dtype: Option<&str>,
     (quant, quant_vision): (Quant, bool),
-    placement: crate::pipeline::PlacementRequest,
+    placement: crate::model::placement::PlacementRequest,
     filter: Option<&str>,
     sink: &mut dyn FnMut(&Check),
 ) -> anyhow::Result<(usize, usize)> {

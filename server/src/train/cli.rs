@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use crate::pipeline::{LoadOptions, PromptVersion, Quant};
+use crate::generate::LoadOptions;
+use crate::model::quant::Quant;
+use protocol::PromptVersion;
 
 use super::make_data::{Kind, MakeDataArgs};
 use super::optim::Schedule;

@@ -14,7 +14,8 @@ use anyhow::Context;
 use serde_json::json;
 
 use super::data;
-use crate::pipeline::{ChatRequest, LoadOptions, Pipeline, PromptVersion};
+use crate::generate::{ChatRequest, LoadOptions, Pipeline};
+use protocol::PromptVersion;
 
 pub struct EvalArgs {
     pub model: PathBuf,

@@ -66,7 +66,7 @@ pub fn run(args: &MergeArgs) -> anyhow::Result<Merged> {
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let written = write_sharded(&args.out, tensors, args.shard_bytes)?;
     std::fs::copy(args.model.join("config.json"), args.out.join("config.json"))?;
-    if let Ok(tok) = crate::pipeline::find_tokenizer(&args.model, None) {
+    if let Ok(tok) = crate::generate::find_tokenizer(&args.model, None) {
         std::fs::copy(tok, args.out.join("tokenizer.json"))?;
     }
     Ok(Merged {

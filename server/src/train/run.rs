@@ -29,12 +29,12 @@ use super::data::{self, Example};
 use super::loss::{batchable, forward_loss, forward_loss_batch, LabeledInput};
 use super::optim::{AdamW, Schedule};
 use super::{load_model_in, TrainModel};
+use crate::generate::{default_version, find_tokenizer, load_tokenizer, parse_device, parse_dtype};
 use crate::model::config::Config;
 use crate::model::lora::{target_linears, Adapter, LoraConfig, LoraPair};
 use crate::model::preprocess;
 use crate::model::prompt::{prompt_text, PromptInput, PromptVersion};
 use crate::model::Family;
-use crate::pipeline::{default_version, find_tokenizer, load_tokenizer, parse_device, parse_dtype};
 
 /// The PEFT demo's target modules.
 pub const DEFAULT_TARGETS: [&str; 6] = [

@@ -11,7 +11,7 @@ pub mod share;
 pub mod uploads;
 
 use crate::engine::{bundled_models_dir, EngineHandle, EngineOptions, Fairness, Limits, Registry};
-use crate::LoadOptions;
+use crate::generate::LoadOptions;
 use access::Access;
 use anyhow::{bail, Context, Result};
 use app::backend::{Backend, BackendContext, CancelHandle, Generation, Web, WebContext};
@@ -40,11 +40,11 @@ pub struct ServeArgs {
     /// "f32", "bf16", "f16"; `None`: the device's default.
     pub dtype: Option<String>,
     /// int8 / int4 language-model weights.
-    pub quant: crate::pipeline::Quant,
+    pub quant: crate::model::quant::Quant,
     /// With `quant`: the vision tower's linear layers too.
     pub quant_vision: bool,
     /// `--devices` / `--gpu-layers`.
-    pub placement: crate::pipeline::PlacementRequest,
+    pub placement: crate::model::placement::PlacementRequest,
     /// Bind every interface and require an access token (`token`, or a generated one).
     pub share: bool,
     /// The access token (checked by [`access::check_token`]); `None` with `share` (or a

@@ -9,8 +9,8 @@ pub mod ws;
 
 use app::backend::Backend;
 use cogvlm::engine::{bundled_models_dir, EngineHandle, Registry};
+use cogvlm::generate::LoadOptions;
 use cogvlm::remote::{RemoteBackend, RemoteConfig};
-use cogvlm::LoadOptions;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::PathBuf;

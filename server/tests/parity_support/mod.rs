@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use cogvlm::parity::{Check, Runner};
+use cogvlm::tools::parity::{Check, Runner};
 
 /// Runs case `id` of the fixture set in `fixtures` in `dtype` (a case whose reference is bf16 runs in bf16,
 /// `parity::Runner`) and fails with every failed check listed.
