@@ -9,6 +9,9 @@
 //! A checkpoint switch is another websocket call that streams [`Event::LoadProgress`] and ends
 //! with [`Event::Loaded`] or [`Event::Error`].
 
+mod mime;
+pub use mime::{image_mime, image_mime_base64};
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;

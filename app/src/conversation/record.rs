@@ -42,18 +42,7 @@ pub struct SavedImage {
 impl SavedImage {
     /// The image type from its first bytes (what the browser needs to show it again), PNG when unknown.
     pub fn mime(&self) -> &'static str {
-        let head = self.base64.get(..16).unwrap_or(&self.base64);
-        if head.starts_with("/9j/") {
-            "image/jpeg"
-        } else if head.starts_with("R0lGOD") {
-            "image/gif"
-        } else if head.starts_with("UklGR") {
-            "image/webp"
-        } else if head.starts_with("Qk") {
-            "image/bmp"
-        } else {
-            "image/png"
-        }
+        protocol::image_mime_base64(&self.base64).unwrap_or("image/png")
     }
 
     pub fn data_url(&self) -> String {
@@ -273,6 +262,8 @@ mod tests {
         };
         assert_eq!(img("/9j/4AAQ").mime(), "image/jpeg");
         assert_eq!(img("iVBORw0K").mime(), "image/png");
-        assert_eq!(img("UklGRiQ").mime(), "image/webp");
+        assert_eq!(img("UklGRiQAAABXRUJQVlA4IA==").mime(), "image/webp");
+        // A RIFF file that is not WebP (a WAV) is not taken for one.
+        assert_eq!(img("UklGRiQAAABXQVZFZm10IA==").mime(), "image/png");
     }
 }

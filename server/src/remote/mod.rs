@@ -304,18 +304,7 @@ fn request_body(model: &str, req: &GenerateRequest) -> Value {
 
 /// `data:<type sniffed from the bytes>;base64,<data>`.
 fn data_url(base64_data: &str) -> String {
-    use base64::Engine as _;
-    let head = base64_data.get(..64).unwrap_or(base64_data);
-    let head = &head[..head.len() / 4 * 4];
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(head)
-        .unwrap_or_default();
-    let mime = match image::guess_format(&bytes) {
-        Ok(image::ImageFormat::Jpeg) => "image/jpeg",
-        Ok(image::ImageFormat::WebP) => "image/webp",
-        Ok(image::ImageFormat::Gif) => "image/gif",
-        _ => "image/png",
-    };
+    let mime = protocol::image_mime_base64(base64_data).unwrap_or("image/png");
     format!("data:{mime};base64,{base64_data}")
 }
 
