@@ -131,6 +131,7 @@ fn make_data(dir: &Path, kinds: Vec<Kind>, count: usize, seed: u64) {
         count,
         size: 224,
         kinds,
+        style: Default::default(),
     })
     .unwrap();
 }

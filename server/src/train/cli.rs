@@ -7,7 +7,7 @@ use crate::generate::LoadOptions;
 use crate::model::quant::Quant;
 use protocol::PromptVersion;
 
-use super::make_data::{Kind, MakeDataArgs};
+use super::make_data::{Kind, MakeDataArgs, Placement};
 use super::optim::Schedule;
 use super::run::{TrainArgs, DEFAULT_TARGETS};
 
@@ -27,6 +27,10 @@ pub struct MakeDataCmd {
     /// cell and exists
     #[arg(long, value_delimiter = ',')]
     pub kinds: Vec<Kind>,
+    /// Scenes: grid (one shape per cell of a 4 x 4 grid, square; the first demo's) or free (anywhere, any
+    /// aspect, coloured backgrounds, clutter, blur, JPEG, outlines, overlaps)
+    #[arg(long, value_enum, default_value = "grid")]
+    pub style: Placement,
 }
 
 impl MakeDataCmd {
@@ -37,6 +41,7 @@ impl MakeDataCmd {
             count: self.count,
             size: self.size,
             kinds: self.kinds,
+            style: self.style,
         })?;
         println!("{v}");
         Ok(())

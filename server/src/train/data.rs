@@ -36,6 +36,9 @@ pub struct Example {
     pub rounds: Vec<Round>,
     /// The label's `"kind"` (from `cogvlm make-data`), for per-kind accuracy.
     pub kind: Option<String>,
+    /// The label's `"style"` facets as `facet=value` (from `make-data --style free`, or a test set drawn
+    /// by other code), for per-style accuracy.
+    pub style: Vec<String>,
 }
 
 impl Example {
@@ -165,6 +168,7 @@ pub fn load(dir: &Path) -> anyhow::Result<(Layout, Vec<Example>)> {
     for image in images_in(dir)? {
         let s = stem(&image);
         let label = dir.join("labels").join(format!("{s}.json"));
+        let mut style = Vec::new();
         let (rounds, kind) = match layout {
             Layout::SatFileNames => {
                 let text = s.split('_').next().unwrap_or(&s).to_string();
@@ -198,6 +202,14 @@ pub fn load(dir: &Path) -> anyhow::Result<(Layout, Vec<Example>)> {
             Layout::Peft => {
                 let v = read_json(&label)?;
                 let kind = v.get("kind").and_then(Value::as_str).map(str::to_string);
+                if let Some(facets) = v.get("style").and_then(Value::as_object) {
+                    style = facets
+                        .iter()
+                        .map(|(k, v)| {
+                            format!("{k}={}", v.as_str().map_or(v.to_string(), str::to_string))
+                        })
+                        .collect();
+                }
                 (peft_rounds(&v, &label)?, kind)
             }
         };
@@ -205,6 +217,7 @@ pub fn load(dir: &Path) -> anyhow::Result<(Layout, Vec<Example>)> {
             image,
             rounds,
             kind,
+            style,
         });
     }
     Ok((layout, out))

@@ -2,7 +2,7 @@
 //! THUDM demos score them: exact match and case-insensitive match of the whole answer; and, for answers that
 //! hold `[[x0,y0,x1,y1]]` boxes, the share whose every expected box is met by an answered box with IoU ≥ 0.5.
 //! Each example's (image, query, expected, got) goes to a JSONL file; the summary (overall and per label
-//! `"kind"`) is printed as the last line.
+//! `"kind"`, and per `"style"` facet where labels have one) is printed as the last line.
 
 use protocol::Sampling;
 use std::collections::BTreeMap;
@@ -122,6 +122,8 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<serde_json::Value> {
     let started = Instant::now();
     let mut all = Tally::default();
     let mut kinds: BTreeMap<String, Tally> = BTreeMap::new();
+    // Per style facet value ("background=coloured"), and per kind within it ("background=coloured/shape").
+    let mut styles: BTreeMap<String, Tally> = BTreeMap::new();
     for (i, ex) in examples.iter().enumerate() {
         let last = ex.rounds.len() - 1;
         let (history, query, expected) = ex.round(last);
@@ -149,6 +151,13 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<serde_json::Value> {
         if let Some(k) = &ex.kind {
             kinds.entry(k.clone()).or_default().add(exact, ci, hit);
         }
+        for facet in &ex.style {
+            styles.entry(facet.clone()).or_default().add(exact, ci, hit);
+            if let Some(k) = &ex.kind {
+                let key = format!("{facet}/{k}");
+                styles.entry(key).or_default().add(exact, ci, hit);
+            }
+        }
         let mut line = json!({"image": ex.image.display().to_string(), "query": query,
             "expected": expected, "got": got, "exact": exact});
         if let Some(h) = hit {
@@ -173,6 +182,9 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<serde_json::Value> {
     summary["seconds"] = json!(started.elapsed().as_secs_f64());
     if !kinds.is_empty() {
         summary["kinds"] = kinds.iter().map(|(k, t)| (k.clone(), t.json())).collect();
+    }
+    if !styles.is_empty() {
+        summary["styles"] = styles.iter().map(|(k, t)| (k.clone(), t.json())).collect();
     }
     Ok(summary)
 }

@@ -92,8 +92,18 @@ impl std::str::FromStr for Kind {
     }
 }
 
+/// Where the shapes go: `grid` (the first demo's scenes: one per cell of a 4 × 4 grid, square images) or
+/// `free` ([`super::free_scene`]: anywhere, any aspect, backgrounds, clutter, blur, outlines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Placement {
+    #[default]
+    Grid,
+    Free,
+}
+
 pub struct MakeDataArgs {
     pub out: PathBuf,
+    pub style: Placement,
     pub seed: u64,
     pub count: usize,
     /// Image side in pixels.
@@ -132,13 +142,18 @@ impl Placed {
 
 /// A pixel box as CogVLM writes it: `[[x0,y0,x1,y1]]` in thousandths of the image, three digits each.
 pub fn box_text(bbox: [u32; 4], size: u32) -> String {
-    let t = |v: u32| ((v as u64 * 1000 / size as u64).min(999)) as u32;
+    box_text_wh(bbox, (size, size))
+}
+
+/// [`box_text`] for a `(width, height)` image: x in thousandths of the width, y of the height.
+pub fn box_text_wh(bbox: [u32; 4], (w, h): (u32, u32)) -> String {
+    let t = |v: u32, side: u32| ((v as u64 * 1000 / side as u64).min(999)) as u32;
     format!(
         "[[{:03},{:03},{:03},{:03}]]",
-        t(bbox[0]),
-        t(bbox[1]),
-        t(bbox[2]),
-        t(bbox[3])
+        t(bbox[0], w),
+        t(bbox[1], h),
+        t(bbox[2], w),
+        t(bbox[3], h)
     )
 }
 
@@ -258,7 +273,7 @@ fn question(
     rng: &mut StdRng,
     kind: Kind,
     placed: &[Placed],
-    size: u32,
+    dims: (u32, u32),
 ) -> Option<(String, String)> {
     let unique_by =
         |f: &dyn Fn(&Placed) -> usize, v: usize| placed.iter().filter(|p| f(p) == v).count() == 1;
@@ -297,21 +312,21 @@ fn question(
         }
         Kind::Where => (
             format!("Where is the {}?", target.name()),
-            box_text(target.bbox, size),
+            box_text_wh(target.bbox, dims),
         ),
         Kind::Locate => {
             if !unique_by(&|p| p.color, target.color) {
                 return None;
             }
             let q = format!("Where is the {} object?", COLORS[target.color].0);
-            (q, box_text(target.bbox, size))
+            (q, box_text_wh(target.bbox, dims))
         }
         Kind::Named => (
             format!("Where is the {}?", target.name()),
-            format!("The {} {}.", target.name(), box_text(target.bbox, size)),
+            format!("The {} {}.", target.name(), box_text_wh(target.bbox, dims)),
         ),
         Kind::Region => (
-            format!("What is in the region {}?", box_text(target.bbox, size)),
+            format!("What is in the region {}?", box_text_wh(target.bbox, dims)),
             format!("{}.", capitalise(&with_article(&target.name()))),
         ),
         Kind::Cell => (
@@ -511,10 +526,22 @@ pub struct Generated {
     pub query: String,
     pub answer: String,
     pub kind: Kind,
+    /// How a free scene was drawn (`None` for grid scenes and captchas).
+    pub style: Option<super::free_scene::Style>,
 }
 
 /// Draws an example of one of `kinds` (weighted by [`Kind::weight`]).
 pub fn generate(rng: &mut StdRng, kinds: &[Kind], size: u32) -> Generated {
+    generate_styled(rng, kinds, size, Placement::Grid)
+}
+
+/// [`generate`] with scenes of `placement`.
+pub fn generate_styled(
+    rng: &mut StdRng,
+    kinds: &[Kind],
+    size: u32,
+    placement: Placement,
+) -> Generated {
     let total: u32 = kinds.iter().map(|k| k.weight()).sum();
     loop {
         let mut x = rng.random_range(0..total);
@@ -537,15 +564,26 @@ pub fn generate(rng: &mut StdRng, kinds: &[Kind], size: u32) -> Generated {
                 query,
                 answer: text,
                 kind,
+                style: None,
             };
         }
-        let (image, placed) = scene(rng, size);
-        if let Some((query, answer)) = question(rng, kind, &placed, size) {
+        let (image, placed, style) = match placement {
+            Placement::Grid => {
+                let (image, placed) = scene(rng, size);
+                (image, placed, None)
+            }
+            Placement::Free => {
+                let (image, placed, style) = super::free_scene::scene(rng, size);
+                (image, placed, Some(style))
+            }
+        };
+        if let Some((query, answer)) = question(rng, kind, &placed, image.dimensions()) {
             return Generated {
                 image,
                 query,
                 answer,
                 kind,
+                style,
             };
         }
     }
@@ -578,7 +616,7 @@ pub fn run(args: &MakeDataArgs) -> anyhow::Result<serde_json::Value> {
     let mut rng = StdRng::seed_from_u64(args.seed);
     let mut counts = serde_json::Map::new();
     for i in 0..args.count {
-        let g = generate(&mut rng, &kinds, args.size);
+        let g = generate_styled(&mut rng, &kinds, args.size, args.style);
         let stem = format!("{i:06}");
         write_example(&images, &labels, &stem, &g)?;
         let c = counts.entry(g.kind.as_str()).or_insert(json!(0));
@@ -592,13 +630,16 @@ fn write_example(images: &Path, labels: &Path, stem: &str, g: &Generated) -> any
     g.image
         .save(&img_path)
         .with_context(|| format!("cannot write {}", img_path.display()))?;
-    let label = json!({
+    let mut label = json!({
         "conversations": [
             {"role": "user", "content": g.query},
             {"role": "assistant", "content": g.answer},
         ],
         "kind": g.kind.as_str(),
     });
+    if let Some(style) = &g.style {
+        label["style"] = style.json();
+    }
     let label_path = labels.join(format!("{stem}.json"));
     std::fs::write(&label_path, serde_json::to_string_pretty(&label)?)
         .with_context(|| format!("cannot write {}", label_path.display()))?;
@@ -642,7 +683,7 @@ mod tests {
         for seed in 0..100 {
             let mut r = StdRng::seed_from_u64(seed);
             let (_, placed) = scene(&mut r, 224);
-            if let Some((q, a)) = question(&mut r, Kind::Named, &placed, 224) {
+            if let Some((q, a)) = question(&mut r, Kind::Named, &placed, (224, 224)) {
                 let p = placed
                     .iter()
                     .find(|p| q == format!("Where is the {}?", p.name()))
@@ -650,7 +691,7 @@ mod tests {
                 assert_eq!(a, format!("The {} {}.", p.name(), box_text(p.bbox, 224)));
                 named += 1;
             }
-            if let Some((q, a)) = question(&mut r, Kind::Locate, &placed, 224) {
+            if let Some((q, a)) = question(&mut r, Kind::Locate, &placed, (224, 224)) {
                 let same: Vec<_> = placed
                     .iter()
                     .filter(|p| q == format!("Where is the {} object?", COLORS[p.color].0))
@@ -679,7 +720,7 @@ mod tests {
         for seed in 0..200 {
             let mut r = StdRng::seed_from_u64(seed);
             let (_, placed) = scene(&mut r, 224);
-            let Some((q, a)) = question(&mut r, Kind::Exists, &placed, 224) else {
+            let Some((q, a)) = question(&mut r, Kind::Exists, &placed, (224, 224)) else {
                 continue;
             };
             let named = placed

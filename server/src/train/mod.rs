@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod data;
 pub mod eval;
+pub mod free_scene;
 pub mod loss;
 pub mod make_data;
 pub mod merge;
