@@ -84,6 +84,8 @@ pub fn snapshot(state: AppState) -> SavedConversation {
     SavedConversation {
         format: FORMAT,
         id: c.id.get_untracked(),
+        // Set by the save, from the revision this tab holds.
+        revision: 0,
         title,
         created_ms: c.created_ms.get_value(),
         updated_ms: now_ms(),
