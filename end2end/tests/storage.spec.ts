@@ -28,9 +28,12 @@ test("a save that fails is retried, then shown; it counts only once committed; t
   await expect(page.locator("#store-error")).toContainText("even after retrying");
   expect(await page.evaluate(() => (window as any).__puts)).toBe(4);
 
-  // Writes whose requests succeed but whose transaction is then aborted: not saved either, and said so.
+  // Writes whose requests succeed but whose transaction is then aborted: not saved either, and said so. (The
+  // page asks for the commit at once; commit() does nothing here, as in a browser that commits by itself.)
   await page.evaluate(() => {
     const w = window as any;
+    w.__commit = IDBTransaction.prototype.commit;
+    IDBTransaction.prototype.commit = function () {};
     IDBObjectStore.prototype.put = function (...args: unknown[]) {
       const req = w.__put.apply(this, args);
       req.addEventListener("success", () => this.transaction.abort());
@@ -42,7 +45,10 @@ test("a save that fails is retried, then shown; it counts only once committed; t
   expect(await storedQuestions(page, id)).toEqual(["First?"]);
 
   // Space again: the next save writes everything and the error goes.
-  await page.evaluate(() => (IDBObjectStore.prototype.put = (window as any).__put));
+  await page.evaluate(() => {
+    IDBObjectStore.prototype.put = (window as any).__put;
+    IDBTransaction.prototype.commit = (window as any).__commit;
+  });
   await replay(page, "Fourth?", "Four.");
   await expect(page.locator("#store-error")).toHaveCount(0);
   const all = ["First?", "Second?", "Third?", "Fourth?"];

@@ -125,6 +125,14 @@ impl Txn {
         Ok((store(RECORDS)?, store(SUMMARIES)?))
     }
 
+    /// Asks for the commit now that every request is made, rather than when their results have come back: a
+    /// page reloaded or closed right after a delete or a save then keeps it.
+    fn commit(tx: &IdbTransaction) {
+        // Deprecated in web-sys only because older browsers lack it; there the transaction commits by itself.
+        #[allow(deprecated)]
+        let _ = tx.commit();
+    }
+
     /// Waits for the end: `Ok` once every write is committed.
     async fn end(mut self) -> Result<(), StoreError> {
         let complete = match self.ended.take() {
@@ -184,7 +192,10 @@ pub async fn put_if(json: &str, summary: &Summary, base: u64) -> Result<(), Stor
                 .put_with_key(&record, &key)
                 .and_then(|_| summaries.put_with_key(&summary, &key))
             {
-                Ok(_) => Decision::Write,
+                Ok(_) => {
+                    Txn::commit(&tx);
+                    Decision::Write
+                }
                 Err(e) => Decision::Threw(js_err(e)),
             }
         };
@@ -240,6 +251,7 @@ pub async fn delete(id: &str) -> Result<(), StoreError> {
     let key = JsValue::from_str(id);
     records.delete(&key).map_err(failed)?;
     summaries.delete(&key).map_err(failed)?;
+    Txn::commit(&txn.tx);
     txn.end().await
 }
 
