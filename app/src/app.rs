@@ -116,6 +116,9 @@ fn Notice() -> impl IntoView {
                 <button class="small" on:click=move |_| state.load_error.set(None)>{move || t(state, "Dismiss")}</button>
             </div>
         })}
+        {move || state.conversations.error.get().map(|e| view! {
+            <div class="banner error" id="store-error" role="alert">{e}</div>
+        })}
         {move || state.models_error.get().map(|e| view! {
             <div class="banner error" role="alert">{e}</div>
         })}

@@ -263,6 +263,21 @@ pub const ZH: &[(&str, &str)] = &[
     ("chat_old: chat with the older template", "chat_old：旧版对话模板"),
     ("base: plain continuation, no template", "base：直接续写，无模板"),
     ("vqa: short answers (Question … Short answer:)", "vqa：简短回答（Question … Short answer:）"),
+    ("It changed in another tab at the same moment: nothing was changed, try again.", "它同时在另一个标签页中被修改：未做任何更改，请重试。"),
+    ("Could not save the conversation, even after retrying:", "重试后仍无法保存对话："),
+    ("It is still on this page: free some disk space, or export it.", "对话仍在此页面上：请释放一些磁盘空间，或将其导出。"),
+    ("This conversation changed in another tab: its turns were reloaded here.", "此对话已在另一个标签页中更改：已在此处重新载入其内容。"),
+    ("Could not save the conversation:", "无法保存对话："),
+    ("It is still on this page: export it to keep it.", "对话仍在此页面上：请将其导出以便保留。"),
+    ("copy", "副本"),
+    ("This conversation changed in another tab. This tab's turns were saved as a new conversation:", "此对话已在另一个标签页中更改。此标签页的内容已另存为新对话："),
+    ("This conversation was deleted in another tab: it is saved again if you go on with it here.", "此对话已在另一个标签页中删除：如果在此继续，它会被重新保存。"),
+    ("Conversations are not kept:", "对话不会被保存："),
+    (crate::conversation::store::BLOCKED, "请关闭此页面的其他标签页：其中一个以旧版本打开着已保存的对话，此标签页正在等待它释放。"),
+    (crate::conversation::store::REPLACED, "另一个标签页已将保存的对话升级到新版本：请重新加载此页面以继续保存。"),
+    ("That conversation is gone.", "该对话已不存在。"),
+    ("Could not read the stored conversation", "无法读取已保存的对话"),
+    ("It is kept as stored.", "它按原样保留。"),
 ];
 
 #[cfg(test)]

@@ -141,6 +141,47 @@ export class ChatPage {
   }
 }
 
+/** Shows a recorded answer as a new turn, streamed like a live one (the page's test hook: open it with
+ * `/?test-hooks`). */
+export async function replay(page: Page, query: string, answer: string) {
+  await page.evaluate(([q, a]) => (window as any).__cogvlmReplay(q, a), [query, answer]);
+}
+
+/** Waits until the open conversation is listed under `title` (the page lists it as it saves it). */
+export async function saved(page: Page, title: string | RegExp) {
+  await expect(page.locator("#conversation-list .conv.open .conv-title")).toHaveText(title);
+}
+
+/** The id of the conversation open in the page. */
+export async function openId(page: Page): Promise<string> {
+  const id = await page.locator("#conversation-list .conv.open").getAttribute("data-id");
+  if (!id) throw new Error("no open conversation in the list");
+  return id;
+}
+
+/** The questions of stored conversation `id` as the browser's IndexedDB holds them (`null`: not stored). Call it
+ * once the page has opened the database. */
+export async function storedQuestions(page: Page, id: string): Promise<string[] | null> {
+  return page.evaluate(
+    (id) =>
+      new Promise<string[] | null>((resolve, reject) => {
+        const open = indexedDB.open("cogvlm");
+        open.onerror = () => reject(open.error);
+        open.onsuccess = () => {
+          const db = open.result;
+          const get = db.transaction("conversations").objectStore("conversations").get(id);
+          get.onerror = () => reject(get.error);
+          get.onsuccess = () => {
+            db.close();
+            const rec = get.result === undefined ? null : JSON.parse(get.result);
+            resolve(rec ? rec.turns.map((t: { query: string }) => t.query) : null);
+          };
+        };
+      }),
+    id,
+  );
+}
+
 /** RGBA of the overlay canvas at a fraction of its width and height. */
 export async function canvasPixel(page: Page, fx: number, fy: number): Promise<number[]> {
   return page.evaluate(

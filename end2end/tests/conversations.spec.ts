@@ -1,18 +1,9 @@
-import { expect, Page, test } from "@playwright/test";
+import { expect, test } from "@playwright/test";
 import * as fs from "fs";
-import { ChatPage, fixtureImage, refCase } from "./chat_page";
+import { ChatPage, fixtureImage, refCase, replay, saved } from "./chat_page";
 
 // Conversations are kept in the browser's IndexedDB: a reload restores the open one, the side list
 // switches, renames, deletes and exports them, and nothing of them is sent anywhere.
-
-async function replay(page: Page, query: string, answer: string) {
-  await page.evaluate(([q, a]) => (window as any).__cogvlmReplay(q, a), [query, answer]);
-}
-
-/** Waits until the open conversation has been written (its entry is in the list under `title`). */
-async function saved(page: Page, title: string | RegExp) {
-  await expect(page.locator("#conversation-list .conv.open .conv-title")).toHaveText(title);
-}
 
 test("a reload restores the open conversation (text, image, boxes) and a follow-up continues", async ({ page }) => {
   const ref = refCase("vlm490_chat_history_chelsea");

@@ -104,7 +104,14 @@ pub fn ConversationList() -> impl IntoView {
                 <For
                     each=move || c.list.get()
                     key=|s| (s.id.clone(), s.title.clone())
-                    children=move |s| view! { <Item id=s.id title=s.title/> }
+                    children=move |s| {
+                        // A record that cannot be read stays listed (to delete it), marked.
+                        let title = match s.unreadable {
+                            Some(_) => format!("⚠ {}", s.title),
+                            None => s.title,
+                        };
+                        view! { <Item id=s.id title/> }
+                    }
                 />
             </ul>
         </aside>

@@ -1,25 +1,61 @@
-//! The browser's IndexedDB, where conversations are kept (images make them too large for localStorage). One
-//! object store, `conversations`: the record's id → its JSON text. Nothing here leaves the browser.
+//! The browser's IndexedDB, where conversations are kept (images make them too large for localStorage): each
+//! record's JSON text in `conversations`, and its [`Summary`] in `summaries` (`schema.rs` opens and upgrades
+//! them). A write puts both in one transaction and counts only once that transaction completes. Nothing here
+//! leaves the browser.
 
+use super::record::Summary;
+use super::schema::{database, RECORDS, SUMMARIES};
 use futures::channel::oneshot;
 use std::cell::RefCell;
+use std::fmt;
 use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
-use web_sys::{IdbDatabase, IdbObjectStore, IdbRequest, IdbTransactionMode};
+use web_sys::{IdbRequest, IdbTransaction, IdbTransactionMode};
 
-const DB: &str = "cogvlm";
-const STORE: &str = "conversations";
+/// Why a storage call failed: the kind decides what the caller does, the text tells the user.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoreError {
+    /// Another tab saved a newer revision of the record: the compare-and-set wrote nothing.
+    Conflict,
+    /// A request or the transaction failed or was aborted (e.g. `QuotaExceededError`): worth another try.
+    Failed(String),
+    /// This page cannot use the database (no IndexedDB, or another tab upgraded it): trying again won't help.
+    Unavailable(String),
+}
 
-fn js_err(e: JsValue) -> String {
+impl StoreError {
+    pub fn worth_retrying(&self) -> bool {
+        matches!(self, StoreError::Failed(_))
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Conflict => f.write_str("another tab saved a newer version"),
+            StoreError::Failed(e) | StoreError::Unavailable(e) => f.write_str(e),
+        }
+    }
+}
+
+/// A thrown value as text: a `DOMException` by its name and message (`QuotaExceededError: …`).
+pub fn js_err(e: JsValue) -> String {
+    if let Some(d) = e.dyn_ref::<web_sys::DomException>() {
+        return format!("{}: {}", d.name(), d.message());
+    }
     e.dyn_ref::<js_sys::Error>()
         .map(|e| String::from(e.message()))
         .or_else(|| e.as_string())
         .unwrap_or_else(|| format!("{e:?}"))
 }
 
+fn failed(e: JsValue) -> StoreError {
+    StoreError::Failed(js_err(e))
+}
+
 /// Waits for a request's `success` (its result) or `error`.
-async fn wait(req: &IdbRequest) -> Result<JsValue, String> {
+pub async fn wait(req: &IdbRequest) -> Result<JsValue, StoreError> {
     let (tx, rx) = oneshot::channel::<bool>();
     let tx = Rc::new(RefCell::new(Some(tx)));
     let settle = |ok: bool| {
@@ -37,84 +73,186 @@ async fn wait(req: &IdbRequest) -> Result<JsValue, String> {
     req.set_onsuccess(None);
     req.set_onerror(None);
     if ok {
-        req.result().map_err(js_err)
+        req.result().map_err(failed)
     } else {
-        Err(req
-            .error()
-            .ok()
-            .flatten()
-            .map(|e| e.message())
-            .unwrap_or_else(|| "IndexedDB request failed".into()))
+        Err(StoreError::Failed(
+            req.error()
+                .ok()
+                .flatten()
+                .map(|e| format!("{}: {}", e.name(), e.message()))
+                .unwrap_or_else(|| "IndexedDB request failed".into()),
+        ))
     }
 }
 
-thread_local! {
-    static OPEN: RefCell<Option<IdbDatabase>> = const { RefCell::new(None) };
+/// A transaction whose end is awaited: `complete` (written) or `abort` (nothing written, with the reason). A
+/// request's success is not yet a write: the quota is checked when the transaction commits.
+struct Txn {
+    tx: IdbTransaction,
+    ended: Option<oneshot::Receiver<bool>>,
+    _handlers: [Closure<dyn FnMut(web_sys::Event)>; 2],
 }
 
-async fn database() -> Result<IdbDatabase, String> {
-    if let Some(db) = OPEN.with(|o| o.borrow().clone()) {
-        return Ok(db);
+impl Txn {
+    async fn begin(mode: IdbTransactionMode) -> Result<Self, StoreError> {
+        let db = database().await?;
+        let names = js_sys::Array::of2(&RECORDS.into(), &SUMMARIES.into());
+        let tx = db
+            .transaction_with_str_sequence_and_mode(&names, mode)
+            .map_err(failed)?;
+        let (send, ended) = oneshot::channel::<bool>();
+        let send = Rc::new(RefCell::new(Some(send)));
+        let settle = |ok: bool| {
+            let send = send.clone();
+            Closure::<dyn FnMut(web_sys::Event)>::new(move |_| {
+                if let Some(s) = send.borrow_mut().take() {
+                    let _ = s.send(ok);
+                }
+            })
+        };
+        let handlers = [settle(true), settle(false)];
+        tx.set_oncomplete(Some(handlers[0].as_ref().unchecked_ref()));
+        tx.set_onabort(Some(handlers[1].as_ref().unchecked_ref()));
+        Ok(Txn {
+            tx,
+            ended: Some(ended),
+            _handlers: handlers,
+        })
     }
-    let factory = web_sys::window()
-        .and_then(|w| w.indexed_db().ok().flatten())
-        .ok_or("this browser keeps no IndexedDB (private mode?)")?;
-    let open = factory.open_with_u32(DB, 1).map_err(js_err)?;
-    let request = open.clone();
-    let upgrade = Closure::<dyn FnMut(web_sys::Event)>::new(move |_| {
-        if let Ok(db) = request.result().and_then(|r| r.dyn_into::<IdbDatabase>()) {
-            if !db.object_store_names().contains(STORE) {
-                let _ = db.create_object_store(STORE);
-            }
+
+    fn stores(&self) -> Result<(web_sys::IdbObjectStore, web_sys::IdbObjectStore), StoreError> {
+        let store = |name| self.tx.object_store(name).map_err(failed);
+        Ok((store(RECORDS)?, store(SUMMARIES)?))
+    }
+
+    /// Asks for the commit now that every request is made, rather than when their results have come back: a
+    /// page reloaded or closed right after a delete or a save then keeps it.
+    fn commit(tx: &IdbTransaction) {
+        // Deprecated in web-sys only because older browsers lack it; there the transaction commits by itself.
+        #[allow(deprecated)]
+        let _ = tx.commit();
+    }
+
+    /// Waits for the end: `Ok` once every write is committed.
+    async fn end(mut self) -> Result<(), StoreError> {
+        let complete = match self.ended.take() {
+            Some(rx) => rx.await.unwrap_or(false),
+            None => false,
+        };
+        if complete {
+            return Ok(());
         }
+        Err(StoreError::Failed(match self.tx.error() {
+            Some(e) => format!("{}: {}", e.name(), e.message()),
+            None => "the transaction was aborted".into(),
+        }))
+    }
+}
+
+impl Drop for Txn {
+    fn drop(&mut self) {
+        self.tx.set_oncomplete(None);
+        self.tx.set_onabort(None);
+        // Dropped before its end (an error on the way): nothing of it is written.
+        if self.ended.is_some() {
+            let _ = self.tx.abort();
+        }
+    }
+}
+
+/// What the compare-and-set found, decided inside the transaction (while it is sure to be active).
+enum Decision {
+    Write,
+    Conflict,
+    Threw(String),
+}
+
+/// Writes a record (`json`) and its summary in one transaction, only if the stored revision is still `base`
+/// (or nothing is stored under that id): a tab never overwrites a save it has not seen.
+pub async fn put_if(json: &str, summary: &Summary, base: u64) -> Result<(), StoreError> {
+    let txn = Txn::begin(IdbTransactionMode::Readwrite).await?;
+    let (records, summaries) = txn.stores()?;
+    let key = JsValue::from_str(&summary.id);
+    let stored = summaries.get(&key).map_err(failed)?;
+    let decided = Rc::new(RefCell::new(None::<Decision>));
+    let (record, summary) = (
+        JsValue::from_str(json),
+        JsValue::from_str(&summary.to_json()),
+    );
+    let (read, tx, decision) = (stored.clone(), txn.tx.clone(), decided.clone());
+    let on_stored = Closure::once_into_js(move |_: web_sys::Event| {
+        let revision = read.result().ok().and_then(|v| v.as_string()).map(|t| {
+            // An unreadable summary is of an unreadable record: nothing to keep from it.
+            Summary::from_json(&t).map_or(0, |s| s.revision)
+        });
+        let d = if revision.is_some_and(|r| r != base) {
+            Decision::Conflict
+        } else {
+            match records
+                .put_with_key(&record, &key)
+                .and_then(|_| summaries.put_with_key(&summary, &key))
+            {
+                Ok(_) => {
+                    Txn::commit(&tx);
+                    Decision::Write
+                }
+                Err(e) => Decision::Threw(js_err(e)),
+            }
+        };
+        if !matches!(d, Decision::Write) {
+            let _ = tx.abort();
+        }
+        *decision.borrow_mut() = Some(d);
     });
-    open.set_onupgradeneeded(Some(upgrade.as_ref().unchecked_ref()));
-    let db: IdbDatabase = wait(&open)
-        .await?
-        .dyn_into()
-        .map_err(|_| "IndexedDB gave no database")?;
-    open.set_onupgradeneeded(None);
-    OPEN.with(|o| *o.borrow_mut() = Some(db.clone()));
-    Ok(db)
+    stored.set_onsuccess(Some(on_stored.unchecked_ref()));
+    let ended = txn.end().await;
+    let decision = decided.borrow_mut().take();
+    match decision {
+        Some(Decision::Conflict) => Err(StoreError::Conflict),
+        Some(Decision::Threw(e)) => Err(StoreError::Failed(e)),
+        Some(Decision::Write) | None => ended,
+    }
 }
 
-async fn store(mode: IdbTransactionMode) -> Result<IdbObjectStore, String> {
+/// The stored record `id`'s JSON.
+pub async fn get(id: &str) -> Result<Option<String>, StoreError> {
     let db = database().await?;
-    db.transaction_with_str_and_mode(STORE, mode)
-        .and_then(|t| t.object_store(STORE))
-        .map_err(js_err)
-}
-
-/// Stores `json` under `id` (replacing what was there).
-pub async fn put(id: &str, json: &str) -> Result<(), String> {
-    let store = store(IdbTransactionMode::Readwrite).await?;
-    let req = store
-        .put_with_key(&JsValue::from_str(json), &JsValue::from_str(id))
-        .map_err(js_err)?;
-    wait(&req).await.map(|_| ())
-}
-
-pub async fn get(id: &str) -> Result<Option<String>, String> {
-    let store = store(IdbTransactionMode::Readonly).await?;
-    let req = store.get(&JsValue::from_str(id)).map_err(js_err)?;
+    let store = db
+        .transaction_with_str(RECORDS)
+        .and_then(|t| t.object_store(RECORDS))
+        .map_err(failed)?;
+    let req = store.get(&JsValue::from_str(id)).map_err(failed)?;
     Ok(wait(&req).await?.as_string())
 }
 
-/// Every stored record's JSON.
-pub async fn all() -> Result<Vec<String>, String> {
-    let store = store(IdbTransactionMode::Readonly).await?;
-    let req = store.get_all().map_err(js_err)?;
-    let list: js_sys::Array = wait(&req)
-        .await?
-        .dyn_into()
-        .unwrap_or_else(|_| js_sys::Array::new());
-    Ok(list.iter().filter_map(|v| v.as_string()).collect())
+/// Every stored summary: its id, and its JSON (`None`: not text).
+pub async fn summaries() -> Result<Vec<(String, Option<String>)>, StoreError> {
+    let db = database().await?;
+    let store = db
+        .transaction_with_str(SUMMARIES)
+        .and_then(|t| t.object_store(SUMMARIES))
+        .map_err(failed)?;
+    let keys = store.get_all_keys().map_err(failed)?;
+    let values = store.get_all().map_err(failed)?;
+    // Requests succeed in order: the keys are there once the values are.
+    let values: js_sys::Array = wait(&values).await?.unchecked_into();
+    let keys: js_sys::Array = keys.result().map_err(failed)?.unchecked_into();
+    Ok(keys
+        .iter()
+        .zip(values.iter())
+        .map(|(k, v)| (k.as_string().unwrap_or_default(), v.as_string()))
+        .collect())
 }
 
-pub async fn delete(id: &str) -> Result<(), String> {
-    let store = store(IdbTransactionMode::Readwrite).await?;
-    let req = store.delete(&JsValue::from_str(id)).map_err(js_err)?;
-    wait(&req).await.map(|_| ())
+/// Deletes record `id` and its summary.
+pub async fn delete(id: &str) -> Result<(), StoreError> {
+    let txn = Txn::begin(IdbTransactionMode::Readwrite).await?;
+    let (records, summaries) = txn.stores()?;
+    let key = JsValue::from_str(id);
+    records.delete(&key).map_err(failed)?;
+    summaries.delete(&key).map_err(failed)?;
+    Txn::commit(&txn.tx);
+    txn.end().await
 }
 
 /// The id of the conversation open in this browser (localStorage: small, read at once on load).

@@ -56,6 +56,10 @@ pub struct SavedConversation {
     #[serde(default)]
     pub format: u32,
     pub id: String,
+    /// How many times it has been written (records before revisions read as 0). A save overwrites only the
+    /// revision it started from, so two tabs never overwrite each other's turns (`saving.rs`).
+    #[serde(default)]
+    pub revision: u64,
     pub title: String,
     /// Milliseconds since the epoch.
     pub created_ms: f64,
@@ -73,12 +77,63 @@ pub struct SavedConversation {
     pub sampling: Option<Sampling>,
 }
 
-/// What the side list shows of a conversation, without its image and turns.
-#[derive(Clone, Debug, PartialEq)]
+/// What the side list shows of a conversation, without its image and turns: stored beside each record (in the
+/// same transaction) so that opening the page reads no image but the open conversation's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub id: String,
     pub title: String,
+    #[serde(default)]
+    pub created_ms: f64,
     pub updated_ms: f64,
+    #[serde(default)]
+    pub turns: usize,
+    /// The image's file name.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The record's revision: what a save compares before it writes.
+    #[serde(default)]
+    pub revision: u64,
+    /// Why the record could not be read when this summary was made (it is kept as stored, and listed).
+    #[serde(default)]
+    pub unreadable: Option<String>,
+}
+
+impl Summary {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The summary of a stored record's text (stored under `id`); a record that cannot be read gets one that
+    /// says why, so the list can still show it and the page can tell the user.
+    pub fn of_stored(id: &str, text: Option<&str>) -> Self {
+        let read = text
+            .ok_or_else(|| "not text".to_string())
+            .and_then(SavedConversation::from_json);
+        match read {
+            Ok(rec) if rec.id == id => rec.summary(),
+            Ok(rec) => Self::unreadable(id, format!("it is stored under another id ({})", rec.id)),
+            Err(e) => Self::unreadable(id, e),
+        }
+    }
+
+    /// The summary of record `id`, which cannot be read (`why`): listed under its id.
+    pub fn unreadable(id: &str, why: String) -> Self {
+        Summary {
+            id: id.into(),
+            title: id.into(),
+            created_ms: 0.0,
+            updated_ms: 0.0,
+            turns: 0,
+            image: None,
+            revision: 0,
+            unreadable: Some(why),
+        }
+    }
 }
 
 impl SavedConversation {
@@ -86,8 +141,31 @@ impl SavedConversation {
         Summary {
             id: self.id.clone(),
             title: self.title.clone(),
+            created_ms: self.created_ms,
             updated_ms: self.updated_ms,
+            turns: self.turns.len(),
+            image: self.image.as_ref().map(|i| i.name.clone()),
+            revision: self.revision,
+            unreadable: None,
         }
+    }
+
+    /// Whether `self` already holds everything of `other` (its turns as a prefix, its image): then a tab
+    /// holding `other` loses nothing by taking `self` instead.
+    pub fn holds(&self, other: &SavedConversation) -> bool {
+        let same_turn = |a: &SavedTurn, b: &SavedTurn| a.query == b.query && a.answer == b.answer;
+        let image = match (&self.image, &other.image) {
+            (_, None) => true,
+            (Some(a), Some(b)) => a.base64 == b.base64,
+            (None, Some(_)) => false,
+        };
+        image
+            && other.turns.len() <= self.turns.len()
+            && other
+                .turns
+                .iter()
+                .zip(&self.turns)
+                .all(|(o, s)| same_turn(o, s))
     }
 
     /// The export file's name without extension: the title's letters and digits.
@@ -114,8 +192,17 @@ impl SavedConversation {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
 
+    /// Reads a record or an export; one written by a newer version of the page (a higher `format`) is refused,
+    /// since saving it back would drop what this version does not know.
     pub fn from_json(text: &str) -> Result<Self, String> {
-        serde_json::from_str(text).map_err(|e| e.to_string())
+        let rec: Self = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if rec.format > FORMAT {
+            return Err(format!(
+                "it was saved in format {} by a newer version of this page (this one reads up to {FORMAT})",
+                rec.format
+            ));
+        }
+        Ok(rec)
     }
 
     /// The Markdown export: the title, the image inline (a data URL), each question and answer, and the
@@ -191,6 +278,7 @@ mod tests {
         SavedConversation {
             format: FORMAT,
             id: "c1".into(),
+            revision: 3,
             title: "What is / on the table?".into(),
             created_ms: 1.0,
             updated_ms: 2.0,
@@ -265,5 +353,53 @@ mod tests {
         assert_eq!(img("UklGRiQAAABXRUJQVlA4IA==").mime(), "image/webp");
         // A RIFF file that is not WebP (a WAV) is not taken for one.
         assert_eq!(img("UklGRiQAAABXQVZFZm10IA==").mime(), "image/png");
+    }
+
+    #[test]
+    fn newer_formats_are_refused() {
+        let mut c = sample();
+        c.format = FORMAT + 1;
+        let err = SavedConversation::from_json(&c.to_json()).unwrap_err();
+        assert!(err.contains("newer version"), "{err}");
+    }
+
+    #[test]
+    fn summaries_of_stored_text() {
+        let c = sample();
+        let s = Summary::of_stored("c1", Some(&c.to_json()));
+        assert_eq!(s, c.summary());
+        assert_eq!(
+            (s.turns, s.revision, s.image.as_deref()),
+            (1, 3, Some("coffee.png"))
+        );
+        assert_eq!(Summary::from_json(&s.to_json()), Ok(s));
+        for (id, text) in [
+            ("c9", Some("{not json")),
+            ("c9", None),
+            ("c2", Some(&*c.to_json())),
+        ] {
+            let s = Summary::of_stored(id, text);
+            assert_eq!((s.id.as_str(), s.title.as_str()), (id, id));
+            assert!(s.unreadable.is_some());
+        }
+    }
+
+    #[test]
+    fn a_record_holds_another_when_it_has_its_turns_and_image() {
+        let base = sample();
+        let mut longer = base.clone();
+        longer.turns.push(SavedTurn {
+            query: "And the spoon?".into(),
+            answer: "Left.".into(),
+            status: SavedStatus::Stopped,
+        });
+        assert!(longer.holds(&base) && base.holds(&base));
+        assert!(!base.holds(&longer));
+        let mut diverged = base.clone();
+        diverged.turns[0].answer = "Another answer".into();
+        assert!(!longer.holds(&diverged));
+        let mut other_image = base.clone();
+        other_image.image.as_mut().unwrap().base64 = "R0lGOD".into();
+        assert!(!longer.holds(&other_image));
     }
 }

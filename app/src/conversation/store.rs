@@ -1,10 +1,15 @@
 //! The page's conversations: the open one saved to IndexedDB whenever a turn ends (or the image or the title
-//! changes), restored on load, and the side list's new / switch / rename / delete / export.
+//! changes; `saving.rs` writes it), restored on load, and the side list's new / switch / rename / delete /
+//! export. The list is read from the stored summaries; a full record (with its image) only when it is opened.
 
 use super::idb;
 use super::record::{
     title_from, SavedConversation, SavedImage, SavedStatus, SavedTurn, Summary, FORMAT,
 };
+use super::saving::{self, SyncState};
+use super::schema::{self, DbEvent};
+use super::tabs;
+use crate::i18n::tr;
 use crate::state::{AppState, Turn, TurnStatus, UploadedImage};
 use leptos::prelude::*;
 
@@ -22,6 +27,10 @@ pub struct Conversations {
     /// The JSON last written for the open conversation (without its time), so unchanged state is not saved.
     last_saved: StoredValue<String>,
     pub panel_open: RwSignal<bool>,
+    /// A storage problem the user must know of (a save that failed after its retries, a database held or
+    /// replaced by another tab), shown until a save succeeds.
+    pub error: RwSignal<Option<String>>,
+    pub sync: SyncState,
 }
 
 impl Conversations {
@@ -34,6 +43,8 @@ impl Conversations {
             ready: RwSignal::new(false),
             last_saved: StoredValue::new(String::new()),
             panel_open: RwSignal::new(false),
+            error: RwSignal::new(None),
+            sync: SyncState::new(),
         }
     }
 }
@@ -48,7 +59,7 @@ fn now_ms() -> f64 {
     js_sys::Date::now()
 }
 
-fn new_id() -> String {
+pub(super) fn new_id() -> String {
     format!(
         "c{:x}{:06x}",
         now_ms() as u64,
@@ -84,6 +95,8 @@ pub fn snapshot(state: AppState) -> SavedConversation {
     SavedConversation {
         format: FORMAT,
         id: c.id.get_untracked(),
+        // Set by the save, from the revision this tab holds.
+        revision: 0,
         title,
         created_ms: c.created_ms.get_value(),
         updated_ms: now_ms(),
@@ -126,13 +139,12 @@ pub fn save(state: AppState) {
         list.insert(0, summary);
     });
     idb::set_open_id(&rec.id);
-    leptos::task::spawn_local(async move {
-        if let Err(e) = idb::put(&rec.id, &rec.to_json()).await {
-            state
-                .note
-                .set(Some(format!("Could not save the conversation: {e}")));
-        }
-    });
+    saving::save(state, rec);
+}
+
+/// After a failed save: the next change saves the conversation again, whatever it is.
+pub(super) fn forget_last_saved(state: AppState) {
+    state.conversations.last_saved.set_value(String::new());
 }
 
 /// Saves whenever a turn ends, the image changes or the title changes (not on every streamed token).
@@ -149,32 +161,136 @@ pub fn autosave(state: AppState) {
     });
 }
 
-/// Reads the list and reopens the conversation that was open (the browser side of hydration).
+/// Reads the list and reopens the conversation that was open (the browser side of hydration); listens to the
+/// database's life and to the other tabs.
 pub fn init(state: AppState) {
+    schema::on_event(move |event| db_event(state, event));
+    tabs::listen(state);
     leptos::task::spawn_local(async move {
         let c = state.conversations;
-        let mut records: Vec<SavedConversation> = match idb::all().await {
-            Ok(all) => all
-                .iter()
-                .filter_map(|j| SavedConversation::from_json(j).ok())
-                .collect(),
-            Err(e) => {
-                state
-                    .note
-                    .set(Some(format!("Conversations are not kept: {e}")));
-                Vec::new()
+        let mut problems = Vec::new();
+        match read_list(state).await {
+            Ok((list, unreadable)) => {
+                c.list.set(list);
+                problems = unreadable;
             }
+            Err(e) => state.note.set(Some(format!(
+                "{} {e}",
+                tr(state.lang.get_untracked(), "Conversations are not kept:")
+            ))),
+        }
+        let readable = |id: &String| {
+            c.list
+                .with_untracked(|l| l.iter().any(|s| s.id == *id && s.unreadable.is_none()))
         };
-        records.sort_by(|a, b| b.updated_ms.total_cmp(&a.updated_ms));
-        c.list
-            .set(records.iter().map(SavedConversation::summary).collect());
-        let open = idb::open_id().and_then(|id| records.into_iter().find(|r| r.id == id));
+        let open = idb::open_id().filter(readable);
         match open {
-            Some(rec) if state.turns.with_untracked(Vec::is_empty) => restore(state, rec),
+            Some(id) if state.turns.with_untracked(Vec::is_empty) => match read(state, &id).await {
+                Ok(rec) => restore(state, rec),
+                Err(e) => {
+                    problems.push(e);
+                    start_fresh(state);
+                }
+            },
             _ => start_fresh(state),
+        }
+        if !problems.is_empty() {
+            let before = state.note.get_untracked().into_iter();
+            state
+                .note
+                .set(Some(before.chain(problems).collect::<Vec<_>>().join(" ")));
         }
         c.ready.set(true);
     });
+}
+
+pub const BLOCKED: &str =
+    "Close this page's other tabs: one of them holds the stored conversations open at an \
+    older version, and this tab waits for it to let go.";
+pub const REPLACED: &str =
+    "Another tab upgraded the stored conversations to a newer version: reload this page \
+    to keep saving.";
+
+/// Tells the user what the database's life means for them (`schema.rs`).
+fn db_event(state: AppState, event: DbEvent) {
+    let error = state.conversations.error;
+    let say = |en| Some(tr(state.lang.get_untracked(), en).to_string());
+    match event {
+        DbEvent::Blocked => error.set(say(BLOCKED)),
+        DbEvent::Opened => error.set(None),
+        DbEvent::Replaced => error.set(say(REPLACED)),
+    }
+}
+
+/// The list from the stored summaries, newest first, and a sentence for each record that cannot be read.
+async fn read_list(state: AppState) -> Result<(Vec<Summary>, Vec<String>), idb::StoreError> {
+    let mut list = Vec::new();
+    let mut problems = Vec::new();
+    for (id, json) in idb::summaries().await? {
+        let summary = json
+            .as_deref()
+            .ok_or_else(|| "its summary is not text".to_string())
+            .and_then(Summary::from_json)
+            .unwrap_or_else(|e| Summary::unreadable(&id, e));
+        if let Some(why) = &summary.unreadable {
+            problems.push(unreadable_note(state, &summary.title, &id, why));
+        }
+        list.push(summary);
+    }
+    list.sort_by(|a, b| b.updated_ms.total_cmp(&a.updated_ms));
+    Ok((list, problems))
+}
+
+/// Reads the list again (another tab saved or deleted), keeping the open conversation's entry while its first
+/// save is on its way.
+pub(super) fn refresh_list(state: AppState) {
+    leptos::task::spawn_local(async move {
+        let c = state.conversations;
+        let Ok((mut list, _)) = read_list(state).await else {
+            return;
+        };
+        let open = c.id.get_untracked();
+        if !list.iter().any(|s| s.id == open) {
+            if let Some(mine) = c
+                .list
+                .with_untracked(|l| l.iter().find(|s| s.id == open).cloned())
+            {
+                list.insert(0, mine);
+            }
+        }
+        c.list.set(list);
+    });
+}
+
+/// The stored conversation `id`, or a sentence for the user naming it and saying why it cannot be shown.
+pub(super) async fn read(state: AppState, id: &str) -> Result<SavedConversation, String> {
+    let lang = state.lang.get_untracked();
+    let title = state.conversations.list.with_untracked(|l| {
+        l.iter()
+            .find(|s| s.id == id)
+            .map_or_else(|| id.to_string(), |s| s.title.clone())
+    });
+    match idb::get(id).await {
+        Ok(Some(json)) => {
+            SavedConversation::from_json(&json).map_err(|e| unreadable_note(state, &title, id, &e))
+        }
+        Ok(None) => Err(tr(lang, "That conversation is gone.").into()),
+        Err(e) => Err(format!("{} “{title}”: {e}", tr(lang, "Could not read"))),
+    }
+}
+
+fn unreadable_note(state: AppState, title: &str, id: &str, why: &str) -> String {
+    let lang = state.lang.get_untracked();
+    let name = if title == id {
+        format!("“{id}”")
+    } else {
+        format!("“{title}” ({id})")
+    };
+    format!(
+        "{} {name}: {why}. {}",
+        tr(lang, "Could not read the stored conversation"),
+        tr(lang, "It is kept as stored."),
+    )
 }
 
 fn start_fresh(state: AppState) {
@@ -242,9 +358,11 @@ pub fn restore(state: AppState, rec: SavedConversation) {
         )),
         _ => None,
     });
-    let mut key = rec.clone();
+    c.sync.took(&rec);
+    // What a save would write now, so the restored conversation is not saved again unchanged (which would, with
+    // two tabs open on it, bounce between them).
+    let mut key = snapshot(state);
     key.updated_ms = 0.0;
-    key.checkpoint = state.current_model();
     c.last_saved.set_value(key.to_json());
     idb::set_open_id(&rec.id);
 }
@@ -298,12 +416,8 @@ pub fn switch(state: AppState, id: String) {
     }
     save(state);
     leptos::task::spawn_local(async move {
-        match idb::get(&id).await {
-            Ok(Some(json)) => match SavedConversation::from_json(&json) {
-                Ok(rec) => restore(state, rec),
-                Err(e) => state.note.set(Some(format!("Could not read it: {e}"))),
-            },
-            Ok(None) => state.note.set(Some("That conversation is gone.".into())),
+        match read(state, &id).await {
+            Ok(rec) => restore(state, rec),
             Err(e) => state.note.set(Some(e)),
         }
     });
@@ -325,11 +439,13 @@ pub fn rename(state: AppState, id: String, title: String) {
         return;
     }
     leptos::task::spawn_local(async move {
-        if let Ok(Some(json)) = idb::get(&id).await {
-            if let Ok(mut rec) = SavedConversation::from_json(&json) {
+        let _turn = saving::one_at_a_time().await;
+        match read(state, &id).await {
+            Ok(mut rec) => {
                 rec.title = title;
-                let _ = idb::put(&id, &rec.to_json()).await;
+                saving::save_over(state, rec).await;
             }
+            Err(e) => state.note.set(Some(e)),
         }
     });
 }
@@ -344,8 +460,14 @@ pub fn delete(state: AppState, id: String) {
         start_fresh(state);
     }
     leptos::task::spawn_local(async move {
-        if let Err(e) = idb::delete(&id).await {
-            state.note.set(Some(e));
+        // After the saves asked before it, so none of them writes it again.
+        let _turn = saving::one_at_a_time().await;
+        match idb::delete(&id).await {
+            Ok(()) => {
+                c.sync.forget(&id);
+                tabs::announce_deleted(&id);
+            }
+            Err(e) => state.note.set(Some(e.to_string())),
         }
     });
 }
@@ -361,16 +483,12 @@ pub enum Export {
 pub fn export(state: AppState, id: String, kind: Export) {
     leptos::task::spawn_local(async move {
         let rec = if state.conversations.id.with_untracked(|c| *c == id) {
-            Some(snapshot(state))
+            snapshot(state)
         } else {
-            idb::get(&id)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|j| SavedConversation::from_json(&j).ok())
-        };
-        let Some(rec) = rec else {
-            return;
+            match read(state, &id).await {
+                Ok(rec) => rec,
+                Err(e) => return state.note.set(Some(e)),
+            }
         };
         let (text, ext, mime) = match kind {
             Export::Markdown => (rec.to_markdown(), "md", "text/markdown"),
