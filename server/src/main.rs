@@ -331,7 +331,7 @@ impl Command {
             Command::Bench(c) => c.run(),
             Command::MakeCheckpoint(c) => c.run(),
             Command::PositionProbe { model } => {
-                let report = cogvlm::tools::position_probe::run(&model, &candle_core::Device::Cpu)?;
+                let report = cogvlm::train::position_probe::run(&model, &candle_core::Device::Cpu)?;
                 println!("{}", serde_json::json!(report));
                 Ok(())
             }

@@ -6,7 +6,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use cogvlm::model::config::Config;
 use cogvlm::model::CogVlm;
-use cogvlm::tools::position_probe::probe;
+use cogvlm::train::position_probe::probe;
 use std::path::PathBuf;
 
 #[test]

@@ -64,6 +64,34 @@ pub fn verify(value: &str) -> Option<&str> {
     (well_formed && super::same(mac.as_bytes(), mac_hex(id).as_bytes())).then_some(id)
 }
 
+/// The verified id of the client cookie, set on the request by the access guard (`web::access::guard`).
+#[derive(Clone, Debug)]
+pub struct ClientId(pub String);
+
+/// Who is asking, for the engine's fairness rules: `client:<id>@<address>` for a browser with
+/// the id the server gave it, `anon@<address>` otherwise. The engine also counts per address
+/// (after the last `@`) on shared servers, so new cookies do not make new clients.
+pub fn client_key_of(parts: &axum::http::request::Parts) -> String {
+    use axum::extract::ConnectInfo;
+    let address = parts
+        .extensions
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map_or_else(|| "unknown".into(), |ConnectInfo(a)| a.ip().to_string());
+    match parts.extensions.get::<ClientId>() {
+        Some(ClientId(id)) => format!("client:{id}@{address}"),
+        None => format!("anon@{address}"),
+    }
+}
+
+/// Whether the request comes from this machine (error details such as paths are for it only).
+pub fn is_loopback(parts: &axum::http::request::Parts) -> bool {
+    use axum::extract::ConnectInfo;
+    parts
+        .extensions
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .is_some_and(|ConnectInfo(a)| a.ip().is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -68,10 +68,10 @@ pub async fn chat_completions(State(api): State<Api>, req: Request) -> Response 
         return e.into_response();
     }
     // API callers share the page's fairness rules, keyed by address (or client cookie).
-    let client = crate::web::access::client_key_of(&parts);
+    let client = crate::net::client_id::client_key_of(&parts);
     let may_switch = match api.options.switch {
         super::ApiSwitch::Never => false,
-        super::ApiSwitch::Loopback => crate::web::access::is_loopback(&parts),
+        super::ApiSwitch::Loopback => crate::net::client_id::is_loopback(&parts),
         super::ApiSwitch::Always => true,
     };
     let length = parts

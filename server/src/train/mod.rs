@@ -10,6 +10,7 @@ pub mod make_data;
 pub mod merge;
 pub mod optim;
 pub mod parity;
+pub mod position_probe;
 pub mod run;
 
 use std::collections::HashMap;

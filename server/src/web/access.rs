@@ -15,7 +15,7 @@
 //!   without a valid one is keyed by its address and gets a new id.
 //! - Every response says `frame-ancestors 'none'`: no other site can frame the page.
 
-use crate::net::client_id;
+use crate::net::client_id::{self, ClientId};
 use crate::net::io::ReadCap;
 use anyhow::{bail, Result};
 use axum::body::Body;
@@ -281,37 +281,9 @@ fn framed(mut response: Response) -> Response {
     response
 }
 
-/// The verified id of the client cookie, set on the request by [`guard`].
-#[derive(Clone, Debug)]
-pub struct ClientId(pub String);
-
 /// The client cookie for id `id` signed by this process (tests, and scripts run in-process).
 pub fn client_cookie(id: &str) -> String {
     format!("{CLIENT_COOKIE}={}", client_id::sign(id))
-}
-
-/// Who is asking, for the engine's fairness rules: `client:<id>@<address>` for a browser with
-/// the id the server gave it, `anon@<address>` otherwise. The engine also counts per address
-/// (after the last `@`) on shared servers, so new cookies do not make new clients.
-pub fn client_key_of(parts: &axum::http::request::Parts) -> String {
-    use axum::extract::ConnectInfo;
-    let address = parts
-        .extensions
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map_or_else(|| "unknown".into(), |ConnectInfo(a)| a.ip().to_string());
-    match parts.extensions.get::<ClientId>() {
-        Some(ClientId(id)) => format!("client:{id}@{address}"),
-        None => format!("anon@{address}"),
-    }
-}
-
-/// Whether the request comes from this machine (error details such as paths are for it only).
-pub fn is_loopback(parts: &axum::http::request::Parts) -> bool {
-    use axum::extract::ConnectInfo;
-    parts
-        .extensions
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .is_some_and(|ConnectInfo(a)| a.ip().is_loopback())
 }
 
 /// The value of cookie `name`, if the request has it.

@@ -6,8 +6,8 @@
 //! forwards its events until the final one. A `Stop`, a frame that cannot be read or the socket
 //! closing cancels the generation.
 
-use super::access::client_key_of;
 use super::uploads::Uploads;
+use crate::net::client_id::client_key_of;
 use app::backend::{Backend, Web};
 use axum::http::request::Parts;
 use futures::stream::BoxStream;

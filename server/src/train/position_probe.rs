@@ -39,7 +39,7 @@ const COLOURS: [[u8; 3]; 2] = [[220, 40, 40], [40, 40, 220]];
 
 /// Runs the probe on the checkpoint in `dir` (f32 on `device`).
 pub fn run(dir: &Path, device: &Device) -> Result<ProbeReport> {
-    let model = crate::train::load_model(dir, device, false, None)?.model;
+    let model = super::load_model(dir, device, false, None)?.model;
     probe(&model, device)
 }
 
