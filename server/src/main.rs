@@ -105,7 +105,8 @@ struct ServeCmd {
     /// Open connections from one address (other than this machine's).
     #[arg(long, default_value_t = 64)]
     max_connections_per_address: usize,
-    /// Folder of checkpoints (each a subfolder with config.json + safetensors); default: the bundled tiny ones.
+    /// Folder of checkpoints (each a subfolder with config.json + safetensors); default: the bundled ones,
+    /// looked for beside the binary, then in the working tree.
     #[arg(long)]
     models_dir: Option<PathBuf>,
     /// Largest image accepted, in MB.

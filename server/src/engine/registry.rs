@@ -9,10 +9,45 @@ use anyhow::{bail, Context, Result};
 use protocol::CheckpointInfo;
 use std::path::{Path, PathBuf};
 
-/// The bundled tiny checkpoints (random weights, real architecture and tokenizer).
-pub fn bundled_models_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models")
+/// Where a bundled folder (`rel`, relative to the `server/` crate of a checkout) may be, in the order tried:
+/// beside the binary (a copied install: `<exe dir>/<rel>`; a checkout's `target/<profile>/cogvlm`:
+/// `<exe dir>/../../server/<rel>`), then the working tree (`server/<rel>` from the repository root, `<rel>` from
+/// `server/`, where `cargo test` runs).
+pub fn bundled_candidates(rel: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
+        out.push(exe_dir.join(rel));
+        out.push(exe_dir.join("../../server").join(rel));
+    }
+    out.push(Path::new("server").join(rel));
+    out.push(PathBuf::from(rel));
+    out
 }
+
+/// The first of [`bundled_candidates`] that exists, or an error that lists where it looked.
+pub fn locate_bundled(rel: &str) -> Result<PathBuf> {
+    let tried = bundled_candidates(rel);
+    if let Some(found) = tried.iter().find(|p| p.is_dir()) {
+        return Ok(found.clone());
+    }
+    let places: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+    bail!(
+        "no bundled checkpoints ({rel}): looked in {}; run from the repository root or pass --models-dir",
+        places.join(", ")
+    )
+}
+
+/// The bundled tiny checkpoints (random weights, real architecture and tokenizer), found at run time; where
+/// none is found, the working tree's path (whose absence [`Registry::scan`] reports).
+pub fn bundled_models_dir() -> PathBuf {
+    locate_bundled(BUNDLED_REL).unwrap_or_else(|_| Path::new("server").join(BUNDLED_REL))
+}
+
+const BUNDLED_REL: &str = "fixtures/models";
+const DEMO_REL: &str = "models";
 
 /// The checkpoint served first from the bundled folders: the trained demo that answers every kind of
 /// question it was taught, boxes included (`server/models/cogvlm-demo-boxes/README.md`).
@@ -20,9 +55,17 @@ pub const DEMO_DEFAULT: &str = "cogvlm-demo-boxes";
 /// The checkpoint served first from the random-weight fixtures' folder alone.
 pub const BUNDLED_DEFAULT: &str = "cogvlm_tiny_490";
 
-/// The bundled demo checkpoints (trained here on synthetic scenes; `server/models/*/README.md`).
+/// The bundled demo checkpoints (trained here on synthetic scenes; `server/models/*/README.md`), beside the
+/// fixtures' folder that was found.
 pub fn demo_models_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+    match locate_bundled(BUNDLED_REL) {
+        // `<server>/fixtures/models` → `<server>/models`.
+        Ok(fixtures) => match fixtures.parent().and_then(Path::parent) {
+            Some(server) if !server.as_os_str().is_empty() => server.join(DEMO_REL),
+            _ => PathBuf::from(DEMO_REL),
+        },
+        Err(_) => Path::new("server").join(DEMO_REL),
+    }
 }
 
 /// One usable checkpoint: what the page lists about it, and where it is.
@@ -118,7 +161,7 @@ impl Registry {
 
     /// The bundled checkpoints: the trained demo (listed first) and the random-weight fixtures.
     pub fn bundled() -> Result<Registry> {
-        let mut reg = Registry::scan(&bundled_models_dir())?;
+        let mut reg = Registry::scan(&locate_bundled(BUNDLED_REL)?)?;
         let demo = demo_models_dir();
         if demo.is_dir() {
             let d = Registry::scan(&demo)?;
@@ -178,6 +221,35 @@ fn adapter_entries(base: &Entry) -> Vec<Entry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found from the working tree (`cargo test` runs in `server/`), and a missing folder names every place
+    /// tried, beside the binary first.
+    #[test]
+    fn bundled_folders_are_found_at_run_time_or_the_places_are_named() {
+        let found = locate_bundled(BUNDLED_REL).unwrap();
+        assert!(
+            found.join("cogvlm_tiny_224/config.json").is_file(),
+            "{}",
+            found.display()
+        );
+        assert!(demo_models_dir().join(DEMO_DEFAULT).is_dir());
+        let err = locate_bundled("no/such/folder").unwrap_err().to_string();
+        let exe_dir = std::env::current_exe()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let beside = exe_dir.join("no/such/folder").display().to_string();
+        assert!(err.contains(&beside), "{err}");
+        assert!(
+            err.contains("server/no/such/folder") && err.contains("--models-dir"),
+            "{err}"
+        );
+        assert!(
+            err.find(&beside) < err.find("server/no/such/folder"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn bundled_folder_lists_the_four_tiny_checkpoints() {

@@ -567,7 +567,9 @@ fn batch_settings(pipe: &mut Pipeline, args: &BenchArgs) -> (usize, usize) {
 /// Where the bundled tokenizer of `family` lives (for random-weight runs with no model folder): Vicuna's for
 /// CogVLM and CogAgent, Llama-3's for CogVLM2.
 pub fn default_tokenizer_anchor(family: Family) -> PathBuf {
-    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    // Found at run time, as the bundled checkpoints are (beside the binary or in the working tree).
+    let fixtures = crate::engine::registry::locate_bundled("fixtures")
+        .unwrap_or_else(|_| PathBuf::from("server/fixtures"));
     match family {
         Family::CogVlm2 => fixtures
             .join("cogvlm2")
