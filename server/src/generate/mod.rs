@@ -21,8 +21,21 @@ pub use sampling::Sampling;
 pub use sequence::Sequence;
 pub use tokenizer::{check_vocabulary, find_tokenizer, load_tokenizer};
 
+use crate::model::prompt::Template;
 use crate::model::Family;
-use protocol::ModelKind;
+use protocol::{ModelKind, PromptVersion};
+
+/// The page's and API's prompt version as the model's template.
+impl From<PromptVersion> for Template {
+    fn from(v: PromptVersion) -> Self {
+        match v {
+            PromptVersion::Base => Template::Base,
+            PromptVersion::Chat => Template::Chat,
+            PromptVersion::ChatOld => Template::ChatOld,
+            PromptVersion::Vqa => Template::Vqa,
+        }
+    }
+}
 
 /// The wire name of a model family (the page and the API see `ModelKind`; the model knows `Family`).
 impl From<Family> for ModelKind {

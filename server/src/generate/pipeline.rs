@@ -186,7 +186,7 @@ impl Pipeline {
             .into());
         }
         let version = req.version.unwrap_or(self.info.default_version);
-        let text = prompt_text(family, version, history, &req.query);
+        let text = prompt_text(family, version.into(), history, &req.query);
         let text_ids = self.encode_text(&text)?;
         let cfg = &self.model.cfg;
         Ok(PromptInput::new(

@@ -3,34 +3,43 @@
 
 use std::ops::Range;
 
-pub use protocol::PromptVersion;
-
 use super::family::Family;
+
+/// The prompt template (THUDM's `template_version`): the query alone (`Base`), `Question: … Answer:` (`Chat`;
+/// CogAgent's `[INST]` form), CogAgent's older `<EOI>` form (`ChatOld`), `Short answer:` (`Vqa`). The wire's
+/// `PromptVersion` converts into it (`generate`), so the model does not depend on the wire types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Template {
+    Base,
+    Chat,
+    ChatOld,
+    Vqa,
+}
 
 /// The text given to the tokenizer (after BOS and the image block).
 pub fn prompt_text(
     family: Family,
-    version: PromptVersion,
+    version: Template,
     history: &[(String, String)],
     query: &str,
 ) -> String {
     let mut s = String::new();
     match (family, version) {
-        (_, PromptVersion::Base) => s.push_str(query),
+        (_, Template::Base) => s.push_str(query),
         // CogVLM2 keeps CogVLM's templates (its `chat` is the `Question: … Answer:` one).
-        (Family::CogVlm | Family::CogVlm2, PromptVersion::Chat | PromptVersion::ChatOld) => {
+        (Family::CogVlm | Family::CogVlm2, Template::Chat | Template::ChatOld) => {
             for (q, r) in history {
                 s.push_str(&format!("Question: {q} Answer: {r}\n"));
             }
             s.push_str(&format!("Question: {query} Answer:"));
         }
-        (Family::CogVlm | Family::CogVlm2, PromptVersion::Vqa) => {
+        (Family::CogVlm | Family::CogVlm2, Template::Vqa) => {
             for (q, r) in history {
                 s.push_str(&format!("Question: {q} Short answer: {r}\n"));
             }
             s.push_str(&format!("Question: {query} Short answer:"));
         }
-        (Family::CogAgent, PromptVersion::Chat) => {
+        (Family::CogAgent, Template::Chat) => {
             s.push_str(" [INST] ");
             for (q, r) in history {
                 s.push_str(&format!("{q} [/INST] {r} [INST] "));
@@ -38,14 +47,14 @@ pub fn prompt_text(
             s.push_str(&format!("{query} [/INST] "));
         }
         // The HF CogAgent code keeps the literal `<EOI>` in the text (SAT used it as the image marker).
-        (Family::CogAgent, PromptVersion::ChatOld) => {
+        (Family::CogAgent, Template::ChatOld) => {
             s.push_str("<EOI>Question: ");
             for (q, r) in history {
                 s.push_str(&format!("{q} Answer: {r}\nQuestion: "));
             }
             s.push_str(&format!("{query} Answer:"));
         }
-        (Family::CogAgent, PromptVersion::Vqa) => {
+        (Family::CogAgent, Template::Vqa) => {
             s.push_str(&format!("<EOI>Question: {query} Short answer:"));
         }
     }
@@ -157,21 +166,16 @@ mod tests {
     fn templates_match_the_reference_strings() {
         let h = vec![("What is it?".to_string(), "A cat.".to_string())];
         assert_eq!(
-            prompt_text(Family::CogVlm, PromptVersion::Chat, &h, "What color?"),
+            prompt_text(Family::CogVlm, Template::Chat, &h, "What color?"),
             "Question: What is it? Answer: A cat.\nQuestion: What color? Answer:"
         );
         assert_eq!(
-            prompt_text(Family::CogAgent, PromptVersion::Chat, &[], "Hi"),
+            prompt_text(Family::CogAgent, Template::Chat, &[], "Hi"),
             " [INST] Hi [/INST] "
         );
         assert_eq!(
-            prompt_text(Family::CogAgent, PromptVersion::Vqa, &h, "Q"),
+            prompt_text(Family::CogAgent, Template::Vqa, &h, "Q"),
             "<EOI>Question: Q Short answer:"
         );
-        assert_eq!(
-            "chat_old".parse::<PromptVersion>().unwrap(),
-            PromptVersion::ChatOld
-        );
-        assert!("bogus".parse::<PromptVersion>().is_err());
     }
 }

@@ -11,9 +11,10 @@ use serde_json::Value;
 
 use crate::generate::{ChatRequest, LoadOptions, Pipeline, Prepared, Sampling};
 use crate::model::preprocess;
-use crate::model::prompt::{prompt_text, vision_expert_mask, PromptInput, PromptVersion};
+use crate::model::prompt::{prompt_text, vision_expert_mask, PromptInput};
 use crate::model::quant::Quant;
 use crate::model::Cache;
+use protocol::PromptVersion;
 
 #[derive(Debug, Clone)]
 pub struct Check {
@@ -462,7 +463,12 @@ fn check_prompt_text(
     c: &Case,
     rec: &mut Recorder,
 ) -> anyhow::Result<()> {
-    let text = prompt_text(pipe.model().family(), c.version, &c.history, &c.query);
+    let text = prompt_text(
+        pipe.model().family(),
+        c.version.into(),
+        &c.history,
+        &c.query,
+    );
     let want_text = str_field(case, "prompt_text")?;
     rec.check("prompt_text", text == want_text, format!("{text:?}"));
     // The text's ids as listed, else as they sit in the reference's input_ids (the CogVLM2 set).

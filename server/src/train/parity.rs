@@ -18,10 +18,11 @@ use crate::generate::{default_version, load_tokenizer};
 use crate::model::config::Config;
 use crate::model::lora::Adapter;
 use crate::model::preprocess;
-use crate::model::prompt::{prompt_text, vision_expert_mask, PromptInput, PromptVersion};
+use crate::model::prompt::{prompt_text, vision_expert_mask, PromptInput};
 use crate::tools::parity::{
     get, history_field, ids_field, load_st, open_image, rel_l2, str_field, Check, Recorder,
 };
+use protocol::PromptVersion;
 
 /// The tolerances of the fixtures' README (f32 on the CPU).
 pub mod tolerance {
@@ -173,7 +174,7 @@ impl TrainingRunner {
         };
         let text = prompt_text(
             family,
-            version,
+            version.into(),
             &history_field(&ex),
             str_field(&ex, "query")?,
         );

@@ -33,8 +33,9 @@ use crate::generate::{default_version, find_tokenizer, load_tokenizer, parse_dev
 use crate::model::config::Config;
 use crate::model::lora::{target_linears, Adapter, LoraConfig, LoraPair};
 use crate::model::preprocess;
-use crate::model::prompt::{prompt_text, PromptInput, PromptVersion};
+use crate::model::prompt::{prompt_text, PromptInput};
 use crate::model::Family;
+use protocol::PromptVersion;
 
 /// The PEFT demo's target modules.
 pub const DEFAULT_TARGETS: [&str; 6] = [
@@ -114,7 +115,7 @@ impl Inputs {
     /// The prompt of round `round` of `ex` (its earlier rounds as history).
     pub fn prompt(&self, ex: &Example, round: usize) -> anyhow::Result<(PromptInput, String)> {
         let (history, query, answer) = ex.round(round);
-        let text = prompt_text(self.family, self.version, &history, query);
+        let text = prompt_text(self.family, self.version.into(), &history, query);
         let ids = self.encode(&text)?;
         let p = PromptInput::new(
             self.cfg.bos_token_id,
