@@ -227,7 +227,7 @@ impl EngineHandle {
                 events,
             }),
             Err(error) => {
-                super::batch::log_failure(client, &error);
+                super::run_loop::log_failure(client, &error);
                 let _ = events.try_send(error.into());
             }
         }

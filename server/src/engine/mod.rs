@@ -8,6 +8,7 @@ pub mod handle;
 pub mod limits;
 mod queue;
 pub mod registry;
+mod run_loop;
 pub mod worker;
 
 pub use admission::Fairness;

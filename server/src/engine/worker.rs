@@ -1,5 +1,5 @@
 //! The worker thread: it owns the loaded [`Pipeline`] and generates up to `max_batch` answers
-//! together (continuous batching, [`super::batch`]).
+//! together (continuous batching: the loop in [`super::run_loop`], its state in [`super::batch`]).
 //!
 //! Typed commands come in through one channel ([`Command`](super::command::Command)); each request
 //! carries its own response channel of protocol [`Event`]s. The worker reports the queue position of
