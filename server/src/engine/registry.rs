@@ -31,7 +31,9 @@ pub fn bundled_candidates(rel: &str) -> Vec<PathBuf> {
 pub fn locate_bundled(rel: &str) -> Result<PathBuf> {
     let tried = bundled_candidates(rel);
     if let Some(found) = tried.iter().find(|p| p.is_dir()) {
-        return Ok(found.clone());
+        // Absolute, so that links made to it elsewhere resolve and messages to other machines can be
+        // redacted (the redaction looks for absolute paths).
+        return Ok(found.canonicalize().unwrap_or_else(|_| found.clone()));
     }
     let places: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
     bail!(
