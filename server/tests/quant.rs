@@ -146,12 +146,7 @@ fn parity(quant: Quant, vision: bool) {
         let mut runner = Runner::new(&fixtures(), "cpu", Some("f32"))
             .expect("fixture runner")
             .with_quant(quant, vision);
-        let case = runner
-            .cases()
-            .expect("cases.json")
-            .into_iter()
-            .find(|c| c.get("id").and_then(|v| v.as_str()) == Some(id))
-            .unwrap_or_else(|| panic!("case {id} not in cases.json"));
+        let case = runner.case(id).unwrap_or_else(|e| panic!("{e:#}"));
         let checks = runner.run_case(&case, &mut |c| println!("{c}"));
         assert!(checks.len() >= 10, "{id}: only {} checks ran", checks.len());
         logits.extend(checks.iter().filter(|c| c.name == "logits_last").cloned());

@@ -225,6 +225,14 @@ impl Runner {
         self.dtype
     }
 
+    /// The case of `cases.json` whose id is `id`.
+    pub fn case(&self, id: &str) -> anyhow::Result<Value> {
+        self.cases()?
+            .into_iter()
+            .find(|c| c.get("id").and_then(Value::as_str) == Some(id))
+            .with_context(|| format!("case {id} not in {}", self.dir.join("cases.json").display()))
+    }
+
     pub fn cases(&self) -> anyhow::Result<Vec<Value>> {
         let path = self.dir.join("cases.json");
         let text = std::fs::read_to_string(&path)

@@ -10,12 +10,7 @@ use cogvlm::tools::parity::{Check, Runner};
 pub fn run(fixtures: &Path, id: &str, dtype: &str) {
     // Models load in a few ms; one runner per test keeps the tests independent and parallel.
     let mut runner = Runner::new(fixtures, "cpu", Some(dtype)).expect("fixture runner");
-    let case = runner
-        .cases()
-        .expect("cases.json")
-        .into_iter()
-        .find(|c| c.get("id").and_then(|v| v.as_str()) == Some(id))
-        .unwrap_or_else(|| panic!("case {id} not in cases.json"));
+    let case = runner.case(id).unwrap_or_else(|e| panic!("{e:#}"));
     let checks = runner.run_case(&case, &mut |_| {});
     assert_report(id, &checks);
 }
