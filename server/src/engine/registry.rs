@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 /// Where a bundled folder (`rel`, relative to the `server/` crate of a checkout) may be, in the order tried:
 /// beside the binary (a copied install: `<exe dir>/<rel>`; a checkout's `target/<profile>/cogvlm`:
 /// `<exe dir>/../../server/<rel>`), then the working tree (`server/<rel>` from the repository root, `<rel>` from
-/// `server/`, where `cargo test` runs).
+/// `server/`, where `cargo test` runs), then the source tree the binary was built from.
 pub fn bundled_candidates(rel: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Some(exe_dir) = std::env::current_exe()
@@ -24,6 +24,8 @@ pub fn bundled_candidates(rel: &str) -> Vec<PathBuf> {
     }
     out.push(Path::new("server").join(rel));
     out.push(PathBuf::from(rel));
+    // The source tree this binary was built from, for a copy run from elsewhere (a benchmark's /tmp copy).
+    out.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel));
     out
 }
 

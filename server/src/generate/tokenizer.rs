@@ -20,6 +20,9 @@ pub fn find_tokenizer(dir: &Path, explicit: Option<&Path>) -> anyhow::Result<Pat
         }
         bail!("tokenizer {} not found", p.display());
     }
+    if !dir.is_dir() {
+        bail!("no model folder {} (its tokenizer.json is looked for there)", dir.display());
+    }
     let mut candidates = vec![dir.join("tokenizer.json")];
     if let Some(parent) = dir.parent() {
         candidates.push(parent.join("tokenizer.json"));
