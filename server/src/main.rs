@@ -6,7 +6,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use cogvlm::generate::{ChatRequest, LoadOptions, Pipeline, Sampling};
-use cogvlm::model::quant::Quant;
 use cogvlm::terminal::{converse, Io, Reply, SamplingArgs};
 use protocol::PromptVersion;
 
@@ -16,47 +15,6 @@ struct Cli {
     /// Default: `serve`.
     #[command(subcommand)]
     command: Option<Command>,
-}
-
-#[derive(clap::Args, Clone)]
-struct DeviceArgs {
-    /// cpu, cuda or cuda:N
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// f32, bf16 or f16 (default: bf16 on CUDA, f32 on CPU)
-    #[arg(long)]
-    dtype: Option<String>,
-    /// 8 or 4: int8 (Q8_0) / int4 (Q4K; Q4_0 on x86 CPUs) weights for the language model; the vision towers
-    /// stay float
-    #[arg(long, default_value = "none")]
-    quant: Quant,
-    /// With --quant: the EVA2-CLIP vision tower's linear layers in the same format (CogVLM int4 in ~10 GB)
-    #[arg(long, requires = "quant")]
-    quant_vision: bool,
-    #[command(flatten)]
-    place: PlaceArgs,
-    /// A LoRA adapter folder (PEFT format): merged into float weights at load, a separate low-rank product on
-    /// quantized ones
-    #[arg(long)]
-    lora: Option<PathBuf>,
-}
-
-/// Where the modules go when the model does not fit one device.
-#[derive(clap::Args, Clone)]
-struct PlaceArgs {
-    /// Split the decoder layers across these devices, e.g. cuda:0,cuda:1 (the vision towers on the first)
-    #[arg(long)]
-    devices: Option<String>,
-    /// N decoder layers (and the towers) on the GPU, the rest on the CPU (or the second of --devices);
-    /// `auto`: as many as fit (the default when the model does not fit the GPU)
-    #[arg(long)]
-    gpu_layers: Option<cogvlm::model::placement::GpuLayers>,
-}
-
-impl PlaceArgs {
-    fn request(&self) -> cogvlm::model::placement::PlacementRequest {
-        cogvlm::model::placement::PlacementRequest::parse(self.devices.as_deref(), self.gpu_layers)
-    }
 }
 
 #[derive(clap::Args, Clone)]
@@ -136,7 +94,7 @@ struct ServeCmd {
     #[arg(long)]
     prefill_chunk: Option<usize>,
     #[command(flatten)]
-    dev: DeviceArgs,
+    load: LoadOptions,
     #[command(flatten)]
     backend: cogvlm::remote::BackendArgs,
     /// With --backend openai: the model name on the remote server.
@@ -161,7 +119,7 @@ struct ChatCmd {
     #[command(flatten)]
     sampling: SamplingArgs,
     #[command(flatten)]
-    dev: DeviceArgs,
+    load: LoadOptions,
     #[command(flatten)]
     backend: cogvlm::remote::BackendArgs,
 }
@@ -173,19 +131,10 @@ struct ParityCmd {
     /// Only cases whose id contains this.
     #[arg(long)]
     case: Option<String>,
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Compare in this dtype (default f32).
-    #[arg(long)]
-    dtype: Option<String>,
-    /// 8 or 4: quantized language model, compared within the quantization's tolerance
-    #[arg(long, default_value = "none")]
-    quant: Quant,
-    /// With --quant: the vision tower quantized too, compared within its own tolerance
-    #[arg(long, requires = "quant")]
-    quant_vision: bool,
+    /// The models loaded as for serving; compared in f32 unless --dtype says otherwise, a quantized model
+    /// within its format's tolerance.
     #[command(flatten)]
-    place: PlaceArgs,
+    load: LoadOptions,
 }
 
 #[derive(clap::Args)]
@@ -219,9 +168,6 @@ struct BenchCmd {
     /// With --concurrency: sequences decoded together at most [default: as `serve`]
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
     max_batch: Option<u64>,
-    /// With --quant 4: q4k, q4_0 or q4_1 instead of the device's choice (to compare formats)
-    #[arg(long, requires = "quant", value_parser = cogvlm::model::qformat::parse_int4_format)]
-    int4_format: Option<candle_core::quantized::GgmlDType>,
     /// A text prompt of exactly N positions and no image (prefill comparable with text-only engines)
     #[arg(long, value_name = "N")]
     text_only: Option<usize>,
@@ -233,7 +179,7 @@ struct BenchCmd {
     #[arg(long)]
     no_warmup: bool,
     #[command(flatten)]
-    dev: DeviceArgs,
+    load: LoadOptions,
 }
 
 #[derive(clap::Args)]
@@ -342,23 +288,18 @@ impl Command {
 
 impl BenchCmd {
     fn run(self) -> anyhow::Result<()> {
-        let dev = self.dev;
         let args = cogvlm::tools::bench::BenchArgs {
             model: self.model,
             config: self.config,
-            device: dev.device,
-            dtype: dev.dtype,
-            quant: dev.quant,
-            quant_vision: dev.quant_vision,
+            load: LoadOptions {
+                tokenizer: self.tokenizer,
+                ..self.load
+            },
             new_tokens: self.new_tokens,
             repeat: self.repeat,
-            tokenizer: self.tokenizer,
-            placement: dev.place.request(),
             load_only: self.load_only,
             concurrency: self.concurrency,
             max_batch: self.max_batch.map(|n| n as usize),
-            lora: dev.lora,
-            int4_format: self.int4_format,
             text_only: self.text_only,
             prefill_chunk: self.prefill_chunk,
             depth: (self.layers, self.vision_layers),
@@ -391,16 +332,9 @@ impl ChatCmd {
             let model = self.model.display().to_string();
             return cogvlm::remote::cli::chat_with(&self.backend, model, self.image, sampling);
         }
-        let dev = self.dev;
         let opts = LoadOptions {
-            device: dev.device,
-            dtype: dev.dtype,
             tokenizer: self.tokenizer,
-            quant: dev.quant,
-            quant_vision: dev.quant_vision,
-            placement: dev.place.request(),
-            lora: dev.lora,
-            int4_format: None,
+            ..self.load
         };
         chat(self.model, self.image, self.version, sampling, opts)
     }
@@ -409,12 +343,9 @@ impl ChatCmd {
 impl ParityCmd {
     /// One line per check, then `N passed, M failed`; exits 1 when a check failed.
     fn run(self) -> anyhow::Result<()> {
-        let (passed, failed) = cogvlm::tools::parity::run_all_placed(
+        let (passed, failed) = cogvlm::tools::parity::run_all(
             &self.fixtures,
-            &self.device,
-            self.dtype.as_deref(),
-            (self.quant, self.quant_vision),
-            self.place.request(),
+            &self.load,
             self.case.as_deref(),
             &mut |c| println!("{c}"),
         )?;
@@ -433,11 +364,7 @@ fn serve(s: ServeCmd) -> anyhow::Result<()> {
         host: s.host,
         port: s.port,
         models_dir: s.models_dir,
-        device: s.dev.device,
-        dtype: s.dev.dtype,
-        quant: s.dev.quant,
-        quant_vision: s.dev.quant_vision,
-        placement: s.dev.place.request(),
+        load: s.load,
         share: s.share,
         token: cogvlm::web::access::token_from(
             s.token,
@@ -472,7 +399,6 @@ fn serve(s: ServeCmd) -> anyhow::Result<()> {
         max_batch: s.max_batch.map(|n| n as usize),
         prefill_chunk: s.prefill_chunk,
         remote,
-        lora: s.dev.lora,
     })
 }
 

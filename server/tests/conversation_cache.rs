@@ -13,8 +13,7 @@ fn fixtures() -> PathBuf {
 #[test]
 fn caches_are_continued_only_by_their_client() {
     let opts = LoadOptions {
-        device: "cpu".into(),
-        dtype: Some("f32".into()),
+        dtype: Some(candle_core::DType::F32),
         tokenizer: Some(fixtures().join("tokenizer").join("tokenizer.json")),
         ..Default::default()
     };

@@ -165,10 +165,12 @@ fn train_args(model: &Path, data: &Path, out: &Path, full: bool, steps: usize) -
         save_every: 2,
         log_every: 1,
         resume: None,
-        device: "cpu".into(),
-        dtype: Some("f32".into()),
+        load: LoadOptions {
+            dtype: Some(candle_core::DType::F32),
+            tokenizer: Some(tokenizer()),
+            ..Default::default()
+        },
         version: None,
-        tokenizer: Some(tokenizer()),
     }
 }
 
@@ -240,7 +242,6 @@ fn full_steps_lower_the_loss_and_write_a_checkpoint() {
     let last = train.last().unwrap()["loss"].as_f64().unwrap();
     assert!(last < first * 0.8, "loss {first} → {last}");
     let opts = LoadOptions {
-        device: "cpu".into(),
         ..Default::default()
     };
     Pipeline::load(&out, &opts, &mut |_, _| {}).expect("the trained checkpoint loads");
@@ -348,8 +349,7 @@ fn zero_and_freeze_hold_the_named_weights_at_zero() {
 
 fn greedy(model: &Path, lora: Option<&Path>) -> String {
     let opts = LoadOptions {
-        device: "cpu".into(),
-        dtype: Some("f32".into()),
+        dtype: Some(candle_core::DType::F32),
         tokenizer: Some(tokenizer()),
         lora: lora.map(Path::to_path_buf),
         ..Default::default()

@@ -26,7 +26,6 @@ fn scratch(name: &str) -> PathBuf {
 
 fn load_err(dir: &Path, tokenizer: Option<PathBuf>) -> String {
     let opts = LoadOptions {
-        device: "cpu".into(),
         dtype: None,
         tokenizer,
         ..Default::default()
@@ -74,8 +73,7 @@ fn sharded_checkpoint_loads_through_the_index() {
     let index = serde_json::json!({"metadata": {}, "weight_map": map});
     std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
     let opts = LoadOptions {
-        device: "cpu".into(),
-        dtype: Some("bf16".into()),
+        dtype: Some(candle_core::DType::BF16),
         tokenizer: Some(tokenizer()),
         ..Default::default()
     };
@@ -137,7 +135,6 @@ fn no_weights_and_no_config_are_explained() {
 fn cogagent_without_image_is_a_clear_error() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/cogagent_tiny");
     let opts = LoadOptions {
-        device: "cpu".into(),
         dtype: None,
         tokenizer: None,
         ..Default::default()

@@ -35,8 +35,7 @@ fn long_history() -> Vec<(String, String)> {
 fn oldest_turns_are_left_out_and_the_answer_is_the_shorter_conversations() {
     let fixtures = openai_support::fixtures();
     let opts = LoadOptions {
-        device: "cpu".into(),
-        dtype: Some("f32".into()),
+        dtype: Some(candle_core::DType::F32),
         tokenizer: Some(fixtures.join("tokenizer").join("tokenizer.json")),
         ..Default::default()
     };

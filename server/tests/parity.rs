@@ -20,7 +20,7 @@ fn run(id: &str, dtype: &str) {
 
 #[test]
 fn tokenizer_matches_reference_ids() {
-    let mut runner = Runner::new(&fixtures(), "cpu", Some("f32")).expect("fixture runner");
+    let mut runner = Runner::on_cpu(&fixtures(), candle_core::DType::F32).expect("fixture runner");
     let checks = runner
         .tokenizer_checks(&mut |_| {})
         .expect("tokenizer checks");

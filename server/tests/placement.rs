@@ -6,33 +6,46 @@
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
+use cogvlm::generate::DeviceName;
 use cogvlm::generate::{LoadOptions, Pipeline};
-use cogvlm::model::placement::{GpuLayers, PlacementRequest};
+use cogvlm::model::placement::GpuLayers;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
-fn two_cpus() -> PlacementRequest {
-    PlacementRequest::parse(Some("cpu,cpu"), None)
+/// The models loaded on the CPU named twice (`--devices cpu,cpu`) and `--gpu-layers`.
+fn placed(gpu_layers: Option<GpuLayers>) -> LoadOptions {
+    LoadOptions {
+        dtype: Some(candle_core::DType::F32),
+        devices: vec![DeviceName::Cpu, DeviceName::Cpu],
+        gpu_layers,
+        ..Default::default()
+    }
+}
+
+fn two_cpus() -> LoadOptions {
+    placed(None)
+}
+
+/// Float weights on one CPU: what the placed runs are compared with.
+fn f32_on_one_cpu() -> LoadOptions {
+    LoadOptions {
+        dtype: Some(candle_core::DType::F32),
+        ..Default::default()
+    }
 }
 
 /// The vision tower (and cross encoder) and layer 0 on the first slot, layers 1.. and the head on the second.
-fn tower_and_first_layer() -> PlacementRequest {
-    PlacementRequest::parse(Some("cpu,cpu"), Some(GpuLayers::Count(1)))
+fn tower_and_first_layer() -> LoadOptions {
+    placed(Some(GpuLayers::Count(1)))
 }
 
-fn parity_passes(req: PlacementRequest) {
+fn parity_passes(opts: LoadOptions) {
     let mut lines = Vec::new();
-    let (passed, failed) = cogvlm::tools::parity::run_all_placed(
-        &fixtures(),
-        "cpu",
-        Some("f32"),
-        (Default::default(), false),
-        req,
-        None,
-        &mut |c| lines.push(c.to_string()),
-    )
+    let (passed, failed) = cogvlm::tools::parity::run_all(&fixtures(), &opts, None, &mut |c| {
+        lines.push(c.to_string())
+    })
     .expect("fixture parity");
     let bad: Vec<&String> = lines.iter().filter(|l| l.contains("FAIL")).collect();
     assert_eq!(failed, 0, "{failed} failed:\n{bad:#?}");
@@ -49,13 +62,10 @@ fn parity_with_the_tower_and_first_layer_apart() {
     parity_passes(tower_and_first_layer());
 }
 
-fn load(model: &str, placement: PlacementRequest) -> Pipeline {
+fn load(model: &str, placement: LoadOptions) -> Pipeline {
     let opts = LoadOptions {
-        device: "cpu".into(),
-        dtype: Some("f32".into()),
         tokenizer: Some(fixtures().join("tokenizer").join("tokenizer.json")),
-        placement,
-        ..Default::default()
+        ..placement
     };
     Pipeline::load(
         &fixtures().join("models").join(model),
@@ -98,7 +108,7 @@ fn logits(pipe: &mut Pipeline) -> Vec<Tensor> {
 #[test]
 fn split_runs_transfer_and_equal_the_unsplit_run() {
     for model in ["cogvlm_tiny_224", "cogvlm_tiny_490", "cogagent_tiny"] {
-        let want = logits(&mut load(model, PlacementRequest::default()));
+        let want = logits(&mut load(model, f32_on_one_cpu()));
         for req in [two_cpus(), tower_and_first_layer()] {
             let mut pipe = load(model, req.clone());
             let plan = pipe.plan().expect("plan").clone();
@@ -125,7 +135,7 @@ fn split_runs_transfer_and_equal_the_unsplit_run() {
         }
         // The unsplit run moves nothing.
         assert_eq!(
-            load(model, PlacementRequest::default())
+            load(model, f32_on_one_cpu())
                 .model()
                 .placement()
                 .transfers(),
@@ -174,8 +184,7 @@ fn made_checkpoints_load_through_the_normal_loader() {
         // Loads through the sharded path with its completeness check, in bf16 and int8, and answers.
         for quant in ["none", "8"] {
             let opts = LoadOptions {
-                device: "cpu".into(),
-                dtype: Some("bf16".into()),
+                dtype: Some(candle_core::DType::BF16),
                 quant: quant.parse().unwrap(),
                 ..Default::default()
             };

@@ -28,14 +28,11 @@ fn fixtures() -> PathBuf {
 
 fn load(model: &str, quant: Quant, quant_vision: bool) -> Pipeline {
     let opts = LoadOptions {
-        device: "cpu".into(),
-        dtype: Some("f32".into()),
+        dtype: Some(candle_core::DType::F32),
         tokenizer: Some(fixtures().join("tokenizer").join("tokenizer.json")),
         quant,
         quant_vision,
-        placement: Default::default(),
-        lora: None,
-        int4_format: None,
+        ..Default::default()
     };
     Pipeline::load(
         &fixtures().join("models").join(model),
@@ -143,7 +140,7 @@ fn parity(quant: Quant, vision: bool) {
         "vlm224_chat_coffee",
         "agent_chat_agent_gui",
     ] {
-        let mut runner = Runner::new(&fixtures(), "cpu", Some("f32"))
+        let mut runner = Runner::on_cpu(&fixtures(), candle_core::DType::F32)
             .expect("fixture runner")
             .with_quant(quant, vision);
         let case = runner.case(id).unwrap_or_else(|e| panic!("{e:#}"));

@@ -9,7 +9,7 @@ use super::limits::{check_request, Limits};
 use super::queue::Queue;
 use super::registry::{Entry, Registry};
 use super::worker::{Shared, Worker};
-use crate::generate::LoadOptions;
+use crate::generate::{DeviceName, LoadOptions};
 use anyhow::{anyhow, Result};
 use protocol::{Error, Event, GenerateRequest, ModelsState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -97,8 +97,8 @@ pub const DEFAULT_PREFILL_CHUNK: usize = 256;
 /// Generations decoded together by default: 8 on the CPU (decode there is bound by per-operation
 /// overhead and memory reads, which a batch shares); 16 on a GPU (each sequence keeps its own
 /// decoding cache, ~1 GB at full size for a 2048-position chat in bf16).
-pub fn default_max_batch(device: &str) -> usize {
-    if device.starts_with("cuda") {
+pub fn default_max_batch(device: DeviceName) -> usize {
+    if device.is_cuda() {
         16
     } else {
         8
@@ -132,7 +132,7 @@ impl EngineHandle {
         let opts = options.load;
         let max_batch = options
             .max_batch
-            .unwrap_or_else(|| default_max_batch(&opts.device))
+            .unwrap_or_else(|| default_max_batch(opts.device))
             .clamp(1, crate::model::language::Rows::MAX);
         let (max_switches, switch_cooldown, per_address) = (
             options.fairness.max_queued_switches,
@@ -149,7 +149,7 @@ impl EngineHandle {
             shared: shared.clone(),
             registry: registry.clone(),
             next_id: Arc::new(AtomicU64::new(1)),
-            device: opts.device.clone(),
+            device: opts.device.to_string(),
             limits: limits.clone(),
             admission: Admission::new(options.fairness),
             max_batch,

@@ -15,7 +15,7 @@ pub mod tokenizer;
 
 pub use cache::KEPT_CONVERSATIONS;
 pub use checkpoint::{checkpoint_info, default_version, probe_checkpoint};
-pub use load::{make_plan, parse_device, parse_dtype, LoadOptions};
+pub use load::{make_plan, parse_device, parse_dtype_name, DeviceName, LoadOptions};
 pub use pipeline::{Answer, ChatRequest, Pipeline, Prepared};
 pub use sampling::Sampling;
 pub use sequence::Sequence;

@@ -16,7 +16,7 @@ use super::cache::{
 };
 use super::checkpoint::describe;
 use super::history_fit;
-use super::load::{make_plan, parse_device, parse_dtype, LoadOptions};
+use super::load::{make_plan, parse_device, LoadOptions};
 use super::sampling::{Sampler, Sampling};
 use super::sequence::{Pending, Sequence};
 use super::text_stream::TextStream;
@@ -79,8 +79,7 @@ impl Pipeline {
         let tokenizer = load_tokenizer(&find_tokenizer(dir, opts.tokenizer.as_deref())?)?;
         check_vocabulary(&tokenizer, &cfg)?;
         let stop_ids = config::stop_ids(dir, &cfg)?;
-        let first = opts.placement.devices.first().unwrap_or(&opts.device);
-        let dtype = parse_dtype(opts.dtype.as_deref(), &parse_device(first)?)?;
+        let dtype = opts.float_type();
         let ck = Checkpoint::open(dir, &cfg)?;
         // Decided, printed and (when nothing fits) refused before any weight is read.
         let plan = make_plan(&cfg, dtype, opts)?;

@@ -21,7 +21,10 @@ pub fn find_tokenizer(dir: &Path, explicit: Option<&Path>) -> anyhow::Result<Pat
         bail!("tokenizer {} not found", p.display());
     }
     if !dir.is_dir() {
-        bail!("no model folder {} (its tokenizer.json is looked for there)", dir.display());
+        bail!(
+            "no model folder {} (its tokenizer.json is looked for there)",
+            dir.display()
+        );
     }
     let mut candidates = vec![dir.join("tokenizer.json")];
     if let Some(parent) = dir.parent() {

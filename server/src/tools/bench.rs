@@ -8,21 +8,19 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 use crate::generate::{
-    checkpoint_info, find_tokenizer, load_tokenizer, make_plan, parse_device, parse_dtype, Answer,
-    ChatRequest, LoadOptions, Pipeline, Sampling,
+    checkpoint_info, find_tokenizer, load_tokenizer, make_plan, parse_device, Answer, ChatRequest,
+    LoadOptions, Pipeline, Sampling,
 };
 use crate::model::config::Config;
 use crate::model::memory::{
     peak_rss_bytes, rss_anon_bytes, used_bytes as device_used_bytes, PeakSampler,
 };
 use crate::model::placement::Placement;
-use crate::model::placement::PlacementRequest;
-use crate::model::quant::{decode_read_bytes, Quant, Quantizer};
+use crate::model::quant::{decode_read_bytes, Quantizer};
 use crate::model::weights::RandomBackend;
 use crate::model::{CogVlm, Family};
 use crate::tools::bench_floors::{measure_floors, median, prefill_flops};
@@ -95,27 +93,17 @@ fn cogvlm2_config_json() -> serde_json::Value {
 pub struct BenchArgs {
     pub model: Option<PathBuf>,
     pub config: Option<String>,
-    pub device: String,
-    pub dtype: Option<String>,
-    pub quant: Quant,
-    /// `--quant-vision`: the vision tower quantized too.
-    pub quant_vision: bool,
+    /// Device, dtype, quantization (and `--int4-format`), placement, adapter, tokenizer.
+    pub load: LoadOptions,
     pub new_tokens: usize,
     /// Timed runs (each on a new image); medians are reported.
     pub repeat: usize,
-    pub tokenizer: Option<PathBuf>,
-    /// `--devices` / `--gpu-layers`.
-    pub placement: PlacementRequest,
     /// Stop after loading (plan, load time, loading's peak memory).
     pub load_only: bool,
     /// `--concurrency 1,4,8,16`: also run that many requests at once, decoded together.
     pub concurrency: Vec<usize>,
     /// Sequences decoded together at most (default: the server's for the device).
     pub max_batch: Option<usize>,
-    /// `--lora DIR`: a PEFT adapter applied at load.
-    pub lora: Option<PathBuf>,
-    /// `--int4-format`: with `--quant 4`, this format instead of the device's choice.
-    pub int4_format: Option<GgmlDType>,
     /// `--text-only N`: a text prompt of N positions and no image (to compare prefill with text-only engines).
     pub text_only: Option<usize>,
     /// `--prefill-chunk`: prompt positions prefilled per turn in `--concurrency` rounds (`None`: the server's
@@ -163,14 +151,14 @@ fn load(args: &BenchArgs, opts: &LoadOptions, dtype: DType) -> anyhow::Result<(P
                     .device(plan.layers.first().copied().unwrap_or(0))
                     .clone(),
             );
-            let quantizer = Quantizer::for_random_weights(args.quant)
-                .with_vision(args.quant_vision)
-                .with_int4_format(args.int4_format);
+            let quantizer = Quantizer::for_random_weights(opts.quant)
+                .with_vision(opts.quant_vision)
+                .with_int4_format(opts.int4_format);
             let model = CogVlm::with_placement(&cfg, vb, quantizer, place)
                 .context("cannot build the random-weight model")?;
             let tok_path = find_tokenizer(
                 &default_tokenizer_anchor(cfg.family()),
-                args.tokenizer.as_deref(),
+                opts.tokenizer.as_deref(),
             )?;
             let summary = checkpoint_info(name.clone(), &cfg);
             (
@@ -305,7 +293,7 @@ fn load_measured(
         "device": format!("{device:?}"),
         "dtype": format!("{dtype:?}").to_lowercase(),
         "quant": pipe.model().quant_report().mode.to_string(),
-        "quant_vision": args.quant_vision,
+        "quant_vision": args.load.quant_vision,
         "weight_gib": gib(weight_bytes),
         "weight_bytes": weight_bytes,
         "expected_resident_gib": gib(pipe.model().expected_resident_bytes()),
@@ -414,19 +402,9 @@ fn concurrency_levels(
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
-    let first = args.placement.devices.first().unwrap_or(&args.device);
-    let device = parse_device(first)?;
-    let dtype = parse_dtype(args.dtype.as_deref(), &device)?;
-    let opts = LoadOptions {
-        device: args.device.clone(),
-        dtype: args.dtype.clone(),
-        tokenizer: args.tokenizer.clone(),
-        quant: args.quant,
-        quant_vision: args.quant_vision,
-        placement: args.placement.clone(),
-        lora: args.lora.clone(),
-        int4_format: args.int4_format,
-    };
+    let opts = &args.load;
+    let device = opts.first_device().open()?;
+    let dtype = opts.float_type();
     let floors = if args.load_only {
         None
     } else {
@@ -440,7 +418,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         used_before,
         used_after_load,
         report: loading,
-    } = load_measured(args, &opts, &device, dtype)?;
+    } = load_measured(args, opts, &device, dtype)?;
     let Some(floors) = floors else {
         return Ok(loading);
     };
@@ -465,7 +443,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let cfg = &pipe.model().cfg;
     let quant = pipe.model().quant_report();
     let weight_bytes = pipe.model().weight_bytes();
-    let read_bytes = decode_read_bytes(cfg, dtype, args.quant);
+    let read_bytes = decode_read_bytes(cfg, dtype, args.load.quant);
     let decode_floor = floors.copy_bytes_per_s / read_bytes as f64;
     let flops = prefill_flops(cfg, stats.prompt_tokens);
     let prefill_floor_ms = flops / floors.matmul_flop_per_s * 1e3;
@@ -486,7 +464,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         "device": format!("{device:?}"),
         "dtype": format!("{dtype:?}").to_lowercase(),
         "quant": quant.mode.to_string(),
-        "quant_vision": args.quant_vision,
+        "quant_vision": args.load.quant_vision,
         "encoder_dtypes": encoder_dtypes,
         "encoder_reruns": pipe.model().encoder_reruns(),
         "quantized_matrices": quant.quantized.len(),
@@ -549,7 +527,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
 /// (nothing runs beside them).
 fn batch_settings(pipe: &mut Pipeline, args: &BenchArgs) -> (usize, usize) {
     let max_batch = args.max_batch.unwrap_or_else(|| {
-        let ceiling = crate::engine::default_max_batch(&args.device);
+        let ceiling = crate::engine::default_max_batch(args.load.device);
         let kept = crate::generate::KEPT_CONVERSATIONS;
         let fit = crate::engine::batch_size::from_memory(pipe, ceiling, kept);
         if let Some(f) = &fit {
@@ -582,7 +560,7 @@ pub fn default_tokenizer_anchor(family: Family) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::quant::estimated_weight_bytes;
+    use crate::model::quant::{estimated_weight_bytes, Quant};
 
     /// The floors' inputs at full size against `../shared/gpu/README.md`: CogVLM decode reads ~13.2 GB of
     /// weights per token in bf16, and a 490 px + 24-token prefill is ≈ 28.8 TFLOP.

@@ -172,19 +172,22 @@ pub(crate) fn open_image(path: &Path) -> anyhow::Result<image::DynamicImage> {
 /// The fixture runner. Loads each model once.
 pub struct Runner {
     dir: PathBuf,
-    device_name: String,
+    /// How the models load; its dtype is always set (the run's, f32 unless asked otherwise).
+    opts: LoadOptions,
     dtype: DType,
-    quant: Quant,
-    quant_vision: bool,
-    placement: crate::model::placement::PlacementRequest,
     pipelines: HashMap<String, Pipeline>,
 }
 
 impl Runner {
-    pub fn new(dir: &Path, device: &str, dtype: Option<&str>) -> anyhow::Result<Self> {
-        let dev = crate::generate::parse_device(device)?;
-        // The reference values are f32: compare in f32 unless asked otherwise.
-        let dtype = crate::generate::parse_dtype(Some(dtype.unwrap_or("f32")), &dev)?;
+    /// The runner of fixture directory `dir`, loading its models as `opts` says (device, placement,
+    /// quantization). The reference values are f32: without a dtype the comparison is in f32.
+    pub fn new(dir: &Path, mut opts: LoadOptions) -> anyhow::Result<Self> {
+        opts.device.open()?;
+        if opts.lora.is_some() {
+            bail!("parity compares the fixtures' own weights: an adapter (--lora) does not apply");
+        }
+        let dtype = *opts.dtype.get_or_insert(DType::F32);
+        opts.quant_vision &= opts.quant != Quant::Float;
         if !dir.join("cases.json").is_file() {
             bail!(
                 "{} has no cases.json (expected a fixture directory)",
@@ -193,19 +196,21 @@ impl Runner {
         }
         Ok(Self {
             dir: dir.to_path_buf(),
-            device_name: device.to_string(),
+            opts,
             dtype,
-            quant: Quant::Float,
-            quant_vision: false,
-            placement: Default::default(),
             pipelines: HashMap::new(),
         })
     }
 
-    /// Loads the models placed as `req` asks (`--devices`, `--gpu-layers`).
-    pub fn with_placement(mut self, req: crate::model::placement::PlacementRequest) -> Self {
-        self.placement = req;
-        self
+    /// The runner on the CPU in `dtype`, float weights, one device.
+    pub fn on_cpu(dir: &Path, dtype: DType) -> anyhow::Result<Self> {
+        Self::new(
+            dir,
+            LoadOptions {
+                dtype: Some(dtype),
+                ..Default::default()
+            },
+        )
     }
 
     /// The loaded pipelines, by model folder (placement checks read their transfer counts).
@@ -216,8 +221,8 @@ impl Runner {
     /// Loads the models with a quantized language model (and vision tower, when `vision`); its checks use
     /// [`Quant::logit_tolerance`] (and [`Quant::vision_tolerance`]).
     pub fn with_quant(mut self, quant: Quant, vision: bool) -> Self {
-        self.quant = quant;
-        self.quant_vision = vision && quant != Quant::Float;
+        self.opts.quant = quant;
+        self.opts.quant_vision = vision && quant != Quant::Float;
         self
     }
 
@@ -257,14 +262,9 @@ impl Runner {
             let dir = self.dir.join(model_dir);
             let tok = self.dir.join("tokenizer").join("tokenizer.json");
             let opts = LoadOptions {
-                device: self.device_name.clone(),
-                dtype: Some(dtype_name(dtype).to_string()),
+                dtype: Some(dtype),
                 tokenizer: tok.is_file().then_some(tok),
-                quant: self.quant,
-                quant_vision: self.quant_vision,
-                placement: self.placement.clone(),
-                lora: None,
-                int4_format: None,
+                ..self.opts.clone()
             };
             let p = Pipeline::load(&dir, &opts, &mut |_, _| {})?;
             self.pipelines.insert(key.clone(), p);
@@ -341,15 +341,15 @@ impl Runner {
     /// when they are quantized too; everything after them within the looser of that and the language model's.
     fn judging(&self, dtype: DType) -> Judging {
         let mut vtol = rel_tolerance(dtype);
-        if self.quant_vision {
-            vtol = vtol.max(self.quant.vision_tolerance());
+        if self.opts.quant_vision {
+            vtol = vtol.max(self.opts.quant.vision_tolerance());
         }
         Judging {
             vtol,
-            tol: vtol.max(self.quant.logit_tolerance()),
-            quant_vision: self.quant_vision,
-            exact: dtype == DType::F32 && self.quant == Quant::Float,
-            tie: near_tie(self.quant),
+            tol: vtol.max(self.opts.quant.logit_tolerance()),
+            quant_vision: self.opts.quant_vision,
+            exact: dtype == DType::F32 && self.opts.quant == Quant::Float,
+            tie: near_tie(self.opts.quant),
         }
     }
 
@@ -898,41 +898,15 @@ fn log_sum_exp_rows(x: &Tensor) -> anyhow::Result<Tensor> {
     Ok((x.broadcast_sub(&m)?.exp()?.sum_keepdim(1)?.log()? + m)?.squeeze(1)?)
 }
 
-/// Runs everything: tokenizer checks, then every case. Returns (passed, failed).
+/// Runs everything: tokenizer checks, then every case whose id contains `filter`, with the models loaded as
+/// `opts` says. Returns (passed, failed).
 pub fn run_all(
     dir: &Path,
-    device: &str,
-    dtype: Option<&str>,
-    quant: Quant,
-    quant_vision: bool,
+    opts: &LoadOptions,
     filter: Option<&str>,
     sink: &mut dyn FnMut(&Check),
 ) -> anyhow::Result<(usize, usize)> {
-    let place = Default::default();
-    run_all_placed(
-        dir,
-        device,
-        dtype,
-        (quant, quant_vision),
-        place,
-        filter,
-        sink,
-    )
-}
-
-/// As [`run_all`] with the models placed as `placement` asks.
-pub fn run_all_placed(
-    dir: &Path,
-    device: &str,
-    dtype: Option<&str>,
-    (quant, quant_vision): (Quant, bool),
-    placement: crate::model::placement::PlacementRequest,
-    filter: Option<&str>,
-    sink: &mut dyn FnMut(&Check),
-) -> anyhow::Result<(usize, usize)> {
-    let mut runner = Runner::new(dir, device, dtype)?
-        .with_quant(quant, quant_vision)
-        .with_placement(placement);
+    let mut runner = Runner::new(dir, opts.clone())?;
     let mut all = runner.tokenizer_checks(sink)?;
     for case in runner.cases()? {
         let id = case.get("id").and_then(|v| v.as_str()).unwrap_or("");

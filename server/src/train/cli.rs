@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use crate::generate::LoadOptions;
-use crate::model::quant::Quant;
 use protocol::PromptVersion;
 
 use super::make_data::{Kind, MakeDataArgs, Placement};
@@ -131,11 +130,10 @@ pub struct TrainCmd {
     /// Continue from a checkpoint-N folder of an earlier run with the same flags
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Frozen weights' dtype (default: bf16 on CUDA, f32 on CPU); trained tensors are f32
-    #[arg(long)]
-    pub dtype: Option<String>,
+    /// The checkpoint loaded as for serving: --device, and --dtype for the frozen weights (trained tensors
+    /// are f32); training takes one device and float weights.
+    #[command(flatten)]
+    pub load: LoadOptions,
     /// Prompt template (default: per checkpoint, as in serving)
     #[arg(long)]
     pub version: Option<PromptVersion>,
@@ -178,10 +176,11 @@ impl TrainCmd {
             save_every: self.save_every,
             log_every: self.log_every,
             resume: self.resume,
-            device: self.device,
-            dtype: self.dtype,
+            load: LoadOptions {
+                tokenizer: self.tokenizer,
+                ..self.load
+            },
             version: self.version,
-            tokenizer: self.tokenizer,
         })
     }
 }
@@ -190,9 +189,6 @@ impl TrainCmd {
 pub struct EvalCmd {
     #[arg(long)]
     pub model: PathBuf,
-    /// A LoRA adapter folder applied at load
-    #[arg(long)]
-    pub lora: Option<PathBuf>,
     #[arg(long)]
     pub data: PathBuf,
     /// The per-example JSONL (default: eval.jsonl in the data folder)
@@ -207,12 +203,9 @@ pub struct EvalCmd {
     pub version: Option<PromptVersion>,
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    #[arg(long)]
-    pub dtype: Option<String>,
-    #[arg(long, default_value = "none")]
-    pub quant: Quant,
+    /// The checkpoint (and --lora adapter) loaded as for serving.
+    #[command(flatten)]
+    pub load: LoadOptions,
 }
 
 impl EvalCmd {
@@ -221,12 +214,8 @@ impl EvalCmd {
             model: self.model,
             data: self.data,
             load: LoadOptions {
-                device: self.device,
-                dtype: self.dtype,
                 tokenizer: self.tokenizer,
-                quant: self.quant,
-                lora: self.lora,
-                ..Default::default()
+                ..self.load
             },
             version: self.version,
             out: self.out,

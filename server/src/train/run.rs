@@ -29,7 +29,7 @@ use super::data::{self, Example};
 use super::loss::{batchable, forward_loss, forward_loss_batch, LabeledInput};
 use super::optim::{AdamW, Schedule};
 use super::{load_model_in, TrainModel};
-use crate::generate::{default_version, find_tokenizer, load_tokenizer, parse_device, parse_dtype};
+use crate::generate::{default_version, find_tokenizer, load_tokenizer, LoadOptions};
 use crate::model::config::Config;
 use crate::model::lora::{target_linears, Adapter, LoraConfig, LoraPair};
 use crate::model::preprocess;
@@ -80,10 +80,9 @@ pub struct TrainArgs {
     pub save_every: usize,
     pub log_every: usize,
     pub resume: Option<PathBuf>,
-    pub device: String,
-    pub dtype: Option<String>,
+    /// Device and frozen weights' dtype (and the tokenizer); training refuses the rest of the load options.
+    pub load: LoadOptions,
     pub version: Option<PromptVersion>,
-    pub tokenizer: Option<PathBuf>,
 }
 
 /// Everything needed to turn an example into model inputs.
@@ -292,7 +291,7 @@ fn save(
         let path = dir.join("model.safetensors");
         crate::model::weights::save_pt(&map, &path)?;
         std::fs::copy(args.model.join("config.json"), dir.join("config.json"))?;
-        let tok = find_tokenizer(&args.model, args.tokenizer.as_deref())?;
+        let tok = find_tokenizer(&args.model, args.load.tokenizer.as_deref())?;
         std::fs::copy(tok, dir.join("tokenizer.json"))?;
     } else if let Some(a) = adapter {
         let mut trained = a.clone();
@@ -359,17 +358,37 @@ fn evaluate(
     Ok((loss / n.max(1) as f64, exact as f64 / n.max(1) as f64, n))
 }
 
+/// Training loads the whole checkpoint on one device in float: the load options it cannot honour are refused
+/// by name rather than ignored.
+fn check_load_options(load: &LoadOptions) -> anyhow::Result<()> {
+    ensure!(
+        load.quant == crate::model::quant::Quant::Float,
+        "train: quantized frozen weights (QLoRA) are not built yet; train in float (drop --quant)"
+    );
+    ensure!(
+        load.devices.is_empty() && load.gpu_layers.is_none(),
+        "train: the checkpoint is trained on one device (--device); --devices / --gpu-layers do not apply"
+    );
+    ensure!(
+        load.lora.is_none(),
+        "train: to continue an adapter's training use --resume with its checkpoint-N folder (--lora applies at load \
+         for serving and eval)"
+    );
+    Ok(())
+}
+
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     ensure!(
         args.batch >= 1 && args.grad_accum >= 1,
         "--batch and --grad-accum must be at least 1"
     );
     ensure!(args.rank >= 1, "--rank must be at least 1");
-    let device = parse_device(&args.device)?;
-    let dtype = parse_dtype(args.dtype.as_deref(), &device)?;
+    check_load_options(&args.load)?;
+    let device = args.load.device.open()?;
+    let dtype = args.load.float_type();
     let inputs = Inputs::new(
         &args.model,
-        args.tokenizer.as_deref(),
+        args.load.tokenizer.as_deref(),
         args.version,
         device.clone(),
     )?;

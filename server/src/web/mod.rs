@@ -35,16 +35,8 @@ pub struct ServeArgs {
     pub port: u16,
     /// Folder of checkpoints (or one checkpoint); `None`: the bundled tiny test checkpoints.
     pub models_dir: Option<PathBuf>,
-    /// "cpu", "cuda", "cuda:N".
-    pub device: String,
-    /// "f32", "bf16", "f16"; `None`: the device's default.
-    pub dtype: Option<String>,
-    /// int8 / int4 language-model weights.
-    pub quant: crate::model::quant::Quant,
-    /// With `quant`: the vision tower's linear layers too.
-    pub quant_vision: bool,
-    /// `--devices` / `--gpu-layers`.
-    pub placement: crate::model::placement::PlacementRequest,
+    /// Device, dtype, quantization, placement and adapter of every checkpoint served.
+    pub load: LoadOptions,
     /// Bind every interface and require an access token (`token`, or a generated one).
     pub share: bool,
     /// The access token (checked by [`access::check_token`]); `None` with `share` (or a
@@ -66,8 +58,6 @@ pub struct ServeArgs {
     pub prefill_chunk: Option<usize>,
     /// `--backend openai`: answer from this remote server instead of a local worker.
     pub remote: Option<crate::remote::RemoteConfig>,
-    /// `--lora DIR`: an adapter applied to every checkpoint served.
-    pub lora: Option<PathBuf>,
 }
 
 impl Default for ServeArgs {
@@ -76,11 +66,7 @@ impl Default for ServeArgs {
             host: "127.0.0.1".into(),
             port: 3000,
             models_dir: None,
-            device: "cpu".into(),
-            dtype: None,
-            quant: Default::default(),
-            quant_vision: false,
-            placement: Default::default(),
+            load: LoadOptions::default(),
             share: false,
             token: None,
             allowed_hosts: Vec::new(),
@@ -91,7 +77,6 @@ impl Default for ServeArgs {
             max_batch: None,
             prefill_chunk: None,
             remote: None,
-            lora: None,
         }
     }
 }
@@ -329,16 +314,7 @@ async fn run(args: ServeArgs) -> Result<()> {
     let engine = EngineHandle::start_with(
         registry,
         EngineOptions {
-            load: LoadOptions {
-                device: args.device.clone(),
-                dtype: args.dtype.clone(),
-                tokenizer: None,
-                quant: args.quant,
-                quant_vision: args.quant_vision,
-                placement: args.placement.clone(),
-                lora: args.lora.clone(),
-                int4_format: None,
-            },
+            load: args.load.clone(),
             limits: args.limits.clone(),
             fairness: fairness_for(&args),
             max_batch: args.max_batch,

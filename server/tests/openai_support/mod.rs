@@ -90,7 +90,6 @@ pub async fn serve(backend: Arc<dyn Backend>) -> SocketAddr {
 pub async fn start_local() -> SocketAddr {
     let registry = Registry::scan(&bundled_models_dir()).unwrap();
     let opts = LoadOptions {
-        device: "cpu".into(),
         dtype: None,
         tokenizer: None,
         ..Default::default()

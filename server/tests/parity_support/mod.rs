@@ -9,7 +9,8 @@ use cogvlm::tools::parity::{Check, Runner};
 /// `parity::Runner`) and fails with every failed check listed.
 pub fn run(fixtures: &Path, id: &str, dtype: &str) {
     // Models load in a few ms; one runner per test keeps the tests independent and parallel.
-    let mut runner = Runner::new(fixtures, "cpu", Some(dtype)).expect("fixture runner");
+    let dtype = cogvlm::generate::parse_dtype_name(dtype).unwrap();
+    let mut runner = Runner::on_cpu(fixtures, dtype).expect("fixture runner");
     let case = runner.case(id).unwrap_or_else(|e| panic!("{e:#}"));
     let checks = runner.run_case(&case, &mut |_| {});
     assert_report(id, &checks);
@@ -35,7 +36,7 @@ fn assert_report(id: &str, checks: &[Check]) {
 
 /// The ids of every case in the set, to check that each has a test.
 pub fn case_ids(fixtures: &Path) -> Vec<String> {
-    let runner = Runner::new(fixtures, "cpu", Some("f32")).expect("fixture runner");
+    let runner = Runner::on_cpu(fixtures, candle_core::DType::F32).expect("fixture runner");
     runner
         .cases()
         .expect("cases.json")
