@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::grounding::{self, Shape};
+use protocol::grounding::{self, Shape};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentAnswer {

@@ -5,9 +5,9 @@
 //! answer follows in a collapsed block, so nothing the parser skipped is hidden.
 
 use crate::agent::{self, AgentAnswer};
-use crate::grounding;
 use crate::i18n::{tr, Lang};
 use crate::markdown::{chip, escape, render_markdown};
+use protocol::grounding;
 
 /// The card for `text` if it is an agent answer (see [`agent::parse`]), else `None`. Groups are
 /// numbered from `first_group`, like the rest of the answer's chips.

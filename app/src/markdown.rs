@@ -2,10 +2,10 @@
 //!
 //! Every piece of input text is HTML-escaped; the only tags in the output are the ones written
 //! here (p, br, h3–h6, ul/ol/li, blockquote, pre/code, strong, em, span.gchip). Links and raw HTML
-//! are shown as text. Each `[[...]]` grounding group (see [`crate::grounding`]) becomes a chip
+//! are shown as text. Each `[[...]]` grounding group (see [`protocol::grounding`]) becomes a chip
 //! numbered and coloured like its shape on the image canvas.
 
-use crate::grounding::{self, Grounding};
+use protocol::grounding::{self, Grounding};
 
 /// Rendered HTML and the number of grounding groups it contains.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -34,7 +34,7 @@ pub(crate) fn chip(index: usize, g: &Grounding, raw: &str) -> String {
     let label = g.label.as_deref().unwrap_or("");
     format!(
         "<span class=\"gchip\" data-g=\"{index}\" style=\"--gc:{}\" title=\"{}\"><b>{}</b><code>{}</code></span>",
-        grounding::colour(index),
+        crate::palette::colour(index),
         escape(label),
         index + 1,
         escape(raw)

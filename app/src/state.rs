@@ -1,13 +1,13 @@
 //! Client-side state of the page, shared by the components through context.
 
 use crate::agent;
-use crate::grounding::{self, Shape};
 use crate::protocol::{CheckpointInfo, ModelsState, PromptVersion, Sampling, Stats, UploadRef};
 use crate::tasks::Task;
 use futures::channel::mpsc::UnboundedSender;
 use futures::future::AbortHandle;
 use leptos::prelude::*;
 use leptos::server_fn::ServerFnError;
+use protocol::grounding::{self, Shape};
 use std::collections::HashMap;
 
 use crate::protocol::ClientMsg;

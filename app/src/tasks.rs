@@ -6,8 +6,8 @@
 //! regions, `<TASK>` ← the task in double quotes, plus `(with grounding)` for a grounded
 //! operation.
 
-use crate::grounding::{self, Shape};
 use crate::protocol::{CheckpointInfo, ModelKind};
+use protocol::grounding::{self, Shape};
 use serde::Deserialize;
 use std::sync::LazyLock;
 

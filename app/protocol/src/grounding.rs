@@ -5,9 +5,10 @@
 //! group: `[[x0,y0,x1,y1;x0,y0,x1,y1]]`. Questions use the same format ("what is in
 //! [[086,540,400,760]]?").
 //!
-//! This is the one parser for that format, used by the server and by the browser. Coordinates are
-//! kept as the model wrote them and converted to pixels only at the view ([`to_px`]). It never
-//! panics: a group that is not exactly numbers in range is ordinary text.
+//! This is the one parser and formatter of that format: the page's (drawing, the task pickers, the
+//! stored conversations), the evaluation's and the synthetic data's. Coordinates are kept as the
+//! model wrote them and converted to pixels only at the view ([`to_px`]). It never panics: a group
+//! that is not exactly numbers in range is ordinary text.
 
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
@@ -218,16 +219,6 @@ pub fn format_group(shapes: &[Shape]) -> String {
     format!("[[{}]]", body.join(";"))
 }
 
-/// A fixed, colour-blind-safe palette (Okabe–Ito), indexed by the group's number.
-pub const PALETTE: [&str; 7] = [
-    "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7",
-];
-
-/// The colour of the group numbered `index` (0-based, in order over the conversation).
-pub fn colour(index: usize) -> &'static str {
-    PALETTE[index % PALETTE.len()]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,7 +360,6 @@ mod tests {
         );
         let p = to_px(&Shape::Point([999, 0]), 1000.0, 10.0);
         assert_eq!((p.x, p.y, p.w, p.h), (999.0, 0.0, 0.0, 0.0));
-        assert_eq!(colour(0), colour(PALETTE.len()));
     }
 
     #[test]

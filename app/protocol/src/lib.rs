@@ -9,6 +9,7 @@
 //! A checkpoint switch is another websocket call that streams [`Event::LoadProgress`] and ends
 //! with [`Event::Loaded`] or [`Event::Error`].
 
+pub mod grounding;
 mod mime;
 pub use mime::{image_mime, image_mime_base64};
 

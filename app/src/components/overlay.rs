@@ -1,8 +1,8 @@
 //! Painting grounding groups on a 2D canvas context: the live overlay over the image and the
 //! annotated PNG download share this code, so the file looks like the page.
 
-use crate::grounding::{self, Shape};
 use crate::state::DrawnGroup;
+use protocol::grounding::{self, Shape};
 use wasm_bindgen::{JsCast, JsValue};
 
 /// Paints `groups` over an image drawn `width` × `height` (context units). `scale` multiplies
@@ -18,7 +18,7 @@ pub fn paint(
     ctx.set_font(&format!("600 {:.1}px system-ui, sans-serif", 12.0 * scale));
     ctx.set_text_baseline("top");
     for g in groups {
-        let colour = grounding::colour(g.index);
+        let colour = crate::palette::colour(g.index);
         let hot = hover == Some(g.index);
         let dim = hover.is_some() && !hot;
         ctx.set_global_alpha(if dim { 0.35 } else { 1.0 });

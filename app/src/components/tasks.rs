@@ -6,11 +6,11 @@
 //! the regions listed under the image are the draft's boxes.
 
 use crate::components::settings::{current_info, switch_model};
-use crate::grounding::{self, Shape};
 use crate::i18n::t as tx;
 use crate::state::AppState;
 use crate::tasks::{fill, Task, TaskInput};
 use leptos::prelude::*;
+use protocol::grounding::{self, Shape};
 
 /// The boxes written in `draft` so far, in order.
 pub fn draft_regions(draft: &str) -> Vec<Shape> {

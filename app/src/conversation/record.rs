@@ -2,8 +2,8 @@
 //! checkpoint and settings. Plain data with serde, so it is tested natively; the browser side is `idb.rs`
 //! (storage) and `store.rs` (the page's state).
 
-use crate::grounding::{self, Shape};
 use crate::protocol::{PromptVersion, Sampling, Stats};
+use protocol::grounding::{self, Shape};
 use serde::{Deserialize, Serialize};
 
 /// Bumped when a stored field changes meaning; older records are still read (every new field has a default).

@@ -4,6 +4,7 @@
 //! Each example's (image, query, expected, got) goes to a JSONL file; the summary (overall and per label
 //! `"kind"`, and per `"style"` facet where labels have one) is printed as the last line.
 
+use protocol::grounding::{self, Shape};
 use protocol::Sampling;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -29,26 +30,17 @@ pub struct EvalArgs {
     pub max_new_tokens: usize,
 }
 
-/// Every `[[x0,y0,x1,y1]]` box in `text` (`;`-separated boxes in one group count one by one); points and
-/// malformed groups are skipped.
+/// Every `[[x0,y0,x1,y1]]` box in `text` as the page reads it ([`protocol::grounding::parse`]: `;`-separated
+/// boxes in one group count one by one; points and groups that are not numbers in 0–999 are skipped).
 pub fn boxes(text: &str) -> Vec<[f64; 4]> {
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("[[") {
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("]]") else { break };
-        for group in after[..end].split(';') {
-            let v: Vec<f64> = group
-                .split(',')
-                .filter_map(|n| n.trim().trim_matches(['[', ']']).parse().ok())
-                .collect();
-            if let [x0, y0, x1, y1] = v[..] {
-                out.push([x0, y0, x1, y1]);
-            }
-        }
-        rest = &after[end + 2..];
-    }
-    out
+    grounding::parse(text)
+        .into_iter()
+        .flat_map(|g| g.shapes)
+        .filter_map(|s| match s {
+            Shape::Box(b) => Some(b.map(f64::from)),
+            Shape::Point(_) => None,
+        })
+        .collect()
 }
 
 pub fn iou(a: [f64; 4], b: [f64; 4]) -> f64 {

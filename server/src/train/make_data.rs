@@ -9,6 +9,7 @@
 //! them), and region questions with a box in them. Each label also carries `"kind"` (the question kind), which
 //! `cogvlm eval` groups its accuracy by; PEFT's loader ignores it.
 
+use protocol::grounding::{self, Shape};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -147,14 +148,14 @@ pub fn box_text(bbox: [u32; 4], size: u32) -> String {
 
 /// [`box_text`] for a `(width, height)` image: x in thousandths of the width, y of the height.
 pub fn box_text_wh(bbox: [u32; 4], (w, h): (u32, u32)) -> String {
-    let t = |v: u32, side: u32| ((v as u64 * 1000 / side as u64).min(999)) as u32;
-    format!(
-        "[[{:03},{:03},{:03},{:03}]]",
+    // Floored, as the bundled demos' data were made (the page rounds a box drawn on it).
+    let t = |v: u32, side: u32| (v as u64 * 1000 / side.max(1) as u64).min(999) as u16;
+    grounding::format_group(&[Shape::Box([
         t(bbox[0], w),
         t(bbox[1], h),
         t(bbox[2], w),
-        t(bbox[3], h)
-    )
+        t(bbox[3], h),
+    ])])
 }
 
 /// A light, low-saturation background colour with a gentle vertical gradient.

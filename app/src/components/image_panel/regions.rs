@@ -1,10 +1,10 @@
 //! The draft's regions (boxes typed or dragged into the question), each removable.
 
 use crate::components::tasks::remove_group;
-use crate::grounding;
 use crate::i18n::t;
 use crate::state::AppState;
 use leptos::prelude::*;
+use protocol::grounding;
 
 #[component]
 pub fn DraftRegions(
@@ -26,7 +26,7 @@ pub fn DraftRegions(
                         <li
                             class="gchip region"
                             data-g=index
-                            style=format!("--gc:{}", grounding::colour(index))
+                            style=format!("--gc:{}", crate::palette::colour(index))
                             on:mouseenter=move |_| state.hover.set(Some(index))
                             on:mouseleave=move |_| state.hover.set(None)
                         >

@@ -3,10 +3,10 @@
 
 use crate::components::overlay;
 use crate::components::tasks::add_region;
-use crate::grounding::{self, Shape};
 use crate::i18n::t;
 use crate::state::{AppState, DrawnGroup};
 use leptos::prelude::*;
+use protocol::grounding::{self, Shape};
 use wasm_bindgen::JsCast;
 
 /// Sizes the canvas to the rendered image and paints every group (and the region being
