@@ -9,7 +9,9 @@ use candle_core::{DType, Device};
 
 use crate::model::config::Config;
 use crate::model::memory;
-use crate::model::placement::{self, DeviceInfo, GpuLayers, PlacementRequest, Plan, Sizes};
+use crate::model::placement::{
+    self, Change, DeviceInfo, GpuLayers, PlacementRequest, Plan, Reason, Refusal, Sizes,
+};
 use crate::model::quant::Quant;
 
 /// How to load a checkpoint, as every command takes it (`#[command(flatten)]`) and passes it down unchanged.
@@ -165,4 +167,82 @@ pub fn make_plan(cfg: &Config, dtype: DType, opts: &LoadOptions) -> anyhow::Resu
         cfg.max_position_embeddings,
     );
     Ok(placement::plan(&sizes, &opts.placement(), &devices, &cpu)?)
+}
+
+// The planner's facts (`model::placement`) in the words of these flags.
+
+/// `, --quant 4 --quant-vision` (empty for float weights).
+fn quant_flags((quant, vision): (Quant, bool)) -> String {
+    let bits = match quant {
+        Quant::Float => return String::new(),
+        Quant::Q8 => 8,
+        Quant::Q4 => 4,
+    };
+    match vision {
+        true => format!(", --quant {bits} --quant-vision"),
+        false => format!(", --quant {bits}"),
+    }
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Change::OffloadAuto => "--gpu-layers auto",
+            Change::Bf16 => "--dtype bf16",
+            Change::Int8 => "--quant 8",
+            Change::Int4 => "--quant 4",
+            Change::Int4WithVision => "--quant 4 --quant-vision",
+        })
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Fits { device } => write!(f, "fits on {device}"),
+            Reason::Offload {
+                auto,
+                on_first: k,
+                layers: n,
+                first,
+                second,
+            } => {
+                let asked = match auto {
+                    true => "auto".to_string(),
+                    false => k.to_string(),
+                };
+                write!(
+                    f,
+                    "--gpu-layers {asked}: {k} of {n} layers on {first}, the rest on {second}"
+                )
+            }
+            Reason::Split { devices, counts } => {
+                write!(
+                    f,
+                    "--devices {}: layers split {counts:?}",
+                    devices.join(",")
+                )
+            }
+            Reason::TooBigForGpu { short, then } => write!(f, "{short}; {then}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}{} does not fit: {}. ",
+            self.what,
+            quant_flags(self.quant),
+            self.why
+        )?;
+        match &self.fix {
+            Some((change, on)) => write!(f, "`{change}` fits {on}"),
+            None => f.write_str(
+                "Nothing fits here, even int4 with the vision tower quantized and offloaded to the CPU: use a \
+                 larger GPU, more GPUs (--devices cuda:0,cuda:1) or more memory",
+            ),
+        }
+    }
 }

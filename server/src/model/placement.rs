@@ -37,7 +37,7 @@ fn gib(b: u64) -> String {
     format!("{:.1} GiB", b as f64 / GIB)
 }
 
-/// `--gpu-layers`: a count, or the most that fit.
+/// How many decoder layers go on the GPU: a count, or the most that fit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GpuLayers {
     Count(usize),
@@ -52,7 +52,7 @@ impl std::str::FromStr for GpuLayers {
             n => n
                 .parse()
                 .map(Self::Count)
-                .map_err(|_| format!("--gpu-layers takes a number or `auto`, not {n:?}")),
+                .map_err(|_| format!("a number of layers or `auto`, not {n:?}")),
         }
     }
 }
@@ -112,10 +112,28 @@ pub struct Sizes {
     pub vision_act: u64,
     pub cross_act: u64,
     pub layers: usize,
-    /// What the plan is for, in words (`CogVLM, bf16, int4`).
+    /// The model and its float type, in words (`CogVLM (17.6 B parameters), bf16`).
     pub what: String,
-    /// Smaller formats, with the flags that give them (for the advice of a refusal).
-    pub cheaper: Vec<(String, Sizes)>,
+    /// Its quantization (and whether the vision tower shares it).
+    pub quant: (Quant, bool),
+    /// Smaller formats, each with the change that gives it (for the advice of a refusal).
+    pub cheaper: Vec<(Change, Sizes)>,
+}
+
+/// A way to make the model fit that a refusal may suggest; typed, so that whoever shows the refusal words it
+/// (`generate::load` names the flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// As many layers on the GPU as fit, the rest on the CPU (or the second device).
+    OffloadAuto,
+    /// bf16 weights instead of f32.
+    Bf16,
+    /// int8 language-model weights.
+    Int8,
+    /// int4 language-model weights.
+    Int4,
+    /// int4 for the vision tower too.
+    Int4WithVision,
 }
 
 impl Sizes {
@@ -129,15 +147,15 @@ impl Sizes {
         let mut s = Self::one(cfg, dtype, quant, quant_vision, max_length);
         let mut options = Vec::new();
         if dtype == DType::F32 {
-            options.push(("--dtype bf16", DType::BF16, quant, quant_vision));
+            options.push((Change::Bf16, DType::BF16, quant, quant_vision));
         }
-        options.push(("--quant 8", dtype, Quant::Q8, false));
-        options.push(("--quant 4", dtype, Quant::Q4, false));
-        options.push(("--quant 4 --quant-vision", dtype, Quant::Q4, true));
+        options.push((Change::Int8, dtype, Quant::Q8, false));
+        options.push((Change::Int4, dtype, Quant::Q4, false));
+        options.push((Change::Int4WithVision, dtype, Quant::Q4, true));
         let total = s.total_weights();
         s.cheaper = options
             .into_iter()
-            .map(|(f, d, q, v)| (f.to_string(), Self::one(cfg, d, q, v, max_length)))
+            .map(|(c, d, q, v)| (c, Self::one(cfg, d, q, v, max_length)))
             .filter(|(_, c)| c.total_weights() < total)
             .collect();
         s
@@ -163,6 +181,7 @@ impl Sizes {
             cross_act: 0,
             layers: cfg.num_hidden_layers.max(1),
             what: String::new(),
+            quant: (quant, qv),
             cheaper: Vec::new(),
         };
         for (name, shape) in expected_tensors(cfg) {
@@ -208,15 +227,10 @@ impl Sizes {
         }
         let (params, _) = super::weights::parameter_bytes(cfg, dtype);
         s.what = format!(
-            "{} ({:.1} B parameters), {}{}",
+            "{} ({:.1} B parameters), {}",
             cfg.family(),
             params as f64 / 1e9,
             dtype.as_str(),
-            match (quant, qv) {
-                (Quant::Float, _) => String::new(),
-                (q, false) => format!(", --quant {}", quant_flag(q)),
-                (q, true) => format!(", --quant {} --quant-vision", quant_flag(q)),
-            }
         );
         s
     }
@@ -224,14 +238,6 @@ impl Sizes {
     /// Every weight.
     pub fn total_weights(&self) -> u64 {
         self.vision + self.cross + self.embed + self.layer * self.layers as u64 + self.head
-    }
-}
-
-fn quant_flag(q: Quant) -> &'static str {
-    match q {
-        Quant::Float => "none",
-        Quant::Q8 => "8",
-        Quant::Q4 => "4",
     }
 }
 
@@ -262,8 +268,31 @@ pub struct Plan {
     pub embed: usize,
     pub layers: Vec<usize>,
     pub head: usize,
-    /// Why this plan (`fits on cuda:0`, `--gpu-layers auto: …`).
-    pub reason: String,
+    /// Why this plan.
+    pub reason: Reason,
+}
+
+/// Why a plan is what it is, as facts; worded for people by `generate::load` (which knows the flags).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub enum Reason {
+    /// Everything on one device.
+    Fits { device: String },
+    /// The towers and the first `on_first` of `layers` layers on `first`, the rest on `second`: asked for as
+    /// a count, or as many as fit (`auto`).
+    Offload {
+        auto: bool,
+        on_first: usize,
+        layers: usize,
+        first: String,
+        second: String,
+    },
+    /// The layers split over `devices`, `counts` each.
+    Split {
+        devices: Vec<String>,
+        counts: Vec<usize>,
+    },
+    /// The whole model did not fit the GPU (`short` says by how much), so layers were offloaded as `then` says.
+    TooBigForGpu { short: String, then: Box<Reason> },
 }
 
 /// Modules assigned to device slots, before their sizes are summed.
@@ -272,14 +301,16 @@ struct Assign {
     layers: Vec<usize>,
 }
 
-/// A plan that fits nowhere: the numbers and what would fit.
+/// A plan that fits nowhere: what was asked, the numbers, and what would fit (worded by `generate::load`).
 #[derive(Debug, Clone)]
-pub struct Refusal(pub String);
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+pub struct Refusal {
+    /// The model and float type ([`Sizes::what`]) and its quantization.
+    pub what: String,
+    pub quant: (Quant, bool),
+    /// Which device falls short, by how much.
+    pub why: String,
+    /// The smallest change that fits, with where it puts the model; `None` when nothing does.
+    pub fix: Option<(Change, String)>,
 }
 
 impl std::error::Error for Refusal {}
@@ -294,11 +325,12 @@ pub fn plan(
 ) -> std::result::Result<Plan, Refusal> {
     match try_plan(sizes, req, devices, cpu) {
         Ok(p) => Ok(p),
-        Err(why) => Err(Refusal(format!(
-            "{} does not fit: {why}. {}",
-            sizes.what,
-            advice(sizes, req, devices, cpu)
-        ))),
+        Err(why) => Err(Refusal {
+            what: sizes.what.clone(),
+            quant: sizes.quant,
+            why,
+            fix: advice(sizes, req, devices, cpu),
+        }),
     }
 }
 
@@ -329,19 +361,25 @@ fn try_plan(
                 vec![first.clone()],
                 cpu,
                 &all,
-                format!("fits on {}", first.name),
+                Reason::Fits {
+                    device: first.name.clone(),
+                },
             );
             match check(&p) {
                 Ok(()) => Ok(p),
                 // A GPU too small for the whole model: the CPU takes what does not fit.
                 Err(short) if !first.is_cpu() => {
                     let slots = vec![first.clone(), cpu.clone()];
-                    offload_plan(sizes, slots, cpu, GpuLayers::Auto)
-                        .map(|mut p| {
-                            p.reason = format!("{short}; {}", p.reason);
-                            p
-                        })
-                        .map_err(|e| format!("{short}; with layers offloaded to the CPU: {e}"))
+                    match offload_plan(sizes, slots, cpu, GpuLayers::Auto) {
+                        Ok(mut p) => {
+                            p.reason = Reason::TooBigForGpu {
+                                short,
+                                then: Box::new(p.reason),
+                            };
+                            Ok(p)
+                        }
+                        Err(e) => Err(format!("{short}; with layers offloaded to the CPU: {e}")),
+                    }
                 }
                 Err(short) => Err(short),
             }
@@ -362,15 +400,12 @@ fn offload_plan(
             tower: 0,
             layers: (0..n).map(|i| usize::from(i >= k)).collect(),
         };
-        let why = match g {
-            GpuLayers::Auto => format!(
-                "--gpu-layers auto: {k} of {n} layers on {}, the rest on {}",
-                slots[0].name, slots[1].name
-            ),
-            GpuLayers::Count(_) => format!(
-                "--gpu-layers {k}: {k} of {n} layers on {}, the rest on {}",
-                slots[0].name, slots[1].name
-            ),
+        let why = Reason::Offload {
+            auto: g == GpuLayers::Auto,
+            on_first: k,
+            layers: n,
+            first: slots[0].name.clone(),
+            second: slots[1].name.clone(),
         };
         build(sizes, slots.clone(), cpu, &a, why)
     };
@@ -378,7 +413,8 @@ fn offload_plan(
         GpuLayers::Count(k) => {
             if k > n {
                 return Err(format!(
-                    "--gpu-layers {k} is more than the model's {n} layers"
+                    "{k} layers asked for on {} but the model has {n}",
+                    slots[0].name
                 ));
             }
             let p = with(k);
@@ -459,15 +495,12 @@ fn split_plan(
         .enumerate()
         .flat_map(|(i, &c)| std::iter::repeat_n(i, c))
         .collect();
-    let names: Vec<&str> = devices.iter().map(|x| x.name.as_str()).collect();
     let a = Assign { tower: 0, layers };
-    let p = build(
-        sizes,
-        devices.to_vec(),
-        cpu,
-        &a,
-        format!("--devices {}: layers split {counts:?}", names.join(",")),
-    );
+    let reason = Reason::Split {
+        devices: devices.iter().map(|x| x.name.clone()).collect(),
+        counts,
+    };
+    let p = build(sizes, devices.to_vec(), cpu, &a, reason);
     check(&p).map(|()| p)
 }
 
@@ -477,7 +510,7 @@ fn build(
     mut slots: Vec<DeviceInfo>,
     cpu: &DeviceInfo,
     a: &Assign,
-    reason: String,
+    reason: Reason,
 ) -> Plan {
     let embed = match slots.iter().position(|s| s.is_cpu()) {
         Some(i) => i,
@@ -588,30 +621,29 @@ fn check(p: &Plan) -> std::result::Result<(), String> {
     }
 }
 
-/// The flags that would make it fit, tried from the smallest change: offloading to the CPU, then bf16 (from f32),
-/// int8, int4 and int4 with the tower quantized (each on the first device, offloaded if it is a GPU).
+/// The change that would make it fit, tried from the smallest: offloading to the CPU, then bf16 (from f32),
+/// int8, int4 and int4 with the tower quantized (each on the first device, offloaded if it is a GPU); with
+/// where it puts the model.
 fn advice(
     sizes: &Sizes,
     req: &PlacementRequest,
     devices: &[DeviceInfo],
     cpu: &DeviceInfo,
-) -> String {
-    let Some(first) = devices.first() else {
-        return String::new();
-    };
-    let mut tries: Vec<(String, Sizes, PlacementRequest)> = Vec::new();
+) -> Option<(Change, String)> {
+    let first = devices.first()?;
+    let mut tries: Vec<(Change, Sizes, PlacementRequest)> = Vec::new();
     if !first.is_cpu() && req.gpu_layers != Some(GpuLayers::Auto) {
         let r = PlacementRequest {
             gpu_layers: Some(GpuLayers::Auto),
             devices: req.devices.clone(),
         };
-        tries.push(("`--gpu-layers auto`".into(), sizes.clone(), r));
+        tries.push((Change::OffloadAuto, sizes.clone(), r));
     }
     // On a GPU the default placement offloads by itself when the model does not fit.
-    for (flags, f) in &sizes.cheaper {
-        tries.push((format!("`{flags}`"), f.clone(), PlacementRequest::default()));
+    for (change, f) in &sizes.cheaper {
+        tries.push((*change, f.clone(), PlacementRequest::default()));
     }
-    for (flags, s, r) in tries {
+    for (change, s, r) in tries {
         let devs = if r.devices.is_empty() {
             &devices[..1]
         } else {
@@ -633,12 +665,10 @@ fn advice(
                     p.devices[1].name
                 )
             };
-            return format!("{flags} fits {on}");
+            return Some((change, on));
         }
     }
-    "Nothing fits here, even int4 with the vision tower quantized and offloaded to the CPU: use a larger GPU, \
-     more GPUs (--devices cuda:0,cuda:1) or more memory"
-        .into()
+    None
 }
 
 /// `cuda:0 (23.6 GiB free)`.
@@ -830,8 +860,9 @@ mod tests {
         let p = plan(&s, &PlacementRequest::default(), &devs, &ram(64 * GB)).unwrap();
         println!("{p}");
         fits(&p);
-        assert!(p.reason.contains("--gpu-layers auto"), "{}", p.reason);
-        assert!(p.reason.contains("cuda:0 needs"), "{}", p.reason);
+        let reason = p.reason.to_string();
+        assert!(reason.contains("--gpu-layers auto"), "{reason}");
+        assert!(reason.contains("cuda:0 needs"), "{reason}");
         let k = p.first_device_layers();
         // 24 GiB less the tower (8.2 GiB), reserves and margin leaves room for about 16 layers of 0.75 GiB.
         assert!((12..=18).contains(&k), "{k}");
@@ -843,7 +874,7 @@ mod tests {
             ..Default::default()
         };
         let e = plan(&s, &more, &devs, &ram(64 * GB)).unwrap_err();
-        assert!(e.0.contains("cuda:0 needs"), "{e}");
+        assert!(e.to_string().contains("cuda:0 needs"), "{e}");
         // An explicit count that fits is taken as given.
         let eight = PlacementRequest {
             gpu_layers: Some(GpuLayers::Count(8)),
@@ -874,15 +905,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.first_device_layers(), 32);
-        assert!(p.reason.starts_with("fits on cuda:0"));
+        assert_eq!(
+            p.reason,
+            Reason::Fits {
+                device: "cuda:0".into()
+            }
+        );
         // Without --quant-vision the bf16 tower takes 8.2 GiB and 15 layers would go to the CPU; with 4 GB of
         // RAM that fails, and the refusal names the flag that fits.
         let s = sizes("cogvlm-17b", DType::BF16, Quant::Q4, false);
         let e = plan(&s, &PlacementRequest::default(), &devs, &ram(4 * GB)).unwrap_err();
         println!("{e}");
-        assert!(e.0.contains("cpu needs"), "{e}");
+        assert!(e.to_string().contains("cpu needs"), "{e}");
         assert!(
-            e.0.contains("`--quant 4 --quant-vision` fits with 28 of 32 layers on cuda:0"),
+            e.to_string()
+                .contains("`--quant 4 --quant-vision` fits with 28 of 32 layers on cuda:0"),
             "{e}"
         );
     }
@@ -913,11 +950,11 @@ mod tests {
         )
         .unwrap_err();
         println!("{e}");
-        assert!(e.0.starts_with("CogVLM (17."), "{e}");
-        assert!(e.0.contains("cpu needs"), "{e}");
-        assert!(e.0.contains("GiB free"), "{e}");
+        assert!(e.to_string().starts_with("CogVLM (17."), "{e}");
+        assert!(e.to_string().contains("cpu needs"), "{e}");
+        assert!(e.to_string().contains("GiB free"), "{e}");
         assert!(
-            e.0.contains("`--quant 4 --quant-vision` fits with 12 of 32 layers on cuda:0 and the rest on cpu"),
+            e.to_string().contains("`--quant 4 --quant-vision` fits with 12 of 32 layers on cuda:0 and the rest on cpu"),
             "{e}"
         );
         // The CPU alone with 24 GB: int8 (with its bf16 tower) is still too big, int4 fits.
@@ -930,7 +967,8 @@ mod tests {
         .unwrap_err();
         println!("{e}");
         assert!(
-            e.0.contains("`--quant 4` fits on cpu (22.4 GiB free)"),
+            e.to_string()
+                .contains("`--quant 4` fits on cpu (22.4 GiB free)"),
             "{e}"
         );
         // Nothing at all fits a 2 GB machine.
@@ -941,7 +979,7 @@ mod tests {
             &ram(2 * GB),
         )
         .unwrap_err();
-        assert!(e.0.contains("Nothing fits here"), "{e}");
+        assert!(e.to_string().contains("Nothing fits here"), "{e}");
         let e = plan(
             &s,
             &PlacementRequest {
@@ -952,7 +990,7 @@ mod tests {
             &ram(64 * GB),
         )
         .unwrap_err();
-        assert!(e.0.contains("more than the model's 32 layers"), "{e}");
+        assert!(e.to_string().contains("but the model has 32"), "{e}");
     }
 
     #[test]

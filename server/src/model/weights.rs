@@ -110,7 +110,7 @@ pub fn weight_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         {
             bail!(
                 "{} holds PyTorch .bin weights; convert them to safetensors first (e.g. with the `safetensors` \
-                 Python package: load the state dict and save_file it), then point --model at the result",
+                 Python package: load the state dict and save_file it) and load the converted folder",
                 dir.display()
             );
         }
