@@ -1,11 +1,10 @@
 //! The page: shell (server-rendered document) and the `App` component.
 
+use crate::actions::{refresh_models, take_models};
 use crate::components::chat::ChatPanel;
 use crate::components::conversations::ConversationList;
 use crate::components::image_panel::ImagePanel;
-use crate::components::settings::{
-    current_info, refresh_models, take_models, ModelPicker, SettingsPanel,
-};
+use crate::components::settings::{ModelPicker, SettingsPanel};
 use crate::components::share::ShareButton;
 use crate::conversation::store;
 use crate::i18n::{self, t, Lang};
@@ -69,7 +68,8 @@ fn Notice() -> impl IntoView {
         state.models.with(|m| {
             m.as_ref()
                 .and_then(|m| {
-                    current_info(m).map(|c| (c.bundled && !is_demo(c), m.models_dir.clone()))
+                    m.current_checkpoint()
+                        .map(|c| (c.bundled && !is_demo(c), m.models_dir.clone()))
                 })
                 .filter(|(b, _)| *b)
                 .map(|(_, dir)| dir)
@@ -78,42 +78,42 @@ fn Notice() -> impl IntoView {
     let demo = move || {
         state.models.with(|m| {
             m.as_ref()
-                .and_then(|m| current_info(m).map(|c| c.bundled && is_demo(c)))
+                .and_then(|m| m.current_checkpoint().map(|c| c.bundled && is_demo(c)))
                 .unwrap_or(false)
         })
     };
     view! {
         {move || demo().then(|| view! {
             <div class="banner" id="demo-notice" role="note">
-                <strong>{move || t(state, "Demo checkpoint: a tiny CogVLM trained here on synthetic scenes.")}</strong>
-                " " {move || t(state, "It knows pictures of one to three coloured circles, squares and triangles on a plain background. Ask it")}
+                <strong>{move || t(state.lang, "Demo checkpoint: a tiny CogVLM trained here on synthetic scenes.")}</strong>
+                " " {move || t(state.lang, "It knows pictures of one to three coloured circles, squares and triangles on a plain background. Ask it")}
                 " " <code>"Describe the image."</code> ", " <code>"What color is the circle?"</code> ", "
                 <code>"How many shapes are there?"</code> ", " <code>"Where is the red square?"</code> " "
-                {move || t(state, "(it answers with a box, drawn over the image; cogvlm-demo-boxes lands it on the named shape about nine times in ten, cogvlm-demo one time in four) or")} " " <code>"What is in the region [[250,000,499,249]]?"</code>
-                {move || t(state, "; make such pictures with")} " " <code>"cogvlm make-data"</code>
-                {move || t(state, ". About anything else its answers mean nothing. For real answers, put THUDM's")}
+                {move || t(state.lang, "(it answers with a box, drawn over the image; cogvlm-demo-boxes lands it on the named shape about nine times in ten, cogvlm-demo one time in four) or")} " " <code>"What is in the region [[250,000,499,249]]?"</code>
+                {move || t(state.lang, "; make such pictures with")} " " <code>"cogvlm make-data"</code>
+                {move || t(state.lang, ". About anything else its answers mean nothing. For real answers, put THUDM's")}
                 " " <code>"cogvlm-chat-hf"</code> " / " <code>"cogagent-chat-hf"</code> " "
-                {move || t(state, "(Hugging Face) into a folder of checkpoints and start")}
+                {move || t(state.lang, "(Hugging Face) into a folder of checkpoints and start")}
                 " " <code>"cogvlm serve --models-dir /path/to/models"</code> " "
-                {move || t(state, "(add --device cuda on a GPU build); see the README.")}
+                {move || t(state.lang, "(add --device cuda on a GPU build); see the README.")}
             </div>
         })}
         {move || bundled().map(|dir| view! {
             <div class="banner warn" id="bundled-notice" role="note">
-                <strong>{move || t(state, "Test checkpoint: the answers are not meaningful.")}</strong>
-                " " {move || t(state, "The model loaded now is a tiny checkpoint with the real CogVLM / CogAgent architecture and tokenizer but random weights (from")}
+                <strong>{move || t(state.lang, "Test checkpoint: the answers are not meaningful.")}</strong>
+                " " {move || t(state.lang, "The model loaded now is a tiny checkpoint with the real CogVLM / CogAgent architecture and tokenizer but random weights (from")}
                 " " <code>{dir}</code> "), "
-                {move || t(state, "bundled so that the app works out of the box. It produces gibberish by design. For real answers, download THUDM's")}
+                {move || t(state.lang, "bundled so that the app works out of the box. It produces gibberish by design. For real answers, download THUDM's")}
                 " " <code>"cogvlm-chat-hf"</code> " / " <code>"cogagent-chat-hf"</code> " "
-                {move || t(state, "(Hugging Face) into a folder of checkpoints and start")}
+                {move || t(state.lang, "(Hugging Face) into a folder of checkpoints and start")}
                 " " <code>"cogvlm serve --models-dir /path/to/models"</code> " "
-                {move || t(state, "(add --device cuda on a GPU build); see the README.")}
+                {move || t(state.lang, "(add --device cuda on a GPU build); see the README.")}
             </div>
         })}
         {move || state.load_error.get().map(|e| view! {
             <div class="banner error" id="load-error" role="alert">
-                {e} " " {move || t(state, "The previous model is still loaded.")}
-                <button class="small" on:click=move |_| state.load_error.set(None)>{move || t(state, "Dismiss")}</button>
+                {e} " " {move || t(state.lang, "The previous model is still loaded.")}
+                <button class="small" on:click=move |_| state.load_error.set(None)>{move || t(state.lang, "Dismiss")}</button>
             </div>
         })}
         {move || state.conversations.error.get().map(|e| view! {
@@ -125,8 +125,8 @@ fn Notice() -> impl IntoView {
         {move || state.models.with(|m| {
             m.as_ref().filter(|m| m.checkpoints.is_empty()).map(|m| view! {
                 <div class="banner error" role="alert">
-                    {move || t(state, "No checkpoint found in")} " " <code>{m.models_dir.clone()}</code> ". "
-                    {move || t(state, "Each checkpoint is a folder with config.json and *.safetensors.")}
+                    {move || t(state.lang, "No checkpoint found in")} " " <code>{m.models_dir.clone()}</code> ". "
+                    {move || t(state.lang, "Each checkpoint is a folder with config.json and *.safetensors.")}
                 </div>
             })
         })}
@@ -181,8 +181,8 @@ pub fn App() -> impl IntoView {
             .models
             .with(|m| {
                 m.as_ref().map(|m| match &m.placement {
-                    Some(p) => format!("{}: {p}", t(state, "devices")),
-                    None => format!("{}: {}", t(state, "device"), m.device),
+                    Some(p) => format!("{}: {p}", t(state.lang, "devices")),
+                    None => format!("{}: {}", t(state.lang, "device"), m.device),
                 })
             })
             .unwrap_or_default()
@@ -199,17 +199,17 @@ pub fn App() -> impl IntoView {
                 <div class="brand">
                     <span class="logo" aria-hidden="true">"◧"</span>
                     <h1>"CogVLM"</h1>
-                    <span class="tagline">{move || t(state, "local vision-language chat")}</span>
+                    <span class="tagline">{move || t(state.lang, "local vision-language chat")}</span>
                 </div>
                 <button class="small" id="conversations-toggle"
                     on:click=move |_| state.conversations.panel_open.update(|o| *o = !*o)>
-                    {move || t(state, "Conversations")}
+                    {move || t(state.lang, "Conversations")}
                 </button>
                 <ModelPicker/>
                 <span class="device" title=plan>{device}</span>
                 <ShareButton/>
                 <button class="small" id="lang-switch" lang=move || other_lang().code()
-                    on:click=move |_| i18n::switch(state, other_lang())>
+                    on:click=move |_| i18n::switch(state.lang, other_lang())>
                     {move || match other_lang() { Lang::En => "English", Lang::Zh => "中文" }}
                 </button>
             </header>

@@ -5,7 +5,6 @@
 //!
 //! Task templates keep their English prompts (the models were trained on them); only their labels are here.
 
-use crate::state::AppState;
 use leptos::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,8 +92,8 @@ pub fn initial() -> Lang {
 }
 
 /// The language switch: the page follows at once, and the cookie makes the server render it so next time.
-pub fn switch(state: AppState, lang: Lang) {
-    state.lang.set(lang);
+pub fn switch(page_lang: RwSignal<Lang>, lang: Lang) {
+    page_lang.set(lang);
     let Some(doc) = web_sys::window().and_then(|w| w.document()) else {
         return;
     };
@@ -110,8 +109,8 @@ pub fn switch(state: AppState, lang: Lang) {
 }
 
 /// `en` translated into the page's language (tracked: a view using it follows the switch).
-pub fn t(state: AppState, en: &'static str) -> &'static str {
-    tr(state.lang.get(), en)
+pub fn t(lang: RwSignal<Lang>, en: &'static str) -> &'static str {
+    tr(lang.get(), en)
 }
 
 /// As [`t`], for a known language.

@@ -1,5 +1,6 @@
 //! The CogVLM web app: Leptos components (built for ssr and hydrate), server functions and the
 //! protocol shared with the server. Never depends on candle.
+pub mod actions;
 pub mod agent;
 pub mod agent_card;
 pub mod api;

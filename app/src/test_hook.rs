@@ -1,10 +1,10 @@
 //! A test hook, only in the browser bundle and only on a page opened with `?test-hooks`:
 //! `window.__cogvlmReplay(query, answer)` shows a recorded answer as a new turn, streamed
-//! through the same code as a live one ([`crate::components::chat::replay`]). The random-weight
+//! through the same code as a live one ([`crate::actions::replay`]). The random-weight
 //! test checkpoints answer random text and the demos know only their synthetic shapes, so the browser tests
 //! use it for answers no bundled checkpoint gives (boxes on photos, CogAgent's agent actions).
 
-use crate::components::chat::replay;
+use crate::actions::replay;
 use crate::state::AppState;
 use wasm_bindgen::prelude::*;
 

@@ -139,6 +139,14 @@ pub struct ModelsState {
     pub plan_detail: Option<String>,
 }
 
+impl ModelsState {
+    /// The loaded checkpoint's entry.
+    pub fn current_checkpoint(&self) -> Option<&CheckpointInfo> {
+        let name = self.current.as_ref()?;
+        self.checkpoints.iter().find(|c| &c.name == name)
+    }
+}
+
 /// Sampling settings, as the page, the API, the CLI and the remote backend send them and the engine
 /// uses them. [`Sampling::validate`] is the one rule set every entry point applies.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,271 +1,16 @@
 //! The transcript (with each answer's copy / regenerate and each question's edit-and-resend), the composer,
-//! the actions (Generate, Stop, Retry, Clear) and the context meter.
+//! its buttons (Generate, Stop, Retry, Clear: what they do is in [`crate::actions`]) and the context meter.
 
+use crate::actions::{clear, resend, retry, send, stop};
 use crate::agent_card;
-use crate::api::chat;
 use crate::components::tasks::TaskBar;
 use crate::conversation::record::boxes_json;
 use crate::i18n::{t, tr, Lang};
 use crate::markdown;
-use crate::protocol::{ClientMsg, ErrorKind, Event, GenerateRequest, UploadRef};
 use crate::state::{conversation_groups, AppState, Turn, TurnStatus};
-use crate::upload;
-use futures::StreamExt;
 use leptos::prelude::*;
-use leptos::server_fn::ServerFnError;
 use protocol::grounding;
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::time::Duration;
-
-/// How long Stop waits for the server's `Done` before dropping the connection itself.
-const STOP_GRACE: Duration = Duration::from_millis(1500);
-
-/// Sends `query` as a new turn (with the finished turns before it as history).
-pub fn send(state: AppState, query: String) {
-    if state.busy.get_untracked() || query.trim().is_empty() {
-        return;
-    }
-    let history: Vec<(String, String)> = state.turns.with_untracked(|turns| {
-        turns
-            .iter()
-            .filter(|t| t.status.with_untracked(TurnStatus::is_answer))
-            .map(|t| (t.query.clone(), t.answer.get_untracked()))
-            .collect()
-    });
-    // The image by its page URL: its bytes are read only if it must be uploaded.
-    let image = state
-        .image
-        .with_untracked(|i| i.as_ref().map(|i| i.url.clone()));
-    let req: GenerateRequest<UploadRef> = GenerateRequest {
-        image: None,
-        history,
-        query: query.clone(),
-        version: Some(state.settings.version.get_untracked()),
-        sampling: state.settings.sampling(),
-    };
-    let turn = state.new_turn(query, String::new(), TurnStatus::Waiting);
-    state.turns.update(|t| t.push(turn.clone()));
-    state.busy.set(true);
-    state.note.set(None);
-
-    let status = turn.status;
-    let answer = turn.answer;
-    let pending = PendingText::default();
-    let shown = pending.clone();
-    let run = async move {
-        // A second try only when the server forgot the image (it restarted): upload it again.
-        for _ in 0..2 {
-            let upload = match &image {
-                Some(url) => match upload::ensure(state, url).await {
-                    Ok(r) => Some(r),
-                    Err(message) => {
-                        status.set(TurnStatus::Error(message));
-                        return;
-                    }
-                },
-                None => None,
-            };
-            let req = req.with_image(upload);
-            let (tx, rx) = futures::channel::mpsc::unbounded::<Result<ClientMsg, ServerFnError>>();
-            let _ = tx.unbounded_send(Ok(ClientMsg::Generate(Box::new(req))));
-            state.sender.set_value(Some(tx));
-            let mut events = match chat(rx.into()).await {
-                Ok(events) => events,
-                Err(e) => {
-                    status.set(TurnStatus::Error(format!(
-                        "could not reach the server: {e}"
-                    )));
-                    return;
-                }
-            };
-            loop {
-                let event = match events.next().await {
-                    Some(Ok(Event::Token { text })) => {
-                        pending.push(&text, answer, status);
-                        continue;
-                    }
-                    Some(Ok(Event::Error {
-                        kind: ErrorKind::UploadMissing,
-                        ..
-                    })) if image.is_some() => {
-                        upload::forget(state);
-                        break;
-                    }
-                    Some(Ok(event)) => event,
-                    Some(Err(e)) => {
-                        Event::error(ErrorKind::Internal, format!("connection lost: {e}"))
-                    }
-                    None => Event::error(ErrorKind::Internal, "the server closed the connection"),
-                };
-                pending.flush(answer, status);
-                if apply(answer, status, event) {
-                    return;
-                }
-            }
-        }
-        status.set(TurnStatus::Error(
-            "the server forgot the image again right after it was uploaded: try again".into(),
-        ));
-    };
-    let (run, abort) = futures::future::abortable(run);
-    state.aborter.set_value(Some(abort));
-    leptos::task::spawn_local(async move {
-        if run.await.is_err() {
-            // Aborted by Stop after the grace period: keep what arrived.
-            shown.flush(answer, status);
-            status.set(TurnStatus::Stopped);
-        }
-        state.sender.set_value(None);
-        state.aborter.set_value(None);
-        state.busy.set(false);
-    });
-}
-
-/// Answer text received but not yet on the page. The answer is re-rendered (markdown, boxes,
-/// scrolling) at most once per animation frame rather than once per token, so a page that
-/// renders slower than the model writes never falls behind the stream: Stop and the end of
-/// the answer show as soon as the server sends them.
-#[derive(Clone, Default)]
-struct PendingText(Rc<RefCell<String>>);
-
-impl PendingText {
-    /// Adds a piece of the answer; the first piece since the last paint schedules the next one.
-    fn push(&self, text: &str, answer: RwSignal<String>, status: RwSignal<TurnStatus>) {
-        let first = self.0.borrow().is_empty();
-        self.0.borrow_mut().push_str(text);
-        if first {
-            let this = self.clone();
-            request_animation_frame(move || this.flush(answer, status));
-        }
-    }
-
-    /// Shows the waiting text now (before an event that changes or ends the turn).
-    fn flush(&self, answer: RwSignal<String>, status: RwSignal<TurnStatus>) {
-        let text = std::mem::take(&mut *self.0.borrow_mut());
-        // A frame that comes after the turn ended has nothing left to show.
-        if !text.is_empty() && status.with_untracked(TurnStatus::is_active) {
-            apply(answer, status, Event::Token { text });
-        }
-    }
-}
-
-/// Applies one server event to a turn's answer and status; true when the turn is over.
-/// Live answers and recorded ones (the test hook) both go through here.
-pub fn apply(answer: RwSignal<String>, status: RwSignal<TurnStatus>, event: Event) -> bool {
-    match event {
-        Event::Queued { position, eta_ms } => status.set(TurnStatus::Queued {
-            ahead: position,
-            eta_ms,
-        }),
-        Event::Started { .. } => status.set(TurnStatus::Waiting),
-        Event::Token { text } => {
-            answer.update(|a| a.push_str(&text));
-            if !matches!(status.get_untracked(), TurnStatus::Streaming) {
-                status.set(TurnStatus::Streaming);
-            }
-        }
-        Event::Done { stats } => {
-            status.set(TurnStatus::Done(stats));
-            return true;
-        }
-        Event::Error { message, .. } => {
-            status.set(TurnStatus::Error(message));
-            return true;
-        }
-        Event::LoadProgress { .. } | Event::Loaded { .. } => {}
-    }
-    false
-}
-
-/// Shows `query` and a recorded `answer` as a new turn, the answer streamed in word by word
-/// through [`apply`] like a live one. Used by the page's test hook only.
-pub fn replay(state: AppState, query: String, answer_text: &str) {
-    if state.busy.get_untracked() {
-        return;
-    }
-    let turn = state.new_turn(query, String::new(), TurnStatus::Waiting);
-    state.turns.update(|t| t.push(turn.clone()));
-    for piece in answer_text.split_inclusive(' ') {
-        apply(
-            turn.answer,
-            turn.status,
-            Event::Token {
-                text: piece.to_string(),
-            },
-        );
-    }
-    turn.status.set(TurnStatus::Recorded);
-}
-
-/// Asks the server to stop the running generation; drops the connection if it does not
-/// answer within [`STOP_GRACE`] (the server then cancels on the closed socket).
-pub fn stop(state: AppState) {
-    let Some(turn_id) = state.turns.with_untracked(|t| t.last().map(|t| t.id)) else {
-        return;
-    };
-    if !state.busy.get_untracked() {
-        return;
-    }
-    state.sender.with_value(|tx| {
-        if let Some(tx) = tx {
-            let _ = tx.unbounded_send(Ok(ClientMsg::Stop));
-        }
-    });
-    set_timeout(
-        move || {
-            let same_turn = state.turns.with_untracked(|t| t.last().map(|t| t.id)) == Some(turn_id);
-            if same_turn && state.busy.get_untracked() {
-                state.aborter.with_value(|a| {
-                    if let Some(a) = a {
-                        a.abort();
-                    }
-                });
-            }
-        },
-        STOP_GRACE,
-    );
-}
-
-/// Empties the conversation (stopping a running answer first).
-pub fn clear(state: AppState) {
-    stop(state);
-    state.aborter.with_value(|a| {
-        if let Some(a) = a {
-            a.abort();
-        }
-    });
-    state.turns.set(Vec::new());
-    state.hover.set(None);
-    state.note.set(None);
-}
-
-/// Asks the last question again (replacing its answer).
-pub fn retry(state: AppState) {
-    if let Some(last) = state.turns.with_untracked(|t| t.last().map(|t| t.id)) {
-        resend(state, last, None);
-    }
-}
-
-/// Asks turn `id`'s question again, or `edited` in its place: that turn and every later one are dropped, and
-/// the question goes with the turns before it as history (regenerate, edit-and-resend).
-pub fn resend(state: AppState, id: u64, edited: Option<String>) {
-    if state.busy.get_untracked() {
-        return;
-    }
-    let Some(at) = state
-        .turns
-        .with_untracked(|t| t.iter().position(|t| t.id == id))
-    else {
-        return;
-    };
-    let query = edited.unwrap_or_else(|| state.turns.with_untracked(|t| t[at].query.clone()));
-    if query.trim().is_empty() {
-        return;
-    }
-    state.turns.update(|t| t.truncate(at));
-    send(state, query);
-}
 
 fn stats_line(lang: Lang, status: &TurnStatus) -> String {
     let t = |en| tr(lang, en);
@@ -358,20 +103,20 @@ fn AnswerActions(id: u64, answer: RwSignal<String>, status: RwSignal<TurnStatus>
         <Show when=idle>
             <div class="answer-actions">
                 <button class="small" data-action="copy" on:click=move |_| copy_text(answer.get_untracked(), copied)>
-                    {move || t(state, "Copy")}
+                    {move || t(state.lang, "Copy")}
                 </button>
                 <Show when=has_boxes>
                     <button class="small" data-action="copy-boxes"
                         on:click=move |_| copy_text(answer.with_untracked(|a| boxes_json(a)), copied)>
-                        {move || t(state, "Copy boxes (JSON)")}
+                        {move || t(state.lang, "Copy boxes (JSON)")}
                     </button>
                 </Show>
                 <button class="small" data-action="regenerate"
                     disabled=move || state.busy.get() || state.current_model().is_none()
                     on:click=move |_| resend(state, id, None)>
-                    {move || t(state, "Regenerate")}
+                    {move || t(state.lang, "Regenerate")}
                 </button>
-                <span class="copied" role="status">{move || copied.get().map(|m| t(state, m))}</span>
+                <span class="copied" role="status">{move || copied.get().map(|m| t(state.lang, m))}</span>
             </div>
         </Show>
     }
@@ -399,7 +144,7 @@ fn QuestionView(
     };
     view! {
         <div class="msg user">
-            <div class="who">{move || t(state, "You")}</div>
+            <div class="who">{move || t(state.lang, "You")}</div>
             <Show
                 when=move || editing.with(Option::is_some)
                 fallback=move || view! {
@@ -411,7 +156,7 @@ fn QuestionView(
                                 let query = query.clone();
                                 move |_| editing.set(Some(query.clone()))
                             }>
-                            {move || t(state, "Edit")}
+                            {move || t(state.lang, "Edit")}
                         </button>
                     </div>
                 }
@@ -432,10 +177,10 @@ fn QuestionView(
                     <button class="small primary" data-action="send-edit"
                         disabled=move || state.busy.get() || state.current_model().is_none()
                         on:click=move |_| resend_edit()>
-                        {move || t(state, "Send")}
+                        {move || t(state.lang, "Send")}
                     </button>
                     <button class="small" data-action="cancel-edit" on:click=move |_| editing.set(None)>
-                        {move || t(state, "Cancel")}
+                        {move || t(state.lang, "Cancel")}
                     </button>
                 </div>
             </Show>
@@ -480,11 +225,11 @@ fn TurnView(
         <div class="turn" data-turn=id>
             <QuestionView id=id query=turn.query.clone() offsets=offsets/>
             <div class="msg bot" class:streaming=move || status.with(TurnStatus::is_active)>
-                <div class="who">{move || t(state, "Model")}</div>
+                <div class="who">{move || t(state.lang, "Model")}</div>
                 <div class="bubble answer markdown" inner_html=answer_html></div>
                 {move || dropped().map(|n| view! {
                     <div class="context-note" role="note">
-                        {format!("{n} {}", t(state, "earlier turns left out of the prompt to fit the context"))}
+                        {format!("{n} {}", t(state.lang, "earlier turns left out of the prompt to fit the context"))}
                     </div>
                 })}
                 <div class=status_class>{move || status.with(|s| stats_line(state.lang.get(), s))}</div>
@@ -513,13 +258,13 @@ fn ContextMeter() -> impl IntoView {
             let title = format!(
                 "{used} / {context} {}",
                 t(
-                    state,
+                    state.lang,
                     "positions of the checkpoint's context (image, question and answers)"
                 )
             );
             view! {
                 <div class="context-meter" id="context-meter" title=title>
-                    <span>{move || t(state, "Context")}</span>
+                    <span>{move || t(state.lang, "Context")}</span>
                     <meter min="0" max=context value=used high=context * 4 / 5></meter>
                     <span class="meter-figures">{format!("{used} / {context}")}</span>
                 </div>
@@ -591,13 +336,13 @@ pub fn ChatPanel() -> impl IntoView {
             >
                 <Show when=empty>
                     <div class="empty">
-                        <p class="empty-title">{move || t(state, "Ask about an image")}</p>
+                        <p class="empty-title">{move || t(state.lang, "Ask about an image")}</p>
                         <p>
-                            {move || t(state, "Add an image (button, drag and drop, or paste), then ask a question.")}
+                            {move || t(state.lang, "Add an image (button, drag and drop, or paste), then ask a question.")}
                             " "
-                            {move || t(state, "Boxes written as")}
+                            {move || t(state.lang, "Boxes written as")}
                             " " <code>"[[x0,y0,x1,y1]]"</code> " "
-                            {move || t(state, "(thousandths of the width and height) in a question or an answer are drawn on the image.")}
+                            {move || t(state.lang, "(thousandths of the width and height) in a question or an answer are drawn on the image.")}
                         </p>
                     </div>
                 </Show>
@@ -611,7 +356,7 @@ pub fn ChatPanel() -> impl IntoView {
                 <textarea
                     id="prompt"
                     rows="3"
-                    placeholder=move || t(state, "Ask a question…  (Enter sends, Shift+Enter: new line, Esc: stop)")
+                    placeholder=move || t(state.lang, "Ask a question…  (Enter sends, Shift+Enter: new line, Esc: stop)")
                     prop:value=move || state.draft.get()
                     on:input=move |ev| state.draft.set(event_target_value(&ev))
                     on:keydown=on_keydown
@@ -623,20 +368,20 @@ pub fn ChatPanel() -> impl IntoView {
                         disabled=move || !can_send()
                         on:click=move |_| submit()
                     >
-                        {move || t(state, "Generate")}
+                        {move || t(state.lang, "Generate")}
                     </button>
                     <button id="stop" disabled=move || !state.busy.get() on:click=move |_| stop(state)>
-                        {move || t(state, "Stop")}
+                        {move || t(state.lang, "Stop")}
                     </button>
                     <button
                         id="retry"
                         disabled=move || state.busy.get() || empty() || state.current_model().is_none()
                         on:click=move |_| retry(state)
                     >
-                        {move || t(state, "Retry")}
+                        {move || t(state.lang, "Retry")}
                     </button>
                     <button id="clear" disabled=empty on:click=move |_| clear(state)>
-                        {move || t(state, "Clear")}
+                        {move || t(state.lang, "Clear")}
                     </button>
                     <ContextMeter/>
                 </div>

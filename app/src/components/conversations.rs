@@ -72,11 +72,11 @@ fn Item(id: String, title: String) -> impl IntoView {
                 <button class="small" data-action="rename" on:click={
                     let title = title.clone();
                     move |_| renaming.set(Some(title.clone()))
-                }>{move || t(state, "Rename")}</button>
+                }>{move || t(state.lang, "Rename")}</button>
                 <button class="small" data-action="export-md" on:click=export(&id, Export::Markdown)>"Markdown"</button>
                 <button class="small" data-action="export-json" on:click=export(&id, Export::Json)>"JSON"</button>
                 <button class="small danger" data-action="delete" on:click=action(&id, store::delete)>
-                    {move || t(state, "Delete")}
+                    {move || t(state.lang, "Delete")}
                 </button>
             </div>
         </li>
@@ -91,15 +91,15 @@ pub fn ConversationList() -> impl IntoView {
     view! {
         <aside class="conversations" id="conversations" class:shown=move || c.panel_open.get()>
             <div class="conv-head">
-                <h2>{move || t(state, "Conversations")}</h2>
+                <h2>{move || t(state.lang, "Conversations")}</h2>
                 <button class="small primary" id="new-conversation" on:click=move |_| {
                     store::new_conversation(state);
                     c.panel_open.set(false);
-                }>{move || t(state, "New")}</button>
-                <button class="small conv-close" aria-label=move || t(state, "Close")
+                }>{move || t(state.lang, "New")}</button>
+                <button class="small conv-close" aria-label=move || t(state.lang, "Close")
                     on:click=move |_| c.panel_open.set(false)>"×"</button>
             </div>
-            <p class="hint">{move || t(state, "Kept in this browser only.")}</p>
+            <p class="hint">{move || t(state.lang, "Kept in this browser only.")}</p>
             <ul id="conversation-list">
                 <For
                     each=move || c.list.get()

@@ -1,118 +1,10 @@
 //! Model selector (with switching and load progress), prompt version and sampling controls.
 
-use crate::api::{list_models, load_model};
+use crate::actions::switch_model;
 use crate::i18n::{t, tr, Lang};
-use crate::protocol::{CheckpointInfo, Event, ModelsState, PromptVersion};
-use crate::state::{AppState, Loading};
-use futures::StreamExt;
+use crate::protocol::{CheckpointInfo, PromptVersion};
+use crate::state::AppState;
 use leptos::prelude::*;
-
-/// Fetches the checkpoint list (after hydration) and sets the prompt version to the loaded
-/// checkpoint's default.
-pub fn refresh_models(state: AppState) {
-    leptos::task::spawn_local(async move {
-        match list_models().await {
-            Ok(models) => {
-                if let Some(name) = &models.loading {
-                    state.loading.set(Some(Loading {
-                        name: name.clone(),
-                        done: 0,
-                        total: 0,
-                    }));
-                    // Poll until the startup load is over.
-                    set_timeout(
-                        move || refresh_models(state),
-                        std::time::Duration::from_millis(500),
-                    );
-                } else if state
-                    .loading
-                    .with_untracked(|l| l.as_ref().is_some_and(|l| l.total == 0))
-                {
-                    state.loading.set(None);
-                }
-                take_models(state, models);
-                state.models_error.set(None);
-            }
-            Err(e) => state
-                .models_error
-                .set(Some(format!("could not list the models: {e}"))),
-        }
-    });
-}
-
-/// Shows `models`: the list, the load error, and the loaded checkpoint's default prompt version and sampling
-/// (a later switch sets the version only: sampling the user has set stays).
-pub fn take_models(state: AppState, models: ModelsState) {
-    if let Some(ck) = current_info(&models) {
-        state.settings.start_with(ck);
-    }
-    state.load_error.set(models.load_error.clone());
-    state.models.set(Some(models));
-}
-
-pub fn current_info(models: &ModelsState) -> Option<&CheckpointInfo> {
-    let name = models.current.as_ref()?;
-    models.checkpoints.iter().find(|c| &c.name == name)
-}
-
-/// Loads checkpoint `name` (the old one answers until it is ready).
-pub fn switch_model(state: AppState, name: String) {
-    if state.current_model().as_deref() == Some(name.as_str())
-        || state.loading.with_untracked(Option::is_some)
-    {
-        return;
-    }
-    state.load_error.set(None);
-    state.loading.set(Some(Loading {
-        name: name.clone(),
-        done: 0,
-        total: 0,
-    }));
-    leptos::task::spawn_local(async move {
-        let (tx, rx) = futures::channel::mpsc::unbounded();
-        let _ = tx.unbounded_send(Ok(name.clone()));
-        let result = match load_model(rx.into()).await {
-            Ok(mut events) => loop {
-                match events.next().await {
-                    Some(Ok(Event::LoadProgress { done, total })) => {
-                        state.loading.set(Some(Loading {
-                            name: name.clone(),
-                            done,
-                            total,
-                        }))
-                    }
-                    Some(Ok(Event::Loaded { checkpoint })) => break Ok(checkpoint),
-                    Some(Ok(Event::Error { message, .. })) => break Err(message),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => break Err(format!("connection lost: {e}")),
-                    None => break Err("the server closed the connection".into()),
-                }
-            },
-            Err(e) => Err(format!("could not reach the server: {e}")),
-        };
-        drop(tx);
-        state.loading.set(None);
-        match result {
-            Ok(ck) => {
-                state.settings.version.set(ck.default_version);
-                state.models.update(|m| {
-                    if let Some(m) = m {
-                        m.current = Some(ck.name.clone());
-                        m.load_error = None;
-                    }
-                });
-            }
-            Err(message) => {
-                state.load_error.set(Some(format!(
-                    "{} {name}: {message}",
-                    tr(state.lang.get_untracked(), "Could not load")
-                )));
-                // Re-render the selector on the checkpoint that still answers.
-                state.models.update(|_| {});
-            }
-        }
-    });
-}
 
 fn checkpoint_label(lang: Lang, c: &CheckpointInfo) -> String {
     format!(
@@ -156,7 +48,7 @@ pub fn ModelPicker() -> impl IntoView {
             };
             view! {
                 <div class="load-progress" id="load-progress">
-                    <span>{format!("{} {}… {:.0}%", t(state, "Loading"), l.name, pct)}</span>
+                    <span>{format!("{} {}… {:.0}%", t(state.lang, "Loading"), l.name, pct)}</span>
                     <progress max="100" value=format!("{pct:.1}")></progress>
                 </div>
             }
@@ -164,7 +56,7 @@ pub fn ModelPicker() -> impl IntoView {
     };
     view! {
         <div class="model-picker">
-            <label for="model-select">{move || t(state, "Model")}</label>
+            <label for="model-select">{move || t(state.lang, "Model")}</label>
             <select
                 id="model-select"
                 disabled=move || state.busy.get() || state.loading.with(Option::is_some) || state.models.with(Option::is_none)
@@ -193,7 +85,7 @@ fn Slider(
     let shown = move || {
         let v = value.get();
         match zero_label {
-            Some(z) if v <= 1e-5 => t(state, z).to_string(),
+            Some(z) if v <= 1e-5 => t(state.lang, z).to_string(),
             _ if step >= 1.0 => format!("{v:.0}"),
             _ => format!("{v:.2}"),
         }
@@ -201,7 +93,7 @@ fn Slider(
     view! {
         <div class="field slider">
             <label for=id>
-                <span>{move || t(state, label)}</span>
+                <span>{move || t(state.lang, label)}</span>
                 <output id=format!("{id}-value")>{shown}</output>
             </label>
             <input
@@ -219,7 +111,7 @@ fn Slider(
                     }
                 }
             />
-            {hint.map(|h| view! { <small>{move || t(state, h)}</small> })}
+            {hint.map(|h| view! { <small>{move || t(state.lang, h)}</small> })}
         </div>
     }
 }
@@ -247,14 +139,14 @@ pub fn SettingsPanel() -> impl IntoView {
     let default_version = move || {
         state.models.with(|m| {
             m.as_ref()
-                .and_then(|m| current_info(m).map(|c| c.default_version))
+                .and_then(|m| m.current_checkpoint().map(|c| c.default_version))
         })
     };
     view! {
         <section class="settings">
-            <h2>{move || t(state, "Settings")}</h2>
+            <h2>{move || t(state.lang, "Settings")}</h2>
             <div class="field">
-                <label for="version-select">{move || t(state, "Prompt template")}</label>
+                <label for="version-select">{move || t(state.lang, "Prompt template")}</label>
                 <select
                     id="version-select"
                     prop:value=move || s.version.get().as_str()
@@ -269,9 +161,9 @@ pub fn SettingsPanel() -> impl IntoView {
                         .map(|v| {
                             let text = move || {
                                 if default_version() == Some(v) {
-                                    format!("{} {}", t(state, v.describe()), t(state, "(default for this model)"))
+                                    format!("{} {}", t(state.lang, v.describe()), t(state.lang, "(default for this model)"))
                                 } else {
-                                    t(state, v.describe()).to_string()
+                                    t(state.lang, v.describe()).to_string()
                                 }
                             };
                             // `selected` for the server-rendered page; the select's `prop:value` after.
@@ -288,18 +180,18 @@ pub fn SettingsPanel() -> impl IntoView {
             <Slider id="max-length" label="Max length" min=64.0 max=8192.0 step=64.0 value=max_length
                 hint="prompt, image tokens and answer together"/>
             <details class="advanced">
-                <summary>{move || t(state, "More")}</summary>
+                <summary>{move || t(state.lang, "More")}</summary>
                 <div class="field">
-                    <label for="max-new-tokens">{move || t(state, "Max new tokens")}</label>
-                    <input type="number" id="max-new-tokens" min="1" placeholder=move || t(state, "no limit")
+                    <label for="max-new-tokens">{move || t(state.lang, "Max new tokens")}</label>
+                    <input type="number" id="max-new-tokens" min="1" placeholder=move || t(state.lang, "no limit")
                         prop:value=move || s.max_new_tokens.get()
                         on:input=move |ev| s.max_new_tokens.set(event_target_value(&ev))/>
                 </div>
                 <Slider id="repetition-penalty" label="Repetition penalty" min=1.0 max=2.0 step=0.01
                     value=s.repetition_penalty/>
                 <div class="field">
-                    <label for="seed">{move || t(state, "Seed")}</label>
-                    <input type="number" id="seed" min="0" placeholder=move || t(state, "random")
+                    <label for="seed">{move || t(state.lang, "Seed")}</label>
+                    <input type="number" id="seed" min="0" placeholder=move || t(state.lang, "random")
                         prop:value=move || s.seed.get()
                         on:input=move |ev| s.seed.set(event_target_value(&ev))/>
                 </div>

@@ -46,16 +46,16 @@ pub fn ShareButton() -> impl IntoView {
             let link = i.link.clone();
             view! {
                 <button class="small" id="share" on:click=move |_| open.update(|o| *o = !*o)>
-                    {move || t(state, "Share")}
+                    {move || t(state.lang, "Share")}
                 </button>
                 <Show when=move || open.get()>
                     <div class="share-panel" id="share-panel" role="dialog">
                         <p class="warn-text">
-                            {move || t(state, "Anyone on your network with this link can use this server.")}
+                            {move || t(state.lang, "Anyone on your network with this link can use this server.")}
                         </p>
                         <div class="qr" id="share-qr" inner_html=svg.clone()></div>
                         <code id="share-link">{link.clone()}</code>
-                        <button class="small" on:click=move |_| open.set(false)>{move || t(state, "Close")}</button>
+                        <button class="small" on:click=move |_| open.set(false)>{move || t(state.lang, "Close")}</button>
                     </div>
                 </Show>
             }

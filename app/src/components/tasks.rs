@@ -5,7 +5,7 @@
 //! The draft is the one source of truth for regions: a drawn region is written into it, and
 //! the regions listed under the image are the draft's boxes.
 
-use crate::components::settings::{current_info, switch_model};
+use crate::actions::switch_model;
 use crate::i18n::t as tx;
 use crate::state::AppState;
 use crate::tasks::{fill, Task, TaskInput};
@@ -105,18 +105,18 @@ fn Suggestion() -> impl IntoView {
         let wanted = suits.wanted()?;
         state.models.with(|m| {
             let m = m.as_ref()?;
-            if let Some(c) = current_info(m).filter(|c| suits.accepts(c)) {
-                let text = format!("{} {} {}", tx(state, "The loaded checkpoint,"), c.name, tx(state, "suits this task."));
+            if let Some(c) = m.current_checkpoint().filter(|c| suits.accepts(c)) {
+                let text = format!("{} {} {}", tx(state.lang, "The loaded checkpoint,"), c.name, tx(state.lang, "suits this task."));
                 return Some(view! { <p class="task-suggest ok" id="task-suggest">{text}</p> }.into_any());
             }
             Some(match suits.best(&m.checkpoints) {
                 Some(c) => {
                     let name = c.name.clone();
-                    let label = format!("{} {name}", tx(state, "Switch to"));
+                    let label = format!("{} {name}", tx(state.lang, "Switch to"));
                     view! {
                         <p class="task-suggest" id="task-suggest">
-                            {tx(state, "This task suits THUDM's")} " " <code>{wanted}</code> "; "
-                            <code>{name.clone()}</code> " " {tx(state, "is in the models folder.")} " "
+                            {tx(state.lang, "This task suits THUDM's")} " " <code>{wanted}</code> "; "
+                            <code>{name.clone()}</code> " " {tx(state.lang, "is in the models folder.")} " "
                             <button
                                 class="small"
                                 id="task-switch"
@@ -131,8 +131,8 @@ fn Suggestion() -> impl IntoView {
                 }
                 None => view! {
                     <p class="task-suggest" id="task-suggest">
-                        {tx(state, "This task suits THUDM's")} " " <code>{wanted}</code>
-                        {tx(state, ", which is not in the models folder: the loaded checkpoint may not follow the template.")}
+                        {tx(state.lang, "This task suits THUDM's")} " " <code>{wanted}</code>
+                        {tx(state.lang, ", which is not in the models folder: the loaded checkpoint may not follow the template.")}
                     </p>
                 }
                 .into_any(),
@@ -151,7 +151,7 @@ fn TaskInputs() -> impl IntoView {
             <input
                 type="text"
                 id="task-text"
-                placeholder=move || tx(state, placeholder)
+                placeholder=move || tx(state.lang, placeholder)
                 prop:value=move || t.text.get()
                 on:input=move |ev| {
                     t.text.set(event_target_value(&ev));
@@ -175,12 +175,12 @@ fn TaskInputs() -> impl IntoView {
                         refill_keeping_regions(state);
                     }
                 />
-                {move || tx(state, "with grounding")}
+                {move || tx(state.lang, "with grounding")}
             </label>
         }
         .into_any(),
         Task::DescribeRegion => view! {
-            <span class="task-hint">{move || tx(state, "Drag on the image to mark one or more regions.")}</span>
+            <span class="task-hint">{move || tx(state.lang, "Drag on the image to mark one or more regions.")}</span>
         }
         .into_any(),
         Task::Chat | Task::DescribeWithBoxes => ().into_any(),
@@ -207,7 +207,7 @@ fn TemplatePicker() -> impl IntoView {
     view! {
         <select
             id="task-template"
-            aria-label=move || tx(state, "Template")
+            aria-label=move || tx(state.lang, "Template")
             prop:value=move || t.chosen.get().map_or("random".to_string(), |i| i.to_string())
             on:change=move |ev| {
                 let value = event_target_value(&ev);
@@ -215,13 +215,13 @@ fn TemplatePicker() -> impl IntoView {
                 refill_keeping_regions(state);
             }
         >
-            <option value="random">{move || tx(state, "Random template")}</option>
+            <option value="random">{move || tx(state.lang, "Random template")}</option>
             {options}
         </select>
         <button
             class="small"
             id="task-another"
-            title=move || tx(state, "Another random template")
+            title=move || tx(state.lang, "Another random template")
             on:click=move |_| {
                 let task = t.task.get_untracked();
                 t.chosen.set(None);
@@ -229,7 +229,7 @@ fn TemplatePicker() -> impl IntoView {
                 refill_keeping_regions(state);
             }
         >
-            {move || tx(state, "Another")}
+            {move || tx(state.lang, "Another")}
         </button>
     }
 }
@@ -240,7 +240,7 @@ pub fn TaskBar() -> impl IntoView {
     let t = state.tasks;
     view! {
         <div class="taskbar">
-            <div class="task-tabs" role="tablist" aria-label=move || tx(state, "Task")>
+            <div class="task-tabs" role="tablist" aria-label=move || tx(state.lang, "Task")>
                 {Task::ALL
                     .into_iter()
                     .map(|task| {
@@ -253,7 +253,7 @@ pub fn TaskBar() -> impl IntoView {
                                 aria-selected=move || (t.task.get() == task).to_string()
                                 on:click=move |_| select_task(state, task)
                             >
-                                {move || tx(state, task.label())}
+                                {move || tx(state.lang, task.label())}
                             </button>
                         }
                     })

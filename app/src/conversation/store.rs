@@ -303,7 +303,7 @@ fn start_fresh(state: AppState) {
 
 /// Makes `rec` the open conversation: its image, turns (with their boxes), title and settings.
 pub fn restore(state: AppState, rec: SavedConversation) {
-    crate::components::chat::clear(state);
+    crate::actions::clear(state);
     let c = state.conversations;
     c.id.set(rec.id.clone());
     c.title.set(Some(rec.title.clone()).filter(|t| {
@@ -394,7 +394,7 @@ fn blob_url(bytes: &[u8], mime: &str) -> Option<String> {
 /// Saves the open conversation and opens an empty one.
 pub fn new_conversation(state: AppState) {
     save(state);
-    crate::components::chat::clear(state);
+    crate::actions::clear(state);
     if let Some(old) = state.image.get_untracked() {
         let _ = web_sys::Url::revoke_object_url(&old.url);
     }
@@ -455,7 +455,7 @@ pub fn delete(state: AppState, id: String) {
     c.list.update(|l| l.retain(|s| s.id != id));
     if c.id.with_untracked(|c| *c == id) {
         // Nothing of it is saved again: the page opens an empty conversation.
-        crate::components::chat::clear(state);
+        crate::actions::clear(state);
         state.image.set(None);
         start_fresh(state);
     }

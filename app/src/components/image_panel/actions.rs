@@ -45,11 +45,11 @@ pub fn ImageBar(
     view! {
         <div class="image-bar">
             <span class="image-name">{image_caption}</span>
-            <button class="small" id="download-annotated" title=move || t(state, "PNG with the boxes and labels")
-                on:click=download>{move || t(state, "Download annotated")}</button>
+            <button class="small" id="download-annotated" title=move || t(state.lang, "PNG with the boxes and labels")
+                on:click=download>{move || t(state.lang, "Download annotated")}</button>
             <button class="small" on:click=move |_| {
                 if let Some(input) = input_ref.get() { input.click(); }
-            }>{move || t(state, "Replace")}</button>
+            }>{move || t(state.lang, "Replace")}</button>
             <button class="small" id="remove-image" on:click=move |_| {
                 if let Some(old) = state.image.get_untracked() {
                     let _ = web_sys::Url::revoke_object_url(&old.url);
@@ -57,7 +57,7 @@ pub fn ImageBar(
                 state.image.set(None);
                 state.turns.set(Vec::new());
                 state.note.set(None);
-            }>{move || t(state, "Remove")}</button>
+            }>{move || t(state.lang, "Remove")}</button>
         </div>
     }
 }
@@ -73,11 +73,11 @@ pub fn Dropzone(
             <svg viewBox="0 0 24 24" width="40" height="40" aria-hidden="true">
                 <path fill="currentColor" d="M19 5v14H5V5h14m0-2H5a2 2 0 0 0-2 2v14a2 2 0 0 0 2 2h14a2 2 0 0 0 2-2V5a2 2 0 0 0-2-2zm-4.86 8.86-3 3.87L9 13.14 6 17h12l-3.86-5.14z"/>
             </svg>
-            <p>{move || t(state, "Drop an image here, paste it (Ctrl+V), or")}</p>
+            <p>{move || t(state.lang, "Drop an image here, paste it (Ctrl+V), or")}</p>
             <button class="primary" id="choose-image" on:click=move |_| {
                 if let Some(input) = input_ref.get() { input.click(); }
-            }>{move || t(state, "Choose an image")}</button>
-            <p class="hint">{move || t(state, "Without an image the model answers from text alone.")}</p>
+            }>{move || t(state.lang, "Choose an image")}</button>
+            <p class="hint">{move || t(state.lang, "Without an image the model answers from text alone.")}</p>
         </div>
     }
 }

@@ -66,7 +66,7 @@ pub fn take_file(state: AppState, file: web_sys::File) {
         }
         let had_conversation = state.turns.with_untracked(|t| !t.is_empty());
         if state.busy.get_untracked() {
-            crate::components::chat::stop(state);
+            crate::actions::stop(state);
         }
         if had_conversation {
             // The old conversation stays in the list with its own image.

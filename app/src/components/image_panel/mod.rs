@@ -83,7 +83,7 @@ pub fn ImagePanel() -> impl IntoView {
             <Show when=has_image>
                 <DraftRegions draft_first/>
             </Show>
-            <p class="hint">{move || t(state, "A new image starts a new conversation.")}</p>
+            <p class="hint">{move || t(state.lang, "A new image starts a new conversation.")}</p>
         </section>
     }
 }

@@ -34,8 +34,8 @@ pub fn DraftRegions(
                             <code>{text}</code>
                             <button
                                 class="remove-region"
-                                title=move || t(state, "Remove this region from the prompt")
-                                aria-label=move || format!("{} {}", t(state, "Remove region"), index + 1)
+                                title=move || t(state.lang, "Remove this region from the prompt")
+                                aria-label=move || format!("{} {}", t(state.lang, "Remove region"), index + 1)
                                 on:click=move |_| {
                                     state.hover.set(None);
                                     remove_group(state, k);
@@ -52,7 +52,7 @@ pub fn DraftRegions(
 
     view! {
         <div class="regions">
-            <span class="hint">{move || t(state, "Drag on the image to mark a region for the prompt.")}</span>
+            <span class="hint">{move || t(state.lang, "Drag on the image to mark a region for the prompt.")}</span>
             <ul id="regions">{regions}</ul>
         </div>
     }

@@ -182,7 +182,7 @@ pub fn Stage(
             <canvas
                 id="overlay"
                 node_ref=canvas_ref
-                title=move || t(state, "Drag to mark a region for the prompt")
+                title=move || t(state.lang, "Drag to mark a region for the prompt")
                 on:pointerdown=on_pointer_down
                 on:pointermove=on_pointer_move
                 on:pointerup=on_pointer_up
