@@ -385,26 +385,14 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     ensure!(args.rank >= 1, "--rank must be at least 1");
     check_load_options(&args.load)?;
     let device = args.load.device.open()?;
-    let dtype = args.load.float_type();
     let inputs = Inputs::new(
         &args.model,
         args.load.tokenizer.as_deref(),
         args.version,
         device.clone(),
     )?;
-    let (layout, mut train) = data::load(&args.data)?;
     let mut rng = StdRng::seed_from_u64(args.seed);
-    let valid = match &args.valid {
-        Some(dir) => data::load(dir)?.1,
-        None if args.valid_split > 0.0 => {
-            ensure!(args.valid_split < 1.0, "--valid-split must be below 1");
-            train.shuffle(&mut rng);
-            let n = ((train.len() as f64 * args.valid_split).round() as usize).max(1);
-            ensure!(n < train.len(), "--valid-split leaves no training examples");
-            train.split_off(train.len() - n)
-        }
-        None => Vec::new(),
-    };
+    let (layout, train, valid) = split_data(args, &mut rng)?;
     let per_step = args.batch * args.grad_accum;
     let total_steps = match (args.steps, args.epochs) {
         (Some(s), _) => s,
@@ -419,86 +407,9 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         inputs.version
     );
 
-    // The model, the trained tensors and the optimizer (from --resume when given).
-    let resume_state: Option<TrainerState> = match &args.resume {
-        Some(dir) => {
-            let p = dir.join(STATE_FILE);
-            let text = std::fs::read_to_string(&p).with_context(|| {
-                format!(
-                    "cannot read {} (--resume takes a checkpoint-N folder)",
-                    p.display()
-                )
-            })?;
-            let s: TrainerState = serde_json::from_str(&text)
-                .with_context(|| format!("{} is malformed", p.display()))?;
-            ensure!(
-                s.full == args.full,
-                "{} was a {} run; this one is {}",
-                dir.display(),
-                if s.full { "--full" } else { "LoRA" },
-                if args.full { "--full" } else { "LoRA" }
-            );
-            Some(s)
-        }
-        None => None,
-    };
-    // Said before the weights load: on a full-size checkpoint that takes a while.
-    ensure!(
-        args.zero.is_empty() || (args.full && args.resume.is_none()),
-        "--zero starts a full fine-tune (--full, without --resume)"
-    );
-    let (m, adapter) = if args.full {
-        let dir = args.resume.as_deref().unwrap_or(args.model.as_path());
-        (load_model_in(dir, &device, DType::F32, true, None)?, None)
-    } else {
-        let adapter = match &args.resume {
-            Some(dir) => Adapter::load(dir)?,
-            None => {
-                let config = LoraConfig::new(
-                    args.rank,
-                    args.alpha,
-                    args.dropout,
-                    &args.targets,
-                    &args.model.display().to_string(),
-                );
-                new_adapter(config, &inputs.cfg, args.seed)?
-            }
-        };
-        let m = load_model_in(&args.model, &device, dtype, false, Some(&adapter))?;
-        (m, Some(adapter))
-    };
-    for p in &args.zero {
-        let mut hit = false;
-        for (_, v) in m.weights.iter().filter(|(k, _)| k.starts_with(p.as_str())) {
-            v.set(&v.zeros_like()?)?;
-            hit = true;
-        }
-        ensure!(
-            hit,
-            "--zero {p}: no weight of {} starts with it",
-            args.model.display()
-        );
-    }
-    let params: Vec<(String, candle_core::Var)> = if args.full {
-        let frozen = |k: &str| args.freeze.iter().any(|p| k.starts_with(p.as_str()));
-        for p in &args.freeze {
-            ensure!(
-                m.weights.keys().any(|k| k.starts_with(p.as_str())),
-                "--freeze {p}: no weight of {} starts with it",
-                args.model.display()
-            );
-        }
-        let mut v: Vec<_> = m
-            .weights
-            .iter()
-            .filter(|(k, _)| !frozen(k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    } else {
-        m.lora.clone()
-    };
+    let resume_state = read_resume_state(args)?;
+    let (m, adapter) = load_trained_model(args, &inputs, &device)?;
+    let params = trained_params(args, &m)?;
     let n_params: usize = params.iter().map(|(_, v)| v.elem_count()).sum();
     let mut opt = AdamW::new(params, args.weight_decay)?;
     let mut start = 0;
@@ -524,76 +435,254 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         args.lr,
         args.schedule
     );
+    let run = Run {
+        args,
+        inputs: &inputs,
+        m: &m,
+        adapter: adapter.as_ref(),
+        valid: &valid,
+        total_steps,
+        warmup,
+        log: open_log(&args.out)?,
+        started: Instant::now(),
+        window: (0.0, 0),
+    };
+    run.train(&train, &mut opt, &mut rng, start)
+}
 
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let log_path = args.out.join("log.jsonl");
-    let mut log = std::fs::OpenOptions::new()
+/// The training examples and the validation ones: `--valid`'s folder, or `--valid-split` of the data (drawn with
+/// `rng`), or none.
+fn split_data(
+    args: &TrainArgs,
+    rng: &mut StdRng,
+) -> anyhow::Result<(data::Layout, Vec<Example>, Vec<Example>)> {
+    let (layout, mut train) = data::load(&args.data)?;
+    let valid = match &args.valid {
+        Some(dir) => data::load(dir)?.1,
+        None if args.valid_split > 0.0 => {
+            ensure!(args.valid_split < 1.0, "--valid-split must be below 1");
+            train.shuffle(rng);
+            let n = ((train.len() as f64 * args.valid_split).round() as usize).max(1);
+            ensure!(n < train.len(), "--valid-split leaves no training examples");
+            train.split_off(train.len() - n)
+        }
+        None => Vec::new(),
+    };
+    Ok((layout, train, valid))
+}
+
+/// The trainer state of `--resume`'s folder, checked to be the same kind of run.
+fn read_resume_state(args: &TrainArgs) -> anyhow::Result<Option<TrainerState>> {
+    let Some(dir) = &args.resume else {
+        return Ok(None);
+    };
+    let p = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&p).with_context(|| {
+        format!(
+            "cannot read {} (--resume takes a checkpoint-N folder)",
+            p.display()
+        )
+    })?;
+    let s: TrainerState =
+        serde_json::from_str(&text).with_context(|| format!("{} is malformed", p.display()))?;
+    let kind = |full: bool| if full { "--full" } else { "LoRA" };
+    ensure!(
+        s.full == args.full,
+        "{} was a {} run; this one is {}",
+        dir.display(),
+        kind(s.full),
+        kind(args.full)
+    );
+    Ok(Some(s))
+}
+
+/// The model to train: f32 and whole for `--full` (from `--resume` when given, with `--zero`'s weights zeroed),
+/// else the frozen checkpoint with a new (or resumed) LoRA adapter.
+fn load_trained_model(
+    args: &TrainArgs,
+    inputs: &Inputs,
+    device: &Device,
+) -> anyhow::Result<(TrainModel, Option<Adapter>)> {
+    // Said before the weights load: on a full-size checkpoint that takes a while.
+    ensure!(
+        args.zero.is_empty() || (args.full && args.resume.is_none()),
+        "--zero starts a full fine-tune (--full, without --resume)"
+    );
+    let (m, adapter) = if args.full {
+        let dir = args.resume.as_deref().unwrap_or(args.model.as_path());
+        (load_model_in(dir, device, DType::F32, true, None)?, None)
+    } else {
+        let adapter = match &args.resume {
+            Some(dir) => Adapter::load(dir)?,
+            None => {
+                let config = LoraConfig::new(
+                    args.rank,
+                    args.alpha,
+                    args.dropout,
+                    &args.targets,
+                    &args.model.display().to_string(),
+                );
+                new_adapter(config, &inputs.cfg, args.seed)?
+            }
+        };
+        let dtype = args.load.float_type();
+        let m = load_model_in(&args.model, device, dtype, false, Some(&adapter))?;
+        (m, Some(adapter))
+    };
+    for p in &args.zero {
+        let mut hit = false;
+        for (_, v) in m.weights.iter().filter(|(k, _)| k.starts_with(p.as_str())) {
+            v.set(&v.zeros_like()?)?;
+            hit = true;
+        }
+        ensure!(
+            hit,
+            "--zero {p}: no weight of {} starts with it",
+            args.model.display()
+        );
+    }
+    Ok((m, adapter))
+}
+
+/// What the optimizer updates: every weight not `--freeze`d (full), or the adapter's tensors.
+fn trained_params(
+    args: &TrainArgs,
+    m: &TrainModel,
+) -> anyhow::Result<Vec<(String, candle_core::Var)>> {
+    if !args.full {
+        return Ok(m.lora.clone());
+    }
+    for p in &args.freeze {
+        ensure!(
+            m.weights.keys().any(|k| k.starts_with(p.as_str())),
+            "--freeze {p}: no weight of {} starts with it",
+            args.model.display()
+        );
+    }
+    let frozen = |k: &str| args.freeze.iter().any(|p| k.starts_with(p.as_str()));
+    let mut v: Vec<_> = m
+        .weights
+        .iter()
+        .filter(|(k, _)| !frozen(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(v)
+}
+
+/// `--out`, created, and its `log.jsonl` opened for appending (a resumed run continues it).
+fn open_log(out: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let log_path = out.join("log.jsonl");
+    std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
-        .with_context(|| format!("cannot open {}", log_path.display()))?;
+        .with_context(|| format!("cannot open {}", log_path.display()))
+}
 
-    let started = Instant::now();
-    let mut tokens_since = 0usize;
-    let mut window_loss = 0.0;
-    let mut window_steps = 0usize;
-    let mut order: Vec<usize> = (0..train.len()).collect();
-    let mut cursor = order.len();
-    for step in start..total_steps {
-        let lr = args.schedule.lr(args.lr, step, warmup, total_steps);
-        let mut grads: Vec<Option<Tensor>> = vec![None; opt.len()];
-        let mut step_loss = 0.0;
-        for _ in 0..args.grad_accum {
-            let mut batch = Vec::with_capacity(args.batch);
-            for _ in 0..args.batch {
-                if cursor >= order.len() {
-                    order.shuffle(&mut rng);
-                    cursor = 0;
+/// A training run under way: what each step reads, and the log it writes.
+struct Run<'a> {
+    args: &'a TrainArgs,
+    inputs: &'a Inputs,
+    m: &'a TrainModel,
+    adapter: Option<&'a Adapter>,
+    valid: &'a [Example],
+    total_steps: usize,
+    warmup: usize,
+    log: std::fs::File,
+    started: Instant,
+    /// Training loss summed over the steps since the last log line, and their number.
+    window: (f64, usize),
+}
+
+impl Run<'_> {
+    /// Steps `start..total_steps`: the examples in a reshuffled order each pass, one round of each drawn.
+    fn train(
+        mut self,
+        train: &[Example],
+        opt: &mut AdamW,
+        rng: &mut StdRng,
+        start: usize,
+    ) -> anyhow::Result<()> {
+        let args = self.args;
+        let mut tokens = 0usize;
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        let mut cursor = order.len();
+        for step in start..self.total_steps {
+            let lr = args
+                .schedule
+                .lr(args.lr, step, self.warmup, self.total_steps);
+            let mut grads: Vec<Option<Tensor>> = vec![None; opt.len()];
+            let mut step_loss = 0.0;
+            for _ in 0..args.grad_accum {
+                let mut batch = Vec::with_capacity(args.batch);
+                for _ in 0..args.batch {
+                    if cursor >= order.len() {
+                        order.shuffle(rng);
+                        cursor = 0;
+                    }
+                    let ex = &train[order[cursor]];
+                    cursor += 1;
+                    let round = rng.random_range(0..ex.rounds.len());
+                    let p = self
+                        .inputs
+                        .prepare(ex, round)
+                        .with_context(|| format!("example {}", ex.image.display()))?;
+                    tokens += p.labeled.input.input_ids.len();
+                    batch.push(p);
                 }
-                let ex = &train[order[cursor]];
-                cursor += 1;
-                let round = rng.random_range(0..ex.rounds.len());
-                let p = inputs
-                    .prepare(ex, round)
-                    .with_context(|| format!("example {}", ex.image.display()))?;
-                tokens_since += p.labeled.input.input_ids.len();
-                batch.push(p);
+                let pad = self.inputs.cfg.pad_token_id();
+                let loss = (batch_loss(self.m, &batch, pad)? / args.grad_accum as f64)?;
+                step_loss += loss.to_scalar::<f32>()? as f64;
+                opt.accumulate(&loss.backward()?, &mut grads)?;
             }
-            let loss =
-                (batch_loss(&m, &batch, inputs.cfg.pad_token_id())? / args.grad_accum as f64)?;
-            step_loss += loss.to_scalar::<f32>()? as f64;
-            let g = loss.backward()?;
-            opt.accumulate(&g, &mut grads)?;
+            let norm = opt.clip(&mut grads, args.max_grad_norm)?;
+            opt.step(&grads, lr)?;
+            self.after_step(step + 1, start, (step_loss, lr, norm), tokens, opt)?;
         }
-        let norm = opt.clip(&mut grads, args.max_grad_norm)?;
-        opt.step(&grads, lr)?;
-        window_loss += step_loss;
-        window_steps += 1;
+        eprintln!(
+            "\ndone in {}; wrote {}",
+            fmt_duration(self.started.elapsed().as_secs_f64()),
+            args.out.display()
+        );
+        Ok(())
+    }
 
-        let done = step + 1;
-        let elapsed = started.elapsed().as_secs_f64();
+    /// After step `done` (of a run that started at `start`, `tokens` read since): the progress line, the log's
+    /// training line every `--log-every` steps, validation every `--eval-every`, and the checkpoints.
+    fn after_step(
+        &mut self,
+        done: usize,
+        start: usize,
+        (step_loss, lr, norm): (f64, f64, f64),
+        tokens: usize,
+        opt: &AdamW,
+    ) -> anyhow::Result<()> {
+        let (args, total_steps) = (self.args, self.total_steps);
+        self.window.0 += step_loss;
+        self.window.1 += 1;
+        let elapsed = self.started.elapsed().as_secs_f64();
         let rate = (done - start) as f64 / elapsed.max(1e-9);
-        let tok_s = tokens_since as f64 / elapsed.max(1e-9);
+        let tok_s = tokens as f64 / elapsed.max(1e-9);
         eprint!(
             "\rstep {done}/{total_steps} loss {step_loss:.4} lr {lr:.2e} |g| {norm:.2} {tok_s:.0} tok/s ETA {}   ",
             fmt_duration((total_steps - done) as f64 / rate.max(1e-9))
         );
         if done % args.log_every.max(1) == 0 || done == total_steps {
-            let line = json!({"type": "train", "step": done, "loss": window_loss / window_steps as f64,
+            let line = json!({"type": "train", "step": done, "loss": self.window.0 / self.window.1 as f64,
                 "lr": lr, "grad_norm": norm, "steps_per_s": rate, "tokens_per_s": tok_s,
                 "elapsed_s": elapsed});
-            writeln!(log, "{line}")?;
-            window_loss = 0.0;
-            window_steps = 0;
+            writeln!(self.log, "{line}")?;
+            self.window = (0.0, 0);
         }
         let eval_now = args.eval_every > 0 && (done % args.eval_every == 0 || done == total_steps);
-        if eval_now && !valid.is_empty() {
-            let (loss, exact, n) = evaluate(&m, &inputs, &valid, args.eval_samples)?;
+        if eval_now && !self.valid.is_empty() {
+            let (loss, exact, n) = evaluate(self.m, self.inputs, self.valid, args.eval_samples)?;
             let line = json!({"type": "eval", "step": done, "valid_loss": loss, "valid_exact": exact,
-                "valid_examples": n, "elapsed_s": started.elapsed().as_secs_f64()});
+                "valid_examples": n, "elapsed_s": self.started.elapsed().as_secs_f64()});
             eprintln!("\n{line}");
-            writeln!(log, "{line}")?;
+            writeln!(self.log, "{line}")?;
         }
         let state = TrainerState {
             step: done,
@@ -604,27 +693,21 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         // A periodic checkpoint goes to `checkpoint-N/`; the final result to `--out` itself.
         let periodic = args.save_every > 0 && done % args.save_every == 0 && done < total_steps;
         if periodic || done == total_steps {
-            let dir = if periodic {
-                args.out.join(format!("checkpoint-{done}"))
-            } else {
-                args.out.clone()
+            let dir = match periodic {
+                true => args.out.join(format!("checkpoint-{done}")),
+                false => args.out.clone(),
             };
             save(
                 &dir,
                 args,
-                &inputs,
-                &m,
-                adapter.as_ref(),
-                &opt,
+                self.inputs,
+                self.m,
+                self.adapter,
+                opt,
                 &state,
                 periodic,
             )?;
         }
+        Ok(())
     }
-    eprintln!(
-        "\ndone in {}; wrote {}",
-        fmt_duration(started.elapsed().as_secs_f64()),
-        args.out.display()
-    );
-    Ok(())
 }
