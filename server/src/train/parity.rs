@@ -130,6 +130,25 @@ impl TrainingRunner {
     }
 
     fn example_inner(&self, entry: &Value, rec: &mut Recorder) -> anyhow::Result<()> {
+        let f = self.read_example(entry)?;
+        let example = check_inputs(&f, rec)?;
+        let (pixels, cross_pixels) = self.check_pixels(&f, rec)?;
+        self.lora_step(&f, &pixels, cross_pixels.as_ref(), &example, rec)?;
+        if f.data.contains_key("base_loss") {
+            self.full_step(
+                &f.model_dir,
+                &pixels,
+                cross_pixels.as_ref(),
+                &example,
+                &f.data,
+                rec,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The example's JSON, its tensors, and the model, adapter, image, tokenizer and template it names.
+    fn read_example(&self, entry: &Value) -> anyhow::Result<FixtureExample> {
         let ex: Value = {
             let p = self.path(str_field(entry, "json")?);
             serde_json::from_str(
@@ -158,81 +177,31 @@ impl TrainingRunner {
             .join(format!("{}.png", str_field(&ex, "image")?));
         let tokenizer = load_tokenizer(&self.dir.join("../tokenizer/tokenizer.json"))?;
         let cfg = Config::from_file(&model_dir.join("config.json"))?;
-        let family = cfg.family();
         let version: PromptVersion = match ex.get("template_version").and_then(Value::as_str) {
             Some(v) => v.parse()?,
             None => default_version(model_name, &cfg),
         };
+        Ok(FixtureExample {
+            ex,
+            data,
+            model_dir,
+            adapter_dir,
+            image_path,
+            tokenizer,
+            cfg,
+            version,
+        })
+    }
 
-        // Inputs and labels, built from the example's own text.
-        let encode = |text: &str| -> anyhow::Result<Vec<u32>> {
-            Ok(tokenizer
-                .encode(text, false)
-                .map_err(|e| anyhow::anyhow!("cannot tokenize {text:?}: {e}"))?
-                .get_ids()
-                .to_vec())
-        };
-        let text = prompt_text(
-            family,
-            version.into(),
-            &history_field(&ex),
-            str_field(&ex, "query")?,
-        );
-        rec.check(
-            "prompt_text",
-            text == str_field(&ex, "prompt_text")?,
-            format!("{text:?}"),
-        );
-        let text_ids = encode(&text)?;
-        rec.equal(
-            "prompt_text_ids",
-            &text_ids,
-            &ids_field(&ex, "prompt_text_ids")?,
-        );
-        let answer_ids = encode(str_field(&ex, "answer")?)?;
-        let prompt = PromptInput::new(
-            cfg.bos_token_id,
-            cfg.pad_token_id(),
-            Some(cfg.image_tokens()),
-            &text_ids,
-        );
-        let example = LabeledInput::new(prompt, &answer_ids, cfg.eos());
-        rec.equal(
-            "answer_ids_with_eos",
-            &example.input.input_ids[example.prompt_len..],
-            &ids_field(&ex, "answer_ids_with_eos")?,
-        );
-        let as_i64 = |v: &[u32]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
-        let l = example.input.input_ids.len();
-        let types: Vec<i64> = example
-            .input
-            .token_types
-            .iter()
-            .map(|&t| t as i64)
-            .collect();
-        let expert: Vec<i64> = vision_expert_mask(&example.input.token_types)
-            .iter()
-            .map(|&m| m as i64)
-            .collect();
-        let positions: Vec<i64> = example.loss_positions().iter().map(|&p| p as i64).collect();
-        let int_checks: [(&str, Vec<i64>); 8] = [
-            ("input_ids", as_i64(&example.input.input_ids)),
-            ("token_type_ids", types),
-            ("attention_mask", vec![1; l]),
-            ("position_ids", as_i64(&example.input.position_ids)),
-            ("vision_expert_mask", expert),
-            ("labels", example.labels.clone()),
-            ("loss_positions", positions),
-            ("loss_targets", as_i64(&example.loss_targets())),
-        ];
-        for (name, ours) in int_checks {
-            rec.equal(name, &ours, &i64s(get(&data, name)?)?);
-        }
-
-        // Pixels.
-        let img = open_image(&image_path)?;
-        let pixels = preprocess::pixel_values(&img, cfg.vision_config.image_size, &self.device)?;
-        let cross_pixels = match cfg.cross() {
+    /// The pixels of both towers, their channel sums checked; (low-resolution, cross).
+    fn check_pixels(
+        &self,
+        f: &FixtureExample,
+        rec: &mut Recorder,
+    ) -> anyhow::Result<(Tensor, Option<Tensor>)> {
+        let img = open_image(&f.image_path)?;
+        let pixels = preprocess::pixel_values(&img, f.cfg.vision_config.image_size, &self.device)?;
+        let cross_pixels = match f.cfg.cross() {
             Some(c) => Some(preprocess::pixel_values(&img, c.image_size, &self.device)?),
             None => None,
         };
@@ -240,55 +209,46 @@ impl TrainingRunner {
             ("pixel_values_channel_sum", Some(&pixels)),
             ("cross_pixel_values_channel_sum", cross_pixels.as_ref()),
         ] {
-            if let (Some(px), Ok(want)) = (px, get(&data, key)) {
+            if let (Some(px), Ok(want)) = (px, get(&f.data, key)) {
                 let sums = px.squeeze(0)?.to_dtype(DType::F64)?.sum((1, 2))?;
                 rec.at_most(key, "max |Δ|", max_abs(&sums, want), tolerance::PIXEL_SUM);
             }
         }
+        Ok((pixels, cross_pixels))
+    }
 
-        // The LoRA step: the adapter loaded as a user's would be, its pairs as Vars.
-        let adapter = Adapter::load(&adapter_dir)?;
+    /// The LoRA step: the adapter loaded as a user's would be, its pairs as Vars; the tower's output, the loss,
+    /// the answer's logits and every LoRA gradient against the recorded ones.
+    fn lora_step(
+        &self,
+        f: &FixtureExample,
+        pixels: &Tensor,
+        cross_pixels: Option<&Tensor>,
+        example: &LabeledInput,
+        rec: &mut Recorder,
+    ) -> anyhow::Result<()> {
+        let data = &f.data;
+        let adapter = Adapter::load(&f.adapter_dir)?;
         let started = Instant::now();
-        let lora = load_model(&model_dir, &self.device, false, Some(&adapter))?;
-        let (embeds, step) = run_step(&lora, &pixels, cross_pixels.as_ref(), &example)?;
+        let lora = load_model(&f.model_dir, &self.device, false, Some(&adapter))?;
+        let (embeds, step) = run_step(&lora, pixels, cross_pixels, example)?;
         let grads = step.loss.backward()?;
         let took = started.elapsed().as_secs_f64();
         rec.at_most(
             "lora_vision_output",
             "max |Δ|",
-            max_abs(&embeds.squeeze(0)?, get(&data, "lora_vision_output")?),
+            max_abs(&embeds.squeeze(0)?, get(data, "lora_vision_output")?),
             tolerance::VISION,
         );
-        let loss = scalar(&step.loss)?;
-        let want = scalar(get(&data, "loss")?)?;
-        rec.check(
-            "loss",
-            (loss - want).abs() <= tolerance::LOSS,
-            format!(
-                "{loss:.7} vs {want:.7}, |Δ| {:.2e} (≤ {:.1e}; load + forward + backward {took:.2} s)",
-                (loss - want).abs(),
-                tolerance::LOSS
-            ),
-        );
+        check_loss(rec, "loss", &step.loss, get(data, "loss")?, took)?;
         let (lse, nll) = logsumexp_and_nll(&step.logits, &example.loss_targets())?;
-        rec.at_most(
-            "per_token_nll",
-            "max |Δ|",
-            max_abs(&nll, get(&data, "per_token_nll")?),
-            tolerance::NLL,
-        );
-        rec.at_most(
-            "answer_logits_logsumexp",
-            "max |Δ|",
-            max_abs(&lse, get(&data, "answer_logits_logsumexp")?),
-            tolerance::NLL,
-        );
-        rec.at_most(
-            "answer_logits",
-            "max |Δ|",
-            max_abs(&step.logits, get(&data, "answer_logits")?),
-            tolerance::LOGITS,
-        );
+        for (name, ours, tol) in [
+            ("per_token_nll", &nll, tolerance::NLL),
+            ("answer_logits_logsumexp", &lse, tolerance::NLL),
+            ("answer_logits", &step.logits, tolerance::LOGITS),
+        ] {
+            rec.at_most(name, "max |Δ|", max_abs(ours, get(data, name)?), tol);
+        }
         let ours: BTreeSet<&str> = lora.lora.iter().map(|(k, _)| k.as_str()).collect();
         let theirs: BTreeSet<&str> = data
             .keys()
@@ -308,17 +268,6 @@ impl TrainingRunner {
             };
             rec.at_most(&name, "rel-L2", value, tolerance::GRAD_REL_L2);
         }
-
-        if data.contains_key("base_loss") {
-            self.full_step(
-                &model_dir,
-                &pixels,
-                cross_pixels.as_ref(),
-                &example,
-                &data,
-                rec,
-            )?;
-        }
         Ok(())
     }
 
@@ -337,17 +286,7 @@ impl TrainingRunner {
         let (_, step) = run_step(&full, pixels, cross_pixels, example)?;
         let grads = step.loss.backward()?;
         let took = started.elapsed().as_secs_f64();
-        let loss = scalar(&step.loss)?;
-        let want = scalar(get(data, "base_loss")?)?;
-        rec.check(
-            "base_loss",
-            (loss - want).abs() <= tolerance::LOSS,
-            format!(
-                "{loss:.7} vs {want:.7}, |Δ| {:.2e} (≤ {:.1e}; load + forward + backward {took:.2} s)",
-                (loss - want).abs(),
-                tolerance::LOSS
-            ),
-        );
+        check_loss(rec, "base_loss", &step.loss, get(data, "base_loss")?, took)?;
         if let Ok(want) = get(data, "base_answer_logits_logsumexp") {
             let (lse, _) = logsumexp_and_nll(&step.logits, &example.loss_targets())?;
             rec.at_most(
@@ -381,50 +320,160 @@ impl TrainingRunner {
             .filter_map(|k| k.strip_prefix("full_grad_frobenius."))
             .collect();
         for param in summarized {
-            let g = match grad_of(param) {
-                Ok(g) => g.to_dtype(DType::F64)?,
-                Err(e) => {
-                    rec.check(&format!("full_grad.{param}"), false, format!("{e:#}"));
-                    continue;
-                }
-            };
-            if let (Ok(idx), Ok(rows)) = (
-                get(data, &format!("full_grad_rows_index.{param}")),
-                get(data, &format!("full_grad_rows.{param}")),
-            ) {
-                let ours = g.index_select(&idx.to_dtype(DType::U32)?, 0)?;
-                rec.at_most(
-                    &format!("full_grad_rows.{param}"),
-                    "rel-L2",
-                    rel_l2(&ours, rows),
-                    tolerance::GRAD_REL_L2,
-                );
+            match grad_of(param) {
+                Ok(g) => check_grad_summary(rec, param, &g.to_dtype(DType::F64)?, data)?,
+                Err(e) => rec.check(&format!("full_grad.{param}"), false, format!("{e:#}")),
             }
-            if let Ok(norms) = get(data, &format!("full_grad_row_norms.{param}")) {
-                let ours = g.sqr()?.sum(D::Minus1)?.sqrt()?;
-                rec.at_most(
-                    &format!("full_grad_row_norms.{param}"),
-                    "rel-L2",
-                    rel_l2(&ours, norms),
-                    tolerance::GRAD_REL_L2,
-                );
-            }
-            if let Ok(sums) = get(data, &format!("full_grad_col_sum.{param}")) {
-                let check = col_sum_check(&g.sum(0)?, &sums.to_dtype(DType::F64)?)?;
-                rec.check(&format!("full_grad_col_sum.{param}"), check.0, check.1);
-            }
-            let want = scalar(get(data, &format!("full_grad_frobenius.{param}"))?)?;
-            let ours = g.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
-            let rel = (ours - want).abs() / want.abs().max(f64::MIN_POSITIVE);
-            rec.at_most(
-                &format!("full_grad_frobenius.{param}"),
-                "rel",
-                Ok(rel),
-                tolerance::FROBENIUS_REL,
-            );
         }
         Ok(())
     }
+}
+
+/// What a training example of the fixture names, read.
+struct FixtureExample {
+    ex: Value,
+    data: HashMap<String, Tensor>,
+    model_dir: PathBuf,
+    adapter_dir: PathBuf,
+    image_path: PathBuf,
+    tokenizer: tokenizers::Tokenizer,
+    cfg: Config,
+    version: PromptVersion,
+}
+
+/// The prompt text, its ids, the answer's ids and every integer input (ids, token types, positions, expert
+/// mask, labels, loss positions and targets) against the recorded ones; the labelled input they make.
+fn check_inputs(f: &FixtureExample, rec: &mut Recorder) -> anyhow::Result<LabeledInput> {
+    let (ex, cfg) = (&f.ex, &f.cfg);
+    let encode = |text: &str| -> anyhow::Result<Vec<u32>> {
+        Ok(f.tokenizer
+            .encode(text, false)
+            .map_err(|e| anyhow::anyhow!("cannot tokenize {text:?}: {e}"))?
+            .get_ids()
+            .to_vec())
+    };
+    let text = prompt_text(
+        cfg.family(),
+        f.version.into(),
+        &history_field(ex),
+        str_field(ex, "query")?,
+    );
+    rec.check(
+        "prompt_text",
+        text == str_field(ex, "prompt_text")?,
+        format!("{text:?}"),
+    );
+    let text_ids = encode(&text)?;
+    rec.equal(
+        "prompt_text_ids",
+        &text_ids,
+        &ids_field(ex, "prompt_text_ids")?,
+    );
+    let answer_ids = encode(str_field(ex, "answer")?)?;
+    let prompt = PromptInput::new(
+        cfg.bos_token_id,
+        cfg.pad_token_id(),
+        Some(cfg.image_tokens()),
+        &text_ids,
+    );
+    let example = LabeledInput::new(prompt, &answer_ids, cfg.eos());
+    rec.equal(
+        "answer_ids_with_eos",
+        &example.input.input_ids[example.prompt_len..],
+        &ids_field(ex, "answer_ids_with_eos")?,
+    );
+    let as_i64 = |v: &[u32]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
+    let types: Vec<i64> = example
+        .input
+        .token_types
+        .iter()
+        .map(|&t| t as i64)
+        .collect();
+    let expert: Vec<i64> = vision_expert_mask(&example.input.token_types)
+        .iter()
+        .map(|&m| m as i64)
+        .collect();
+    let positions: Vec<i64> = example.loss_positions().iter().map(|&p| p as i64).collect();
+    let int_checks: [(&str, Vec<i64>); 8] = [
+        ("input_ids", as_i64(&example.input.input_ids)),
+        ("token_type_ids", types),
+        ("attention_mask", vec![1; example.input.input_ids.len()]),
+        ("position_ids", as_i64(&example.input.position_ids)),
+        ("vision_expert_mask", expert),
+        ("labels", example.labels.clone()),
+        ("loss_positions", positions),
+        ("loss_targets", as_i64(&example.loss_targets())),
+    ];
+    for (name, ours) in int_checks {
+        rec.equal(name, &ours, &i64s(get(&f.data, name)?)?);
+    }
+    Ok(example)
+}
+
+/// A step's loss against the recorded `want`, with how long the load, forward and backward took.
+fn check_loss(
+    rec: &mut Recorder,
+    name: &str,
+    loss: &Tensor,
+    want: &Tensor,
+    took: f64,
+) -> anyhow::Result<()> {
+    let (loss, want) = (scalar(loss)?, scalar(want)?);
+    rec.check(
+        name,
+        (loss - want).abs() <= tolerance::LOSS,
+        format!(
+            "{loss:.7} vs {want:.7}, |Δ| {:.2e} (≤ {:.1e}; load + forward + backward {took:.2} s)",
+            (loss - want).abs(),
+            tolerance::LOSS
+        ),
+    );
+    Ok(())
+}
+
+/// A parameter whose gradient the fixture keeps as summaries (`g` in f64): some rows, the row norms, the
+/// column sums and the Frobenius norm.
+fn check_grad_summary(
+    rec: &mut Recorder,
+    param: &str,
+    g: &Tensor,
+    data: &HashMap<String, Tensor>,
+) -> anyhow::Result<()> {
+    if let (Ok(idx), Ok(rows)) = (
+        get(data, &format!("full_grad_rows_index.{param}")),
+        get(data, &format!("full_grad_rows.{param}")),
+    ) {
+        let ours = g.index_select(&idx.to_dtype(DType::U32)?, 0)?;
+        rec.at_most(
+            &format!("full_grad_rows.{param}"),
+            "rel-L2",
+            rel_l2(&ours, rows),
+            tolerance::GRAD_REL_L2,
+        );
+    }
+    if let Ok(norms) = get(data, &format!("full_grad_row_norms.{param}")) {
+        let ours = g.sqr()?.sum(D::Minus1)?.sqrt()?;
+        rec.at_most(
+            &format!("full_grad_row_norms.{param}"),
+            "rel-L2",
+            rel_l2(&ours, norms),
+            tolerance::GRAD_REL_L2,
+        );
+    }
+    if let Ok(sums) = get(data, &format!("full_grad_col_sum.{param}")) {
+        let check = col_sum_check(&g.sum(0)?, &sums.to_dtype(DType::F64)?)?;
+        rec.check(&format!("full_grad_col_sum.{param}"), check.0, check.1);
+    }
+    let want = scalar(get(data, &format!("full_grad_frobenius.{param}"))?)?;
+    let ours = g.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
+    let rel = (ours - want).abs() / want.abs().max(f64::MIN_POSITIVE);
+    rec.at_most(
+        &format!("full_grad_frobenius.{param}"),
+        "rel",
+        Ok(rel),
+        tolerance::FROBENIUS_REL,
+    );
+    Ok(())
 }
 
 /// The column sums of an output projection's gradient under a softmax cross-entropy are zero analytically (each
