@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use candle_core::{safetensors::MmapedSafetensors, DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 
-use super::config::Config;
+use super::config::{Config, CrossConfig};
 
 /// Writes `tensors` as one safetensors file with the `{"format": "pt"}` header metadata: transformers'
 /// `from_pretrained` refuses a file without it (4.36 raises `AttributeError`), so everything the project writes
@@ -131,8 +131,27 @@ fn is_optional_buffer(name: &str) -> bool {
 
 /// Every parameter the HF checkpoint holds, with its shape (used ones and the few unused ones alike).
 pub fn expected_tensors(cfg: &Config) -> Vec<(String, Vec<usize>)> {
-    let mut t: Vec<(String, Vec<usize>)> = Vec::new();
-    let mut add = |n: String, s: &[usize]| t.push((n, s.to_vec()));
+    let mut t = Shapes(Vec::new());
+    decoder_tensors(cfg, &mut t);
+    vision_tensors(cfg, &mut t);
+    if let Some(c) = &cfg.cross() {
+        cross_tensors(c, &mut t);
+    }
+    t.0
+}
+
+/// Names and shapes, in the order they are added.
+struct Shapes(Vec<(String, Vec<usize>)>);
+
+impl Shapes {
+    fn add(&mut self, name: impl Into<String>, shape: &[usize]) {
+        self.0.push((name.into(), shape.to_vec()));
+    }
+}
+
+/// The language model: embedding, head, and each layer's two experts (and CogAgent's cross attention).
+fn decoder_tensors(cfg: &Config, t: &mut Shapes) {
+    let mut add = |n: String, s: &[usize]| t.add(n, s);
     let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
     add("model.embed_tokens.weight".into(), &[v, h]);
     add("model.norm.weight".into(), &[h]);
@@ -169,6 +188,13 @@ pub fn expected_tensors(cfg: &Config) -> Vec<(String, Vec<usize>)> {
             add(format!("{p}.cross_attn.dense.weight"), &[h, c.compute]);
         }
     }
+}
+
+/// EVA2-CLIP and its GLU adapter (CogVLM2's 2×2 conv; CogAgent's low-resolution position table).
+fn vision_tensors(cfg: &Config, t: &mut Shapes) {
+    let mut add = |n: String, s: &[usize]| t.add(n, s);
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let family = cfg.family();
     let vc = &cfg.vision_config;
     let (vh, vi, pch) = (vc.hidden_size, vc.intermediate_size, vc.patch_size);
     let pv = "model.vision";
@@ -213,46 +239,50 @@ pub fn expected_tensors(cfg: &Config) -> Vec<(String, Vec<usize>)> {
         add(format!("{pv}.conv.weight"), &[vh, vh, 2, 2]);
         add(format!("{pv}.conv.bias"), &[vh]);
     }
-    if let Some(c) = &cross {
+    if cfg.cross().is_some() {
         add(format!("{pv}.pos_embed"), &[vc.num_patches(), vh]);
-        let w = c.vision.vision_cfg.width;
-        let m = c.vision.mlp_hidden();
-        let cp = c.vision.vision_cfg.patch_size;
-        let n = c.num_patches();
-        let pm = "model.cross_vision.vit.model";
-        add(format!("{pm}.patch_embed.proj.weight"), &[w, 3, cp, cp]);
-        add(format!("{pm}.patch_embed.proj.bias"), &[w]);
-        add(format!("{pm}.cls_token"), &[1, 1, w]);
-        add(format!("{pm}.pos_embed"), &[1, n + 1, w]);
-        for j in 0..c.vision.vision_cfg.layers {
-            let p = format!("{pm}.blocks.{j}");
-            for ln in ["norm1", "norm2", "attn.inner_attn_ln"] {
-                add(format!("{p}.{ln}.weight"), &[w]);
-                add(format!("{p}.{ln}.bias"), &[w]);
-            }
-            for proj in ["q_proj", "k_proj", "v_proj"] {
-                add(format!("{p}.attn.{proj}.weight"), &[w, w]);
-            }
-            add(format!("{p}.attn.q_bias"), &[w]);
-            add(format!("{p}.attn.v_bias"), &[w]);
-            add(format!("{p}.attn.proj.weight"), &[w, w]);
-            add(format!("{p}.attn.proj.bias"), &[w]);
-            for fc in ["w1", "w2"] {
-                add(format!("{p}.mlp.{fc}.weight"), &[m, w]);
-                add(format!("{p}.mlp.{fc}.bias"), &[m]);
-            }
-            add(format!("{p}.mlp.ffn_ln.weight"), &[m]);
-            add(format!("{p}.mlp.ffn_ln.bias"), &[m]);
-            add(format!("{p}.mlp.w3.weight"), &[w, m]);
-            add(format!("{p}.mlp.w3.bias"), &[w]);
-        }
-        add(format!("{pm}.norm.weight"), &[w]);
-        add(format!("{pm}.norm.bias"), &[w]);
-        add(format!("{pm}.head.weight"), &[c.vision.embed_dim, w]);
-        add(format!("{pm}.head.bias"), &[c.vision.embed_dim]);
-        add("model.cross_vision.pos_embed".into(), &[n, w]);
     }
-    t
+}
+
+/// CogAgent's high-resolution EVA-CLIP-L cross tower.
+fn cross_tensors(c: &CrossConfig, t: &mut Shapes) {
+    let mut add = |n: String, s: &[usize]| t.add(n, s);
+    let w = c.vision.vision_cfg.width;
+    let m = c.vision.mlp_hidden();
+    let cp = c.vision.vision_cfg.patch_size;
+    let n = c.num_patches();
+    let pm = "model.cross_vision.vit.model";
+    add(format!("{pm}.patch_embed.proj.weight"), &[w, 3, cp, cp]);
+    add(format!("{pm}.patch_embed.proj.bias"), &[w]);
+    add(format!("{pm}.cls_token"), &[1, 1, w]);
+    add(format!("{pm}.pos_embed"), &[1, n + 1, w]);
+    for j in 0..c.vision.vision_cfg.layers {
+        let p = format!("{pm}.blocks.{j}");
+        for ln in ["norm1", "norm2", "attn.inner_attn_ln"] {
+            add(format!("{p}.{ln}.weight"), &[w]);
+            add(format!("{p}.{ln}.bias"), &[w]);
+        }
+        for proj in ["q_proj", "k_proj", "v_proj"] {
+            add(format!("{p}.attn.{proj}.weight"), &[w, w]);
+        }
+        add(format!("{p}.attn.q_bias"), &[w]);
+        add(format!("{p}.attn.v_bias"), &[w]);
+        add(format!("{p}.attn.proj.weight"), &[w, w]);
+        add(format!("{p}.attn.proj.bias"), &[w]);
+        for fc in ["w1", "w2"] {
+            add(format!("{p}.mlp.{fc}.weight"), &[m, w]);
+            add(format!("{p}.mlp.{fc}.bias"), &[m]);
+        }
+        add(format!("{p}.mlp.ffn_ln.weight"), &[m]);
+        add(format!("{p}.mlp.ffn_ln.bias"), &[m]);
+        add(format!("{p}.mlp.w3.weight"), &[w, m]);
+        add(format!("{p}.mlp.w3.bias"), &[w]);
+    }
+    add(format!("{pm}.norm.weight"), &[w]);
+    add(format!("{pm}.norm.bias"), &[w]);
+    add(format!("{pm}.head.weight"), &[c.vision.embed_dim, w]);
+    add(format!("{pm}.head.bias"), &[c.vision.embed_dim]);
+    add("model.cross_vision.pos_embed".into(), &[n, w]);
 }
 
 fn list(names: &[String], limit: usize) -> String {
