@@ -410,23 +410,56 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     } else {
         Some(measure_floors(&device, dtype).context("cannot measure the device's floors")?)
     };
-    let Loaded {
-        mut pipe,
-        label,
-        load_s,
-        load_peak_anon,
-        used_before,
-        used_after_load,
-        report: loading,
-    } = load_measured(args, opts, &device, dtype)?;
+    let mut loaded = load_measured(args, opts, &device, dtype)?;
     let Some(floors) = floors else {
-        return Ok(loading);
+        return Ok(loaded.report);
     };
     let anon_after_load = rss_anon_bytes();
     let mut peak = DevicePeak {
         device: device.clone(),
-        peak: used_after_load,
+        peak: loaded.used_after_load,
     };
+    let turns = timed_turns(&mut loaded.pipe, args, &mut peak)?;
+    let (max_batch, chunk) = batch_settings(&mut loaded.pipe, args);
+    let levels = concurrency_levels(&mut loaded.pipe, args, max_batch, &mut peak)?;
+
+    let mut out = speed_report(&loaded, args, &turns, &floors, dtype);
+    let at = |c: usize| levels.iter().find(|l| l.concurrency == c);
+    let speedup_8 = match (at(1), at(8)) {
+        (Some(one), Some(eight)) => Some(eight.aggregate_decode_tok_s / one.aggregate_decode_tok_s),
+        _ => None,
+    };
+    merge(
+        &mut out,
+        serde_json::json!({
+            "device": format!("{device:?}"),
+            "max_batch": max_batch,
+            "prefill_chunk": chunk,
+            "concurrency": levels,
+            "aggregate_decode_8_over_1": speedup_8,
+            "device_peak_gib": peak.peak.map(gib),
+        }),
+    );
+    merge(&mut out, memory_report(&loaded, &turns, anon_after_load));
+    Ok(out)
+}
+
+/// Adds `more`'s fields to the object `out`.
+fn merge(out: &mut serde_json::Value, more: serde_json::Value) {
+    if let (Some(o), serde_json::Value::Object(m)) = (out.as_object_mut(), more) {
+        o.extend(m);
+    }
+}
+
+/// What was run and how fast: the model and its formats, the turns' times, and the floors they compare with.
+fn speed_report(
+    loaded: &Loaded,
+    args: &BenchArgs,
+    turns: &Turns,
+    floors: &crate::tools::bench_floors::Floors,
+    dtype: DType,
+) -> serde_json::Value {
+    let pipe = &loaded.pipe;
     let Turns {
         ttft,
         prefill,
@@ -434,15 +467,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         second,
         stats,
         follow,
-        first_turn_peak_anon,
-    } = timed_turns(&mut pipe, args, &mut peak)?;
-    let (max_batch, chunk) = batch_settings(&mut pipe, args);
-    let levels = concurrency_levels(&mut pipe, args, max_batch, &mut peak)?;
-
-    let summary = pipe.info().clone();
+        ..
+    } = turns;
+    let (ttft, decode) = (*ttft, *decode);
     let cfg = &pipe.model().cfg;
     let quant = pipe.model().quant_report();
-    let weight_bytes = pipe.model().weight_bytes();
     let read_bytes = decode_read_bytes(cfg, dtype, args.load.quant);
     let decode_floor = floors.copy_bytes_per_s / read_bytes as f64;
     let flops = prefill_flops(cfg, stats.prompt_tokens);
@@ -453,26 +482,21 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         .chain(cross_dtype)
         .map(|d| d.as_str())
         .collect();
-    let at = |c: usize| levels.iter().find(|l| l.concurrency == c);
-    let speedup_8 = match (at(1), at(8)) {
-        (Some(one), Some(eight)) => Some(eight.aggregate_decode_tok_s / one.aggregate_decode_tok_s),
-        _ => None,
-    };
-    let mut out = serde_json::json!({
-        "model": label,
-        "kind": summary.kind.to_string(),
-        "device": format!("{device:?}"),
+    serde_json::json!({
+        "model": loaded.label,
+        "kind": pipe.info().kind.to_string(),
         "dtype": format!("{dtype:?}").to_lowercase(),
         "quant": quant.mode.to_string(),
         "quant_vision": args.load.quant_vision,
+        "quant_summary": quant.summary(),
         "encoder_dtypes": encoder_dtypes,
         "encoder_reruns": pipe.model().encoder_reruns(),
         "quantized_matrices": quant.quantized.len(),
         "float_kept_matrices": quant.kept_float.len(),
-        "weight_gib": gib(weight_bytes),
-        "weight_bytes": weight_bytes,
-        "load_s": load_s,
+        "load_s": loaded.load_s,
         "runs": args.repeat.max(1),
+        "warmup": args.warmup,
+        "text_only": args.text_only,
         "prompt_tokens": stats.prompt_tokens,
         "new_tokens": stats.generated_tokens,
         "ttft_ms": ttft,
@@ -491,35 +515,33 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         "prefill_tflop": flops / 1e12,
         "prefill_floor_ms": prefill_floor_ms,
         "ttft_over_prefill_floor": ttft / prefill_floor_ms,
-        "device_used_before_gib": used_before.map(gib),
-        "device_resident_after_load_gib": used_after_load.map(gib),
-        "device_peak_gib": peak.peak.map(gib),
+    })
+}
+
+/// Where the memory went: the weights, the device before and after loading, loading's peak, the first turn's
+/// working memory over what loading left (`anon_after_load`), the plan and its transfers.
+fn memory_report(
+    loaded: &Loaded,
+    turns: &Turns,
+    anon_after_load: Option<u64>,
+) -> serde_json::Value {
+    let model = loaded.pipe.model();
+    let weight_bytes = model.weight_bytes();
+    let first = turns.first_turn_peak_anon;
+    serde_json::json!({
+        "weight_gib": gib(weight_bytes),
+        "weight_bytes": weight_bytes,
+        "expected_resident_gib": gib(model.expected_resident_bytes()),
+        "device_used_before_gib": loaded.used_before.map(gib),
+        "device_resident_after_load_gib": loaded.used_after_load.map(gib),
         "peak_rss_gib": peak_rss_bytes().map(gib),
-        "max_batch": max_batch,
-        "concurrency": levels,
-        "aggregate_decode_8_over_1": speedup_8,
-    });
-    // The device plan and loading's peak (the `json!` above is at its macro recursion limit).
-    if let Some(o) = out.as_object_mut() {
-        o.insert("load_peak_rss_anon_gib".into(), gib(load_peak_anon).into());
+        "load_peak_rss_anon_gib": gib(loaded.load_peak_anon),
         // The image encode's and prefill's working memory: the first turn's peak over what loading left.
-        o.insert(
-            "first_turn_peak_rss_anon_gib".into(),
-            gib(first_turn_peak_anon).into(),
-        );
-        let over = anon_after_load.map(|a| gib(first_turn_peak_anon.saturating_sub(a)));
-        o.insert("first_turn_anon_over_loaded_gib".into(), over.into());
-        o.insert("warmup".into(), args.warmup.into());
-        let resident = gib(pipe.model().expected_resident_bytes());
-        o.insert("expected_resident_gib".into(), resident.into());
-        o.insert("quant_summary".into(), quant.summary().into());
-        o.insert("text_only".into(), args.text_only.into());
-        o.insert("prefill_chunk".into(), chunk.into());
-        o.insert("plan".into(), loading["plan"].clone());
-        let moved = pipe.model().placement().transfers();
-        o.insert("transfers".into(), moved.into());
-    }
-    Ok(out)
+        "first_turn_peak_rss_anon_gib": gib(first),
+        "first_turn_anon_over_loaded_gib": anon_after_load.map(|a| gib(first.saturating_sub(a))),
+        "plan": loaded.report["plan"].clone(),
+        "transfers": model.placement().transfers(),
+    })
 }
 
 /// The `--concurrency` rounds' batch size (`--max-batch`, else what memory holds, printed as the server prints
