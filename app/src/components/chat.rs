@@ -275,6 +275,17 @@ fn ContextMeter() -> impl IntoView {
 
 #[component]
 pub fn ChatPanel() -> impl IntoView {
+    view! {
+        <section class="chat-panel">
+            <Transcript/>
+            <Composer/>
+        </section>
+    }
+}
+
+/// The turns (or, before the first, how to start), kept scrolled to the newest text while it streams.
+#[component]
+fn Transcript() -> impl IntoView {
     let state = expect_context::<AppState>();
     let offsets = Memo::new(move |_| state.turns.with(|t| conversation_groups(t).1));
     let transcript = NodeRef::<leptos::html::Div>::new();
@@ -290,7 +301,51 @@ pub fn ChatPanel() -> impl IntoView {
             el.set_scroll_top(el.scroll_height());
         }
     });
+    let empty = move || state.turns.with(Vec::is_empty);
 
+    // Chips of the hovered group (in the text or on the canvas) light up. A style rule rather
+    // than a class, because the answers' HTML is replaced as it streams.
+    let hot_chip_css = move || {
+        state
+            .hover
+            .get()
+            .map(|i| format!(".gchip[data-g=\"{i}\"] {{ background: color-mix(in srgb, var(--gc) 40%, transparent); outline: 2px solid var(--gc); }}"))
+            .unwrap_or_default()
+    };
+
+    view! {
+        <style id="hot-chip" inner_html=hot_chip_css></style>
+        <div
+            class="transcript"
+            id="transcript"
+            node_ref=transcript
+            on:mouseover=move |ev| state.hover.set(chip_index(&ev))
+            on:mouseleave=move |_| state.hover.set(None)
+        >
+            <Show when=empty>
+                <div class="empty">
+                    <p class="empty-title">{move || t(state.lang, "Ask about an image")}</p>
+                    <p>
+                        {move || t(state.lang, "Add an image (button, drag and drop, or paste), then ask a question.")}
+                        " "
+                        {move || t(state.lang, "Boxes written as")}
+                        " " <code>"[[x0,y0,x1,y1]]"</code> " "
+                        {move || t(state.lang, "(thousandths of the width and height) in a question or an answer are drawn on the image.")}
+                    </p>
+                </div>
+            </Show>
+            {move || state.note.get().map(|n| view! { <div class="note">{n}</div> })}
+            <For each=move || state.turns.get() key=|t| t.id let:turn>
+                <TurnView turn=turn offsets=offsets/>
+            </For>
+        </div>
+    }
+}
+
+/// The task pickers, the question box (Enter sends, Esc stops) and the buttons.
+#[component]
+fn Composer() -> impl IntoView {
+    let state = expect_context::<AppState>();
     let can_send = move || {
         !state.busy.get()
             && !state.draft.with(|d| d.trim().is_empty())
@@ -314,78 +369,41 @@ pub fn ChatPanel() -> impl IntoView {
     };
     let empty = move || state.turns.with(Vec::is_empty);
 
-    // Chips of the hovered group (in the text or on the canvas) light up. A style rule rather
-    // than a class, because the answers' HTML is replaced as it streams.
-    let hot_chip_css = move || {
-        state
-            .hover
-            .get()
-            .map(|i| format!(".gchip[data-g=\"{i}\"] {{ background: color-mix(in srgb, var(--gc) 40%, transparent); outline: 2px solid var(--gc); }}"))
-            .unwrap_or_default()
-    };
-
     view! {
-        <section class="chat-panel">
-            <style id="hot-chip" inner_html=hot_chip_css></style>
-            <div
-                class="transcript"
-                id="transcript"
-                node_ref=transcript
-                on:mouseover=move |ev| state.hover.set(chip_index(&ev))
-                on:mouseleave=move |_| state.hover.set(None)
-            >
-                <Show when=empty>
-                    <div class="empty">
-                        <p class="empty-title">{move || t(state.lang, "Ask about an image")}</p>
-                        <p>
-                            {move || t(state.lang, "Add an image (button, drag and drop, or paste), then ask a question.")}
-                            " "
-                            {move || t(state.lang, "Boxes written as")}
-                            " " <code>"[[x0,y0,x1,y1]]"</code> " "
-                            {move || t(state.lang, "(thousandths of the width and height) in a question or an answer are drawn on the image.")}
-                        </p>
-                    </div>
-                </Show>
-                {move || state.note.get().map(|n| view! { <div class="note">{n}</div> })}
-                <For each=move || state.turns.get() key=|t| t.id let:turn>
-                    <TurnView turn=turn offsets=offsets/>
-                </For>
+        <div class="composer">
+            <TaskBar/>
+            <textarea
+                id="prompt"
+                rows="3"
+                placeholder=move || t(state.lang, "Ask a question…  (Enter sends, Shift+Enter: new line, Esc: stop)")
+                prop:value=move || state.draft.get()
+                on:input=move |ev| state.draft.set(event_target_value(&ev))
+                on:keydown=on_keydown
+            ></textarea>
+            <div class="actions">
+                <button
+                    id="generate"
+                    class="primary"
+                    disabled=move || !can_send()
+                    on:click=move |_| submit()
+                >
+                    {move || t(state.lang, "Generate")}
+                </button>
+                <button id="stop" disabled=move || !state.busy.get() on:click=move |_| stop(state)>
+                    {move || t(state.lang, "Stop")}
+                </button>
+                <button
+                    id="retry"
+                    disabled=move || state.busy.get() || empty() || state.current_model().is_none()
+                    on:click=move |_| retry(state)
+                >
+                    {move || t(state.lang, "Retry")}
+                </button>
+                <button id="clear" disabled=empty on:click=move |_| clear(state)>
+                    {move || t(state.lang, "Clear")}
+                </button>
+                <ContextMeter/>
             </div>
-            <div class="composer">
-                <TaskBar/>
-                <textarea
-                    id="prompt"
-                    rows="3"
-                    placeholder=move || t(state.lang, "Ask a question…  (Enter sends, Shift+Enter: new line, Esc: stop)")
-                    prop:value=move || state.draft.get()
-                    on:input=move |ev| state.draft.set(event_target_value(&ev))
-                    on:keydown=on_keydown
-                ></textarea>
-                <div class="actions">
-                    <button
-                        id="generate"
-                        class="primary"
-                        disabled=move || !can_send()
-                        on:click=move |_| submit()
-                    >
-                        {move || t(state.lang, "Generate")}
-                    </button>
-                    <button id="stop" disabled=move || !state.busy.get() on:click=move |_| stop(state)>
-                        {move || t(state.lang, "Stop")}
-                    </button>
-                    <button
-                        id="retry"
-                        disabled=move || state.busy.get() || empty() || state.current_model().is_none()
-                        on:click=move |_| retry(state)
-                    >
-                        {move || t(state.lang, "Retry")}
-                    </button>
-                    <button id="clear" disabled=empty on:click=move |_| clear(state)>
-                        {move || t(state.lang, "Clear")}
-                    </button>
-                    <ContextMeter/>
-                </div>
-            </div>
-        </section>
+        </div>
     }
 }
