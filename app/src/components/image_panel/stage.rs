@@ -70,20 +70,8 @@ fn pointer_px(
 /// A drag shorter than this (pixels) on both axes is a click, not a region.
 const MIN_DRAG: f64 = 4.0;
 
-#[component]
-pub fn Stage(
-    /// The groups drawn: the conversation's, then the draft's.
-    groups: Memo<Vec<DrawnGroup>>,
-    img_ref: NodeRef<leptos::html::Img>,
-) -> impl IntoView {
-    let state = expect_context::<AppState>();
-    let canvas_ref = NodeRef::<leptos::html::Canvas>::new();
-    // Rendered size of the image, kept current by a ResizeObserver.
-    let size = RwSignal::new((0.0f64, 0.0f64));
-    // The region being dragged: start and current corner, in displayed pixels.
-    let drag = RwSignal::new(None::<(f64, f64, f64, f64)>);
-
-    // Observe the image's rendered size.
+/// The rendered size of the image, kept current in `size` by a ResizeObserver (set up once the image exists).
+fn track_rendered_size(img_ref: NodeRef<leptos::html::Img>, size: RwSignal<(f64, f64)>) {
     Effect::new(move |prev: Option<bool>| {
         if prev == Some(true) {
             return true;
@@ -107,65 +95,103 @@ pub fn Stage(
         callback.forget();
         true
     });
+}
 
-    // Redraw on any change of the boxes, the hover, the drag or the size.
-    Effect::new(move |_| {
-        let (w, h) = size.get();
-        let hover = state.hover.get();
-        let drag = drag.get();
-        let has_image = state.image.with(Option::is_some);
-        groups.with(|groups| {
-            if let Some(canvas) = canvas_ref.get() {
-                if has_image && w > 0.0 && h > 0.0 {
-                    draw(&canvas, w, h, groups, hover, drag);
-                } else {
-                    canvas.set_width(0);
-                    canvas.set_height(0);
+/// The canvas and what it tracks: the groups drawn, the rendered size and the region being dragged (start and
+/// current corner, in displayed pixels). All handles, so the pointer handlers copy it.
+#[derive(Clone, Copy)]
+struct Canvas {
+    state: AppState,
+    node: NodeRef<leptos::html::Canvas>,
+    groups: Memo<Vec<DrawnGroup>>,
+    size: RwSignal<(f64, f64)>,
+    drag: RwSignal<Option<(f64, f64, f64, f64)>>,
+}
+
+impl Canvas {
+    /// Redraws on any change of the boxes, the hover, the drag or the size.
+    fn redraw_on_change(self) {
+        Effect::new(move |_| {
+            let (w, h) = self.size.get();
+            let hover = self.state.hover.get();
+            let drag = self.drag.get();
+            let has_image = self.state.image.with(Option::is_some);
+            self.groups.with(|groups| {
+                if let Some(canvas) = self.node.get() {
+                    if has_image && w > 0.0 && h > 0.0 {
+                        draw(&canvas, w, h, groups, hover, drag);
+                    } else {
+                        canvas.set_width(0);
+                        canvas.set_height(0);
+                    }
                 }
-            }
+            });
         });
-    });
+    }
 
-    // Dragging draws a region; without a drag, hovering a shape highlights its chip.
-    let on_pointer_down = move |ev: leptos::ev::PointerEvent| {
+    /// A left button press starts a drag.
+    fn pointer_down(self, ev: leptos::ev::PointerEvent) {
         if ev.button() != 0 {
             return;
         }
-        let Some(canvas) = canvas_ref.get_untracked() else {
+        let Some(canvas) = self.node.get_untracked() else {
             return;
         };
         ev.prevent_default();
         let _ = canvas.set_pointer_capture(ev.pointer_id());
         let (x, y, _, _) = pointer_px(&canvas, &ev);
-        drag.set(Some((x, y, x, y)));
-    };
-    let on_pointer_move = move |ev: leptos::ev::PointerEvent| {
-        let Some(canvas) = canvas_ref.get_untracked() else {
+        self.drag.set(Some((x, y, x, y)));
+    }
+
+    /// Dragging draws the region; without a drag, hovering a shape highlights its chip.
+    fn pointer_move(self, ev: leptos::ev::PointerEvent) {
+        let Some(canvas) = self.node.get_untracked() else {
             return;
         };
         let (x, y, w, h) = pointer_px(&canvas, &ev);
-        if let Some((x0, y0, _, _)) = drag.get_untracked() {
-            drag.set(Some((x0, y0, x, y)));
+        if let Some((x0, y0, _, _)) = self.drag.get_untracked() {
+            self.drag.set(Some((x0, y0, x, y)));
             return;
         }
-        let hit = groups.with_untracked(|groups| hit(groups, x, y, w, h));
-        if state.hover.get_untracked() != hit {
-            state.hover.set(hit);
+        let hit = self.groups.with_untracked(|groups| hit(groups, x, y, w, h));
+        if self.state.hover.get_untracked() != hit {
+            self.state.hover.set(hit);
         }
-    };
-    let on_pointer_up = move |ev: leptos::ev::PointerEvent| {
-        let Some((x0, y0, _, _)) = drag.get_untracked() else {
+    }
+
+    /// The end of a drag: a region for the prompt, unless it was a click.
+    fn pointer_up(self, ev: leptos::ev::PointerEvent) {
+        let Some((x0, y0, _, _)) = self.drag.get_untracked() else {
             return;
         };
-        drag.set(None);
-        let Some(canvas) = canvas_ref.get_untracked() else {
+        self.drag.set(None);
+        let Some(canvas) = self.node.get_untracked() else {
             return;
         };
         let (x1, y1, w, h) = pointer_px(&canvas, &ev);
         if (x1 - x0).abs() >= MIN_DRAG || (y1 - y0).abs() >= MIN_DRAG {
-            add_region(state, grounding::box_from_px(x0, y0, x1, y1, w, h));
+            add_region(self.state, grounding::box_from_px(x0, y0, x1, y1, w, h));
         }
+    }
+}
+
+#[component]
+pub fn Stage(
+    /// The groups drawn: the conversation's, then the draft's.
+    groups: Memo<Vec<DrawnGroup>>,
+    img_ref: NodeRef<leptos::html::Img>,
+) -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let canvas = Canvas {
+        state,
+        node: NodeRef::new(),
+        groups,
+        size: RwSignal::new((0.0, 0.0)),
+        drag: RwSignal::new(None),
     };
+    let (size, drag) = (canvas.size, canvas.drag);
+    track_rendered_size(img_ref, size);
+    canvas.redraw_on_change();
 
     let has_image = move || state.image.with(Option::is_some);
     let image_url = move || state.image.with(|i| i.as_ref().map(|i| i.url.clone()));
@@ -181,11 +207,11 @@ pub fn Stage(
             />
             <canvas
                 id="overlay"
-                node_ref=canvas_ref
+                node_ref=canvas.node
                 title=move || t(state.lang, "Drag to mark a region for the prompt")
-                on:pointerdown=on_pointer_down
-                on:pointermove=on_pointer_move
-                on:pointerup=on_pointer_up
+                on:pointerdown=move |ev| canvas.pointer_down(ev)
+                on:pointermove=move |ev| canvas.pointer_move(ev)
+                on:pointerup=move |ev| canvas.pointer_up(ev)
                 on:pointercancel=move |_| drag.set(None)
                 on:pointerleave=move |_| {
                     if drag.get_untracked().is_none() {
