@@ -454,37 +454,7 @@ impl Quantizer {
                 .map(|(_, vb)| format!("{}.weight", vb.prefix()))
         };
         let scaling = self.lora.as_ref().map_or(1.0, |(a, _)| a.scaling());
-        let read = |dtype: DType, merge: Option<&[Option<LoraPair>]>| -> Result<Tensor> {
-            let w = parts
-                .iter()
-                .enumerate()
-                .map(|(i, (o, vb))| {
-                    let pair = merge.and_then(|m| m.get(i)).and_then(Option::as_ref);
-                    let Some(p) = pair else {
-                        return vb.get_with_hints_dtype(
-                            (*o, in_dim),
-                            "weight",
-                            Default::default(),
-                            dtype,
-                        );
-                    };
-                    // W + scaling · B A, in f32, rounded once to the model dtype.
-                    let w = vb.get_with_hints_dtype(
-                        (*o, in_dim),
-                        "weight",
-                        Default::default(),
-                        DType::F32,
-                    )?;
-                    let dev = w.device();
-                    let ba = p.b.to_device(dev)?.matmul(&p.a.to_device(dev)?)?;
-                    (w + (ba * scaling)?)?.to_dtype(dtype)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            match w.len() {
-                1 => Ok(w[0].clone()),
-                _ => Tensor::cat(&w, 0),
-            }
-        };
+        let read = |dtype: DType, merge| read_parts(parts, in_dim, dtype, merge, scaling);
         let Some((_, vb)) = parts.first() else {
             candle_core::bail!("a linear layer needs at least one weight");
         };
@@ -509,28 +479,70 @@ impl Quantizer {
             return float(vb.dtype());
         };
         // Read in f32 (not the model dtype) so that a bf16 model's weights are rounded once, by the quantizer.
-        let q = match &self.shared_blocks {
-            Some(shared) => {
-                let key = (out_dim, in_dim, format as usize);
-                let mut shared = shared.borrow_mut();
-                let blocks = match shared.entry(key) {
-                    Entry::Occupied(e) => e.into_mut(),
-                    Entry::Vacant(e) => {
-                        let w = read(DType::F32, None)?.to_device(&Device::Cpu)?;
-                        e.insert(QTensor::quantize(&w, format)?.data()?.into_owned())
-                    }
-                };
-                let storage = QStorage::from_data(Cow::Borrowed(blocks), vb.device(), format)?;
-                QTensor::new(storage, (out_dim, in_dim))?
-            }
-            None => QTensor::quantize(&read(DType::F32, None)?, format)?,
-        };
+        let q = self.quantize((out_dim, in_dim), format, vb.device(), || {
+            read(DType::F32, None)
+        })?;
         let mut r = self.report.borrow_mut();
         r.replaced_float_bytes += (in_dim * out_dim * vb.dtype().size_in_bytes()) as u64;
         r.quantized_bytes += q.storage_size_in_bytes() as u64;
         r.repacked_bytes += kernels.repacked_bytes(format, out_dim, in_dim);
         r.quantized.extend(names().map(|n| (n, format)));
         Ok((QLinear::Quant(QMatMul::from_qtensor(q)?, bias), false))
+    }
+
+    /// The weight `read` gives, quantized to `format` on `device`; random-weight runs share one set of blocks
+    /// per shape (their values do not matter, their memory does).
+    fn quantize(
+        &self,
+        (out_dim, in_dim): (usize, usize),
+        format: GgmlDType,
+        device: &Device,
+        read: impl Fn() -> Result<Tensor>,
+    ) -> Result<QTensor> {
+        let Some(shared) = &self.shared_blocks else {
+            return QTensor::quantize(&read()?, format);
+        };
+        let key = (out_dim, in_dim, format as usize);
+        let mut shared = shared.borrow_mut();
+        let blocks = match shared.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let w = read()?.to_device(&Device::Cpu)?;
+                e.insert(QTensor::quantize(&w, format)?.data()?.into_owned())
+            }
+        };
+        let storage = QStorage::from_data(Cow::Borrowed(blocks), device, format)?;
+        QTensor::new(storage, (out_dim, in_dim))
+    }
+}
+
+/// The weights of `parts` (stacked along the output rows) in `dtype`; a part with a pair in `merge` gets
+/// `W + scaling · B A`, computed in f32 and rounded once to `dtype`.
+fn read_parts(
+    parts: &[(usize, VarBuilder)],
+    in_dim: usize,
+    dtype: DType,
+    merge: Option<&[Option<LoraPair>]>,
+    scaling: f64,
+) -> Result<Tensor> {
+    let w = parts
+        .iter()
+        .enumerate()
+        .map(|(i, (o, vb))| {
+            let pair = merge.and_then(|m| m.get(i)).and_then(Option::as_ref);
+            let Some(p) = pair else {
+                return vb.get_with_hints_dtype((*o, in_dim), "weight", Default::default(), dtype);
+            };
+            let w =
+                vb.get_with_hints_dtype((*o, in_dim), "weight", Default::default(), DType::F32)?;
+            let dev = w.device();
+            let ba = p.b.to_device(dev)?.matmul(&p.a.to_device(dev)?)?;
+            (w + (ba * scaling)?)?.to_dtype(dtype)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    match w.len() {
+        1 => Ok(w[0].clone()),
+        _ => Tensor::cat(&w, 0),
     }
 }
 
