@@ -43,6 +43,17 @@ struct Stream {
     max_gap_ms: f64,
 }
 
+/// What a level's streams measured so far.
+#[derive(Default)]
+struct Tally {
+    ttfts: Vec<f64>,
+    rates: Vec<f64>,
+    stalls: Vec<f64>,
+    decode_s: f64,
+    decode_tokens: usize,
+    total_tokens: usize,
+}
+
 /// Runs `requests` (all arriving now) to `new_tokens` each, at most `max_batch` at a time.
 pub fn run_level(
     pipe: &mut Pipeline,
@@ -54,8 +65,7 @@ pub fn run_level(
     let arrival = Instant::now();
     let mut waiting = std::collections::VecDeque::from(requests);
     let mut running: Vec<Stream> = Vec::new();
-    let (mut ttfts, mut rates, mut stalls) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut decode_s, mut decode_tokens, mut total_tokens) = (0.0, 0usize, 0usize);
+    let mut tally = Tally::default();
     while !waiting.is_empty() || !running.is_empty() {
         // As the worker: one prompt prefilled at a time, one chunk a turn (`--prefill-chunk`).
         if let Some(s) = running.iter_mut().find(|s| s.seq.is_prefilling()) {
@@ -73,63 +83,77 @@ pub fn run_level(
             }
         }
         let t = Instant::now();
-        let mut decoded = 0;
-        for s in running.iter_mut() {
-            if !s.seq.is_ready() {
-                continue;
-            }
-            if s.seq.sample()?.is_some() {
-                let now = Instant::now();
-                match s.last {
-                    None => {
-                        s.first = Some(now);
-                        ttfts.push((now - arrival).as_secs_f64() * 1e3);
-                    }
-                    Some(last) => {
-                        s.max_gap_ms = s.max_gap_ms.max((now - last).as_secs_f64() * 1e3);
-                        decoded += 1;
-                    }
-                }
-                s.last = Some(now);
-                s.tokens += 1;
-                total_tokens += 1;
-            }
-        }
+        let decoded = sample_ready(&mut running, arrival, &mut tally)?;
         let mut seqs: Vec<&mut Sequence> = running.iter_mut().map(|s| &mut s.seq).collect();
         pipe.step(&mut seqs)?;
-        decode_s += t.elapsed().as_secs_f64();
-        decode_tokens += decoded;
-        let mut i = 0;
-        while i < running.len() {
-            if !running[i].seq.is_finished() {
-                i += 1;
-                continue;
-            }
-            let s = running.remove(i);
-            if let (Some(first), Some(last)) = (s.first, s.last) {
-                let span = (last - first).as_secs_f64();
-                if s.tokens > 1 && span > 0.0 {
-                    rates.push((s.tokens - 1) as f64 / span);
-                }
-            }
-            stalls.push(s.max_gap_ms);
-            pipe.finish(s.seq);
-        }
+        tally.decode_s += t.elapsed().as_secs_f64();
+        tally.decode_tokens += decoded;
+        retire_finished(pipe, &mut running, &mut tally);
     }
     let wall_s = arrival.elapsed().as_secs_f64();
     Ok(Level {
         concurrency,
         new_tokens,
-        aggregate_tok_s: total_tokens as f64 / wall_s,
-        aggregate_decode_tok_s: if decode_s > 0.0 {
-            decode_tokens as f64 / decode_s
+        aggregate_tok_s: tally.total_tokens as f64 / wall_s,
+        aggregate_decode_tok_s: if tally.decode_s > 0.0 {
+            tally.decode_tokens as f64 / tally.decode_s
         } else {
             0.0
         },
-        per_stream_tok_s: percentile(rates, 0.5),
-        ttft_p50_ms: percentile(ttfts.clone(), 0.5),
-        ttft_p95_ms: percentile(ttfts, 0.95),
-        max_stall_ms: stalls.into_iter().fold(0.0, f64::max),
+        per_stream_tok_s: percentile(tally.rates, 0.5),
+        ttft_p50_ms: percentile(tally.ttfts.clone(), 0.5),
+        ttft_p95_ms: percentile(tally.ttfts, 0.95),
+        max_stall_ms: tally.stalls.into_iter().fold(0.0, f64::max),
         wall_s,
     })
+}
+
+/// Samples a token for every stream ready for one; their first tokens' times since `arrival` are TTFTs.
+/// Returns how many later (decoded) tokens were sampled.
+fn sample_ready(
+    running: &mut [Stream],
+    arrival: Instant,
+    tally: &mut Tally,
+) -> anyhow::Result<usize> {
+    let mut decoded = 0;
+    for s in running.iter_mut() {
+        if !s.seq.is_ready() || s.seq.sample()?.is_none() {
+            continue;
+        }
+        let now = Instant::now();
+        match s.last {
+            None => {
+                s.first = Some(now);
+                tally.ttfts.push((now - arrival).as_secs_f64() * 1e3);
+            }
+            Some(last) => {
+                s.max_gap_ms = s.max_gap_ms.max((now - last).as_secs_f64() * 1e3);
+                decoded += 1;
+            }
+        }
+        s.last = Some(now);
+        s.tokens += 1;
+        tally.total_tokens += 1;
+    }
+    Ok(decoded)
+}
+
+/// Ends the finished streams, recording each one's decode rate and longest stall.
+fn retire_finished(pipe: &mut Pipeline, running: &mut Vec<Stream>, tally: &mut Tally) {
+    let mut i = 0;
+    while i < running.len() {
+        if !running[i].seq.is_finished() {
+            i += 1;
+            continue;
+        }
+        let s = running.remove(i);
+        if let (Some(first), Some(last)) = (s.first, s.last) {
+            let span = (last - first).as_secs_f64();
+            if s.tokens > 1 && span > 0.0 {
+                tally.rates.push((s.tokens - 1) as f64 / span);
+            }
+        }
+        tally.stalls.push(s.max_gap_ms);
+        pipe.finish(s.seq);
+    }
 }
