@@ -181,36 +181,9 @@ fn conversation(messages: &[Message]) -> Result<Conversation, ApiError> {
     for (i, m) in messages.iter().enumerate() {
         let param = format!("messages[{i}]");
         let (text, img) = read_content(m.content.as_ref(), &param)?;
-        let is_user = match m.role.as_str() {
-            "system" | "developer" => {
-                if img.is_some() {
-                    return Err(ApiError::invalid(
-                        "images belong in user messages, not in the system message",
-                        Some(&param),
-                    ));
-                }
-                system.push(text);
-                continue;
-            }
-            "user" => true,
-            "assistant" => {
-                if img.is_some() {
-                    return Err(ApiError::invalid(
-                        "an assistant message cannot carry an image",
-                        Some(&param),
-                    ));
-                }
-                false
-            }
-            other => {
-                return Err(ApiError::invalid(
-                    format!(
-                        "role {other:?} is not supported (system, user and assistant are); \
-                         CogVLM has no tools"
-                    ),
-                    Some(&format!("{param}.role")),
-                ))
-            }
+        let Some(is_user) = speaker(&m.role, img.is_some(), &param)? else {
+            system.push(text);
+            continue;
         };
         if img.is_some() {
             image = img; // the last image wins
@@ -239,7 +212,44 @@ fn conversation(messages: &[Message]) -> Result<Conversation, ApiError> {
             Some("messages"),
         ));
     }
-    // An answer without a question before it (assistant first) pairs with an empty question.
+    let mut history = pair_turns(turns);
+    let mut query = query;
+    if !system.is_empty() {
+        let first = history.first_mut().map_or(&mut query, |(q, _)| q);
+        *first = fold_system(&system.join("\n"), first);
+    }
+    Ok((history, query, image))
+}
+
+/// Whether a message of `role` is the user's (`Some(true)`), the assistant's (`Some(false)`) or the system's
+/// (`None`); images are refused outside user messages.
+fn speaker(role: &str, has_image: bool, param: &str) -> Result<Option<bool>, ApiError> {
+    let no_image = |what: &str| match has_image {
+        true => Err(ApiError::invalid(what.to_string(), Some(param))),
+        false => Ok(()),
+    };
+    match role {
+        "system" | "developer" => {
+            no_image("images belong in user messages, not in the system message")?;
+            Ok(None)
+        }
+        "user" => Ok(Some(true)),
+        "assistant" => {
+            no_image("an assistant message cannot carry an image")?;
+            Ok(Some(false))
+        }
+        other => Err(ApiError::invalid(
+            format!(
+                "role {other:?} is not supported (system, user and assistant are); CogVLM has no tools"
+            ),
+            Some(&format!("{param}.role")),
+        )),
+    }
+}
+
+/// Alternating turns → (question, answer) pairs; an answer without a question before it (assistant first)
+/// pairs with an empty question, a question without an answer with an empty answer.
+fn pair_turns(turns: Vec<(bool, String)>) -> Vec<(String, String)> {
     let mut history = Vec::new();
     let mut it = turns.into_iter().peekable();
     while let Some((is_user, text)) = it.next() {
@@ -253,12 +263,7 @@ fn conversation(messages: &[Message]) -> Result<Conversation, ApiError> {
             history.push((String::new(), text));
         }
     }
-    let mut query = query;
-    if !system.is_empty() {
-        let first = history.first_mut().map_or(&mut query, |(q, _)| q);
-        *first = fold_system(&system.join("\n"), first);
-    }
-    Ok((history, query, image))
+    history
 }
 
 /// The system prompt goes in front of the first question (CogVLM has no system role).
