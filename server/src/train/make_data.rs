@@ -299,18 +299,7 @@ fn question(
             let q = format!("What shape is the {} object?", COLORS[target.color].0);
             (q, format!("A {}.", SHAPES[target.shape]))
         }
-        Kind::Count => {
-            if rng.random_bool(0.5) {
-                (
-                    "How many shapes are there?".into(),
-                    placed.len().to_string(),
-                )
-            } else {
-                let s = rng.random_range(0..SHAPES.len());
-                let n = placed.iter().filter(|p| p.shape == s).count();
-                (format!("How many {}s are there?", SHAPES[s]), n.to_string())
-            }
-        }
+        Kind::Count => count_question(rng, placed),
         Kind::Where => (
             format!("Where is the {}?", target.name()),
             box_text_wh(target.bbox, dims),
@@ -334,29 +323,50 @@ fn question(
             format!("Which cell is the {} in?", target.name()),
             format!("Row {}, column {}.", target.row + 1, target.col + 1),
         ),
-        Kind::Exists => {
-            // Half the questions name a shape of the scene, half a pair that is not in it.
-            let (color, shape) = if rng.random_bool(0.5) {
-                (target.color, target.shape)
-            } else {
-                let c = rng.random_range(0..COLORS.len());
-                let s = rng.random_range(0..SHAPES.len());
-                if placed.iter().any(|p| (p.color, p.shape) == (c, s)) {
-                    return None;
-                }
-                (c, s)
-            };
-            let there = placed.iter().any(|p| (p.color, p.shape) == (color, shape));
-            (
-                format!(
-                    "Is there {}?",
-                    with_article(&format!("{} {}", COLORS[color].0, SHAPES[shape]))
-                ),
-                if there { "Yes." } else { "No." }.to_string(),
-            )
-        }
+        Kind::Exists => exists_question(rng, placed, target)?,
         Kind::Captcha => return None,
     })
+}
+
+/// "How many shapes are there?", or how many of one shape (which may be none).
+fn count_question(rng: &mut StdRng, placed: &[Placed]) -> (String, String) {
+    if rng.random_bool(0.5) {
+        (
+            "How many shapes are there?".into(),
+            placed.len().to_string(),
+        )
+    } else {
+        let s = rng.random_range(0..SHAPES.len());
+        let n = placed.iter().filter(|p| p.shape == s).count();
+        (format!("How many {}s are there?", SHAPES[s]), n.to_string())
+    }
+}
+
+/// "Is there a red circle?": half the questions name a shape of the scene, half a pair that is not in it
+/// (`None` when the drawn pair happens to be there).
+fn exists_question(
+    rng: &mut StdRng,
+    placed: &[Placed],
+    target: Placed,
+) -> Option<(String, String)> {
+    let (color, shape) = if rng.random_bool(0.5) {
+        (target.color, target.shape)
+    } else {
+        let c = rng.random_range(0..COLORS.len());
+        let s = rng.random_range(0..SHAPES.len());
+        if placed.iter().any(|p| (p.color, p.shape) == (c, s)) {
+            return None;
+        }
+        (c, s)
+    };
+    let there = placed.iter().any(|p| (p.color, p.shape) == (color, shape));
+    Some((
+        format!(
+            "Is there {}?",
+            with_article(&format!("{} {}", COLORS[color].0, SHAPES[shape]))
+        ),
+        if there { "Yes." } else { "No." }.to_string(),
+    ))
 }
 
 /// 5 × 7 glyphs, one string of rows per character (`#` = ink).
