@@ -98,6 +98,32 @@ impl Tally {
     }
 }
 
+/// The checkpoint's greedy answer (at most `--max-new-tokens`) to `query` about the example's image.
+fn greedy_answer(
+    pipe: &mut Pipeline,
+    args: &EvalArgs,
+    ex: &data::Example,
+    history: Vec<(String, String)>,
+    query: &str,
+) -> anyhow::Result<String> {
+    let image =
+        image::open(&ex.image).with_context(|| format!("cannot read {}", ex.image.display()))?;
+    let req = ChatRequest {
+        image: Some(image),
+        history,
+        query: query.to_string(),
+        version: args.version,
+        sampling: Sampling {
+            max_new_tokens: Some(args.max_new_tokens),
+            ..Sampling::greedy()
+        },
+    };
+    Ok(pipe
+        .generate(&req, &mut |_| true)
+        .with_context(|| format!("example {}", ex.image.display()))?
+        .text)
+}
+
 /// Runs the evaluation; returns the summary (also printed as the last line).
 pub fn run(args: &EvalArgs) -> anyhow::Result<serde_json::Value> {
     let (_, mut examples) = data::load(&args.data)?;
@@ -119,22 +145,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<serde_json::Value> {
     for (i, ex) in examples.iter().enumerate() {
         let last = ex.rounds.len() - 1;
         let (history, query, expected) = ex.round(last);
-        let image = image::open(&ex.image)
-            .with_context(|| format!("cannot read {}", ex.image.display()))?;
-        let req = ChatRequest {
-            image: Some(image),
-            history,
-            query: query.to_string(),
-            version: args.version,
-            sampling: Sampling {
-                max_new_tokens: Some(args.max_new_tokens),
-                ..Sampling::greedy()
-            },
-        };
-        let got = pipe
-            .generate(&req, &mut |_| true)
-            .with_context(|| format!("example {}", ex.image.display()))?
-            .text;
+        let got = greedy_answer(&mut pipe, args, ex, history, query)?;
         let got = got.trim();
         let exact = got == expected.trim();
         let ci = got.to_lowercase() == expected.trim().to_lowercase();
