@@ -135,6 +135,27 @@ fn ordered_item(line: &str) -> Option<&str> {
         .or_else(|| line[digits..].strip_prefix(") "))
 }
 
+/// One `<li>` of a `kind` list (`Block::Ul` or `Block::Ol`), opening the list unless it is the current block.
+fn list_item(block: &mut Block, out: &mut String, kind: Block, item: &str, next: &mut usize) {
+    if *block != kind {
+        close(block, out);
+        out.push_str(if kind == Block::Ol { "<ol>" } else { "<ul>" });
+        *block = kind;
+    }
+    out.push_str("<li>");
+    line_html(item, next, true, out);
+    out.push_str("</li>");
+}
+
+/// A code fence's language, kept to the characters a language name has (it goes into an attribute).
+fn fence_lang(after_fence: &str) -> String {
+    after_fence
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '+')
+        .collect()
+}
+
 /// Renders an answer. Group numbers start at `first_group` (the count of groups in the
 /// messages before this one), so chips match the canvas.
 pub fn render_markdown(text: &str, first_group: usize) -> Rendered {
@@ -156,12 +177,7 @@ pub fn render_markdown(text: &str, first_group: usize) -> Rendered {
         }
         if let Some(lang) = trimmed.strip_prefix("```") {
             close(&mut block, &mut out);
-            let lang: String = lang
-                .trim()
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '+')
-                .collect();
-            out.push_str(&format!("<pre><code data-lang=\"{lang}\">"));
+            out.push_str(&format!("<pre><code data-lang=\"{}\">", fence_lang(lang)));
             block = Block::Code;
             continue;
         }
@@ -172,6 +188,7 @@ pub fn render_markdown(text: &str, first_group: usize) -> Rendered {
         let hashes = trimmed.bytes().take_while(|&b| b == b'#').count();
         if (1..=4).contains(&hashes) && trimmed[hashes..].starts_with(' ') {
             close(&mut block, &mut out);
+            // `#` is the answer's top level: <h3> under the page's own headings.
             let level = hashes + 2;
             out.push_str(&format!("<h{level}>"));
             line_html(trimmed[hashes..].trim(), &mut next, true, &mut out);
@@ -182,25 +199,11 @@ pub fn render_markdown(text: &str, first_group: usize) -> Rendered {
             .iter()
             .find_map(|b| trimmed.strip_prefix(b));
         if let Some(item) = bullet {
-            if block != Block::Ul {
-                close(&mut block, &mut out);
-                out.push_str("<ul>");
-                block = Block::Ul;
-            }
-            out.push_str("<li>");
-            line_html(item, &mut next, true, &mut out);
-            out.push_str("</li>");
+            list_item(&mut block, &mut out, Block::Ul, item, &mut next);
             continue;
         }
         if let Some(item) = ordered_item(trimmed) {
-            if block != Block::Ol {
-                close(&mut block, &mut out);
-                out.push_str("<ol>");
-                block = Block::Ol;
-            }
-            out.push_str("<li>");
-            line_html(item, &mut next, true, &mut out);
-            out.push_str("</li>");
+            list_item(&mut block, &mut out, Block::Ol, item, &mut next);
             continue;
         }
         if let Some(quoted) = trimmed.strip_prefix('>') {
