@@ -116,6 +116,48 @@ fn Slider(
     }
 }
 
+/// The prompt template, the loaded checkpoint's default marked.
+#[component]
+fn VersionSelect() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let s = state.settings;
+    let default_version = move || {
+        state.models.with(|m| {
+            m.as_ref()
+                .and_then(|m| m.current_checkpoint().map(|c| c.default_version))
+        })
+    };
+    view! {
+        <div class="field">
+            <label for="version-select">{move || t(state.lang, "Prompt template")}</label>
+            <select
+                id="version-select"
+                prop:value=move || s.version.get().as_str()
+                on:change=move |ev| {
+                    if let Ok(v) = event_target_value(&ev).parse::<PromptVersion>() {
+                        s.version.set(v);
+                    }
+                }
+            >
+                {PromptVersion::ALL
+                    .into_iter()
+                    .map(|v| {
+                        let text = move || {
+                            if default_version() == Some(v) {
+                                format!("{} {}", t(state.lang, v.describe()), t(state.lang, "(default for this model)"))
+                            } else {
+                                t(state.lang, v.describe()).to_string()
+                            }
+                        };
+                        // `selected` for the server-rendered page; the select's `prop:value` after.
+                        view! { <option value=v.as_str() selected=move || s.version.get() == v>{text}</option> }
+                    })
+                    .collect_view()}
+            </select>
+        </div>
+    }
+}
+
 /// Prompt version and sampling controls.
 #[component]
 pub fn SettingsPanel() -> impl IntoView {
@@ -136,42 +178,10 @@ pub fn SettingsPanel() -> impl IntoView {
             max_length.set(l);
         }
     });
-    let default_version = move || {
-        state.models.with(|m| {
-            m.as_ref()
-                .and_then(|m| m.current_checkpoint().map(|c| c.default_version))
-        })
-    };
     view! {
         <section class="settings">
             <h2>{move || t(state.lang, "Settings")}</h2>
-            <div class="field">
-                <label for="version-select">{move || t(state.lang, "Prompt template")}</label>
-                <select
-                    id="version-select"
-                    prop:value=move || s.version.get().as_str()
-                    on:change=move |ev| {
-                        if let Ok(v) = event_target_value(&ev).parse::<PromptVersion>() {
-                            s.version.set(v);
-                        }
-                    }
-                >
-                    {PromptVersion::ALL
-                        .into_iter()
-                        .map(|v| {
-                            let text = move || {
-                                if default_version() == Some(v) {
-                                    format!("{} {}", t(state.lang, v.describe()), t(state.lang, "(default for this model)"))
-                                } else {
-                                    t(state.lang, v.describe()).to_string()
-                                }
-                            };
-                            // `selected` for the server-rendered page; the select's `prop:value` after.
-                            view! { <option value=v.as_str() selected=move || s.version.get() == v>{text}</option> }
-                        })
-                        .collect_view()}
-                </select>
-            </div>
+            <VersionSelect/>
             <Slider id="temperature" label="Temperature" min=0.0 max=2.0 step=0.05 value=s.temperature
                 zero_label="0 (greedy)" hint="0 = greedy (always the most likely token)"/>
             <Slider id="top-p" label="Top p" min=0.05 max=1.0 step=0.01 value=s.top_p/>
