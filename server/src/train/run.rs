@@ -669,14 +669,15 @@ impl Run<'_> {
             "\rstep {done}/{total_steps} loss {step_loss:.4} lr {lr:.2e} |g| {norm:.2} {tok_s:.0} tok/s ETA {}   ",
             fmt_duration((total_steps - done) as f64 / rate.max(1e-9))
         );
-        if done % args.log_every.max(1) == 0 || done == total_steps {
+        if done.is_multiple_of(args.log_every.max(1)) || done == total_steps {
             let line = json!({"type": "train", "step": done, "loss": self.window.0 / self.window.1 as f64,
                 "lr": lr, "grad_norm": norm, "steps_per_s": rate, "tokens_per_s": tok_s,
                 "elapsed_s": elapsed});
             writeln!(self.log, "{line}")?;
             self.window = (0.0, 0);
         }
-        let eval_now = args.eval_every > 0 && (done % args.eval_every == 0 || done == total_steps);
+        let eval_now =
+            args.eval_every > 0 && (done.is_multiple_of(args.eval_every) || done == total_steps);
         if eval_now && !self.valid.is_empty() {
             let (loss, exact, n) = evaluate(self.m, self.inputs, self.valid, args.eval_samples)?;
             let line = json!({"type": "eval", "step": done, "valid_loss": loss, "valid_exact": exact,
@@ -691,7 +692,8 @@ impl Run<'_> {
             seed: args.seed,
         };
         // A periodic checkpoint goes to `checkpoint-N/`; the final result to `--out` itself.
-        let periodic = args.save_every > 0 && done % args.save_every == 0 && done < total_steps;
+        let periodic =
+            args.save_every > 0 && done.is_multiple_of(args.save_every) && done < total_steps;
         if periodic || done == total_steps {
             let dir = match periodic {
                 true => args.out.join(format!("checkpoint-{done}")),
