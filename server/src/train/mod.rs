@@ -1,6 +1,7 @@
 //! Training: the model built for gradients (weights and LoRA pairs as `Var`s), answer-only labels and the loss
 //! (`loss`), and the check of one training step against the reference's (`parity`).
 
+pub mod captcha;
 pub mod cli;
 pub mod data;
 pub mod eval;
