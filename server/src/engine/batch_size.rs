@@ -79,7 +79,7 @@ mod tests {
     #[test]
     fn the_batch_is_what_the_caches_leave_room_for() {
         let gib = 1u64 << 30;
-        let cfg = crate::tools::bench::named_config("cogvlm-17b").unwrap();
+        let cfg = crate::model::named_configs::named_config("cogvlm-17b").unwrap();
         let s = Sizes::new(
             &cfg,
             candle_core::DType::BF16,

@@ -13,6 +13,7 @@ pub mod kv_cache;
 pub mod language;
 pub mod lora;
 pub mod memory;
+pub mod named_configs;
 pub mod ops;
 pub mod placement;
 pub mod precision;

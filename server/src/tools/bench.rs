@@ -19,49 +19,12 @@ use crate::model::config::Config;
 use crate::model::memory::{
     peak_rss_bytes, rss_anon_bytes, used_bytes as device_used_bytes, PeakSampler,
 };
+use crate::model::named_configs::named_config_json;
 use crate::model::placement::Placement;
 use crate::model::quant::{decode_read_bytes, Quantizer};
 use crate::model::weights::RandomBackend;
 use crate::model::{CogVlm, Family};
 use crate::tools::bench_floors::{measure_floors, median, prefill_flops};
-
-/// Named full-size configurations (the shapes of THUDM's released checkpoints).
-pub fn named_config(name: &str) -> anyhow::Result<Config> {
-    Ok(serde_json::from_value(named_config_json(name)?)?)
-}
-
-/// A named configuration as its `config.json` holds it.
-pub fn named_config_json(name: &str) -> anyhow::Result<serde_json::Value> {
-    if matches!(
-        name,
-        "cogvlm2-19b" | "cogvlm2-chat" | "cogvlm2-llama3-chat-19b"
-    ) {
-        return Ok(cogvlm2_config_json());
-    }
-    let (image_size, cogagent) = match name {
-        "cogvlm-17b" | "cogvlm-chat" | "cogvlm-base-490" => (490, false),
-        "cogvlm-base-224" => (224, false),
-        "cogagent-18b" | "cogagent-chat" | "cogagent-vqa" => (224, true),
-        other => {
-            bail!("unknown config {other:?} (expected cogvlm-17b, cogvlm-base-224, cogagent-18b or cogvlm2-19b)")
-        }
-    };
-    let grid = image_size / 14;
-    let mut json = serde_json::json!({
-        "hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32, "num_hidden_layers": 32,
-        "rms_norm_eps": 1e-5, "vocab_size": 32000, "template_version": "chat",
-        "vision_config": {"hidden_size": 1792, "image_size": image_size, "in_channels": 3, "intermediate_size": 15360,
-            "layer_norm_eps": 1e-6, "num_heads": 16, "num_hidden_layers": 63, "num_positions": grid * grid + 1,
-            "patch_size": 14, "hidden_act": "gelu", "dropout_prob": 0.0}
-    });
-    if cogagent {
-        json["cross_hidden_size"] = 1024.into();
-        json["cross_compute_hidden_size"] = 1024.into();
-        json["cross_image_size"] = 1120.into();
-        json["architectures"] = serde_json::json!(["CogAgentForCausalLM"]);
-    }
-    Ok(json)
-}
 
 /// The named configuration with `depth`'s decoder and tower layer counts, where given.
 fn reduced_config(name: &str, depth: (Option<usize>, Option<usize>)) -> anyhow::Result<Config> {
@@ -73,21 +36,6 @@ fn reduced_config(name: &str, depth: (Option<usize>, Option<usize>)) -> anyhow::
         json["vision_config"]["num_hidden_layers"] = n.into();
     }
     Ok(serde_json::from_value(json)?)
-}
-
-/// `THUDM/cogvlm2-llama3-chat-19B`'s config.json (the Chinese checkpoint has the same shapes): Llama-3-8B with
-/// 8 KV heads, the 1344 px EVA2-CLIP-E tower.
-fn cogvlm2_config_json() -> serde_json::Value {
-    serde_json::json!({
-        "architectures": ["CogVLMForCausalLM"],
-        "hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32, "num_multi_query_heads": 8,
-        "num_hidden_layers": 32, "rms_norm_eps": 1e-5, "vocab_size": 128256, "max_position_embeddings": 8192,
-        "bos_token_id": 128000, "eos_token_id": 128001, "pad_token_id": 128002, "template_version": "chat",
-        "hidden_act": "silu", "torch_dtype": "bfloat16",
-        "vision_config": {"hidden_size": 1792, "image_size": 1344, "in_channels": 3, "intermediate_size": 15360,
-            "layer_norm_eps": 1e-6, "num_heads": 16, "num_hidden_layers": 63, "num_positions": 9217,
-            "patch_size": 14, "hidden_act": "gelu", "dropout_prob": 0.0}
-    })
 }
 
 pub struct BenchArgs {
@@ -582,6 +530,7 @@ pub fn default_tokenizer_anchor(family: Family) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::named_configs::named_config;
     use crate::model::quant::{estimated_weight_bytes, Quant};
 
     /// The floors' inputs at full size against `../shared/gpu/README.md`: CogVLM decode reads ~13.2 GB of

@@ -51,7 +51,7 @@ pub struct Written {
 const CHUNK: usize = 1 << 20;
 
 pub fn run(args: &MakeArgs) -> anyhow::Result<Written> {
-    let json = match crate::tools::bench::named_config_json(&args.config) {
+    let json = match crate::model::named_configs::named_config_json(&args.config) {
         Ok(j) => hf_config(j),
         Err(named) => {
             let path = Path::new(&args.config);

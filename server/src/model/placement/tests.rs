@@ -1,7 +1,7 @@
 //! The planner on the real configs' sizes and made-up devices.
 
 use super::*;
-use crate::tools::bench::named_config;
+use crate::model::named_configs::named_config;
 use candle_core::DType;
 
 const GB: u64 = 1_000_000_000;
