@@ -1,7 +1,7 @@
 //! The checkpoints of a models folder.
 //!
 //! A models folder is either one checkpoint (it has `config.json`) or a folder of checkpoint
-//! folders. Each is identified by [`crate::probe_checkpoint`], which reads `config.json` only,
+//! folders. Each is identified by [`crate::generate::probe_checkpoint`], which reads `config.json` only,
 //! so scanning is cheap; folders that fail are listed with the reason.
 
 use crate::generate::probe_checkpoint;

@@ -14,14 +14,14 @@ use serde_json::Value;
 
 use super::loss::{forward_loss, LabeledInput};
 use super::{load_model, TrainModel};
+use crate::fixture::{
+    get, history_field, ids_field, load_st, open_image, rel_l2, str_field, Check, Recorder,
+};
 use crate::generate::{default_version, load_tokenizer};
 use crate::model::config::Config;
 use crate::model::lora::Adapter;
 use crate::model::preprocess;
 use crate::model::prompt::{prompt_text, vision_expert_mask, PromptInput};
-use crate::tools::parity::{
-    get, history_field, ids_field, load_st, open_image, rel_l2, str_field, Check, Recorder,
-};
 use protocol::PromptVersion;
 
 /// The tolerances of the fixtures' README (f32 on the CPU).
