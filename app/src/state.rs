@@ -204,7 +204,7 @@ pub struct AppState {
     pub draft: RwSignal<String>,
     pub tasks: TaskState,
     /// The stored conversations and which one is open.
-    pub conversations: crate::conversation::store::Conversations,
+    pub conversations: crate::conversation::open::Conversations,
     pub lang: RwSignal<crate::i18n::Lang>,
     /// The page's reactive owner (the `App` component's), which owns every turn's signals.
     owner: StoredValue<Option<Owner>>,

@@ -2,6 +2,8 @@
 //! upgraded by `schema`), saving without losing anything to errors or other tabs (`saving`, `tabs`), and the
 //! page's list with its actions (`store`). Nothing of them is sent anywhere but to the model with a question.
 pub mod idb;
+pub mod notices;
+pub mod open;
 pub mod record;
 mod saving;
 mod schema;

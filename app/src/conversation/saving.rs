@@ -15,70 +15,10 @@ use crate::i18n::tr;
 use crate::state::{AppState, TurnStatus};
 use futures::lock::{Mutex, OwnedMutexGuard};
 use leptos::prelude::*;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Milliseconds to wait before each retry of a failed save; the user hears of the failure after the last.
 const RETRY_MS: [u32; 3] = [200, 800, 2000];
-
-/// What this tab knows of the stored records, to save over them safely.
-#[derive(Clone, Copy)]
-pub struct SyncState {
-    /// Per record id, the revision this tab last read or wrote: a save overwrites only that one.
-    revisions: StoredValue<HashMap<String, u64>>,
-    /// Records this tab forked after a conflict → the fork, where saves asked before the fork now go.
-    forks: StoredValue<HashMap<String, String>>,
-    /// Saves asked for and not yet finished.
-    pending: StoredValue<usize>,
-}
-
-impl SyncState {
-    pub fn new() -> Self {
-        Self {
-            revisions: StoredValue::new(HashMap::new()),
-            forks: StoredValue::new(HashMap::new()),
-            pending: StoredValue::new(0),
-        }
-    }
-
-    pub fn revision(&self, id: &str) -> u64 {
-        self.revisions
-            .with_value(|r| r.get(id).copied().unwrap_or(0))
-    }
-
-    fn set_revision(&self, id: &str, revision: u64) {
-        self.revisions.update_value(|r| {
-            r.insert(id.to_string(), revision);
-        });
-    }
-
-    /// `rec` is what the page now shows: later saves of its id build on its revision, not on a fork.
-    pub fn took(&self, rec: &SavedConversation) {
-        self.set_revision(&rec.id, rec.revision);
-        self.forks.update_value(|f| {
-            f.remove(&rec.id);
-        });
-    }
-
-    pub fn forget(&self, id: &str) {
-        self.revisions.update_value(|r| {
-            r.remove(id);
-        });
-        self.forks.update_value(|f| {
-            f.remove(id);
-        });
-    }
-
-    pub fn saving(&self) -> bool {
-        self.pending.get_value() > 0
-    }
-}
-
-impl Default for SyncState {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 thread_local! {
     static ONE_AT_A_TIME: Arc<Mutex<()>> = Arc::new(Mutex::new(()));

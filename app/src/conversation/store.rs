@@ -3,57 +3,16 @@
 //! export. The list is read from the stored summaries; a full record (with its image) only when it is opened.
 
 use super::idb;
+use super::notices::{BLOCKED, REPLACED};
 use super::record::{
     title_from, SavedConversation, SavedImage, SavedStatus, SavedTurn, Summary, FORMAT,
 };
-use super::saving::{self, SyncState};
+use super::saving;
 use super::schema::{self, DbEvent};
 use super::tabs;
 use crate::i18n::tr;
 use crate::state::{AppState, Turn, TurnStatus, UploadedImage};
 use leptos::prelude::*;
-
-/// The conversation list and which one is open.
-#[derive(Clone, Copy)]
-pub struct Conversations {
-    pub id: RwSignal<String>,
-    /// The title the user gave; `None`: from the first question.
-    pub title: RwSignal<Option<String>>,
-    pub created_ms: StoredValue<f64>,
-    /// Newest first.
-    pub list: RwSignal<Vec<Summary>>,
-    /// Set once the stored conversations have been read: saving starts only then.
-    pub ready: RwSignal<bool>,
-    /// The JSON last written for the open conversation (without its time), so unchanged state is not saved.
-    last_saved: StoredValue<String>,
-    pub panel_open: RwSignal<bool>,
-    /// A storage problem the user must know of (a save that failed after its retries, a database held or
-    /// replaced by another tab), shown until a save succeeds.
-    pub error: RwSignal<Option<String>>,
-    pub sync: SyncState,
-}
-
-impl Conversations {
-    pub fn new() -> Self {
-        Self {
-            id: RwSignal::new(String::new()),
-            title: RwSignal::new(None),
-            created_ms: StoredValue::new(0.0),
-            list: RwSignal::new(Vec::new()),
-            ready: RwSignal::new(false),
-            last_saved: StoredValue::new(String::new()),
-            panel_open: RwSignal::new(false),
-            error: RwSignal::new(None),
-            sync: SyncState::new(),
-        }
-    }
-}
-
-impl Default for Conversations {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 fn now_ms() -> f64 {
     js_sys::Date::now()
@@ -203,13 +162,6 @@ pub fn init(state: AppState) {
         c.ready.set(true);
     });
 }
-
-pub const BLOCKED: &str =
-    "Close this page's other tabs: one of them holds the stored conversations open at an \
-    older version, and this tab waits for it to let go.";
-pub const REPLACED: &str =
-    "Another tab upgraded the stored conversations to a newer version: reload this page \
-    to keep saving.";
 
 /// Tells the user what the database's life means for them (`schema.rs`).
 fn db_event(state: AppState, event: DbEvent) {
