@@ -1,6 +1,7 @@
 //! Client-side state of the page, shared by the components through context.
 
 use crate::agent;
+use crate::conversation::record::SavedStatus;
 use crate::protocol::{CheckpointInfo, ModelsState, PromptVersion, Sampling, Stats, UploadRef};
 use crate::tasks::Task;
 use futures::channel::mpsc::UnboundedSender;
@@ -29,6 +30,33 @@ pub enum TurnStatus {
     /// A recorded answer fed in by the page's test hook (`test_hook.rs`), not by the server.
     Recorded,
     Error(String),
+}
+
+/// A turn's status as a saved conversation keeps it: one still under way is saved as stopped.
+impl From<&TurnStatus> for SavedStatus {
+    fn from(s: &TurnStatus) -> Self {
+        match s {
+            TurnStatus::Done(s) => SavedStatus::Done(s.clone()),
+            TurnStatus::Recorded => SavedStatus::Recorded,
+            TurnStatus::Error(e) => SavedStatus::Error(e.clone()),
+            TurnStatus::Waiting
+            | TurnStatus::Queued { .. }
+            | TurnStatus::Streaming
+            | TurnStatus::Stopped => SavedStatus::Stopped,
+        }
+    }
+}
+
+/// A saved turn's status on the page.
+impl From<&SavedStatus> for TurnStatus {
+    fn from(s: &SavedStatus) -> Self {
+        match s {
+            SavedStatus::Done(s) => TurnStatus::Done(s.clone()),
+            SavedStatus::Stopped => TurnStatus::Stopped,
+            SavedStatus::Recorded => TurnStatus::Recorded,
+            SavedStatus::Error(e) => TurnStatus::Error(e.clone()),
+        }
+    }
 }
 
 impl TurnStatus {
@@ -85,28 +113,48 @@ pub struct SettingsState {
 }
 
 impl SettingsState {
+    /// The controls at [`Sampling::default`].
     pub fn new() -> Self {
-        let d = Sampling::default();
-        Self {
+        let s = Self {
             version: RwSignal::new(PromptVersion::Chat),
-            temperature: RwSignal::new(d.temperature),
-            top_p: RwSignal::new(d.top_p),
-            top_k: RwSignal::new(d.top_k.unwrap_or(0)),
-            max_length: RwSignal::new(d.max_length),
+            temperature: RwSignal::new(0.0),
+            top_p: RwSignal::new(0.0),
+            top_k: RwSignal::new(0),
+            max_length: RwSignal::new(0),
             max_new_tokens: RwSignal::new(String::new()),
-            repetition_penalty: RwSignal::new(f64::from(d.repetition_penalty)),
+            repetition_penalty: RwSignal::new(0.0),
             seed: RwSignal::new(String::new()),
-        }
+        };
+        s.set_sampling(&Sampling::default());
+        s
+    }
+
+    /// Sets every sampling control from `s`: the one mapping from [`Sampling`] to the controls, as
+    /// [`SettingsState::sampling`] is the one back (no top-k shows as 0, no limit and a random seed as empty
+    /// fields).
+    pub fn set_sampling(&self, s: &Sampling) {
+        self.temperature.set(s.temperature);
+        self.top_p.set(s.top_p);
+        self.top_k.set(s.top_k.unwrap_or(0));
+        self.max_length.set(s.max_length);
+        self.max_new_tokens
+            .set(s.max_new_tokens.map(|n| n.to_string()).unwrap_or_default());
+        self.repetition_penalty.set(f64::from(s.repetition_penalty));
+        self.seed
+            .set(s.seed.map(|n| n.to_string()).unwrap_or_default());
     }
 
     /// The prompt version and sampling settings `ck` starts with (its template, its kind's defaults).
     pub fn start_with(&self, ck: &CheckpointInfo) {
         self.version.set(ck.default_version);
+        // The kind's defaults for what it decides; the user's length limit, penalty and seed stay.
         let d = Sampling::for_kind(ck.kind);
-        self.temperature.set(d.temperature);
-        self.top_p.set(d.top_p);
-        self.top_k.set(d.top_k.unwrap_or(0));
-        self.max_length.set(d.max_length);
+        self.set_sampling(&Sampling {
+            max_new_tokens: self.max_new_tokens.get_untracked().trim().parse().ok(),
+            repetition_penalty: self.repetition_penalty.get_untracked() as f32,
+            seed: self.seed.get_untracked().trim().parse().ok(),
+            ..d
+        });
     }
 
     pub fn sampling(&self) -> Sampling {

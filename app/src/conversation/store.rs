@@ -4,9 +4,7 @@
 
 use super::idb;
 use super::notices::{BLOCKED, REPLACED};
-use super::record::{
-    title_from, SavedConversation, SavedImage, SavedStatus, SavedTurn, Summary, FORMAT,
-};
+use super::record::{title_from, SavedConversation, SavedImage, SavedTurn, Summary, FORMAT};
 use super::saving;
 use super::schema::{self, DbEvent};
 use super::tabs;
@@ -35,12 +33,7 @@ pub fn snapshot(state: AppState) -> SavedConversation {
             .map(|t| SavedTurn {
                 query: t.query.clone(),
                 answer: t.answer.get_untracked(),
-                status: match t.status.get_untracked() {
-                    TurnStatus::Done(s) => SavedStatus::Done(s),
-                    TurnStatus::Recorded => SavedStatus::Recorded,
-                    TurnStatus::Error(e) => SavedStatus::Error(e),
-                    _ => SavedStatus::Stopped,
-                },
+                status: t.status.with_untracked(|s| s.into()),
             })
             .collect()
     });
@@ -271,15 +264,7 @@ pub fn restore(state: AppState, rec: SavedConversation) {
     let turns: Vec<Turn> = rec
         .turns
         .iter()
-        .map(|t| {
-            let status = match &t.status {
-                SavedStatus::Done(s) => TurnStatus::Done(s.clone()),
-                SavedStatus::Stopped => TurnStatus::Stopped,
-                SavedStatus::Recorded => TurnStatus::Recorded,
-                SavedStatus::Error(e) => TurnStatus::Error(e.clone()),
-            };
-            state.new_turn(t.query.clone(), t.answer.clone(), status)
-        })
+        .map(|t| state.new_turn(t.query.clone(), t.answer.clone(), (&t.status).into()))
         .collect();
     if let Some(old) = state.image.get_untracked() {
         let _ = web_sys::Url::revoke_object_url(&old.url);
@@ -290,16 +275,7 @@ pub fn restore(state: AppState, rec: SavedConversation) {
         state.settings.version.set(v);
     }
     if let Some(s) = &rec.sampling {
-        let st = state.settings;
-        st.temperature.set(s.temperature);
-        st.top_p.set(s.top_p);
-        st.top_k.set(s.top_k.unwrap_or(0));
-        st.max_length.set(s.max_length);
-        st.max_new_tokens
-            .set(s.max_new_tokens.map(|n| n.to_string()).unwrap_or_default());
-        st.repetition_penalty.set(f64::from(s.repetition_penalty));
-        st.seed
-            .set(s.seed.map(|n| n.to_string()).unwrap_or_default());
+        state.settings.set_sampling(s);
     }
     let now = state.current_model();
     state.note.set(match (&rec.checkpoint, now) {
