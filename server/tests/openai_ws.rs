@@ -6,7 +6,7 @@ mod openai_support;
 
 use cogvlm::remote::cli::{self, Io};
 use cogvlm::remote::RemoteConfig;
-use openai_support::{case, image_base64, start_local, start_remote, ws, MODEL};
+use openai_support::{case, start_local, start_remote, ws, MODEL};
 use protocol::{Event, GenerateRequest, ImageData, Sampling, StopReason};
 
 fn greedy(max_new_tokens: usize) -> Sampling {
@@ -25,7 +25,7 @@ async fn remote_backend_streams_the_same_answer_over_the_websocket() {
     let req = GenerateRequest {
         image: Some(ImageData {
             name: "chelsea.png".into(),
-            base64: image_base64(&c),
+            bytes: protocol::ImageBytes::new(std::fs::read(&c.image).unwrap()),
         }),
         history: c.history.clone(),
         query: c.query.clone(),

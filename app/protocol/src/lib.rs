@@ -1,5 +1,5 @@
 //! The types every layer shares, each defined once: the page, the web server, the engine, the
-//! OpenAI-compatible API, the remote backend and the model all speak these (serde only; no Leptos,
+//! OpenAI-compatible API, the remote backend and the model all speak these (serde and base64 only; no Leptos,
 //! no candle, no web types).
 //!
 //! The page sends its image once, by the upload server function, which answers an [`UploadRef`]; one
@@ -293,11 +293,63 @@ impl From<SamplingError> for Error {
     }
 }
 
-/// An image as uploaded, still encoded (PNG, JPEG, ...), base64 in JSON.
+/// An image as uploaded, still encoded (PNG, JPEG, ...): its bytes, kept from the upload (or the API's data
+/// URL) to the decoder without another copy; base64 text in JSON.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ImageData {
     pub name: String,
-    pub base64: String,
+    pub bytes: ImageBytes,
+}
+
+/// An encoded file's bytes, shared (cloning is a reference count); serialized as standard base64.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ImageBytes(std::sync::Arc<[u8]>);
+
+impl ImageBytes {
+    pub fn new(bytes: impl Into<std::sync::Arc<[u8]>>) -> Self {
+        Self(bytes.into())
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Standard base64 (a data URL's payload).
+    pub fn to_base64(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&self.0)
+    }
+}
+
+impl fmt::Debug for ImageBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ImageBytes({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for ImageBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_base64())
+    }
+}
+
+impl<'de> Deserialize<'de> for ImageBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine as _;
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map(Self::new)
+            .map_err(|e| serde::de::Error::custom(format!("the image is not valid base64: {e}")))
+    }
 }
 
 /// An image the server keeps from an upload, by the id the upload answered.

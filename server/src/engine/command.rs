@@ -14,9 +14,8 @@ pub(crate) const EVENT_BUFFER: usize = 256;
 pub enum Command {
     Generate {
         id: u64,
+        /// Checked by [`check_request`] (its image from the header).
         req: Box<GenerateRequest>,
-        /// The image's bytes, checked by [`check_request`].
-        image: Option<Vec<u8>>,
         /// Its place in the queue, freed when the job ends.
         slot: Slot,
         cancel: Arc<AtomicBool>,

@@ -216,12 +216,11 @@ impl EngineHandle {
             .and_then(|()| {
                 check_request(&req, &self.limits).map_err(|e| Error::bad_input(format!("{e:#}")))
             })
-            .and_then(|image| Ok((image, self.admission.admit(client)?)));
+            .and_then(|()| self.admission.admit(client));
         match admitted {
-            Ok((image, slot)) => self.send(Command::Generate {
+            Ok(slot) => self.send(Command::Generate {
                 id,
                 req: Box::new(req),
-                image,
                 slot,
                 cancel: cancel.clone(),
                 events,

@@ -6,7 +6,7 @@
 //! bounds the decoder's memory (decompression bombs).
 
 use anyhow::{anyhow, bail, Context, Result};
-use protocol::{GenerateRequest, ImageData};
+use protocol::GenerateRequest;
 use std::io::Cursor;
 
 /// Hard limits on one request.
@@ -49,8 +49,8 @@ fn mb(bytes: usize) -> String {
     }
 }
 
-/// Checks everything that can be checked without the model; returns the image's bytes.
-pub fn check_request(req: &GenerateRequest, limits: &Limits) -> Result<Option<Vec<u8>>> {
+/// Checks everything that can be checked without the model (the image from its header).
+pub fn check_request(req: &GenerateRequest, limits: &Limits) -> Result<()> {
     // Counted before anything else, and cheaply: a request of 300 000 empty turns stops here.
     if req.history.len() > limits.max_turns {
         bail!(
@@ -74,29 +74,10 @@ pub fn check_request(req: &GenerateRequest, limits: &Limits) -> Result<Option<Ve
         );
     }
     req.sampling.validate()?;
-    req.image
-        .as_ref()
-        .map(|img| check_image(img, limits))
-        .transpose()
-}
-
-fn check_image(img: &ImageData, limits: &Limits) -> Result<Vec<u8>> {
-    use base64::Engine as _;
-    let name = short(&img.name);
-    // base64 is 4 characters per 3 bytes: refuse before decoding anything.
-    let encoded_max = limits.max_upload_bytes.div_ceil(3) * 4;
-    if img.base64.len() > encoded_max {
-        bail!(
-            "image {name} is about {}; the limit is {}",
-            mb(img.base64.len() / 4 * 3),
-            mb(limits.max_upload_bytes)
-        );
+    match &req.image {
+        Some(img) => check_image_bytes(&img.name, img.bytes.as_bytes(), limits),
+        None => Ok(()),
     }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(img.base64.as_bytes())
-        .with_context(|| format!("image {name}: not valid base64"))?;
-    check_image_bytes(&img.name, &bytes, limits)?;
-    Ok(bytes)
 }
 
 /// Checks an encoded image's size, format and pixel count from its header (the upload server
@@ -177,7 +158,7 @@ fn short(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::Sampling;
+    use protocol::{ImageData, Sampling};
 
     fn png(w: u32, h: u32) -> Vec<u8> {
         let img = image::RgbImage::new(w, h);
@@ -187,11 +168,10 @@ mod tests {
     }
 
     fn request(bytes: &[u8]) -> GenerateRequest {
-        use base64::Engine as _;
         GenerateRequest {
             image: Some(ImageData {
                 name: "x.png".into(),
-                base64: base64::engine::general_purpose::STANDARD.encode(bytes),
+                bytes: protocol::ImageBytes::new(bytes),
             }),
             history: vec![],
             query: "hi".into(),
@@ -203,10 +183,10 @@ mod tests {
     #[test]
     fn accepts_a_small_png_and_decodes_it() {
         let limits = Limits::default();
-        let bytes = check_request(&request(&png(3, 2)), &limits)
-            .unwrap()
-            .unwrap();
-        let img = decode_image("x.png", &bytes, &limits).unwrap();
+        let req = request(&png(3, 2));
+        check_request(&req, &limits).unwrap();
+        let bytes = req.image.unwrap().bytes;
+        let img = decode_image("x.png", bytes.as_bytes(), &limits).unwrap();
         assert_eq!((img.width(), img.height()), (3, 2));
     }
 

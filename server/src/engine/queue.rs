@@ -19,7 +19,6 @@ use tokio::sync::mpsc;
 pub(crate) struct Waiting {
     pub id: u64,
     pub req: Box<GenerateRequest>,
-    pub image: Option<Vec<u8>>,
     pub slot: Slot,
     pub cancel: Arc<AtomicBool>,
     pub events: mpsc::Sender<Event>,
@@ -78,7 +77,6 @@ impl Queue {
             Command::Generate {
                 id,
                 req,
-                image,
                 slot,
                 cancel,
                 events,
@@ -95,7 +93,6 @@ impl Queue {
                 waiting.push_back(Waiting {
                     id,
                     req,
-                    image,
                     slot,
                     cancel,
                     events,

@@ -189,7 +189,6 @@ impl Worker {
     fn start(&mut self, job: Waiting) {
         let Waiting {
             req,
-            image,
             slot,
             cancel,
             events,
@@ -239,7 +238,7 @@ impl Worker {
             if panic_now {
                 panic!("test-only injected panic");
             }
-            let chat = to_chat_request(&req, image.as_deref(), &limits)?;
+            let chat = to_chat_request(&req, &limits)?;
             pipeline.begin_for(&client, &chat)
         }));
         let error = match outcome {

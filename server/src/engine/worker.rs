@@ -180,19 +180,15 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic".into())
 }
 
-/// The page's or the API's request → the pipeline's (the image decoded); `image` holds the bytes
-/// [`check_request`] returned.
-pub fn to_chat_request(
-    req: &GenerateRequest,
-    image: Option<&[u8]>,
-    limits: &Limits,
-) -> Result<ChatRequest> {
-    let image = match (image, &req.image) {
-        (Some(bytes), Some(img)) => Some(
-            decode_image(&img.name, bytes, limits)
+/// The page's or the API's request (checked by [`check_request`]) → the pipeline's, the image decoded from
+/// the bytes it carries.
+pub fn to_chat_request(req: &GenerateRequest, limits: &Limits) -> Result<ChatRequest> {
+    let image = match &req.image {
+        Some(img) => Some(
+            decode_image(&img.name, img.bytes.as_bytes(), limits)
                 .map_err(|e| Error::bad_input(format!("{e:#}")))?,
         ),
-        _ => None,
+        None => None,
     };
     Ok(req.with_image(image))
 }

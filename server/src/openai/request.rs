@@ -357,7 +357,7 @@ pub fn parse_data_url(url: &str, param: &str) -> Result<ImageData, ApiError> {
     }
     Ok(ImageData {
         name: format!("image.{subtype}"),
-        base64: data,
+        bytes: protocol::ImageBytes::new(bytes),
     })
 }
 
@@ -392,7 +392,7 @@ mod tests {
             vec![("Be brief.\nWhat is it?".into(), "A cat.".into())]
         );
         assert_eq!(g.query, "What colour?");
-        assert_eq!(g.image.as_ref().unwrap().base64, PNG_1X1);
+        assert_eq!(g.image.as_ref().unwrap().bytes.to_base64(), PNG_1X1);
         assert_eq!(g.sampling.temperature, 1.0);
         assert!(p.stops.is_empty());
     }

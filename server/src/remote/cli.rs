@@ -4,7 +4,6 @@ use super::{BackendArgs, RemoteBackend, RemoteConfig};
 use crate::terminal::{converse, Reply};
 use anyhow::{Context, Result};
 use app::backend::Backend;
-use base64::Engine as _;
 use protocol::{Event, GenerateRequest, ImageData, Sampling};
 use std::path::PathBuf;
 
@@ -15,7 +14,7 @@ fn read_image(path: &str) -> Result<ImageData> {
     image::guess_format(&bytes).with_context(|| format!("{path} is not an image"))?;
     Ok(ImageData {
         name: path.into(),
-        base64: base64::engine::general_purpose::STANDARD.encode(bytes),
+        bytes: protocol::ImageBytes::new(bytes),
     })
 }
 

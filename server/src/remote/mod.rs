@@ -267,7 +267,7 @@ fn request_body(model: &str, req: &GenerateRequest) -> Value {
         let content = match (&req.image, i) {
             (Some(img), 0) => json!([
                 {"type": "text", "text": question},
-                {"type": "image_url", "image_url": {"url": data_url(&img.base64)}},
+                {"type": "image_url", "image_url": {"url": data_url(&img.bytes)}},
             ]),
             _ => json!(question),
         };
@@ -302,10 +302,10 @@ fn request_body(model: &str, req: &GenerateRequest) -> Value {
     body
 }
 
-/// `data:<type sniffed from the bytes>;base64,<data>`.
-fn data_url(base64_data: &str) -> String {
-    let mime = protocol::image_mime_base64(base64_data).unwrap_or("image/png");
-    format!("data:{mime};base64,{base64_data}")
+/// `data:<type sniffed from the bytes>;base64,<data>`: the one hop that needs the image as text.
+fn data_url(bytes: &protocol::ImageBytes) -> String {
+    let mime = protocol::image_mime(bytes.as_bytes()).unwrap_or("image/png");
+    format!("data:{mime};base64,{}", bytes.to_base64())
 }
 
 /// Client-side timing and counts of one streamed answer.
@@ -474,7 +474,7 @@ mod tests {
         let req = GenerateRequest {
             image: Some(ImageData {
                 name: "x.jpg".into(),
-                base64: "/9j/4AAQSkZJRgABAQAAAQABAAD".into(),
+                bytes: protocol::ImageBytes::new(&b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"[..]),
             }),
             history: vec![("q1".into(), "a1".into())],
             query: "q2".into(),

@@ -107,7 +107,7 @@ struct Kept {
 }
 
 impl Uploads {
-    /// Room for 16 images at the upload limit (at least 64 MB), counted as stored (base64).
+    /// Room for 16 images at the upload limit (at least 64 MB).
     pub fn new(limits: Limits) -> Self {
         let max_total_bytes = limits.max_upload_bytes.saturating_mul(16).max(64_000_000);
         Self::with_capacity(limits, max_total_bytes)
@@ -135,21 +135,19 @@ impl Uploads {
     /// Keeps `bytes` for `client` after the engine's checks on an image file (size, format,
     /// pixel count, read from the header).
     pub fn put(&self, client: &str, name: String, bytes: Vec<u8>) -> Result<UploadRef, Error> {
-        use base64::Engine as _;
         let name: String = name.chars().take(MAX_NAME_CHARS).collect();
         check_image_bytes(&name, &bytes, &self.limits)
             .map_err(|e| Error::bad_input(format!("{e:#}")))?;
         let id = super::access::new_token();
-        // What the store holds is the base64 text, a third larger than the file.
-        let base64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
         let mut store = self.lock();
         store.clock += 1;
+        // The file's bytes as they came, shared with every request that names the upload.
         let kept = Kept {
             client: client.to_string(),
-            bytes: base64.len(),
+            bytes: bytes.len(),
             image: ImageData {
                 name: name.clone(),
-                base64,
+                bytes: protocol::ImageBytes::new(bytes),
             },
             used: store.clock,
         };
@@ -315,9 +313,9 @@ mod tests {
     }
 
     #[test]
-    fn stored_bytes_count_the_base64() {
+    fn stored_bytes_count_the_files() {
         let one = png(8, 8);
-        let stored = one.len().div_ceil(3) * 4;
+        let stored = one.len();
         let uploads = Uploads::with_capacity(Limits::default(), 2 * stored);
         for i in 0..3 {
             uploads
@@ -330,7 +328,7 @@ mod tests {
 
     #[test]
     fn the_least_recently_used_go_first() {
-        let one = png(8, 8).len().div_ceil(3) * 4;
+        let one = png(8, 8).len();
         // Room for three images.
         let uploads = Uploads::with_capacity(Limits::default(), 3 * one);
         let a = uploads.put("c1", "a.png".into(), png(8, 8)).unwrap();

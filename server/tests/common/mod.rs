@@ -92,10 +92,9 @@ pub fn image(name: &str) -> ImageData {
 }
 
 pub fn image_bytes(name: &str, bytes: &[u8]) -> ImageData {
-    use base64::Engine as _;
     ImageData {
         name: name.into(),
-        base64: base64::engine::general_purpose::STANDARD.encode(bytes),
+        bytes: protocol::ImageBytes::new(bytes),
     }
 }
 
@@ -174,10 +173,7 @@ pub async fn upload_with(
     headers: &[(&str, &str)],
     image: &ImageData,
 ) -> Result<UploadRef, (u16, String)> {
-    use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(&image.base64)
-        .unwrap();
+    let bytes = image.bytes.as_bytes();
     let boundary = "cogvlm-test-boundary-7f3a";
     let mut body = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{}\"\r\n\
