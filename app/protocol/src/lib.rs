@@ -11,6 +11,7 @@
 
 pub mod grounding;
 mod mime;
+pub mod openai;
 pub use mime::{image_mime, image_mime_base64};
 
 use serde::{Deserialize, Serialize};

@@ -2,7 +2,6 @@
 
 use super::aliases;
 use super::error::ApiError;
-use super::request::ChatCompletionRequest;
 use super::run::{Out, Run};
 use crate::net::body::BodyError;
 use app::backend::Backend;
@@ -12,6 +11,10 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use protocol::openai::{
+    AnswerMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChunkChoice,
+    Delta, Usage,
+};
 use protocol::{Event, Stats};
 use serde_json::{json, Value};
 use std::convert::Infallible;
@@ -132,7 +135,7 @@ fn parse(body: &Bytes) -> Result<(ChatCompletionRequest, super::request::Prepare
             None,
         )
     })?;
-    let prepared = req.prepare()?;
+    let prepared = super::request::prepare(&req)?;
     Ok((req, prepared))
 }
 
@@ -223,12 +226,42 @@ struct Meta {
     model: String,
 }
 
-fn usage(stats: &Stats) -> Value {
-    json!({
-        "prompt_tokens": stats.prompt_tokens,
-        "completion_tokens": stats.generated_tokens,
-        "total_tokens": stats.prompt_tokens + stats.generated_tokens,
-    })
+fn usage(stats: &Stats) -> Usage {
+    Usage::new(stats.prompt_tokens, stats.generated_tokens)
+}
+
+impl Meta {
+    /// A streamed event with one choice (`usage`: `Some(None)` writes `"usage": null`, as OpenAI does on
+    /// every chunk but the last when usage was asked for).
+    fn chunk(&self, delta: Delta, finish: Option<&str>, usage: Option<Option<Usage>>) -> Value {
+        let chunk = ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                finish_reason: finish.map(String::from),
+                logprobs: None,
+            }],
+            usage,
+        };
+        serde_json::to_value(chunk).unwrap_or_default()
+    }
+
+    /// The last event when usage was asked for: no choices, the counts.
+    fn usage_chunk(&self, stats: &Stats) -> Value {
+        let chunk = ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices: vec![],
+            usage: Some(Some(usage(stats))),
+        };
+        serde_json::to_value(chunk).unwrap_or_default()
+    }
 }
 
 async fn collect(mut run: Run, first: Out, meta: Meta) -> Result<Json<Value>, ApiError> {
@@ -239,16 +272,23 @@ async fn collect(mut run: Run, first: Out, meta: Meta) -> Result<Json<Value>, Ap
             Out::Text(t) => text.push_str(&t),
             Out::Failed(e) => return Err(e),
             Out::Finished { reason, stats } => {
-                return Ok(Json(json!({
-                    "id": meta.id, "object": "chat.completion", "created": meta.created,
-                    "model": meta.model,
-                    "choices": [{
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": reason, "logprobs": null,
+                let answer = ChatCompletion {
+                    id: meta.id,
+                    object: "chat.completion".into(),
+                    created: meta.created,
+                    model: meta.model,
+                    choices: vec![Choice {
+                        index: 0,
+                        message: AnswerMessage {
+                            role: "assistant".into(),
+                            content: text,
+                        },
+                        finish_reason: Some(reason.into()),
+                        logprobs: None,
                     }],
-                    "usage": usage(&stats),
-                })))
+                    usage: usage(&stats),
+                };
+                return Ok(Json(serde_json::to_value(answer).unwrap_or_default()));
             }
         }
         next = run.next().await;
@@ -270,17 +310,10 @@ fn stream(
     meta: Meta,
     include_usage: bool,
 ) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
-    let chunk = move |meta: &Meta, delta: Value, finish: Option<&str>| {
-        let mut c = json!({
-            "id": meta.id, "object": "chat.completion.chunk", "created": meta.created,
-            "model": meta.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
-        });
-        if include_usage {
-            c["usage"] = Value::Null;
-        }
-        c
-    };
+    // With include_usage every chunk carries `"usage": null` until the last one's counts.
+    let no_usage = include_usage.then_some(None);
+    let chunk =
+        move |meta: &Meta, delta: Delta, finish: Option<&str>| meta.chunk(delta, finish, no_usage);
     let state = (run, meta, Phase::Role(first));
     let events = futures::stream::unfold(state, move |(mut run, meta, phase)| async move {
         let (data, phase): (Vec<Value>, Phase) = match phase {
@@ -288,7 +321,10 @@ fn stream(
             Phase::Role(first) => (
                 vec![chunk(
                     &meta,
-                    json!({"role": "assistant", "content": ""}),
+                    Delta {
+                        role: Some("assistant".into()),
+                        content: Some(String::new()),
+                    },
                     None,
                 )],
                 Phase::Next(Some(first)),
@@ -300,17 +336,20 @@ fn stream(
                 };
                 match out {
                     Some(Out::Text(t)) => (
-                        vec![chunk(&meta, json!({"content": t}), None)],
+                        vec![chunk(
+                            &meta,
+                            Delta {
+                                role: None,
+                                content: Some(t),
+                            },
+                            None,
+                        )],
                         Phase::Next(None),
                     ),
                     Some(Out::Finished { reason, stats }) => {
-                        let mut v = vec![chunk(&meta, json!({}), Some(reason))];
+                        let mut v = vec![chunk(&meta, Delta::default(), Some(reason))];
                         if include_usage {
-                            v.push(json!({
-                                "id": meta.id, "object": "chat.completion.chunk",
-                                "created": meta.created, "model": meta.model,
-                                "choices": [], "usage": usage(&stats),
-                            }));
+                            v.push(meta.usage_chunk(&stats));
                         }
                         (v, Phase::Done)
                     }

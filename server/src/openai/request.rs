@@ -7,82 +7,8 @@
 
 use super::error::ApiError;
 use base64::Engine as _;
+use protocol::openai::{ChatCompletionRequest, Content, Message, Part, Stop};
 use protocol::{GenerateRequest, ImageData, Sampling};
-use serde::Deserialize;
-
-/// The request fields we read; others (`logprobs`, `user`, …) are ignored as OpenAI does for
-/// fields a model does not support.
-#[derive(Debug, Deserialize)]
-pub struct ChatCompletionRequest {
-    pub model: String,
-    pub messages: Vec<Message>,
-    pub temperature: Option<f64>,
-    pub top_p: Option<f64>,
-    /// Not OpenAI, but THUDM's demo server and vLLM accept it.
-    pub top_k: Option<usize>,
-    pub max_tokens: Option<usize>,
-    /// The newer name of `max_tokens`.
-    pub max_completion_tokens: Option<usize>,
-    pub repetition_penalty: Option<f32>,
-    pub seed: Option<u64>,
-    pub stop: Option<Stop>,
-    #[serde(default)]
-    pub stream: bool,
-    pub stream_options: Option<StreamOptions>,
-    pub n: Option<usize>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct StreamOptions {
-    #[serde(default)]
-    pub include_usage: bool,
-}
-
-/// `stop`: one string or a list.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum Stop {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Debug, Deserialize)]
-pub struct Message {
-    pub role: String,
-    /// `null` is allowed for assistant messages.
-    #[serde(default)]
-    pub content: Option<Content>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum Content {
-    Text(String),
-    Parts(Vec<Part>),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Part {
-    Text { text: String },
-    ImageUrl { image_url: ImageUrl },
-}
-
-/// `{"url": "data:…"}`, or the bare string some clients send.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum ImageUrl {
-    Object { url: String },
-    Bare(String),
-}
-
-impl ImageUrl {
-    fn url(&self) -> &str {
-        match self {
-            Self::Object { url } | Self::Bare(url) => url,
-        }
-    }
-}
 
 /// OpenAI's own defaults (temperature 1, top_p 1, no top-k). `temperature: 0` is greedy.
 const DEFAULT_TEMPERATURE: f64 = 1.0;
@@ -100,9 +26,23 @@ pub struct Prepared {
     pub stops: Vec<String>,
 }
 
-impl ChatCompletionRequest {
-    /// Checks the fields and builds the engine request.
-    pub fn prepare(&self) -> Result<Prepared, ApiError> {
+/// Checks the fields of `req` and builds the engine request.
+pub fn prepare(req: &ChatCompletionRequest) -> Result<Prepared, ApiError> {
+    Rules(req).prepare()
+}
+
+/// The request's fields read by this server's rules.
+struct Rules<'a>(&'a ChatCompletionRequest);
+
+impl std::ops::Deref for Rules<'_> {
+    type Target = ChatCompletionRequest;
+    fn deref(&self) -> &ChatCompletionRequest {
+        self.0
+    }
+}
+
+impl Rules<'_> {
+    fn prepare(&self) -> Result<Prepared, ApiError> {
         if self.n.is_some_and(|n| n != 1) {
             return Err(ApiError::invalid(
                 "only n = 1 is supported (one answer per request)",
@@ -369,6 +309,17 @@ mod tests {
 
     fn req(json: serde_json::Value) -> ChatCompletionRequest {
         serde_json::from_value(json).unwrap()
+    }
+
+    /// [`prepare`](super::prepare) as a method, for short tests.
+    trait Prepare {
+        fn prepare(&self) -> Result<Prepared, ApiError>;
+    }
+
+    impl Prepare for ChatCompletionRequest {
+        fn prepare(&self) -> Result<Prepared, ApiError> {
+            super::prepare(self)
+        }
     }
 
     #[test]

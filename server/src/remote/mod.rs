@@ -9,11 +9,14 @@ use crate::engine::admission::Admission;
 use crate::engine::limits::check_request;
 use crate::engine::{Fairness, Limits};
 use app::backend::{Backend, CancelHandle, Generation};
+use protocol::openai::{
+    ChatCompletionChunk, ChatCompletionRequest, Content, ImageUrl, Message, Part, StreamOptions,
+};
 use protocol::{
     CheckpointInfo, Error, ErrorKind, Event, GenerateRequest, ModelKind, ModelsState,
     PromptVersion, Stats, StopReason,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 use sse::DataLines;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -255,8 +258,10 @@ impl Backend for RemoteBackend {
 }
 
 /// The OpenAI request for one generation: the history as user/assistant turns, the image (as
-/// a data URL) in the first user message, streaming with usage.
-fn request_body(model: &str, req: &GenerateRequest) -> Value {
+/// a data URL) in the first user message, streaming with usage. The extensions (`top_k`,
+/// `repetition_penalty`) and the limits are sent only when they matter, since a strict server refuses
+/// unknown fields.
+fn request_body(model: &str, req: &GenerateRequest) -> ChatCompletionRequest {
     let mut messages = Vec::new();
     let questions = req
         .history
@@ -265,41 +270,39 @@ fn request_body(model: &str, req: &GenerateRequest) -> Value {
         .chain(std::iter::once((&req.query, None)));
     for (i, (question, answer)) in questions.enumerate() {
         let content = match (&req.image, i) {
-            (Some(img), 0) => json!([
-                {"type": "text", "text": question},
-                {"type": "image_url", "image_url": {"url": data_url(&img.bytes)}},
+            (Some(img), 0) => Content::Parts(vec![
+                Part::Text {
+                    text: question.clone(),
+                },
+                Part::ImageUrl {
+                    image_url: ImageUrl::Object {
+                        url: data_url(&img.bytes),
+                    },
+                },
             ]),
-            _ => json!(question),
+            _ => Content::Text(question.clone()),
         };
-        messages.push(json!({"role": "user", "content": content}));
+        messages.push(Message::new("user", content));
         if let Some(a) = answer {
-            messages.push(json!({"role": "assistant", "content": a}));
+            messages.push(Message::new("assistant", Content::Text(a.clone())));
         }
     }
     let s = &req.sampling;
-    let mut body = json!({
-        "model": model,
-        "messages": messages,
-        "temperature": s.temperature,
-        "top_p": s.top_p,
-        "stream": true,
-        "stream_options": {"include_usage": true},
-    });
-    // Extensions that lmdeploy, vLLM and this server accept; sent only when they matter, since
-    // a strict server refuses unknown fields.
-    if let Some(k) = s.top_k_limit() {
-        body["top_k"] = json!(k);
+    ChatCompletionRequest {
+        model: model.into(),
+        messages,
+        temperature: Some(s.temperature),
+        top_p: Some(s.top_p),
+        top_k: s.top_k_limit(),
+        repetition_penalty: (s.repetition_penalty != 1.0).then_some(s.repetition_penalty),
+        max_tokens: s.max_new_tokens,
+        seed: s.seed,
+        stream: true,
+        stream_options: Some(StreamOptions {
+            include_usage: true,
+        }),
+        ..Default::default()
     }
-    if s.repetition_penalty != 1.0 {
-        body["repetition_penalty"] = json!(s.repetition_penalty);
-    }
-    if let Some(n) = s.max_new_tokens {
-        body["max_tokens"] = json!(n);
-    }
-    if let Some(seed) = s.seed {
-        body["seed"] = json!(seed);
-    }
-    body
 }
 
 /// `data:<type sniffed from the bytes>;base64,<data>`: the one hop that needs the image as text.
@@ -432,22 +435,25 @@ impl Call {
                         error_message(&data)
                     )));
                 }
-                if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
-                    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
-                    meter.usage = Some((n("prompt_tokens"), n("completion_tokens")));
+                let chunk: ChatCompletionChunk = serde_json::from_value(v).map_err(|e| {
+                    upstream(format!(
+                        "the remote endpoint sent a bad chunk ({e}): {data}"
+                    ))
+                })?;
+                if let Some(Some(u)) = chunk.usage {
+                    meter.usage = Some((u.prompt_tokens, u.completion_tokens));
                 }
-                let choice = &v["choices"][0];
-                if let Some(text) = choice["delta"]["content"]
-                    .as_str()
-                    .filter(|t| !t.is_empty())
-                {
+                let Some(choice) = chunk.choices.into_iter().next() else {
+                    continue;
+                };
+                if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
                     meter.token();
-                    let token = Event::Token { text: text.into() };
+                    let token = Event::Token { text };
                     if self.events.send(token).await.is_err() {
                         return Ok(StopReason::Cancelled); // nobody listens any more
                     }
                 }
-                if choice["finish_reason"].as_str() == Some("length") {
+                if choice.finish_reason.as_deref() == Some("length") {
                     stop = StopReason::Length;
                 }
             }
@@ -468,6 +474,7 @@ fn error_message(body: &str) -> String {
 mod tests {
     use super::*;
     use protocol::{ImageData, Sampling};
+    use serde_json::json;
 
     #[test]
     fn the_request_carries_history_image_and_sampling() {
@@ -486,7 +493,7 @@ mod tests {
                 ..Sampling::default()
             },
         };
-        let body = request_body("cogvlm-chat", &req);
+        let body = serde_json::to_value(request_body("cogvlm-chat", &req)).unwrap();
         let m = &body["messages"];
         assert_eq!(m.as_array().unwrap().len(), 3);
         assert_eq!(m[0]["content"][0]["text"], "q1");
