@@ -10,7 +10,7 @@
 
 use super::idb::{self, StoreError};
 use super::record::SavedConversation;
-use super::{store, tabs};
+use super::{broadcast, records};
 use crate::i18n::tr;
 use crate::state::{AppState, TurnStatus};
 use futures::lock::{Mutex, OwnedMutexGuard};
@@ -68,7 +68,7 @@ pub async fn save_over(state: AppState, mut rec: SavedConversation) {
     match write(&mut rec, base).await {
         Ok(()) => {
             saved(state, &rec);
-            store::refresh_list(state);
+            records::refresh_list(state);
         }
         Err(StoreError::Conflict) => state.note.set(Some(
             tr(
@@ -104,7 +104,7 @@ fn saved(state: AppState, rec: &SavedConversation) {
     if c.error.with_untracked(Option::is_some) {
         c.error.set(None);
     }
-    tabs::announce_saved(&rec.id, rec.revision);
+    broadcast::announce_saved(&rec.id, rec.revision);
 }
 
 fn failed(state: AppState, e: &StoreError) {
@@ -126,7 +126,7 @@ fn failed(state: AppState, e: &StoreError) {
         tr(lang, advice)
     )));
     // Nothing of it was written: the next change saves all of it again.
-    store::forget_last_saved(state);
+    records::forget_last_saved(state);
 }
 
 /// Another tab saved `rec`'s conversation after this tab last read it.
@@ -149,7 +149,7 @@ pub fn take_newer(state: AppState, rec: SavedConversation) {
     if !open || !idle(state) {
         return;
     }
-    store::restore(state, rec);
+    records::restore(state, rec);
     state.note.set(Some(
         tr(
             state.lang.get_untracked(),
@@ -164,7 +164,7 @@ async fn fork(state: AppState, mut rec: SavedConversation) {
     let c = state.conversations;
     let lang = state.lang.get_untracked();
     let from = rec.id.clone();
-    rec.id = store::new_id();
+    rec.id = records::new_id();
     rec.title = format!("{} ({})", rec.title, tr(lang, "copy"));
     if let Err(e) = write(&mut rec, 0).await {
         failed(state, &e);
@@ -179,7 +179,7 @@ async fn fork(state: AppState, mut rec: SavedConversation) {
         idb::set_open_id(&rec.id);
     }
     saved(state, &rec);
-    store::refresh_list(state);
+    records::refresh_list(state);
     state.note.set(Some(format!(
         "{} “{}”.",
         tr(

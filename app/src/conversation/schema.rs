@@ -4,7 +4,7 @@
 //! another tab closes this tab's connection at once (`versionchange`), and an upgrade held up by a tab that does
 //! not close says so (`blocked`): no tab waits on another without the user being told.
 
-use super::idb::{js_err, wait, StoreError};
+use super::idb_request::{js_err, wait, StoreError};
 use super::record::Summary;
 use std::cell::RefCell;
 use std::rc::Rc;

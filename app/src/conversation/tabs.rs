@@ -2,40 +2,13 @@
 //! `cogvlm-conversations`, so a tab showing the same conversation learns of it at once and reloads it, rather
 //! than at its own next save (where the revision check would catch it anyway: `saving.rs`).
 
-use super::{saving, store};
+use super::broadcast::{BroadcastChannel, Message, CHANNEL, OPEN};
+use super::{records, saving};
 use crate::i18n::tr;
 use crate::state::AppState;
 use leptos::prelude::*;
-use serde::{Deserialize, Serialize};
-use std::cell::RefCell;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
-
-const CHANNEL: &str = "cogvlm-conversations";
-
-#[wasm_bindgen]
-extern "C" {
-    /// The browser's `BroadcastChannel`, declared here: web-sys has it behind a feature, and a change of the
-    /// web-sys features rebuilds every crate of the page that uses web-sys.
-    type BroadcastChannel;
-    #[wasm_bindgen(constructor, catch)]
-    fn new(name: &str) -> Result<BroadcastChannel, JsValue>;
-    #[wasm_bindgen(method, catch, js_name = postMessage)]
-    fn post_message(this: &BroadcastChannel, message: &JsValue) -> Result<(), JsValue>;
-    #[wasm_bindgen(method, setter)]
-    fn set_onmessage(this: &BroadcastChannel, handler: Option<&js_sys::Function>);
-}
-
-/// What one tab tells the others.
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
-enum Message {
-    Saved { id: String, revision: u64 },
-    Deleted { id: String },
-}
-
-thread_local! {
-    static OPEN: RefCell<Option<BroadcastChannel>> = const { RefCell::new(None) };
-}
 
 /// Joins the channel (a browser without `BroadcastChannel` still saves safely: the revision check remains).
 pub fn listen(state: AppState) {
@@ -58,34 +31,12 @@ pub fn listen(state: AppState) {
     OPEN.with(|o| *o.borrow_mut() = Some(channel));
 }
 
-fn announce(message: &Message) {
-    let Ok(text) = serde_json::to_string(message) else {
-        return;
-    };
-    OPEN.with(|o| {
-        if let Some(channel) = &*o.borrow() {
-            let _ = channel.post_message(&JsValue::from_str(&text));
-        }
-    });
-}
-
-pub fn announce_saved(id: &str, revision: u64) {
-    announce(&Message::Saved {
-        id: id.into(),
-        revision,
-    });
-}
-
-pub fn announce_deleted(id: &str) {
-    announce(&Message::Deleted { id: id.into() });
-}
-
 fn heard(state: AppState, message: Message) {
     let c = state.conversations;
     if !c.ready.get_untracked() {
         return;
     }
-    store::refresh_list(state);
+    records::refresh_list(state);
     match message {
         Message::Saved { id, revision } => {
             if c.id.with_untracked(|open| *open == id) && revision > c.sync.revision(&id) {
@@ -120,7 +71,7 @@ fn reload(state: AppState, id: String) {
         if c.sync.saving() {
             return;
         }
-        match store::read(state, &id).await {
+        match records::read(state, &id).await {
             Ok(rec) if rec.revision > c.sync.revision(&id) => saving::take_newer(state, rec),
             Ok(_) => {}
             Err(e) => state.note.set(Some(e)),
