@@ -31,7 +31,7 @@ pub struct LoadOptions {
     #[arg(long, requires = "quant")]
     pub quant_vision: bool,
     /// With --quant 4: q4k, q4_0 or q4_1 instead of the device's choice
-    #[arg(long, requires = "quant", value_parser = crate::model::qformat::parse_int4_format)]
+    #[arg(long, requires = "quant", value_parser = crate::model::quant::format::parse_int4_format)]
     pub int4_format: Option<GgmlDType>,
     /// Split the decoder layers across these devices, e.g. cuda:0,cuda:1 (the vision towers on the first)
     #[arg(long, value_delimiter = ',')]

@@ -176,9 +176,19 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Which family the checkpoint is ([`Family::of`]).
+    /// Which family the checkpoint is, from `config.json` alone (names may be anything a user chose):
+    /// CogAgent by its cross-attention keys or architecture name, CogVLM2 by its grouped-query key
+    /// `num_multi_query_heads`.
     pub fn family(&self) -> Family {
-        Family::of(self)
+        if self.cross_hidden_size.is_some()
+            || self.architectures.iter().any(|a| a.contains("CogAgent"))
+        {
+            Family::CogAgent
+        } else if self.num_multi_query_heads.is_some() {
+            Family::CogVlm2
+        } else {
+            Family::CogVlm
+        }
     }
 
     pub fn head_dim(&self) -> usize {

@@ -3,8 +3,6 @@
 //! Llama-3 with grouped-query attention, a 2×2 convolution after the tower and RoPE base 500 000) share one
 //! model; each fact below is asked of the family instead of being tested for in the modules.
 
-use super::config::Config;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {
     CogVlm,
@@ -13,20 +11,6 @@ pub enum Family {
 }
 
 impl Family {
-    /// From `config.json` alone (names may be anything a user chose): CogAgent by its cross-attention keys or
-    /// architecture name, CogVLM2 by its grouped-query key `num_multi_query_heads`.
-    pub fn of(cfg: &Config) -> Self {
-        if cfg.cross_hidden_size.is_some()
-            || cfg.architectures.iter().any(|a| a.contains("CogAgent"))
-        {
-            Self::CogAgent
-        } else if cfg.num_multi_query_heads.is_some() {
-            Self::CogVlm2
-        } else {
-            Self::CogVlm
-        }
-    }
-
     pub fn label(self) -> &'static str {
         match self {
             Self::CogVlm => "CogVLM",
@@ -97,6 +81,7 @@ impl std::fmt::Display for Family {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::config::Config;
 
     fn config(extra: serde_json::Value) -> Config {
         let mut j = serde_json::json!({

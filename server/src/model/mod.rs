@@ -19,7 +19,6 @@ pub mod placement;
 pub mod precision;
 pub mod preprocess;
 pub mod prompt;
-pub mod qformat;
 pub mod quant;
 pub mod vision;
 pub mod weights;
@@ -176,7 +175,7 @@ impl CogVlm {
     }
 
     /// What the weights will hold once every matrix has run: [`Self::weight_bytes`] plus the tiles candle's CPU
-    /// kernels keep beside some quantized formats ([`qformat::Kernels`]).
+    /// kernels keep beside some quantized formats ([`quant::format::Kernels`]).
     pub fn expected_resident_bytes(&self) -> u64 {
         self.weight_bytes() + self.quant.repacked_bytes
     }

@@ -5,7 +5,7 @@ use image::{Rgb, RgbImage};
 use rand::rngs::StdRng;
 use rand::Rng;
 
-use super::make_data::{background, pick};
+use super::scene::{background, pick};
 
 /// 5 × 7 glyphs, one string of rows per character (`#` = ink).
 const FONT: &[(char, [&str; 7])] = &[

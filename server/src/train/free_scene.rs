@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use serde_json::json;
 
-use super::make_data::{Placed, COLORS, GRID, SHAPES};
+use super::scene::{Placed, COLORS, GRID, SHAPES};
 
 /// How a free scene was drawn (one value per facet).
 #[derive(Debug, Clone, PartialEq)]

@@ -9,6 +9,7 @@
 //! them), and region questions with a box in them. Each label also carries `"kind"` (the question kind), which
 //! `cogvlm eval` groups its accuracy by; PEFT's loader ignores it.
 
+use super::scene::{background, pick, Placed, COLORS, GRID, SHAPES};
 use protocol::grounding::{self, Shape};
 use std::path::{Path, PathBuf};
 
@@ -113,34 +114,6 @@ pub struct MakeDataArgs {
     pub kinds: Vec<Kind>,
 }
 
-pub const COLORS: [(&str, [u8; 3]); 6] = [
-    ("red", [220, 30, 30]),
-    ("green", [30, 160, 40]),
-    ("blue", [30, 60, 220]),
-    ("yellow", [235, 200, 0]),
-    ("purple", [140, 40, 170]),
-    ("orange", [245, 120, 10]),
-];
-pub const SHAPES: [&str; 3] = ["circle", "square", "triangle"];
-/// Cells per side of the placement grid.
-pub const GRID: u32 = 4;
-
-/// One drawn shape: colour and shape indices, grid cell, and its pixel box `[x0, y0, x1, y1)`.
-#[derive(Debug, Clone, Copy)]
-pub struct Placed {
-    pub color: usize,
-    pub shape: usize,
-    pub row: u32,
-    pub col: u32,
-    pub bbox: [u32; 4],
-}
-
-impl Placed {
-    pub fn name(&self) -> String {
-        format!("{} {}", COLORS[self.color].0, SHAPES[self.shape])
-    }
-}
-
 /// A pixel box as CogVLM writes it: `[[x0,y0,x1,y1]]` in thousandths of the image, three digits each.
 pub fn box_text(bbox: [u32; 4], size: u32) -> String {
     box_text_wh(bbox, (size, size))
@@ -156,19 +129,6 @@ pub fn box_text_wh(bbox: [u32; 4], (w, h): (u32, u32)) -> String {
         t(bbox[2], w),
         t(bbox[3], h),
     ])])
-}
-
-/// A light, low-saturation background colour with a gentle vertical gradient.
-pub(super) fn background(rng: &mut StdRng, size: u32) -> RgbImage {
-    let base: [i32; 3] = std::array::from_fn(|_| rng.random_range(185..=245));
-    let top: [i32; 3] =
-        std::array::from_fn(|c| (base[c] + rng.random_range(-20..=20)).clamp(170, 255));
-    RgbImage::from_fn(size, size, |_, y| {
-        let f = y as f32 / size as f32;
-        Rgb(std::array::from_fn(|c| {
-            (top[c] as f32 * (1.0 - f) + base[c] as f32 * f) as u8
-        }))
-    })
 }
 
 fn inside(shape: usize, bbox: [u32; 4], x: u32, y: u32) -> bool {
@@ -263,10 +223,6 @@ fn capitalise(s: &str) -> String {
         Some(f) => f.to_uppercase().chain(c).collect(),
         None => String::new(),
     }
-}
-
-pub(super) fn pick<'a, T>(rng: &mut StdRng, xs: &'a [T]) -> &'a T {
-    &xs[rng.random_range(0..xs.len())]
 }
 
 /// A question about `placed` of `kind`, and its answer (`None` when the scene cannot ask it unambiguously).

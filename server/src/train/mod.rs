@@ -13,6 +13,7 @@ pub mod optim;
 pub mod parity;
 pub mod position_probe;
 pub mod run;
+pub mod scene;
 
 use std::collections::HashMap;
 use std::path::Path;

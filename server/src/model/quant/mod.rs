@@ -8,7 +8,7 @@
 //! the block size cannot be; it stays float and its name is reported. Choices per mode:
 //! - `Q8`: Q8_0 (blocks of 32) everywhere.
 //! - `Q4`: Q4K (blocks of 256), or Q4_0 (blocks of 32) where the inner dim is a multiple of 32 but not of 256; Q4_0
-//!   on CPUs whose candle kernels would keep a second, repacked copy of Q4K (`qformat`).
+//!   on CPUs whose candle kernels would keep a second, repacked copy of Q4K (`format.rs`).
 //! - `lm_head` is Q8_0 in both modes: it is 1.6 % of the weights and the logits are the most sensitive output
 //!   (llama.cpp's Q4 files keep it at 6 bits or more for the same reason).
 
@@ -23,9 +23,10 @@ use candle_nn::{Linear, VarBuilder};
 
 use super::config::Config;
 use super::lora::{self, Adapter, LoraMode, LoraPair};
-use super::qformat::Kernels;
 use super::weights::expected_tensors;
+use format::Kernels;
 
+pub mod format;
 mod lora_delta;
 mod quantizer;
 #[cfg(test)]

@@ -9,7 +9,7 @@
 use candle_core::quantized::GgmlDType;
 use candle_core::Device;
 
-use super::quant::{Quant, Role};
+use super::{Quant, Role};
 
 /// How a device's quantized matmuls treat the block formats, as far as memory goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
