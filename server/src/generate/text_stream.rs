@@ -148,7 +148,8 @@ mod tests {
     }
 
     /// The work per token does not grow with the answer: the last 1000 tokens of a 4000-token answer take less
-    /// than twice the time of the first 1000, and all 4000 less than 5× (constant work makes these 1× and 4×;
+    /// than 3× the time of the first 1000, and all 4000 less than 8× (constant work makes these 1× and 4×, give
+    /// or take the timer's noise on a busy machine, which made the first thousand 1.1 ms and the others 1.5 ms;
     /// decoding the whole answer for every token, as before, made them ~7× and ~16×).
     #[test]
     fn work_per_token_is_constant() {
@@ -158,9 +159,9 @@ mod tests {
             "The quick brown fox jumps over the lazy dog, then naps. ",
         );
         let ids: Vec<u32> = sentence.iter().copied().cycle().take(4000).collect();
-        // Seconds for each thousand tokens of one 4000-token answer; the best of three runs, against noise.
+        // Seconds for each thousand tokens of one 4000-token answer; the best of five runs, against noise.
         let mut best = [f64::INFINITY; 4];
-        for _ in 0..3 {
+        for _ in 0..5 {
             let mut s = TextStream::new(tok.clone());
             for (k, chunk) in ids.chunks(1000).enumerate() {
                 let t = Instant::now();
@@ -173,7 +174,7 @@ mod tests {
         }
         let all: f64 = best.iter().sum();
         let ms = best.map(|t| (t * 1e4).round() / 10.0);
-        assert!(all < 5.0 * best[0], "ms per thousand tokens: {ms:?}");
-        assert!(best[3] < 2.0 * best[0], "ms per thousand tokens: {ms:?}");
+        assert!(all < 8.0 * best[0], "ms per thousand tokens: {ms:?}");
+        assert!(best[3] < 3.0 * best[0], "ms per thousand tokens: {ms:?}");
     }
 }
