@@ -231,37 +231,29 @@ fn usage(stats: &Stats) -> Usage {
 }
 
 impl Meta {
-    /// A streamed event with one choice (`usage`: `Some(None)` writes `"usage": null`, as OpenAI does on
-    /// every chunk but the last when usage was asked for).
-    fn chunk(&self, delta: Delta, finish: Option<&str>, usage: Option<Option<Usage>>) -> Value {
+    /// One streamed event as its JSON text: `choices` (one, or none in the last event when usage was asked
+    /// for) and `usage` (`Some(None)` writes `"usage": null`, as OpenAI does on every other chunk then).
+    fn chunk(&self, choices: Vec<ChunkChoice>, usage: Option<Option<Usage>>) -> String {
         let chunk = ChatCompletionChunk {
             id: self.id.clone(),
             object: "chat.completion.chunk".into(),
             created: self.created,
             model: self.model.clone(),
-            choices: vec![ChunkChoice {
-                index: 0,
-                delta,
-                finish_reason: finish.map(String::from),
-                logprobs: None,
-            }],
+            choices,
             usage,
         };
-        serde_json::to_value(chunk).unwrap_or_default()
+        serde_json::to_string(&chunk).unwrap_or_default()
     }
+}
 
-    /// The last event when usage was asked for: no choices, the counts.
-    fn usage_chunk(&self, stats: &Stats) -> Value {
-        let chunk = ChatCompletionChunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk".into(),
-            created: self.created,
-            model: self.model.clone(),
-            choices: vec![],
-            usage: Some(Some(usage(stats))),
-        };
-        serde_json::to_value(chunk).unwrap_or_default()
-    }
+/// The one choice of a streamed event.
+fn choice(delta: Delta, finish: Option<&str>) -> Vec<ChunkChoice> {
+    vec![ChunkChoice {
+        index: 0,
+        delta,
+        finish_reason: finish.map(String::from),
+        logprobs: None,
+    }]
 }
 
 async fn collect(mut run: Run, first: Out, meta: Meta) -> Result<Json<Value>, ApiError> {
@@ -312,11 +304,12 @@ fn stream(
 ) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
     // With include_usage every chunk carries `"usage": null` until the last one's counts.
     let no_usage = include_usage.then_some(None);
-    let chunk =
-        move |meta: &Meta, delta: Delta, finish: Option<&str>| meta.chunk(delta, finish, no_usage);
+    let chunk = move |meta: &Meta, delta: Delta, finish: Option<&str>| {
+        meta.chunk(choice(delta, finish), no_usage)
+    };
     let state = (run, meta, Phase::Role(first));
     let events = futures::stream::unfold(state, move |(mut run, meta, phase)| async move {
-        let (data, phase): (Vec<Value>, Phase) = match phase {
+        let (data, phase): (Vec<String>, Phase) = match phase {
             Phase::Done => return None,
             Phase::Role(first) => (
                 vec![chunk(
@@ -349,18 +342,18 @@ fn stream(
                     Some(Out::Finished { reason, stats }) => {
                         let mut v = vec![chunk(&meta, Delta::default(), Some(reason))];
                         if include_usage {
-                            v.push(meta.usage_chunk(&stats));
+                            v.push(meta.chunk(vec![], Some(Some(usage(&stats)))));
                         }
                         (v, Phase::Done)
                     }
-                    Some(Out::Failed(e)) => (vec![e.body()], Phase::Done),
+                    Some(Out::Failed(e)) => (vec![e.body().to_string()], Phase::Done),
                     None => (vec![], Phase::Done),
                 }
             }
         };
         let mut events: Vec<Result<SseEvent, Infallible>> = data
-            .iter()
-            .map(|v| Ok(SseEvent::default().data(v.to_string())))
+            .into_iter()
+            .map(|v| Ok(SseEvent::default().data(v)))
             .collect();
         if matches!(phase, Phase::Done) {
             events.push(Ok(SseEvent::default().data("[DONE]")));
