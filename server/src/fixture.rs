@@ -45,7 +45,31 @@ pub struct Recorder<'a> {
     pub sink: &'a mut dyn FnMut(&Check),
 }
 
-impl Recorder<'_> {
+/// The checks `body` records for the fixture entry `entry` (named by its `id`): an error inside `body`
+/// becomes a failed `run` check, never a panic.
+pub fn record_entry(
+    entry: &Value,
+    sink: &mut dyn FnMut(&Check),
+    body: impl FnOnce(&mut Recorder) -> anyhow::Result<()>,
+) -> Vec<Check> {
+    let id = entry.get("id").and_then(Value::as_str).unwrap_or("?");
+    let mut rec = Recorder::new(id, sink);
+    if let Err(e) = body(&mut rec) {
+        rec.check("run", false, format!("error: {e:#}"));
+    }
+    rec.out
+}
+
+impl<'a> Recorder<'a> {
+    /// An empty record of `case`'s checks, each also given to `sink` as it is made.
+    pub fn new(case: &str, sink: &'a mut dyn FnMut(&Check)) -> Self {
+        Self {
+            case: case.to_string(),
+            out: Vec::new(),
+            sink,
+        }
+    }
+
     pub fn check(&mut self, name: &str, ok: bool, detail: impl Into<String>) {
         let c = Check {
             case: self.case.clone(),

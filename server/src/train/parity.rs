@@ -15,7 +15,8 @@ use serde_json::Value;
 use super::loss::{forward_loss, LabeledInput};
 use super::{load_model, TrainModel};
 use crate::fixture::{
-    get, history_field, ids_field, load_st, open_image, rel_l2, str_field, Check, Recorder,
+    get, history_field, ids_field, load_st, open_image, record_entry, rel_l2, str_field, Check,
+    Recorder,
 };
 use crate::generate::{default_version, load_tokenizer};
 use crate::model::config::Config;
@@ -108,20 +109,7 @@ impl TrainingRunner {
 
     /// Every check of one example (an error inside a step becomes a failed check, never a panic).
     pub fn run_example(&self, entry: &Value, sink: &mut dyn FnMut(&Check)) -> Vec<Check> {
-        let id = entry
-            .get("id")
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .to_string();
-        let mut rec = Recorder {
-            case: id,
-            out: Vec::new(),
-            sink,
-        };
-        if let Err(e) = self.example_inner(entry, &mut rec) {
-            rec.check("run", false, format!("error: {e:#}"));
-        }
-        rec.out
+        record_entry(entry, sink, |rec| self.example_inner(entry, rec))
     }
 
     /// A path the README gives relative to the fixture directory.

@@ -144,11 +144,7 @@ impl Runner {
     /// Tokenizer checks from `tokenizer/tokenizer_checks.json` (fast-tokenizer ids where they differ).
     pub fn tokenizer_checks(&mut self, sink: &mut dyn FnMut(&Check)) -> anyhow::Result<Vec<Check>> {
         let path = self.dir.join("tokenizer").join("tokenizer_checks.json");
-        let mut rec = Recorder {
-            case: "tokenizer".into(),
-            out: Vec::new(),
-            sink,
-        };
+        let mut rec = Recorder::new("tokenizer", sink);
         if !path.is_file() {
             return Ok(rec.out);
         }
@@ -190,20 +186,7 @@ impl Runner {
 
     /// Every check of one case (an error inside a step becomes a failed check, never a panic).
     pub fn run_case(&mut self, case: &Value, sink: &mut dyn FnMut(&Check)) -> Vec<Check> {
-        let id = case
-            .get("id")
-            .and_then(|v| v.as_str())
-            .unwrap_or("?")
-            .to_string();
-        let mut rec = Recorder {
-            case: id,
-            out: Vec::new(),
-            sink,
-        };
-        if let Err(e) = self.case_inner(case, &mut rec) {
-            rec.check("run", false, format!("error: {e:#}"));
-        }
-        rec.out
+        record_entry(case, sink, |rec| self.case_inner(case, rec))
     }
 
     /// How strictly this run judges: the vision towers within the dtype's tolerance, or the quantization's
