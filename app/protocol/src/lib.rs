@@ -315,14 +315,6 @@ impl ImageBytes {
         &self.0
     }
 
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// Standard base64 (a data URL's payload).
     pub fn to_base64(&self) -> String {
         use base64::Engine as _;
